@@ -1,0 +1,16 @@
+//! latchkey: a per-host credential sidecar.
+//!
+//! Three flows run through the agent, and the modules follow them:
+//!
+//! ```text
+//! request:   listener (UDS/TCP + rustls mTLS) -> identity (cert SAN, peer uid) -> policy
+//!            -> cache (moka hot set -> store: sled, sealed records) -> api response (+ audit)
+//! sync:      upstream -> crypto (seal) -> store -> events
+//! lifecycle: scheduler -> plugin host -> upstream write (check-and-set) -> store -> events
+//! ```
+//!
+//! Shared vocabulary: [`secret`] (values that zeroize and redact) and [`path`]
+//! (validated secret paths).
+
+pub mod path;
+pub mod secret;
