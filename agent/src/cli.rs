@@ -1,0 +1,126 @@
+//! The `latchkey` command line: one file per group of subcommands. It prints; the
+//! library decides.
+//!
+//! Exit codes: 0 success; 1 failure; 2 usage; 3 not found; 4 denied; 5 conflict;
+//! 64 bad configuration.
+
+mod cert;
+mod connect;
+mod dev;
+mod init;
+mod secrets;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use connect::ClientArgs;
+
+/// Per-host credential sidecar: serves secrets to local apps over mTLS.
+#[derive(Debug, Parser)]
+#[command(name = "latchkey", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LATCHKEY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info`, `debug`, `latchkey=trace` (RUST_LOG syntax).
+    #[arg(long, global = true, env = "LATCHKEY_LOG")]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a CA, keys, certificates and a working latchkey.toml in a folder.
+    Init(init::InitArgs),
+    /// Run the agent (the daemon) with a config file.
+    Run {
+        /// The config file.
+        #[arg(long, short, env = "LATCHKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Initialise a local folder if needed, seed an example secret and run the agent,
+    /// printing the commands that fetch the secret.
+    Dev(dev::DevArgs),
+    /// Check a config file and print every problem.
+    Check {
+        /// The config file.
+        #[arg(long, short, env = "LATCHKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Client certificates for apps.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+    /// Print a secret (JSON), or one field of it.
+    Get(secrets::GetArgs),
+    /// Store a new version of a secret.
+    Put(secrets::PutArgs),
+    /// List secret paths under a prefix.
+    List(secrets::ListArgs),
+    /// Delete a secret and all its versions.
+    Rm(secrets::RmArgs),
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// What went wrong, with its causes.
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        let code = if error.downcast_ref::<crate::config::Error>().is_some() {
+            64
+        } else {
+            1
+        };
+        Failure { code, error }
+    }
+}
+
+impl Failure {
+    /// A failure with an explicit exit code.
+    pub fn with_code(code: u8, error: anyhow::Error) -> Self {
+        Failure { code, error }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Command::Init(args) => init::run(args),
+        Command::Run { config } => {
+            let config = crate::config::Config::load(&config)?;
+            crate::server::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev(args) => dev::run(args).await,
+        Command::Check { config } => {
+            crate::config::Config::load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cert(cmd) => cert::run(cmd),
+        Command::Get(args) => secrets::get(args).await,
+        Command::Put(args) => secrets::put(args).await,
+        Command::List(args) => secrets::list(args).await,
+        Command::Rm(args) => secrets::rm(args).await,
+    }
+}

@@ -1,0 +1,108 @@
+//! `latchkey cert issue | revoke`: client certificates for apps.
+//!
+//! `issue` signs a certificate whose only identity is a SPIFFE-style URI SAN,
+//! `spiffe://<trust-domain>/app/<name>` (or `.../tenant/<tenant>/app/<name>`);
+//! `revoke` adds its serial to the revocation list, which a running agent reloads
+//! within a second, refusing the certificate from then on.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+
+use super::Failure;
+use crate::identity::ca::{self, Ca};
+use crate::identity::SpiffeId;
+
+/// `latchkey cert ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Issue a client certificate for an app.
+    Issue {
+        /// App name (letters, digits, `.`, `_`, `-`).
+        #[arg(long)]
+        app: String,
+        /// Tenant the app belongs to.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime, e.g. `30d`, `12h`.
+        #[arg(long, default_value = "30d")]
+        ttl: String,
+        /// The folder made by `latchkey init`.
+        #[arg(long, env = "LATCHKEY_DIR", default_value = ".latchkey")]
+        dir: PathBuf,
+        /// Where to write NAME.pem and NAME.key [default: DIR/clients].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a client certificate by serial or by its file.
+    Revoke {
+        /// Serial number (hex), as printed by `issue`.
+        #[arg(long, required_unless_present = "cert", conflicts_with = "cert")]
+        serial: Option<String>,
+        /// The certificate file.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// The folder made by `latchkey init`.
+        #[arg(long, env = "LATCHKEY_DIR", default_value = ".latchkey")]
+        dir: PathBuf,
+    },
+}
+
+/// Runs a `cert` subcommand.
+pub fn run(cmd: CertCommand) -> Result<ExitCode, Failure> {
+    match cmd {
+        CertCommand::Issue {
+            app,
+            tenant,
+            ttl,
+            dir,
+            out,
+        } => {
+            let ttl = humantime::parse_duration(&ttl)
+                .with_context(|| format!("--ttl {ttl:?} is not a duration like 30d or 12h"))?;
+            if ttl.is_zero() {
+                bail!("--ttl must be longer than zero");
+            }
+            let ca = Ca::load(&dir).with_context(|| format!("cannot load the CA in {}", dir.display()))?;
+            let id_path = match &tenant {
+                Some(t) => format!("tenant/{t}/app/{app}"),
+                None => format!("app/{app}"),
+            };
+            let id = SpiffeId::new(ca.trust_domain(), &id_path)?;
+            let issued = ca.issue_client(&id, ttl)?;
+            let out = out.unwrap_or_else(|| dir.join("clients"));
+            let stem = match &tenant {
+                Some(t) => format!("{t}.{app}"),
+                None => app.clone(),
+            };
+            let cert_path = out.join(format!("{stem}.pem"));
+            let key_path = out.join(format!("{stem}.key"));
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            issued.write(&cert_path, &key_path)?;
+            println!("identity: {id}");
+            println!("serial:   {}", issued.serial);
+            println!("expires:  {}", crate::api::rfc3339(issued.not_after));
+            println!("cert:     {}", cert_path.display());
+            println!("key:      {}", key_path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        CertCommand::Revoke { serial, cert, dir } => {
+            let serial = match (serial, cert) {
+                (Some(s), _) => s,
+                (None, Some(cert)) => {
+                    let pem = std::fs::read_to_string(&cert)
+                        .with_context(|| format!("cannot read {}", cert.display()))?;
+                    ca::serial_of_pem(&pem)?
+                }
+                (None, None) => bail!("give --serial or --cert"),
+            };
+            let ca = Ca::load(&dir).with_context(|| format!("cannot load the CA in {}", dir.display()))?;
+            ca.revoke(&serial)?;
+            println!("revoked serial {serial}; a running agent refuses it within a second");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The agent's configuration: `latchkey.toml` as written, then validated and typed.
+//!
+//! [`file::FileConfig`] mirrors the TOML exactly (unknown keys are refused); [`Config`]
+//! is what the rest of the agent sees: paths resolved against the config file's
+//! folder, durations parsed, policy rules compiled. Every problem is collected and
+//! reported at once, each naming its key (`listen.tcp: ...`).
+
+pub mod file;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::crypto::KekSource;
+use crate::identity::TrustDomain;
+use crate::policy::{Policy, Rule};
+use crate::store::StoreConfig;
+use crate::tls::TlsFiles;
+
+/// Why a config could not be used. Each entry names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config {path}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message (it names the line and key).
+        message: String,
+    },
+    /// One or more values were refused.
+    #[error("config {path} has {} problem(s):\n  {}", problems.len(), problems.join("\n  "))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// One line per problem, each naming its key.
+        problems: Vec<String>,
+    },
+}
+
+/// Where and how the agent listens.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Unix socket path, if any.
+    pub socket: Option<PathBuf>,
+    /// Mode bits for the socket file.
+    pub socket_mode: u32,
+    /// Loopback TCP address, if any.
+    pub tcp: Option<SocketAddr>,
+}
+
+/// Bounds that keep a slow or hostile client from holding the agent.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed to receive a request's headers.
+    pub header_timeout: Duration,
+    /// Time allowed to receive a request's body.
+    pub body_timeout: Duration,
+    /// Most concurrent connections.
+    pub max_connections: usize,
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// Append-only JSON-lines file.
+    pub path: PathBuf,
+    /// Whether successful reads are recorded too (denials and writes always are).
+    pub reads: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from.
+    pub source: PathBuf,
+    /// Trust domain of the SPIFFE ids this agent accepts.
+    pub trust_domain: TrustDomain,
+    /// Listeners.
+    pub listen: Listen,
+    /// Server certificate, key, client CA and CRL.
+    pub tls: TlsFiles,
+    /// The encrypted store.
+    pub store: StoreConfig,
+    /// Where the key-encryption key comes from.
+    pub kek: KekSource,
+    /// Entries in the hot (decrypted) cache.
+    pub hot_cache_entries: u64,
+    /// Request bounds.
+    pub limits: Limits,
+    /// Audit trail.
+    pub audit: Audit,
+    /// Access policy.
+    pub policy: Policy,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses and validates TOML text; `path` names the file and anchors relative paths.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, Error> {
+        let raw: file::FileConfig = toml::from_str(text).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut problems = Vec::new();
+        let config = validate(path, base, raw, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(Error::Invalid {
+                path: path.to_owned(),
+                problems,
+            }),
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+fn duration(key: &str, text: &str, problems: &mut Vec<String>) -> Duration {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            problems.push(format!("{key}: must be longer than zero"));
+            Duration::from_secs(1)
+        }
+        Err(e) => {
+            problems.push(format!("{key}: {text:?} is not a duration ({e})"));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+fn validate(
+    path: &Path,
+    base: &Path,
+    raw: file::FileConfig,
+    problems: &mut Vec<String>,
+) -> Option<Config> {
+    let trust_domain = match TrustDomain::parse(&raw.trust_domain) {
+        Ok(td) => Some(td),
+        Err(e) => {
+            problems.push(format!("trust_domain: {e}"));
+            None
+        }
+    };
+
+    let socket_mode = match u32::from_str_radix(raw.listen.socket_mode.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 && mode & 0o007 == 0 => mode,
+        Ok(_) => {
+            problems.push(format!(
+                "listen.socket_mode: {:?} must be an octal mode with no access for others (e.g. \"0660\")",
+                raw.listen.socket_mode
+            ));
+            0o660
+        }
+        Err(_) => {
+            problems.push(format!(
+                "listen.socket_mode: {:?} is not an octal mode",
+                raw.listen.socket_mode
+            ));
+            0o660
+        }
+    };
+    let tcp = match raw.listen.tcp.as_deref() {
+        None => None,
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() || raw.listen.allow_non_loopback => Some(addr),
+            Ok(addr) => {
+                problems.push(format!(
+                    "listen.tcp: {addr} is not a loopback address (set listen.allow_non_loopback = true to allow it)"
+                ));
+                None
+            }
+            Err(_) => {
+                problems.push(format!(
+                    "listen.tcp: {text:?} is not an address like 127.0.0.1:8443"
+                ));
+                None
+            }
+        },
+    };
+    let socket = raw.listen.socket.as_deref().map(|p| resolve(base, p));
+    if socket.is_none() && tcp.is_none() && raw.listen.tcp.is_none() {
+        problems.push("listen: set socket, tcp, or both".to_owned());
+    }
+
+    let tls = TlsFiles {
+        ca: resolve(base, &raw.tls.ca),
+        cert: resolve(base, &raw.tls.cert),
+        key: resolve(base, &raw.tls.key),
+        crl: raw.tls.crl.as_deref().map(|p| resolve(base, p)),
+    };
+
+    if raw.storage.versions == 0 || raw.storage.versions > 1000 {
+        problems.push(format!(
+            "storage.versions: {} is out of range 1..=1000",
+            raw.storage.versions
+        ));
+    }
+    let store = StoreConfig {
+        path: resolve(base, &raw.storage.path),
+        max_versions: raw.storage.versions.clamp(1, 1000),
+        cache_capacity_bytes: raw.storage.page_cache_mib.saturating_mul(1024 * 1024),
+    };
+    let kek = match raw.storage.kek {
+        KekSource::File { path } => KekSource::File {
+            path: resolve(base, &path),
+        },
+        other => other,
+    };
+
+    let l = &raw.limits;
+    let limits = Limits {
+        max_body_bytes: l.max_body_bytes,
+        max_headers: l.max_headers,
+        handshake_timeout: duration("limits.handshake_timeout", &l.handshake_timeout, problems),
+        header_timeout: duration("limits.header_timeout", &l.header_timeout, problems),
+        body_timeout: duration("limits.body_timeout", &l.body_timeout, problems),
+        max_connections: l.max_connections,
+    };
+    if limits.max_body_bytes == 0 || limits.max_body_bytes > 16 * 1024 * 1024 {
+        problems.push("limits.max_body_bytes: must be 1..=16777216".to_owned());
+    }
+    if !(8..=1024).contains(&limits.max_headers) {
+        problems.push("limits.max_headers: must be 8..=1024".to_owned());
+    }
+    if limits.max_connections == 0 {
+        problems.push("limits.max_connections: must be at least 1".to_owned());
+    }
+
+    let audit = Audit {
+        path: resolve(base, &raw.audit.path),
+        reads: raw.audit.reads,
+    };
+
+    let mut rules = Vec::new();
+    for (i, rule) in raw.policy.iter().enumerate() {
+        match Rule::compile(rule) {
+            Ok(rule) => rules.push(rule),
+            Err(e) => problems.push(format!("policy[{i}]: {e}")),
+        }
+    }
+
+    Some(Config {
+        source: path.to_owned(),
+        trust_domain: trust_domain?,
+        listen: Listen {
+            socket,
+            socket_mode,
+            tcp,
+        },
+        tls,
+        store,
+        kek,
+        hot_cache_entries: raw.storage.hot_cache_entries,
+        limits,
+        audit,
+        policy: Policy::new(rules),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+trust_domain = "latchkey.local"
+[listen]
+socket = "run/latchkey.sock"
+[tls]
+ca = "ca/ca.pem"
+cert = "server/server.pem"
+key = "server/server.key"
+[storage]
+path = "data"
+kek = { source = "file", path = "keys/kek" }
+[[policy]]
+identity = "spiffe://latchkey.local/admin/*"
+paths = ["**"]
+operations = ["read", "write", "list", "admin"]
+"#;
+
+    #[test]
+    fn minimal_config_resolves_relative_paths() {
+        let cfg = Config::from_toml(Path::new("/etc/latchkey/latchkey.toml"), MINIMAL)
+            .expect("valid config");
+        assert_eq!(
+            cfg.listen.socket.as_deref(),
+            Some(Path::new("/etc/latchkey/run/latchkey.sock"))
+        );
+        assert_eq!(cfg.store.path, Path::new("/etc/latchkey/data"));
+        assert_eq!(cfg.store.max_versions, 10);
+        assert_eq!(cfg.listen.socket_mode, 0o660);
+        assert!(matches!(cfg.kek, KekSource::File { ref path } if path == Path::new("/etc/latchkey/keys/kek")));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let text = MINIMAL.replace("[listen]", "[listen]\nsockett = 1");
+        let err = Config::from_toml(Path::new("x.toml"), &text).expect_err("must fail");
+        assert!(err.to_string().contains("sockett"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = MINIMAL
+            .replace("[listen]", "[listen]\ntcp = \"0.0.0.0:1\"\nsocket_mode = \"0666\"")
+            .replace("[storage]", "[storage]\nversions = 0");
+        let err = Config::from_toml(Path::new("x.toml"), &text).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("listen.tcp"), "{msg}");
+        assert!(msg.contains("listen.socket_mode"), "{msg}");
+        assert!(msg.contains("storage.versions"), "{msg}");
+    }
+
+    #[test]
+    fn bad_policy_operation_names_the_rule() {
+        let text = MINIMAL.replace("\"admin\"]", "\"fly\"]");
+        let err = Config::from_toml(Path::new("x.toml"), &text).expect_err("must fail");
+        assert!(err.to_string().contains("policy[0]"), "{err}");
+    }
+}

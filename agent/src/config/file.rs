@@ -1,0 +1,174 @@
+//! `latchkey.toml` exactly as written: serde structs with defaults, unknown keys refused.
+//!
+//! Field docs here are user documentation; the README's key table follows them.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::crypto::KekSource;
+use crate::policy::RuleSpec;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Trust domain of accepted SPIFFE ids, e.g. `latchkey.local`.
+    pub trust_domain: String,
+    /// Listeners.
+    pub listen: ListenSection,
+    /// Certificates and keys for mTLS.
+    pub tls: TlsSection,
+    /// The encrypted store.
+    pub storage: StorageSection,
+    /// Request bounds.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Audit trail.
+    #[serde(default)]
+    pub audit: AuditSection,
+    /// Access rules: allow-only, everything else is denied.
+    #[serde(default)]
+    pub policy: Vec<RuleSpec>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// Unix socket path.
+    pub socket: Option<PathBuf>,
+    /// Octal mode of the socket file; no bits for others.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// Loopback `ip:port`.
+    pub tcp: Option<String>,
+    /// Permit a non-loopback TCP address (off: a sidecar serves its own host).
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+}
+
+/// `[tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// CA that signs client certificates.
+    pub ca: PathBuf,
+    /// Server certificate.
+    pub cert: PathBuf,
+    /// Server private key.
+    pub key: PathBuf,
+    /// Certificate revocation list, reloaded when it changes.
+    pub crl: Option<PathBuf>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Folder of the sled database.
+    pub path: PathBuf,
+    /// Versions kept per secret.
+    #[serde(default = "default_versions")]
+    pub versions: usize,
+    /// Secrets kept decrypted in the hot cache.
+    #[serde(default = "default_hot_entries")]
+    pub hot_cache_entries: u64,
+    /// sled page cache, MiB.
+    #[serde(default = "default_page_cache")]
+    pub page_cache_mib: u64,
+    /// Key-encryption key source.
+    pub kek: KekSource,
+}
+
+/// `[limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest request body in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Most request headers.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// TLS handshake deadline.
+    #[serde(default = "default_5s")]
+    pub handshake_timeout: String,
+    /// Deadline for a request's headers.
+    #[serde(default = "default_5s")]
+    pub header_timeout: String,
+    /// Deadline for a request's body.
+    #[serde(default = "default_10s")]
+    pub body_timeout: String,
+    /// Most concurrent connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body(),
+            max_headers: default_max_headers(),
+            handshake_timeout: default_5s(),
+            header_timeout: default_5s(),
+            body_timeout: default_10s(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// `[audit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// JSON-lines file, created 0600.
+    #[serde(default = "default_audit_path")]
+    pub path: PathBuf,
+    /// Record successful reads too.
+    #[serde(default = "default_true")]
+    pub reads: bool,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            path: default_audit_path(),
+            reads: true,
+        }
+    }
+}
+
+fn default_socket_mode() -> String {
+    "0660".to_owned()
+}
+fn default_versions() -> usize {
+    10
+}
+fn default_hot_entries() -> u64 {
+    10_000
+}
+fn default_page_cache() -> u64 {
+    16
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_5s() -> String {
+    "5s".to_owned()
+}
+fn default_10s() -> String {
+    "10s".to_owned()
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_audit_path() -> PathBuf {
+    PathBuf::from("audit.log")
+}
+fn default_true() -> bool {
+    true
+}

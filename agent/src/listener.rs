@@ -1,0 +1,318 @@
+//! Accepts connections on the Unix socket and the loopback TCP port, completes the
+//! mTLS handshake, works out the peer, and hands each request to [`crate::api`].
+//!
+//! Everything a client could hold open is bounded: the number of connections, the
+//! time to finish the handshake, the time to send headers, the number and size of
+//! headers (hyper), and the time to send a body (`api`). A connection whose
+//! certificate is valid but carries no usable identity gets `403 bad_identity` on every
+//! request, and each is audited.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::{self, ApiError, Body, Conn, State};
+use crate::audit::{Outcome, Record};
+use crate::config::Limits;
+use crate::identity::{Peer, TrustDomain};
+use crate::policy::Policy;
+
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another process answers on the socket already.
+    #[error("socket {0} is in use by a running process")]
+    InUse(PathBuf),
+    /// Binding or preparing a socket failed.
+    #[error("cannot listen on {what}")]
+    Bind {
+        /// The socket path or address.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What every connection needs.
+pub struct Context {
+    /// Shared request state.
+    pub state: Arc<State>,
+    /// TLS acceptor (its config reloads revocation lists by itself).
+    pub acceptor: TlsAcceptor,
+    /// Trust domain of accepted identities.
+    pub trust_domain: TrustDomain,
+    /// Access policy.
+    pub policy: Policy,
+    /// Connection bounds.
+    pub limits: Limits,
+}
+
+/// Bound listeners, ready to serve.
+pub struct Bound {
+    unix: Option<(UnixListener, PathBuf)>,
+    tcp: Option<TcpListener>,
+}
+
+impl Bound {
+    /// Where the listeners are, for the log and the ready message.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some((_, path)) = &self.unix {
+            out.push(format!("unix:{}", path.display()));
+        }
+        if let Some(tcp) = &self.tcp {
+            if let Ok(addr) = tcp.local_addr() {
+                out.push(format!("tcp:{addr}"));
+            }
+        }
+        out
+    }
+}
+
+/// Binds the configured socket (mode set before anyone is served) and TCP address.
+pub async fn bind(listen: &crate::config::Listen) -> Result<Bound, Error> {
+    let unix = match &listen.socket {
+        Some(path) => Some((bind_unix(path, listen.socket_mode).await?, path.clone())),
+        None => None,
+    };
+    let tcp = match listen.tcp {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+            what: addr.to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    Ok(Bound { unix, tcp })
+}
+
+async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, Error> {
+    let err = |source| Error::Bind {
+        what: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(err)?;
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            )));
+        }
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(Error::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Serves until `shutdown` turns true, then lets open requests finish (for at most
+/// `drain` time) and removes the socket file.
+pub async fn serve(
+    bound: Bound,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: std::time::Duration,
+) {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let mut tasks = tokio::task::JoinSet::new();
+    let socket_path = bound.unix.as_ref().map(|(_, p)| p.clone());
+    if let Some((listener, _)) = bound.unix {
+        tasks.spawn(accept_loop(
+            UnixAccept(listener),
+            ctx.clone(),
+            slots.clone(),
+            graceful.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(listener) = bound.tcp {
+        tasks.spawn(accept_loop(
+            TcpAccept(listener),
+            ctx.clone(),
+            slots.clone(),
+            graceful.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    while tasks.join_next().await.is_some() {}
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    match Arc::try_unwrap(graceful) {
+        Ok(graceful) => {
+            if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+                tracing::warn!("connections still open after the drain time; closing them");
+            }
+        }
+        Err(_) => tracing::warn!("listener tasks still hold the shutdown handle"),
+    }
+}
+
+trait Accept: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Option<(u32, u32)>)>> + Send;
+}
+
+struct UnixAccept(UnixListener);
+struct TcpAccept(TcpListener);
+
+impl Accept for UnixAccept {
+    type Stream = UnixStream;
+    async fn accept(&self) -> io::Result<(UnixStream, Option<(u32, u32)>)> {
+        let (stream, _) = self.0.accept().await?;
+        let cred = stream.peer_cred().ok().map(|c| (c.uid(), c.gid()));
+        Ok((stream, cred))
+    }
+}
+
+impl Accept for TcpAccept {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<(tokio::net::TcpStream, Option<(u32, u32)>)> {
+        let (stream, _) = self.0.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, None))
+    }
+}
+
+async fn accept_loop<A: Accept>(
+    listener: A,
+    ctx: Arc<Context>,
+    slots: Arc<Semaphore>,
+    graceful: Arc<GracefulShutdown>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let (stream, cred) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            serve_conn(stream, cred, ctx, watcher).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_conn<S>(
+    stream: S,
+    cred: Option<(u32, u32)>,
+    ctx: Arc<Context>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = match tokio::time::timeout(ctx.limits.handshake_timeout, ctx.acceptor.accept(stream))
+        .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "tls handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("tls handshake timed out");
+            return;
+        }
+    };
+    let identity = {
+        let (_, session) = tls.get_ref();
+        match session.peer_certificates().and_then(|c| c.first()) {
+            Some(cert) => Peer::from_certificate(cert.as_ref(), &ctx.trust_domain)
+                .map_err(|e| e.to_string()),
+            None => Err("no client certificate".to_owned()),
+        }
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.limits.header_timeout)
+        .max_headers(ctx.limits.max_headers)
+        .max_buf_size(64 * 1024);
+    let io = TokioIo::new(tls);
+    match identity {
+        Ok(mut peer) => {
+            if let Some((uid, gid)) = cred {
+                peer = peer.with_unix_cred(uid, gid);
+            }
+            let conn = Arc::new(Conn {
+                policy: ctx.policy.for_peer(&peer),
+                peer,
+            });
+            let state = ctx.state.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                api::handle(state.clone(), conn.clone(), req)
+            });
+            let _ = watcher.watch(builder.serve_connection(io, svc)).await;
+        }
+        Err(reason) => {
+            tracing::debug!(reason = %reason, "client certificate carries no usable identity");
+            let ctx = ctx.clone();
+            let reason: Arc<str> = reason.into();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                refuse_identity(ctx.clone(), reason.clone(), cred, req)
+            });
+            let _ = watcher.watch(builder.serve_connection(io, svc)).await;
+        }
+    }
+}
+
+async fn refuse_identity(
+    ctx: Arc<Context>,
+    reason: Arc<str>,
+    cred: Option<(u32, u32)>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let err = ApiError::new(
+        StatusCode::FORBIDDEN,
+        "bad_identity",
+        format!("client certificate refused: {reason}"),
+    );
+    let mut record = Record::now("(unidentified)".into(), cred.map(|c| c.0), "connect", Some(req.uri().path()));
+    record.outcome = Outcome::Denied;
+    record.status = err.status.as_u16();
+    record.code = Some(err.code);
+    ctx.state.audit.record(record).await;
+    Ok(err.into_response())
+}
