@@ -13,7 +13,9 @@
 //! Each request: parse and check the path, ask `policy`, serve from the hot cache or
 //! the store, record in `audit`. Error answers come from [`error`] only.
 
+pub mod body;
 pub mod error;
+mod watch;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,21 +23,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Audit, Outcome, Record};
 use crate::cache::{Cached, HotCache};
+use crate::events::{Event, Events, Kind};
 use crate::identity::Peer;
 use crate::path::{Prefix, SecretPath};
 use crate::policy::{Decision, Operation, PeerPolicy};
 use crate::secret::{Fields, SecretBytes};
 use crate::store::{self, Secret, Selector, Store};
 
+pub use body::Body;
 pub use error::ApiError;
 
-/// Response body type.
-pub type Body = Full<Bytes>;
+/// The end of every secret read's body. The cached part stops before it, so a
+/// response can say whether it is stale without copying the cached bytes.
+const FRESH_TAIL: &[u8] = b",\"stale\":false}";
 
 const SECRETS: &str = "/v1/secrets";
 
@@ -48,6 +53,8 @@ pub struct State {
     pub cache: HotCache,
     /// Audit trail.
     pub audit: Audit,
+    /// Change notifications.
+    pub events: Events,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Deadline for receiving a body.
@@ -77,7 +84,11 @@ where
     Ok(res.unwrap_or_else(ApiError::into_response))
 }
 
-async fn route<B>(state: &State, conn: &Conn, req: Request<B>) -> Result<Response<Body>, ApiError>
+async fn route<B>(
+    state: &Arc<State>,
+    conn: &Arc<Conn>,
+    req: Request<B>,
+) -> Result<Response<Body>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
@@ -108,7 +119,8 @@ where
                 "uid": conn.peer.uid,
             }),
         )),
-        (_, "/v1/health" | "/v1/whoami") => Err(ApiError::method_not_allowed("GET")),
+        (&Method::GET, "/v1/watch") => watch::watch(state, conn, req.uri().query()).await,
+        (_, "/v1/health" | "/v1/whoami" | "/v1/watch") => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no_route",
@@ -214,7 +226,7 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
     }
     if matches!(selector, Selector::Current) {
         if let Some(hit) = state.cache.get(path) {
-            return Ok((body_response(hit.body.clone()), Some(hit.version)));
+            return Ok((secret_response(hit.body.clone()), Some(hit.version)));
         }
     }
     let seen = state.cache.generation();
@@ -238,7 +250,7 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
             seen,
         );
     }
-    Ok((body_response(body), Some(secret.version)))
+    Ok((secret_response(body), Some(secret.version)))
 }
 
 /// The body of a secret read, as JSON.
@@ -252,7 +264,6 @@ struct SecretView<'a> {
     created_at: String,
     updated_at: String,
     expires_at: Option<String>,
-    stale: bool,
 }
 
 fn render(secret: &Secret) -> Result<SecretBytes, ApiError> {
@@ -265,7 +276,6 @@ fn render(secret: &Secret) -> Result<SecretBytes, ApiError> {
         created_at: rfc3339(secret.created_at),
         updated_at: rfc3339(secret.updated_at),
         expires_at: secret.expires_at.map(rfc3339),
-        stale: false,
     };
     // Sized up front so the buffer holding values is never reallocated (a reallocation
     // would leave a copy behind that nothing zeroizes).
@@ -278,6 +288,10 @@ fn render(secret: &Secret) -> Result<SecretBytes, ApiError> {
             * 3;
     let mut buf = Vec::with_capacity(estimate);
     serde_json::to_writer(&mut buf, &view).map_err(|_| ApiError::internal())?;
+    // Drop the closing brace: the per-request tail closes the object.
+    if buf.pop() != Some(b'}') {
+        return Err(ApiError::internal());
+    }
     Ok(SecretBytes::new(buf))
 }
 
@@ -356,6 +370,9 @@ where
         .map_err(|_| ApiError::internal())??;
     state.cache.invalidate(path);
     state.store.flush().await?;
+    state
+        .events
+        .publish(Event::now(Kind::Updated, path.clone(), Some(secret.version)));
     let res = json_response(
         StatusCode::OK,
         &serde_json::json!({
@@ -427,6 +444,9 @@ async fn delete(state: &State, path: &SecretPath) -> Result<Answer, ApiError> {
         return Err(ApiError::not_found(format_args!("secret {path}")));
     }
     state.store.flush().await?;
+    state
+        .events
+        .publish(Event::now(Kind::Deleted, path.clone(), None));
     Ok((
         json_response(
             StatusCode::OK,
@@ -494,8 +514,11 @@ async fn list(state: &State, conn: &Conn, query: Option<&str>) -> Result<Respons
     ))
 }
 
-fn body_response(body: Bytes) -> Response<Body> {
-    let mut res = Response::new(Full::new(body));
+fn secret_response(head: Bytes) -> Response<Body> {
+    with_json_headers(Response::new(Body::two(head, Bytes::from_static(FRESH_TAIL))))
+}
+
+fn with_json_headers(mut res: Response<Body>) -> Response<Body> {
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -507,14 +530,14 @@ fn body_response(body: Bytes) -> Response<Body> {
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
-    let mut res = body_response(Bytes::from(bytes));
+    let mut res = with_json_headers(Response::new(Body::full(bytes)));
     *res.status_mut() = status;
     res
 }
 
 /// `key=value` pairs of a query string, values percent-decoded. A value that does
 /// not decode to UTF-8 is an error.
-fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, Result<String, ApiError>)> {
+pub(crate) fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, Result<String, ApiError>)> {
     query
         .unwrap_or("")
         .split('&')

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod events;
 pub mod listener;
 pub mod path;
 pub mod policy;

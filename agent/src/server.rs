@@ -89,6 +89,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         store: store.clone(),
         cache: HotCache::new(config.hot_cache_entries),
         audit,
+        events: crate::events::Events::new(),
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: config.limits.body_timeout,
     });

@@ -4,10 +4,9 @@
 //! documented `code` that clients branch on. Messages are short and name paths or
 //! keys, never values; details go to the log inside the request's span.
 
-use bytes::Bytes;
 use http::{header, Response, StatusCode};
-use http_body_util::Full;
 
+use super::Body;
 use crate::path::PathError;
 use crate::store;
 
@@ -79,10 +78,10 @@ impl ApiError {
     }
 
     /// The JSON response.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<Body> {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut res = Response::new(Full::new(Bytes::from(bytes)));
+        let mut res = Response::new(Body::full(bytes));
         *res.status_mut() = self.status;
         res.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -47,6 +47,23 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     let running = crate::server::start(config).await?;
     seed(running.store()).await?;
 
+    // Fetch the secret once over the socket, as an app would, to show it is served.
+    let demo = super::ClientArgs {
+        dir: dir.clone(),
+        addr: None,
+        cert: None,
+        key: None,
+        cacert: None,
+    }
+    .client()?
+    .get(&format!("/v1/secrets/{DEMO_PATH}"))
+    .await?;
+    println!(
+        "GET /v1/secrets/{DEMO_PATH} over mTLS -> {} {}",
+        demo.status,
+        String::from_utf8_lossy(demo.body.expose())
+    );
+
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "latchkey".to_owned());

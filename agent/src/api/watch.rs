@@ -1,0 +1,93 @@
+//! `GET /v1/watch?prefix=P`: server-sent events for changes under a prefix.
+//!
+//! Apps hold this open to reload when a secret they use changes. Each event names
+//! the path, the version and what happened (`updated`, `deleted`, `rotated`, …),
+//! never a value, and only for paths the caller may read or list. A watcher that
+//! falls behind gets a `lagged` event and should re-read what it uses. A comment
+//! line every 15 seconds keeps idle connections and proxies alive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{deny, query_pairs, ApiError, Body, Conn, State};
+use crate::path::Prefix;
+use crate::policy::{Decision, Operation};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub(super) async fn watch(
+    state: &Arc<State>,
+    conn: &Arc<Conn>,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let mut prefix = Prefix::all();
+    for (key, value) in query_pairs(query) {
+        let value = value?;
+        match key {
+            "prefix" => prefix = Prefix::parse(&value)?,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (expected prefix)"
+                )))
+            }
+        }
+    }
+    if !conn.policy.may_list_under(&conn.peer, &prefix)
+        && !conn.policy.allows_any(Operation::Read)
+    {
+        let err = ApiError::forbidden("watch", &format!("prefix {:?}", prefix.as_str()));
+        deny(state, conn, Operation::List, prefix.as_str(), &err).await;
+        return Err(err);
+    }
+    let mut rx = state.events.subscribe();
+    let (tx, body) = Body::channel(16);
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let hello = format!(": watching {:?}\n\n", prefix.as_str());
+        if tx.send(Bytes::from(hello)).await.is_err() {
+            return;
+        }
+        let mut tick = tokio::time::interval(KEEP_ALIVE);
+        tick.tick().await;
+        loop {
+            let chunk = tokio::select! {
+                got = rx.recv() => match got {
+                    Ok(event) => {
+                        if !prefix.matches(&event.path) {
+                            continue;
+                        }
+                        let visible = [Operation::Read, Operation::List].into_iter().any(|op| {
+                            conn.policy.check(&conn.peer, op, &event.path) == Decision::Allow
+                        });
+                        if !visible {
+                            continue;
+                        }
+                        let data = serde_json::to_string(&event).unwrap_or_default();
+                        format!("event: {}\ndata: {data}\n\n", event.kind.as_str())
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        format!("event: lagged\ndata: {{\"missed\":{missed}}}\n\n")
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tick.tick() => ": keep-alive\n\n".to_owned(),
+                _ = tx.closed() => return,
+            };
+            if tx.send(Bytes::from(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut res = Response::new(body);
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
