@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Shared vocabulary: [`secret`] (values that zeroize and redact) and [`path`]
-//! (validated secret paths).
+//! (validated secret paths). At rest: [`crypto`] (envelope encryption).
 
+pub mod crypto;
 pub mod path;
 pub mod secret;
