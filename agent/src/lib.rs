@@ -10,8 +10,10 @@
 //! ```
 //!
 //! Shared vocabulary: [`secret`] (values that zeroize and redact) and [`path`]
-//! (validated secret paths). At rest: [`crypto`] (envelope encryption).
+//! (validated secret paths). At rest: [`crypto`] (envelope encryption) and [`store`]
+//! (sealed, versioned records in sled).
 
 pub mod crypto;
 pub mod path;
 pub mod secret;
+pub mod store;
