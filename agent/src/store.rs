@@ -4,7 +4,7 @@
 //! Three sled trees:
 //!
 //! - `meta`: the store's data key, wrapped by the key-encryption key, and that key's id.
-//! - `index`: one sealed [`record::IndexEntry`] per path (versions kept, labels,
+//! - `index`: one sealed index entry (`store/record.rs`) per path (versions kept, labels,
 //!   per-version kind and expiry). Key: the path bytes. Associated data:
 //!   `b"latchkey/index/v1\0" + path`.
 //! - `records`: one sealed record per version (fields, kind, timestamps). Key: path
@@ -493,7 +493,7 @@ impl Store {
                 .ok()
                 .and_then(|s| SecretPath::parse(s).ok())
             else {
-                tracing::warn!(store = %inner.dir.display(), "skipping index key that is not a valid path");
+                tracing::warn!(store = %inner.dir.display(), "index key that is not a valid path skipped in listing");
                 continue;
             };
             if !prefix.matches(&path) {
@@ -503,7 +503,7 @@ impl Store {
             let entry = match inner.open_index(&path, &index_aad, &raw) {
                 Ok(entry) => entry,
                 Err(error) => {
-                    tracing::warn!(path = %path, code = error.code(), "skipping index entry: {error}");
+                    tracing::warn!(path = %path, code = error.code(), error = %error, "index entry skipped in listing");
                     continue;
                 }
             };
