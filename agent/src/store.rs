@@ -259,6 +259,7 @@ pub struct Store {
 struct Inner {
     dir: PathBuf,
     db: sled::Db,
+    meta: sled::Tree,
     index: sled::Tree,
     records: sled::Tree,
     key: DataKey,
@@ -309,10 +310,7 @@ impl Store {
             (None, None) if index.is_empty() && records.is_empty() => {
                 let key = DataKey::generate();
                 let wrapped = kek.wrap(&key.to_wrappable()).await.map_err(Error::Crypto)?;
-                let mut batch = sled::Batch::default();
-                batch.insert(META_DEK, wrapped);
-                batch.insert(META_KEK_ID, kek.id().as_bytes());
-                meta.apply_batch(batch)?;
+                save_wrapped_key(&meta, wrapped, kek.id())?;
                 // Nothing may be sealed under a key that a crash could lose.
                 db.flush_async().await?;
                 key
@@ -329,6 +327,7 @@ impl Store {
             inner: Arc::new(Inner {
                 dir: cfg.path.clone(),
                 db,
+                meta,
                 index,
                 records,
                 key,
@@ -568,6 +567,20 @@ impl Store {
         Ok(())
     }
 
+    /// Wraps the data key under a new key-encryption key and flushes, so that later
+    /// opens need `new_kek` instead of the old one. No value is re-encrypted. Called by
+    /// KEK rotation; the old key-encryption key must stay available until this returns.
+    pub async fn rewrap_data_key(&self, new_kek: &dyn KeyWrapper) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let wrapped = new_kek
+            .wrap(&inner.key.to_wrappable())
+            .await
+            .map_err(Error::Crypto)?;
+        save_wrapped_key(&inner.meta, wrapped, new_kek.id())?;
+        inner.db.flush_async().await?;
+        Ok(())
+    }
+
     /// Makes every write so far durable. Callers flush before acknowledging a write.
     pub async fn flush(&self) -> Result<(), Error> {
         self.inner.db.flush_async().await?;
@@ -657,6 +670,15 @@ impl Inner {
         index.insert(&index_aad[INDEX_AAD.len()..], sealed)?;
         Ok(())
     }
+}
+
+/// Stores the wrapped data key and its KEK id together (one atomic batch).
+fn save_wrapped_key(meta: &sled::Tree, wrapped: Vec<u8>, kek_id: &str) -> Result<(), Error> {
+    let mut batch = sled::Batch::default();
+    batch.insert(META_DEK, wrapped);
+    batch.insert(META_KEK_ID, kek_id.as_bytes());
+    meta.apply_batch(batch)?;
+    Ok(())
 }
 
 /// `domain ++ path [++ 0x00 ++ version BE]`: the associated data, whose tail after

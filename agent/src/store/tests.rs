@@ -588,6 +588,33 @@ async fn wrong_kek_on_reopen_is_key_unwrap() {
 }
 
 #[tokio::test]
+async fn rewrap_moves_the_store_to_a_new_kek() {
+    let fx = Fixture::new();
+    let store = fx.open().await;
+    store.put(&p("a"), write(VALUE)).expect("put");
+    let new_kek = LocalKek::generate_file(fx.kek_path.with_extension("new")).expect("kek");
+    store.rewrap_data_key(&new_kek).await.expect("rewrap");
+    // Values keep working in the running store without re-encryption.
+    assert!(store
+        .get(&p("a"), Selector::Current)
+        .expect("get")
+        .is_some());
+    drop(store);
+    assert!(matches!(
+        Store::open(&fx.cfg, &fx.kek).await,
+        Err(Error::KeyUnwrap { .. })
+    ));
+    let store = Store::open(&fx.cfg, &new_kek)
+        .await
+        .expect("opens with the new kek");
+    let got = store
+        .get(&p("a"), Selector::Current)
+        .expect("get")
+        .expect("exists");
+    assert_eq!(password(&got), VALUE);
+}
+
+#[tokio::test]
 async fn set_label_moves_clears_and_validates() {
     let fx = Fixture::new();
     let store = fx.open().await;
