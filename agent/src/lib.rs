@@ -12,5 +12,6 @@
 //! Shared vocabulary: [`secret`] (values that zeroize and redact) and [`path`]
 //! (validated secret paths).
 
+pub mod identity;
 pub mod path;
 pub mod secret;
