@@ -426,7 +426,16 @@ mod tests {
     fn trust_domain_accepts_lowercase_dns_names_only() {
         assert!(TrustDomain::new("latchkey.local").is_ok());
         assert!(TrustDomain::new("prod-1.example_org").is_ok());
-        for bad in ["", "Latchkey.local", "a..b", ".a", "a.", "a/b", "a b", "ä.local"] {
+        for bad in [
+            "",
+            "Latchkey.local",
+            "a..b",
+            ".a",
+            "a.",
+            "a/b",
+            "a b",
+            "ä.local",
+        ] {
             assert!(
                 matches!(TrustDomain::new(bad), Err(Error::InvalidTrustDomain { .. })),
                 "{bad:?} accepted"
@@ -437,8 +446,8 @@ mod tests {
 
     #[test]
     fn spiffe_id_round_trips() {
-        let id = SpiffeId::parse("spiffe://latchkey.local/tenant/acme/app/billing")
-            .expect("valid id");
+        let id =
+            SpiffeId::parse("spiffe://latchkey.local/tenant/acme/app/billing").expect("valid id");
         assert_eq!(id.trust_domain(), &td());
         assert_eq!(id.path(), "/tenant/acme/app/billing");
         assert_eq!(
@@ -493,7 +502,12 @@ mod tests {
 
     #[test]
     fn from_certificate_rejects_garbage_without_panicking() {
-        for bytes in [&b""[..], b"\x30", b"\x30\x82\xff\xff", b"not a certificate at all"] {
+        for bytes in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x82\xff\xff",
+            b"not a certificate at all",
+        ] {
             assert!(matches!(
                 Peer::from_certificate(bytes, &td()),
                 Err(Error::BadCertificate)

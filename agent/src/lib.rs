@@ -15,3 +15,4 @@
 pub mod identity;
 pub mod path;
 pub mod secret;
+pub mod tls;

@@ -192,12 +192,16 @@ impl Layout {
 
     /// `DIR/clients/<name>.pem`; `name` must be one SPIFFE path segment.
     pub fn client_cert(&self, name: &str) -> Result<PathBuf, Error> {
-        Ok(self.clients_dir().join(format!("{}.pem", checked_name(name)?)))
+        Ok(self
+            .clients_dir()
+            .join(format!("{}.pem", checked_name(name)?)))
     }
 
     /// `DIR/clients/<name>.key`; `name` must be one SPIFFE path segment.
     pub fn client_key(&self, name: &str) -> Result<PathBuf, Error> {
-        Ok(self.clients_dir().join(format!("{}.key", checked_name(name)?)))
+        Ok(self
+            .clients_dir()
+            .join(format!("{}.key", checked_name(name)?)))
     }
 
     fn clients_dir(&self) -> PathBuf {
@@ -321,7 +325,11 @@ impl Ca {
         if !dir.exists() {
             create_private_dir(dir)?;
         }
-        for sub in [layout.ca_dir(), layout.dir.join("server"), layout.clients_dir()] {
+        for sub in [
+            layout.ca_dir(),
+            layout.dir.join("server"),
+            layout.clients_dir(),
+        ] {
             create_private_dir(&sub)?;
         }
 
@@ -375,9 +383,8 @@ impl Ca {
         let cert_path = layout.ca_cert();
         let key_path = layout.ca_key();
         let cert_pem = fs::read_to_string(&cert_path).map_err(io_err("read", &cert_path))?;
-        let key_pem = SecretString::new(
-            fs::read_to_string(&key_path).map_err(io_err("read", &key_path))?,
-        );
+        let key_pem =
+            SecretString::new(fs::read_to_string(&key_path).map_err(io_err("read", &key_path))?);
         warn_if_readable_by_others(&key_path);
 
         let invalid = |path: &Path, reason| Error::Invalid {
@@ -489,14 +496,15 @@ impl Ca {
                 reason: "ttl must be positive and finite".to_owned(),
             })?;
         let now = OffsetDateTime::now_utc();
-        let ca_not_after = OffsetDateTime::from_unix_timestamp(self.not_after).map_err(|_| {
-            Error::Invalid {
+        let ca_not_after =
+            OffsetDateTime::from_unix_timestamp(self.not_after).map_err(|_| Error::Invalid {
                 path: self.layout.ca_cert(),
                 reason: "ca notAfter out of range",
-            }
-        })?;
+            })?;
         // Never outlive the CA: a chain with an expired root fails anyway.
-        let not_after = now.checked_add(ttl).map_or(ca_not_after, |t| t.min(ca_not_after));
+        let not_after = now
+            .checked_add(ttl)
+            .map_or(ca_not_after, |t| t.min(ca_not_after));
         if not_after <= now {
             return Err(Error::InvalidRequest {
                 reason: "the ca has expired".to_owned(),
@@ -570,8 +578,9 @@ impl Ca {
     fn read_revoked(&self) -> Result<RevokedList, Error> {
         let path = self.layout.revoked();
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| Error::RevokedList { path, source }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| Error::RevokedList { path, source })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(RevokedList::default()),
             Err(e) => Err(io_err("read", &path)(e)),
         }
@@ -635,8 +644,8 @@ fn ca_trust_domain(cert: &x509_parser::certificate::X509Certificate<'_>) -> Opti
 /// The serial number of a PEM certificate, in the spelling [`Ca::revoke`] and
 /// `Peer::serial` use.
 pub fn serial_of_pem(cert_pem: &str) -> Result<String, Error> {
-    let der =
-        CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| Error::BadCertificatePem)?;
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|_| Error::BadCertificatePem)?;
     let (_, cert) =
         x509_parser::parse_x509_certificate(&der).map_err(|_| Error::BadCertificatePem)?;
     Ok(serial_hex(cert.raw_serial()))
@@ -766,7 +775,10 @@ mod tests {
             .expect("one basic constraints")
             .expect("present");
         assert_eq!(bc.value.path_len_constraint, Some(0));
-        assert!(cert.subject().to_string().contains("latchkey CA latchkey.local"));
+        assert!(cert
+            .subject()
+            .to_string()
+            .contains("latchkey CA latchkey.local"));
 
         let loaded = Ca::load(&dir).expect("load ca");
         assert_eq!(loaded.trust_domain(), &td());
@@ -791,10 +803,7 @@ mod tests {
         let ca = Ca::create(tmp.path(), &td()).expect("create ca");
         let other = KeyPair::generate().expect("key");
         fs::write(ca.layout().ca_key(), other.serialize_pem()).expect("write key");
-        assert!(matches!(
-            Ca::load(tmp.path()),
-            Err(Error::Invalid { .. })
-        ));
+        assert!(matches!(Ca::load(tmp.path()), Err(Error::Invalid { .. })));
     }
 
     #[test]
@@ -805,7 +814,10 @@ mod tests {
         let issued = ca
             .issue_client(&id, Duration::from_secs(3600))
             .expect("issue");
-        assert_eq!(serial_of_pem(&issued.cert_pem).expect("serial"), issued.serial);
+        assert_eq!(
+            serial_of_pem(&issued.cert_pem).expect("serial"),
+            issued.serial
+        );
         assert_eq!(issued.serial.len(), 2 * SERIAL_LEN);
 
         let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem");
@@ -854,18 +866,30 @@ mod tests {
             .expect("issue");
         let layout = ca.layout();
         issued
-            .write(&layout.server_cert(), &layout.server_key(), WriteMode::CreateNew)
+            .write(
+                &layout.server_cert(),
+                &layout.server_key(),
+                WriteMode::CreateNew,
+            )
             .expect("write");
         assert_eq!(mode(&layout.server_key()), 0o600);
         assert!(matches!(
-            issued.write(&layout.server_cert(), &layout.server_key(), WriteMode::CreateNew),
+            issued.write(
+                &layout.server_cert(),
+                &layout.server_key(),
+                WriteMode::CreateNew
+            ),
             Err(Error::Exists { .. })
         ));
         let again = ca
             .issue_server(&["localhost".to_owned()], &[], Duration::from_secs(3600))
             .expect("issue");
         again
-            .write(&layout.server_cert(), &layout.server_key(), WriteMode::Replace)
+            .write(
+                &layout.server_cert(),
+                &layout.server_key(),
+                WriteMode::Replace,
+            )
             .expect("replace");
         assert_eq!(mode(&layout.server_key()), 0o600);
         assert_eq!(
@@ -897,7 +921,9 @@ mod tests {
         assert!(!ca_debug.contains(ca_key.lines().nth(1).expect("key body")));
 
         let id = SpiffeId::app(&td(), "billing").expect("id");
-        let issued = ca.issue_client(&id, Duration::from_secs(60)).expect("issue");
+        let issued = ca
+            .issue_client(&id, Duration::from_secs(60))
+            .expect("issue");
         let debug = format!("{issued:?}");
         assert!(!debug.contains("PRIVATE KEY"));
         let body = issued.key_pem.expose().lines().nth(1).expect("key body");
@@ -923,7 +949,9 @@ mod tests {
         assert!(serials.is_empty());
 
         let id = SpiffeId::app(&td(), "billing").expect("id");
-        let issued = ca.issue_client(&id, Duration::from_secs(60)).expect("issue");
+        let issued = ca
+            .issue_client(&id, Duration::from_secs(60))
+            .expect("issue");
         // The user may paste the serial in openssl's spelling.
         let pasted = issued
             .serial
