@@ -314,10 +314,16 @@ struct RevokedList {
 
 impl Ca {
     /// Creates a new CA for `trust_domain` under `dir` (see [`Layout`]) and writes an
-    /// empty CRL. Refuses if `DIR/ca/ca.pem` or `DIR/ca/ca.key` already exists.
+    /// empty CRL. Refuses if any of `DIR/ca/{ca.pem,ca.key,revoked.json,crl.pem}` exists.
     pub fn create(dir: &Path, trust_domain: &TrustDomain) -> Result<Self, Error> {
         let layout = Layout::new(dir);
-        for path in [layout.ca_cert(), layout.ca_key()] {
+        // A leftover revocation list or CRL belongs to an earlier CA: never mix them.
+        for path in [
+            layout.ca_cert(),
+            layout.ca_key(),
+            layout.revoked(),
+            layout.crl(),
+        ] {
             if path.exists() {
                 return Err(Error::Exists { path });
             }
@@ -445,12 +451,12 @@ impl Ca {
         }
         let mut sans = Vec::with_capacity(dns.len() + ips.len());
         for name in dns {
-            let ia5 = name
-                .as_str()
-                .try_into()
-                .map_err(|_| Error::InvalidRequest {
-                    reason: format!("dns name {:?} is not ascii", super::echo(name)),
-                })?;
+            let invalid = || Error::InvalidRequest {
+                reason: format!("{:?} is not a valid dns name", super::echo(name)),
+            };
+            // The same syntax check clients apply to the name they connect with.
+            rustls::pki_types::DnsName::try_from(name.as_str()).map_err(|_| invalid())?;
+            let ia5 = name.as_str().try_into().map_err(|_| invalid())?;
             sans.push(SanType::DnsName(ia5));
         }
         sans.extend(ips.iter().copied().map(SanType::IpAddress));
@@ -552,6 +558,7 @@ impl Ca {
     /// CRL. Revoking an already revoked serial changes nothing.
     pub fn revoke(&self, serial: &str) -> Result<(), Error> {
         let serial = normalize_serial(serial)?;
+        let _lock = self.lock()?;
         let mut list = self.read_revoked()?;
         if list.revoked.iter().any(|r| r.serial == serial) {
             return Ok(());
@@ -571,8 +578,24 @@ impl Ca {
     /// Rewrites `crl.pem` from `revoked.json` (empty if missing) with the next CRL number
     /// and a nextUpdate one year ahead. Run it at least yearly to keep the CRL fresh.
     pub fn write_crl(&self) -> Result<(), Error> {
+        let _lock = self.lock()?;
         let list = self.read_revoked()?;
         self.write_crl_from(list)
+    }
+
+    /// An exclusive lock on `DIR/ca/.lock`, so two `latchkey cert revoke` runs cannot
+    /// lose each other's update of `revoked.json`. Released when the file is dropped.
+    fn lock(&self) -> Result<fs::File, Error> {
+        let path = self.layout.ca_dir().join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(MODE_KEY)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        file.lock().map_err(io_err("lock", &path))?;
+        Ok(file)
     }
 
     fn read_revoked(&self) -> Result<RevokedList, Error> {
@@ -746,7 +769,7 @@ fn warn_if_readable_by_others(path: &Path) {
 mod tests {
     use super::*;
 
-    pub(crate) fn td() -> TrustDomain {
+    fn td() -> TrustDomain {
         TrustDomain::new("latchkey.local").expect("valid trust domain")
     }
 
@@ -795,6 +818,14 @@ mod tests {
             Err(Error::Exists { .. })
         ));
         assert_eq!(fs::read(ca.layout().ca_key()).expect("key"), before);
+
+        // Leftovers of an earlier CA (its revocations) also stop a new one.
+        fs::remove_file(ca.layout().ca_key()).expect("remove key");
+        fs::remove_file(ca.layout().ca_cert()).expect("remove cert");
+        assert!(matches!(
+            Ca::create(tmp.path(), &td()),
+            Err(Error::Exists { .. })
+        ));
     }
 
     #[test]
@@ -848,9 +879,13 @@ mod tests {
         let id = SpiffeId::app(&td(), "x").expect("id");
         assert!(ca.issue_client(&id, Duration::ZERO).is_err());
         assert!(ca.issue_server(&[], &[], Duration::from_secs(60)).is_err());
-        assert!(ca
-            .issue_server(&["bad\u{e9}".to_owned()], &[], Duration::from_secs(60))
-            .is_err());
+        for bad in ["bad\u{e9}", "/run/latchkey.sock", "a b", ""] {
+            assert!(
+                ca.issue_server(&[bad.to_owned()], &[], Duration::from_secs(60))
+                    .is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]
