@@ -251,8 +251,9 @@ impl ServerTls {
 
     /// Polls the CRL file's modification time, length and inode every `every` (at least
     /// 50 ms) and calls [`reload_crl`](Self::reload_crl) when they change. Logs reloads
-    /// at `info` and failures at `error` (keeping the previous CRL). The task ends when
-    /// the last other reference to this `ServerTls` is dropped, or when aborted.
+    /// at `info` and failures at `error` (keeping the previous CRL); a failure is
+    /// logged once per change of the file. The task ends at the first tick after the
+    /// last other reference to this `ServerTls` is dropped, or when aborted.
     pub fn spawn_crl_watcher(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let path = self.files.crl.clone();
         let weak = Arc::downgrade(&self);
@@ -261,13 +262,17 @@ impl ServerTls {
             let Some(path) = path else {
                 return;
             };
-            let mut last = file_stamp(&path);
+            // `None` until the first check, so a CRL written between `load` and this
+            // task starting is still picked up (`reload_crl` is a no-op if unchanged).
+            let mut last = None;
             let mut ticker = tokio::time::interval(every.max(MIN_POLL));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
             loop {
                 ticker.tick().await;
-                let stamp = file_stamp(&path);
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                let stamp = Some(file_stamp(&path));
                 if stamp == last {
                     continue;
                 }
@@ -288,9 +293,6 @@ impl ServerTls {
                         %error,
                         "crl reload task failed; keeping the previous crl"
                     ),
-                }
-                if weak.strong_count() == 0 {
-                    return;
                 }
             }
         })

@@ -311,7 +311,6 @@ async fn crl_watcher_applies_a_revocation_without_restart() {
 
     // The task stops by itself once the server is gone.
     drop(server);
-    fx.ca.write_crl().expect("touch crl");
     tokio::time::timeout(Duration::from_secs(5), watcher)
         .await
         .expect("watcher stopped")
