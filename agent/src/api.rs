@@ -78,7 +78,7 @@ pub async fn handle<B>(
 ) -> Result<Response<Body>, Infallible>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let res = route(&state, &conn, req).await;
     Ok(res.unwrap_or_else(ApiError::into_response))
@@ -91,9 +91,10 @@ async fn route<B>(
 ) -> Result<Response<Body>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let path = req.uri().path();
+    let uri = req.uri().clone();
+    let path = uri.path();
     if let Some(rest) = path.strip_prefix(SECRETS) {
         if rest.is_empty() || rest == "/" {
             return match *req.method() {
@@ -137,7 +138,7 @@ async fn secret_route<B>(
 ) -> Result<Response<Body>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let op = match *req.method() {
         Method::GET => Operation::Read,
@@ -213,7 +214,9 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
                         .bytes()
                         .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_')
                 {
-                    return Err(ApiError::bad_request(format!("label {value:?} is not valid")));
+                    return Err(ApiError::bad_request(format!(
+                        "label {value:?} is not valid"
+                    )));
                 }
                 Selector::Label(value)
             }
@@ -299,7 +302,10 @@ fn render(secret: &Secret) -> Result<SecretBytes, ApiError> {
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -325,7 +331,7 @@ struct PutBody {
 async fn write<B>(state: &State, path: &SecretPath, req: Request<B>) -> Result<Answer, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut cas = None;
     for (key, value) in query_pairs(req.uri().query()) {
@@ -370,9 +376,11 @@ where
         .map_err(|_| ApiError::internal())??;
     state.cache.invalidate(path);
     state.store.flush().await?;
-    state
-        .events
-        .publish(Event::now(Kind::Updated, path.clone(), Some(secret.version)));
+    state.events.publish(Event::now(
+        Kind::Updated,
+        path.clone(),
+        Some(secret.version),
+    ));
     let res = json_response(
         StatusCode::OK,
         &serde_json::json!({
@@ -391,7 +399,7 @@ where
 async fn read_body<B>(state: &State, req: Request<B>) -> Result<SecretBytes, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = state.max_body_bytes;
     if let Some(len) = req
@@ -515,7 +523,10 @@ async fn list(state: &State, conn: &Conn, query: Option<&str>) -> Result<Respons
 }
 
 fn secret_response(head: Bytes) -> Response<Body> {
-    with_json_headers(Response::new(Body::two(head, Bytes::from_static(FRESH_TAIL))))
+    with_json_headers(Response::new(Body::two(
+        head,
+        Bytes::from_static(FRESH_TAIL),
+    )))
 }
 
 fn with_json_headers(mut res: Response<Body>) -> Response<Body> {
@@ -537,7 +548,9 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body
 
 /// `key=value` pairs of a query string, values percent-decoded. A value that does
 /// not decode to UTF-8 is an error.
-pub(crate) fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, Result<String, ApiError>)> {
+pub(crate) fn query_pairs(
+    query: Option<&str>,
+) -> impl Iterator<Item = (&str, Result<String, ApiError>)> {
     query
         .unwrap_or("")
         .split('&')
@@ -559,7 +572,9 @@ fn percent_decode(text: &str) -> Result<String, ApiError> {
                     .get(i + 1..i + 3)
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| ApiError::bad_request("malformed percent-encoding in the query"))?;
+                    .ok_or_else(|| {
+                        ApiError::bad_request("malformed percent-encoding in the query")
+                    })?;
                 out.push(hex);
                 i += 3;
             }

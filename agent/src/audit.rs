@@ -200,7 +200,12 @@ mod tests {
         denied.code = Some("forbidden");
         audit.record(denied).await;
         audit
-            .record(Record::now("spiffe://td/app/b".into(), None, "read", Some("b/x")))
+            .record(Record::now(
+                "spiffe://td/app/b".into(),
+                None,
+                "read",
+                Some("b/x"),
+            ))
             .await;
         drop(audit);
         writer.finish().await;

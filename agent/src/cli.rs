@@ -7,7 +7,9 @@
 mod cert;
 mod connect;
 mod dev;
+mod exec;
 mod init;
+mod render;
 mod secrets;
 
 use std::path::PathBuf;
@@ -72,6 +74,10 @@ pub enum Command {
     List(secrets::ListArgs),
     /// Delete a secret and all its versions.
     Rm(secrets::RmArgs),
+    /// Render the [[template]] blocks of a config file (a client of the running agent).
+    Render(render::RenderArgs),
+    /// Run a program with secrets in its environment; restart or signal it when they change.
+    Exec(exec::ExecArgs),
 }
 
 /// A failure with the exit code it maps to.
@@ -122,5 +128,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Put(args) => secrets::put(args).await,
         Command::List(args) => secrets::list(args).await,
         Command::Rm(args) => secrets::rm(args).await,
+        Command::Render(args) => render::run(args).await,
+        Command::Exec(args) => exec::run(args).await,
     }
 }

@@ -52,7 +52,10 @@ impl std::str::FromStr for Endpoint {
         if s.starts_with('/') || s.starts_with("./") {
             return Ok(Endpoint::Unix(PathBuf::from(s)));
         }
-        let addr = s.strip_prefix("https://").unwrap_or(s).trim_end_matches('/');
+        let addr = s
+            .strip_prefix("https://")
+            .unwrap_or(s)
+            .trim_end_matches('/');
         addr.parse()
             .map(Endpoint::Tcp)
             .map_err(|_| Error::BadEndpoint(s.to_owned()))
@@ -169,7 +172,11 @@ impl Client {
         let sender = match &self.endpoint {
             Endpoint::Unix(path) => {
                 let stream = UnixStream::connect(path).await.map_err(connect_err)?;
-                let tls = self.connector.connect(name, stream).await.map_err(tls_err)?;
+                let tls = self
+                    .connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(tls_err)?;
                 let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                     .await
                     .map_err(http_err)?;
@@ -179,7 +186,11 @@ impl Client {
             Endpoint::Tcp(addr) => {
                 let stream = TcpStream::connect(addr).await.map_err(connect_err)?;
                 let _ = stream.set_nodelay(true);
-                let tls = self.connector.connect(name, stream).await.map_err(tls_err)?;
+                let tls = self
+                    .connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(tls_err)?;
                 let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                     .await
                     .map_err(http_err)?;
@@ -219,15 +230,22 @@ impl Client {
         let req = builder
             .body(payload)
             .map_err(|e| Error::Request(e.to_string()))?;
-        let res = sender.send_request(req).await.map_err(|source| Error::Http {
-            endpoint: self.endpoint.to_string(),
-            source,
-        })?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|source| Error::Http {
+                endpoint: self.endpoint.to_string(),
+                source,
+            })?;
         let status = res.status().as_u16();
-        let collected = res.into_body().collect().await.map_err(|source| Error::Http {
-            endpoint: self.endpoint.to_string(),
-            source,
-        })?;
+        let collected = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| Error::Http {
+                endpoint: self.endpoint.to_string(),
+                source,
+            })?;
         *guard = Some(sender);
         Ok(Reply {
             status,
@@ -238,6 +256,29 @@ impl Client {
     /// `GET` a path.
     pub async fn get(&self, path_and_query: &str) -> Result<Reply, Error> {
         self.request(Method::GET, path_and_query, None).await
+    }
+
+    /// Opens a dedicated connection for a long-lived `GET` (the `/v1/watch` event
+    /// stream) and returns the status and the body as it arrives.
+    pub async fn stream(
+        &self,
+        path_and_query: &str,
+    ) -> Result<(u16, hyper::body::Incoming), Error> {
+        let mut sender = self.connect().await?;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path_and_query)
+            .header(header::HOST, SERVER_NAME)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::Request(e.to_string()))?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|source| Error::Http {
+                endpoint: self.endpoint.to_string(),
+                source,
+            })?;
+        Ok((res.status().as_u16(), res.into_body()))
     }
 }
 

@@ -107,6 +107,8 @@ pub struct Config {
     pub audit: Audit,
     /// Access policy.
     pub policy: Policy,
+    /// Files rendered from templates by the daemon.
+    pub templates: Vec<crate::render::Template>,
 }
 
 impl Config {
@@ -169,7 +171,7 @@ fn validate(
     raw: file::FileConfig,
     problems: &mut Vec<String>,
 ) -> Option<Config> {
-    let trust_domain = match TrustDomain::parse(&raw.trust_domain) {
+    let trust_domain = match TrustDomain::new(&raw.trust_domain) {
         Ok(td) => Some(td),
         Err(e) => {
             problems.push(format!("trust_domain: {e}"));
@@ -177,7 +179,8 @@ fn validate(
         }
     };
 
-    let socket_mode = match u32::from_str_radix(raw.listen.socket_mode.trim_start_matches("0o"), 8) {
+    let socket_mode = match u32::from_str_radix(raw.listen.socket_mode.trim_start_matches("0o"), 8)
+    {
         Ok(mode) if mode <= 0o777 && mode & 0o007 == 0 => mode,
         Ok(_) => {
             problems.push(format!(
@@ -274,6 +277,8 @@ fn validate(
         }
     }
 
+    let templates = crate::render::spec::validate(base, &raw.template, problems);
+
     Some(Config {
         source: path.to_owned(),
         trust_domain: trust_domain?,
@@ -289,6 +294,7 @@ fn validate(
         limits,
         audit,
         policy: Policy::new(rules),
+        templates,
     })
 }
 
@@ -324,7 +330,9 @@ operations = ["read", "write", "list", "admin"]
         assert_eq!(cfg.store.path, Path::new("/etc/latchkey/data"));
         assert_eq!(cfg.store.max_versions, 10);
         assert_eq!(cfg.listen.socket_mode, 0o660);
-        assert!(matches!(cfg.kek, KekSource::File { ref path } if path == Path::new("/etc/latchkey/keys/kek")));
+        assert!(
+            matches!(cfg.kek, KekSource::File { ref path } if path == Path::new("/etc/latchkey/keys/kek"))
+        );
     }
 
     #[test]
@@ -337,7 +345,10 @@ operations = ["read", "write", "list", "admin"]
     #[test]
     fn every_problem_is_reported_with_its_key() {
         let text = MINIMAL
-            .replace("[listen]", "[listen]\ntcp = \"0.0.0.0:1\"\nsocket_mode = \"0666\"")
+            .replace(
+                "[listen]",
+                "[listen]\ntcp = \"0.0.0.0:1\"\nsocket_mode = \"0666\"",
+            )
             .replace("[storage]", "[storage]\nversions = 0");
         let err = Config::from_toml(Path::new("x.toml"), &text).expect_err("must fail");
         let msg = err.to_string();

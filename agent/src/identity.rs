@@ -352,18 +352,30 @@ impl Peer {
                 expected: trust_domain.clone(),
             });
         }
+        Ok(Self::from_id(&id, &serial_hex(cert.raw_serial())))
+    }
+
+    /// A peer for an already verified id (no Unix credentials yet).
+    pub fn from_id(id: &SpiffeId, serial: &str) -> Self {
         let (app, tenant) = match id.role() {
             Role::App { tenant, name } => (Some(Arc::from(name)), tenant.map(Arc::from)),
             Role::Admin { .. } | Role::Other => (None, None),
         };
-        Ok(Self {
+        Self {
             id: id.to_string().into(),
             app,
             tenant,
-            serial: serial_hex(cert.raw_serial()).into(),
+            serial: serial.into(),
             uid: None,
             gid: None,
-        })
+        }
+    }
+
+    /// A peer from an id written as text; panics on a bad id (tests only).
+    #[cfg(test)]
+    #[allow(clippy::expect_used)]
+    pub(crate) fn for_test(id: &str) -> Self {
+        Self::from_id(&SpiffeId::parse(id).expect("valid test id"), "01")
     }
 
     /// Reads the identity from a completed TLS connection's peer certificate chain.

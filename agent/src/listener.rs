@@ -90,10 +90,14 @@ pub async fn bind(listen: &crate::config::Listen) -> Result<Bound, Error> {
         None => None,
     };
     let tcp = match listen.tcp {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-            what: addr.to_string(),
-            source,
-        })?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    what: addr.to_string(),
+                    source,
+                })?,
+        ),
         None => None,
     };
     Ok(Bound { unix, tcp })
@@ -164,7 +168,10 @@ pub async fn serve(
     }
     match Arc::try_unwrap(graceful) {
         Ok(graceful) => {
-            if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+            if tokio::time::timeout(drain, graceful.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!("connections still open after the drain time; closing them");
             }
         }
@@ -174,7 +181,8 @@ pub async fn serve(
 
 trait Accept: Send + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Option<(u32, u32)>)>> + Send;
+    fn accept(&self)
+        -> impl Future<Output = io::Result<(Self::Stream, Option<(u32, u32)>)>> + Send;
 }
 
 struct UnixAccept(UnixListener);
@@ -259,8 +267,9 @@ async fn serve_conn<S>(
     let identity = {
         let (_, session) = tls.get_ref();
         match session.peer_certificates().and_then(|c| c.first()) {
-            Some(cert) => Peer::from_certificate(cert.as_ref(), &ctx.trust_domain)
-                .map_err(|e| e.to_string()),
+            Some(cert) => {
+                Peer::from_certificate(cert.as_ref(), &ctx.trust_domain).map_err(|e| e.to_string())
+            }
             None => Err("no client certificate".to_owned()),
         }
     };
@@ -309,7 +318,12 @@ async fn refuse_identity(
         "bad_identity",
         format!("client certificate refused: {reason}"),
     );
-    let mut record = Record::now("(unidentified)".into(), cred.map(|c| c.0), "connect", Some(req.uri().path()));
+    let mut record = Record::now(
+        "(unidentified)".into(),
+        cred.map(|c| c.0),
+        "connect",
+        Some(req.uri().path()),
+    );
     record.outcome = Outcome::Denied;
     record.status = err.status.as_u16();
     record.code = Some(err.code);

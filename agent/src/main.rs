@@ -9,7 +9,10 @@ use latchkey::cli::{self, Cli};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     latchkey::telemetry::init(cli.log_format, cli.log_level.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             report(&anyhow::Error::new(e).context("cannot start the async runtime"));

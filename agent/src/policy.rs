@@ -321,7 +321,8 @@ impl PeerPolicy {
     pub fn check(&self, peer: &Peer, op: Operation, path: &SecretPath) -> Decision {
         for &i in self.picked.iter() {
             let rule = &self.rules[i];
-            if rule.ops & op.bit() != 0 && rule.paths.iter().any(|p| p.matches(path.segments(), peer))
+            if rule.ops & op.bit() != 0
+                && rule.paths.iter().any(|p| p.matches(path.segments(), peer))
             {
                 return Decision::Allow;
             }
@@ -376,23 +377,48 @@ mod tests {
         )]);
         let other = peer("spiffe://td/app/web");
         let pp = policy.for_peer(&other);
-        assert_eq!(pp.check(&other, Operation::Read, &path("billing/db")), Decision::Deny);
+        assert_eq!(
+            pp.check(&other, Operation::Read, &path("billing/db")),
+            Decision::Deny
+        );
         let billing = peer("spiffe://td/app/billing");
         let pp = policy.for_peer(&billing);
-        assert_eq!(pp.check(&billing, Operation::Read, &path("billing/db")), Decision::Allow);
-        assert_eq!(pp.check(&billing, Operation::Write, &path("billing/db")), Decision::Deny);
-        assert_eq!(pp.check(&billing, Operation::Read, &path("web/db")), Decision::Deny);
+        assert_eq!(
+            pp.check(&billing, Operation::Read, &path("billing/db")),
+            Decision::Allow
+        );
+        assert_eq!(
+            pp.check(&billing, Operation::Write, &path("billing/db")),
+            Decision::Deny
+        );
+        assert_eq!(
+            pp.check(&billing, Operation::Read, &path("web/db")),
+            Decision::Deny
+        );
     }
 
     #[test]
     fn star_is_one_segment_and_double_star_any() {
-        let policy = Policy::new(vec![rule("spiffe://td/app/*", &["a/*/c", "x/**"], &["read"])]);
+        let policy = Policy::new(vec![rule(
+            "spiffe://td/app/*",
+            &["a/*/c", "x/**"],
+            &["read"],
+        )]);
         let p = peer("spiffe://td/app/one");
         let pp = policy.for_peer(&p);
-        assert_eq!(pp.check(&p, Operation::Read, &path("a/b/c")), Decision::Allow);
-        assert_eq!(pp.check(&p, Operation::Read, &path("a/b/b/c")), Decision::Deny);
+        assert_eq!(
+            pp.check(&p, Operation::Read, &path("a/b/c")),
+            Decision::Allow
+        );
+        assert_eq!(
+            pp.check(&p, Operation::Read, &path("a/b/b/c")),
+            Decision::Deny
+        );
         assert_eq!(pp.check(&p, Operation::Read, &path("x")), Decision::Allow);
-        assert_eq!(pp.check(&p, Operation::Read, &path("x/y/z")), Decision::Allow);
+        assert_eq!(
+            pp.check(&p, Operation::Read, &path("x/y/z")),
+            Decision::Allow
+        );
         // `*` in the identity does not cross a segment.
         let nested = peer("spiffe://td/tenant/t/app/one");
         assert!(!policy.for_peer(&nested).allows_any(Operation::Read));
@@ -426,14 +452,27 @@ mod tests {
         let policy = Policy::new(vec![rule("spiffe://td/app/x", &["db-*-ro/*"], &["read"])]);
         let p = peer("spiffe://td/app/x");
         let pp = policy.for_peer(&p);
-        assert_eq!(pp.check(&p, Operation::Read, &path("db-main-ro/k")), Decision::Allow);
-        assert_eq!(pp.check(&p, Operation::Read, &path("db-main-rw/k")), Decision::Deny);
-        assert_eq!(pp.check(&p, Operation::Read, &path("db--ro/k")), Decision::Allow);
+        assert_eq!(
+            pp.check(&p, Operation::Read, &path("db-main-ro/k")),
+            Decision::Allow
+        );
+        assert_eq!(
+            pp.check(&p, Operation::Read, &path("db-main-rw/k")),
+            Decision::Deny
+        );
+        assert_eq!(
+            pp.check(&p, Operation::Read, &path("db--ro/k")),
+            Decision::Allow
+        );
     }
 
     #[test]
     fn list_prefix_filter() {
-        let policy = Policy::new(vec![rule("spiffe://td/app/x", &["apps/{app}/**"], &["list"])]);
+        let policy = Policy::new(vec![rule(
+            "spiffe://td/app/x",
+            &["apps/{app}/**"],
+            &["list"],
+        )]);
         let p = peer("spiffe://td/app/x");
         let pp = policy.for_peer(&p);
         assert!(pp.may_list_under(&p, &Prefix::parse("apps/x/").expect("prefix")));

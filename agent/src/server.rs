@@ -52,6 +52,7 @@ pub struct Running {
     store: Store,
     writer: crate::audit::Writer,
     state: Arc<State>,
+    renderer: Option<tokio::task::JoinHandle<()>>,
     /// Where it listens (`unix:PATH`, `tcp:ADDR`).
     pub addresses: Vec<String>,
 }
@@ -66,6 +67,9 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Some(renderer) = self.renderer {
+            let _ = renderer.await;
+        }
         drop(self.state);
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final store flush failed");
@@ -103,6 +107,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         limits: config.limits.clone(),
     });
     let (stop, stop_rx) = watch::channel(false);
+    let renderer = (!config.templates.is_empty()).then(|| {
+        crate::render::spawn(
+            config.templates.clone(),
+            store.clone(),
+            &state.events,
+            stop_rx.clone(),
+        )
+    });
     let task = tokio::spawn(listener::serve(bound, ctx, stop_rx, DRAIN));
     tracing::info!(listen = ?addresses, store = %config.store.path.display(), "latchkey ready");
     Ok(Running {
@@ -111,6 +123,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         store,
         writer,
         state,
+        renderer,
         addresses,
     })
 }

@@ -4,6 +4,8 @@
 //! (`info!(path = %path, version, "secret written")`). Nothing that could hold a
 //! secret value is ever a field: secret types print `[REDACTED]` in any case.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
@@ -18,6 +20,7 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let result = match format {
         LogFormat::Text => builder.try_init(),

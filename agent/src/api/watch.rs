@@ -36,8 +36,7 @@ pub(super) async fn watch(
             }
         }
     }
-    if !conn.policy.may_list_under(&conn.peer, &prefix)
-        && !conn.policy.allows_any(Operation::Read)
+    if !conn.policy.may_list_under(&conn.peer, &prefix) && !conn.policy.allows_any(Operation::Read)
     {
         let err = ApiError::forbidden("watch", &format!("prefix {:?}", prefix.as_str()));
         deny(state, conn, Operation::List, prefix.as_str(), &err).await;

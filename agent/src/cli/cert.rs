@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 
 use super::Failure;
-use crate::identity::ca::{self, Ca};
+use crate::identity::ca::{self, Ca, WriteMode};
 use crate::identity::SpiffeId;
 
 /// `latchkey cert ...`.
@@ -51,7 +51,11 @@ pub enum CertCommand {
 }
 
 /// Runs a `cert` subcommand.
-pub fn run(cmd: CertCommand) -> Result<ExitCode, Failure> {
+pub(super) fn run(cmd: CertCommand) -> Result<ExitCode, Failure> {
+    Ok(run_inner(cmd)?)
+}
+
+fn run_inner(cmd: CertCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         CertCommand::Issue {
             app,
@@ -65,12 +69,12 @@ pub fn run(cmd: CertCommand) -> Result<ExitCode, Failure> {
             if ttl.is_zero() {
                 bail!("--ttl must be longer than zero");
             }
-            let ca = Ca::load(&dir).with_context(|| format!("cannot load the CA in {}", dir.display()))?;
-            let id_path = match &tenant {
-                Some(t) => format!("tenant/{t}/app/{app}"),
-                None => format!("app/{app}"),
+            let ca = Ca::load(&dir)
+                .with_context(|| format!("cannot load the CA in {}", dir.display()))?;
+            let id = match &tenant {
+                Some(t) => SpiffeId::tenant_app(ca.trust_domain(), t, &app)?,
+                None => SpiffeId::app(ca.trust_domain(), &app)?,
             };
-            let id = SpiffeId::new(ca.trust_domain(), &id_path)?;
             let issued = ca.issue_client(&id, ttl)?;
             let out = out.unwrap_or_else(|| dir.join("clients"));
             let stem = match &tenant {
@@ -81,7 +85,7 @@ pub fn run(cmd: CertCommand) -> Result<ExitCode, Failure> {
             let key_path = out.join(format!("{stem}.key"));
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
-            issued.write(&cert_path, &key_path)?;
+            issued.write(&cert_path, &key_path, WriteMode::CreateNew)?;
             println!("identity: {id}");
             println!("serial:   {}", issued.serial);
             println!("expires:  {}", crate::api::rfc3339(issued.not_after));
@@ -99,7 +103,8 @@ pub fn run(cmd: CertCommand) -> Result<ExitCode, Failure> {
                 }
                 (None, None) => bail!("give --serial or --cert"),
             };
-            let ca = Ca::load(&dir).with_context(|| format!("cannot load the CA in {}", dir.display()))?;
+            let ca = Ca::load(&dir)
+                .with_context(|| format!("cannot load the CA in {}", dir.display()))?;
             ca.revoke(&serial)?;
             println!("revoked serial {serial}; a running agent refuses it within a second");
             Ok(ExitCode::SUCCESS)

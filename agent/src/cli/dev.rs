@@ -19,7 +19,7 @@ use crate::secret::{Fields, SecretString};
 use crate::store::{Selector, Write};
 
 /// The example secret dev mode seeds.
-pub const DEMO_PATH: &str = "demo/database";
+pub(super) const DEMO_PATH: &str = "demo/database";
 
 /// `latchkey dev`.
 #[derive(Debug, Args)]
@@ -33,10 +33,10 @@ pub struct DevArgs {
 }
 
 /// `latchkey dev`.
-pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
+pub(super) async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     let config_path = args.dir.join("latchkey.toml");
     if !config_path.exists() {
-        let td = TrustDomain::parse("latchkey.local")?;
+        let td = TrustDomain::new("latchkey.local")?;
         super::init::initialise(&args.dir, &td, args.tcp)?;
     }
     let dir = std::fs::canonicalize(&args.dir)

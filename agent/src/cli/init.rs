@@ -15,7 +15,7 @@ use clap::Args;
 
 use super::Failure;
 use crate::crypto::LocalKek;
-use crate::identity::ca::Ca;
+use crate::identity::ca::{Ca, WriteMode};
 use crate::identity::{SpiffeId, TrustDomain};
 
 /// Server and admin certificates made by `init` last this long.
@@ -36,21 +36,37 @@ pub struct InitArgs {
 }
 
 /// `latchkey init`.
-pub fn run(args: InitArgs) -> Result<ExitCode, Failure> {
-    let td = TrustDomain::parse(&args.trust_domain)?;
+pub(super) fn run(args: InitArgs) -> Result<ExitCode, Failure> {
+    let td = TrustDomain::new(&args.trust_domain)?;
     initialise(&args.dir, &td, args.tcp)?;
     println!("initialised {}", args.dir.display());
-    println!("  config:       {}", args.dir.join("latchkey.toml").display());
-    println!("  admin cert:   {}", args.dir.join("clients/admin.pem").display());
-    println!("  start with:   latchkey run --config {}", args.dir.join("latchkey.toml").display());
+    println!(
+        "  config:       {}",
+        args.dir.join("latchkey.toml").display()
+    );
+    println!(
+        "  admin cert:   {}",
+        args.dir.join("clients/admin.pem").display()
+    );
+    println!(
+        "  start with:   latchkey run --config {}",
+        args.dir.join("latchkey.toml").display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// Creates the folder's contents. Refuses to touch a folder that already has a config.
-pub fn initialise(dir: &Path, td: &TrustDomain, tcp: Option<SocketAddr>) -> anyhow::Result<()> {
+pub(super) fn initialise(
+    dir: &Path,
+    td: &TrustDomain,
+    tcp: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let config_path = dir.join("latchkey.toml");
     if config_path.exists() {
-        bail!("{} exists already; refusing to overwrite it", config_path.display());
+        bail!(
+            "{} exists already; refusing to overwrite it",
+            config_path.display()
+        );
     }
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true).mode(0o700);
@@ -60,24 +76,36 @@ pub fn initialise(dir: &Path, td: &TrustDomain, tcp: Option<SocketAddr>) -> anyh
             .create(&d)
             .with_context(|| format!("cannot create {}", d.display()))?;
     }
-    LocalKek::generate_file(&dir.join("keys/kek")).context("cannot create the key-encryption key")?;
+    LocalKek::generate_file(&dir.join("keys/kek"))
+        .context("cannot create the key-encryption key")?;
     let ca = Ca::create(dir, td).context("cannot create the CA")?;
     let server = ca
         .issue_server(
             &["localhost".to_owned()],
-            &[IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            &[
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
             INIT_CERT_TTL,
         )
         .context("cannot issue the server certificate")?;
     server
-        .write(&dir.join("server/server.pem"), &dir.join("server/server.key"))
+        .write(
+            &dir.join("server/server.pem"),
+            &dir.join("server/server.key"),
+            WriteMode::CreateNew,
+        )
         .context("cannot write the server certificate")?;
-    let admin_id = SpiffeId::new(td, "admin/admin")?;
+    let admin_id = SpiffeId::admin(td, "admin")?;
     let admin = ca
         .issue_client(&admin_id, INIT_CERT_TTL)
         .context("cannot issue the admin certificate")?;
     admin
-        .write(&dir.join("clients/admin.pem"), &dir.join("clients/admin.key"))
+        .write(
+            &dir.join("clients/admin.pem"),
+            &dir.join("clients/admin.key"),
+            WriteMode::CreateNew,
+        )
         .context("cannot write the admin certificate")?;
     let text = config_template(td, tcp);
     write_private(&config_path, text.as_bytes())?;
@@ -98,7 +126,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The commented config `init` writes.
-pub fn config_template(td: &TrustDomain, tcp: Option<SocketAddr>) -> String {
+pub(super) fn config_template(td: &TrustDomain, tcp: Option<SocketAddr>) -> String {
     let tcp_line = match tcp {
         Some(addr) => format!("tcp = \"{addr}\""),
         None => "# tcp = \"127.0.0.1:8443\"".to_owned(),
@@ -174,7 +202,7 @@ mod tests {
 
     #[test]
     fn the_written_config_is_valid() {
-        let td = TrustDomain::parse("latchkey.local").expect("td");
+        let td = TrustDomain::new("latchkey.local").expect("td");
         for tcp in [None, Some("127.0.0.1:8443".parse().expect("addr"))] {
             let text = config_template(&td, tcp);
             let cfg = crate::config::Config::from_toml(Path::new("/x/latchkey.toml"), &text)

@@ -113,7 +113,7 @@ fn check(reply: &Reply) -> Result<(), Failure> {
 }
 
 /// `latchkey get`.
-pub async fn get(args: GetArgs) -> Result<ExitCode, Failure> {
+pub(super) async fn get(args: GetArgs) -> Result<ExitCode, Failure> {
     let path = SecretPath::parse(&args.path)?;
     let client = args.client.client()?;
     let mut uri = format!("/v1/secrets/{path}");
@@ -165,8 +165,13 @@ fn read_source(source: &str) -> anyhow::Result<SecretString> {
 fn parse_fields(args: &PutArgs) -> anyhow::Result<Fields> {
     if let Some(file) = &args.from_json {
         let raw = read_source(&file.to_string_lossy())?;
-        return serde_json::from_str::<Fields>(raw.expose())
-            .map_err(|e| anyhow!("--from-json must hold a JSON object of strings (line {}, column {})", e.line(), e.column()));
+        return serde_json::from_str::<Fields>(raw.expose()).map_err(|e| {
+            anyhow!(
+                "--from-json must hold a JSON object of strings (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        });
     }
     let mut fields = Fields::new();
     let mut stdin_used = false;
@@ -197,7 +202,7 @@ fn parse_fields(args: &PutArgs) -> anyhow::Result<Fields> {
 }
 
 /// `latchkey put`.
-pub async fn put(args: PutArgs) -> Result<ExitCode, Failure> {
+pub(super) async fn put(args: PutArgs) -> Result<ExitCode, Failure> {
     let path = SecretPath::parse(&args.path)?;
     let fields = parse_fields(&args)?;
     let mut body = serde_json::Map::new();
@@ -230,7 +235,7 @@ pub async fn put(args: PutArgs) -> Result<ExitCode, Failure> {
 }
 
 /// `latchkey list`.
-pub async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
+pub(super) async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
     let prefix = Prefix::parse(&args.prefix)?;
     let client = args.client.client()?;
     let reply = client
@@ -260,7 +265,7 @@ pub async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
 }
 
 /// `latchkey rm`.
-pub async fn rm(args: RmArgs) -> Result<ExitCode, Failure> {
+pub(super) async fn rm(args: RmArgs) -> Result<ExitCode, Failure> {
     let path = SecretPath::parse(&args.path)?;
     let client = args.client.client()?;
     let reply = client

@@ -30,6 +30,9 @@ pub struct FileConfig {
     /// Access rules: allow-only, everything else is denied.
     #[serde(default)]
     pub policy: Vec<RuleSpec>,
+    /// Files rendered from templates and kept current (see `render::spec`).
+    #[serde(default)]
+    pub template: Vec<crate::render::TemplateSection>,
 }
 
 /// `[listen]`.
