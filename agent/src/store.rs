@@ -379,6 +379,23 @@ impl Store {
     /// then prunes to `max_versions`, never dropping a labelled version. One transaction;
     /// no flush. Returns the stored version.
     pub fn put(&self, path: &SecretPath, write: Write) -> Result<Secret, Error> {
+        self.put_inner(path, write, None)
+    }
+
+    /// Like [`Store::put`], but the new version gets the number `version` — the
+    /// upstream's, when this store caches an upstream. `version` must be above every
+    /// version stored for the path ([`Error::Conflict`] otherwise, naming the current
+    /// version), so a late or repeated sync can never replace newer data.
+    pub fn put_at(&self, path: &SecretPath, version: u64, write: Write) -> Result<Secret, Error> {
+        self.put_inner(path, write, Some(version))
+    }
+
+    fn put_inner(
+        &self,
+        path: &SecretPath,
+        write: Write,
+        forced: Option<u64>,
+    ) -> Result<Secret, Error> {
         let inner = &*self.inner;
         let kind = write.kind.as_deref().unwrap_or(DEFAULT_KIND);
         check_name("kind", kind)?;
@@ -405,6 +422,16 @@ impl Store {
                 }
                 let created = old.is_none();
                 let mut entry = old.unwrap_or_else(|| IndexEntry::new(now));
+                if let Some(forced) = forced {
+                    if forced < entry.next_version || forced == 0 {
+                        return Err(abort(Error::Conflict {
+                            path: path.clone(),
+                            expected: forced,
+                            current,
+                        }));
+                    }
+                    entry.next_version = forced;
+                }
                 let version = entry.push_version(kind, now, write.expires_at);
                 let plain = record::encode_record(
                     kind,
