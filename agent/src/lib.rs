@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Shared vocabulary: [`secret`] (values that zeroize and redact) and [`path`]
-//! (validated secret paths).
+//! (validated secret paths). [`upstream`] holds the clients of the stores the agent
+//! syncs with (OpenBao/Vault, AWS Secrets Manager).
 
 pub mod path;
 pub mod secret;
+pub mod upstream;
