@@ -11,7 +11,8 @@
 //!
 //! Shared vocabulary: [`secret`] (values that zeroize and redact) and [`path`]
 //! (validated secret paths). [`server`] assembles the daemon from a [`config::Config`];
-//! [`client`] speaks its API; [`cli`] is the command line.
+//! [`client`] speaks its API; [`cli`] is the command line. [`upstream`] holds the clients of the stores
+//! the agent syncs with (OpenBao/Vault, AWS Secrets Manager).
 
 pub mod api;
 pub mod audit;
@@ -30,3 +31,4 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;

@@ -1,0 +1,241 @@
+//! The stores the agent syncs with: the source of truth behind the local cache.
+//!
+//! Every backend implements [`Upstream`]: read one secret, list what lies under a
+//! prefix (paths and versions only, so a poll can find what changed without fetching
+//! values), read one secret's version metadata, write with check-and-set, delete.
+//! `sync` drives these calls and owns retry and backoff (it asks
+//! [`Error::is_transient`]); the cache never talks to an upstream directly.
+//!
+//! Backends, each one module in the same order (config, client, trait impl):
+//! [`openbao`] (OpenBao and HashiCorp Vault, KV v2, also [`openbao::TransitWrapper`] for
+//! key wrapping) and [`aws`] (AWS Secrets Manager through the official SDK). Azure Key
+//! Vault or GCP Secret Manager would be one more module here plus one [`config`]
+//! variant. [`http`] builds the one shared HTTP client; [`breaker`] is the per-address
+//! circuit breaker; [`template`] maps agent paths to remote names (with a tenant).
+//!
+//! Nothing in this module logs or formats a secret value: errors name the upstream,
+//! the address and the path, never a value or a token.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::path::{Prefix, SecretPath};
+use crate::secret::Fields;
+
+pub mod aws;
+pub mod breaker;
+pub mod config;
+pub mod http;
+pub mod openbao;
+pub mod template;
+
+/// A boxed error cause, kept as `#[source]` so callers can walk the chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// One secret as the upstream holds it.
+#[derive(Debug, Clone)]
+pub struct RemoteSecret {
+    /// The agent-side path (the remote name with the template undone).
+    pub path: SecretPath,
+    /// The upstream's version number; see each backend for how it is assigned.
+    pub version: u64,
+    /// The values.
+    pub fields: Fields,
+    /// When this version was written upstream, seconds since the Unix epoch.
+    pub updated_at: i64,
+}
+
+/// What a poll needs to decide whether to fetch a secret again: no values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMeta {
+    /// The agent-side path.
+    pub path: SecretPath,
+    /// The current version number.
+    pub version: u64,
+    /// When the current version was written, seconds since the Unix epoch.
+    pub updated_at: i64,
+}
+
+/// A store that `sync` pulls from and writes back to.
+///
+/// Implementations are shared (`Arc<dyn Upstream>`) across the sync loop, the admin
+/// API and the rotation scheduler, so every method takes `&self` and may run
+/// concurrently with any other. None of them retries a transient failure by itself
+/// (beyond failing over between addresses of one upstream): the caller decides.
+#[async_trait]
+pub trait Upstream: Send + Sync {
+    /// A short name for logs, metrics and errors (the config's `name`).
+    fn name(&self) -> &str;
+
+    /// Fetches the current version of one secret with its values.
+    ///
+    /// Called by `sync` for each path whose version changed since the last poll, on a
+    /// cache miss, and by rotation to re-read after a lost check-and-set. `Ok(None)`
+    /// means the secret does not exist (or its current version is deleted).
+    async fn read(&self, path: &SecretPath) -> Result<Option<RemoteSecret>, Error>;
+
+    /// Lists every secret under `prefix` with its current version, without values.
+    ///
+    /// Called by `sync` at start and on every poll, once per configured prefix; the
+    /// result is compared with the cache to decide what to fetch and what to drop.
+    /// The order is unspecified. Deleted secrets are not listed.
+    async fn list(&self, prefix: &Prefix) -> Result<Vec<RemoteMeta>, Error>;
+
+    /// The current version of one secret, without values.
+    ///
+    /// Called before a write to learn the version for check-and-set, and by `sync`
+    /// to refresh one path (an admin "sync now" for a single secret).
+    async fn metadata(&self, path: &SecretPath) -> Result<Option<RemoteMeta>, Error>;
+
+    /// Writes a new version and returns its number.
+    ///
+    /// Called by the admin API (a put) and by rotation (publishing a pending
+    /// credential), always before the cache is updated. `cas: Some(v)` writes only if
+    /// the current version is `v` (`Some(0)`: only if the secret does not exist) and
+    /// fails with [`Error::Conflict`] otherwise; `None` writes unconditionally.
+    async fn write(
+        &self,
+        path: &SecretPath,
+        fields: &Fields,
+        cas: Option<u64>,
+    ) -> Result<u64, Error>;
+
+    /// Deletes a secret and all its versions. Deleting a missing secret succeeds.
+    ///
+    /// Called by the admin API's delete, before the cached copy is dropped.
+    async fn delete(&self, path: &SecretPath) -> Result<(), Error>;
+}
+
+/// Why an upstream call failed. Messages name the upstream, address and path; they
+/// never carry a value, a token or a server response body that could hold one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The upstream could not be reached or answered with a server error (5xx, 429,
+    /// a timeout, a refused connection, every address's circuit open). Retry later.
+    #[error("upstream {upstream} unavailable at {address}")]
+    Unavailable {
+        /// The upstream's name.
+        upstream: String,
+        /// The address tried last (or `all addresses`).
+        address: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// A check-and-set write lost: the secret is not at the expected version.
+    #[error("check-and-set conflict on {path}: expected version {expected}, current {}", current.map_or_else(|| "unknown".to_owned(), |v| v.to_string()))]
+    Conflict {
+        /// The secret.
+        path: SecretPath,
+        /// The version the writer based its change on (0: must not exist).
+        expected: u64,
+        /// The version found upstream, when known (0: does not exist).
+        current: Option<u64>,
+    },
+    /// The upstream refused our credentials or policy forbids the operation.
+    #[error("upstream {upstream} denied {operation}")]
+    Denied {
+        /// The upstream's name.
+        upstream: String,
+        /// What was refused, e.g. `read billing/db` or `login`.
+        operation: String,
+    },
+    /// Something the operation needs does not exist (a Transit key, a secret that a
+    /// staged write refers to). Reads of a missing secret return `Ok(None)` instead.
+    #[error("upstream {upstream}: {what} not found")]
+    NotFound {
+        /// The upstream's name.
+        upstream: String,
+        /// What is missing.
+        what: String,
+    },
+    /// The upstream refused the request as malformed, or answered with something we
+    /// cannot understand. Not retried: the same request would fail again.
+    #[error("upstream {upstream}: invalid {what}: {reason}")]
+    Invalid {
+        /// The upstream's name.
+        upstream: String,
+        /// The request or response concerned, e.g. `response to read billing/db`.
+        what: String,
+        /// Why, in a few words (never a value).
+        reason: String,
+    },
+    /// Logging in failed for a reason other than reachability: bad credentials, an
+    /// unreadable credential file, a login answer without a token.
+    #[error("upstream {upstream}: {method} login failed: {reason}")]
+    Login {
+        /// The upstream's name.
+        upstream: String,
+        /// `token`, `approle` or `jwt`.
+        method: &'static str,
+        /// Why, in a few words.
+        reason: String,
+        /// The cause, if any (an I/O error reading a file).
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The upstream's configuration cannot work (bad address, unreadable CA file).
+    #[error("upstream {upstream}: bad configuration: {reason}")]
+    Config {
+        /// The upstream's name.
+        upstream: String,
+        /// What is wrong, naming the key.
+        reason: String,
+        /// The cause, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl Error {
+    /// Whether `sync` should retry with backoff (and serve stale meanwhile) rather
+    /// than give up: only reachability problems are transient.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
+    /// Whether this is a lost check-and-set (the admin API answers 409).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}
+
+/// A status code or short reason, used as the `source` of [`Error::Unavailable`]
+/// when there is no lower-level error (a 503, an open circuit).
+#[derive(Debug)]
+pub struct Reason(pub String);
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Reason {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_is_transient() {
+        let unavailable = Error::Unavailable {
+            upstream: "bao".into(),
+            address: "http://127.0.0.1:1".into(),
+            source: Box::new(Reason("connection refused".into())),
+        };
+        assert!(unavailable.is_transient());
+        let conflict = Error::Conflict {
+            path: SecretPath::parse("a/b").expect("valid"),
+            expected: 3,
+            current: Some(4),
+        };
+        assert!(!conflict.is_transient());
+        assert!(conflict.is_conflict());
+        assert_eq!(
+            conflict.to_string(),
+            "check-and-set conflict on a/b: expected version 3, current 4"
+        );
+    }
+}

@@ -1,0 +1,682 @@
+//! AWS Secrets Manager, through the official AWS SDK for Rust.
+//!
+//! Credentials and region come from the SDK's normal chain (environment, shared
+//! profile, web identity, ECS/EC2 metadata) unless the config sets a region, a profile
+//! or an endpoint override (tests point it at `moto_server`). The SDK's HTTP client is
+//! built in `upstream::http` (rustls on *ring*).
+//!
+//! Mapping:
+//! - an agent path maps to a secret *name* through a [`PathTemplate`];
+//! - a `SecretString` holding a JSON object maps to fields (non-string JSON values are
+//!   kept as JSON text); any other string maps to one field, `value`. On write, a
+//!   single field named `value` is stored as a plain string, anything else as a JSON
+//!   object. Binary secrets are refused.
+//! - `read` is GetSecretValue of `AWSCURRENT`; `list` is ListSecrets filtered by name
+//!   prefix; `metadata` is DescribeSecret; `write` is CreateSecret or PutSecretValue;
+//!   `delete` is DeleteSecret (with the configured recovery window).
+//! - Stages: [`AwsSecretsManager::read_stage`] reads `AWSPENDING`/`AWSPREVIOUS`,
+//!   [`AwsSecretsManager::write_pending`] adds a version labelled `AWSPENDING` only, and
+//!   [`AwsSecretsManager::promote`] moves `AWSCURRENT` to it (AWS then labels the old
+//!   current `AWSPREVIOUS`).
+//!
+//! ## Version numbers
+//!
+//! AWS version ids are opaque strings; the agent needs a `u64` that changes on every
+//! new version and grows. Versions the agent writes get their number *inside* the
+//! version id: we set `ClientRequestToken` (which becomes the `VersionId`) to
+//! `{n:020}-latchkey-{random}`, where `n = max(current + 1, now in ms)`. A version
+//! written by anyone else (a UUID) gets the creation time of that version in
+//! milliseconds. So numbers grow with time across both kinds, as long as the agent's
+//! clock and AWS's agree to within the time between two writes; equality, which is
+//! what change detection and check-and-set use, is exact either way.
+//!
+//! ## Check-and-set
+//!
+//! Secrets Manager has no conditional write. `write` with `cas` reads the current
+//! version (DescribeSecret) and refuses with [`Error::Conflict`] if it differs, then
+//! writes. This catches every conflicting write that finished before our check, but not
+//! one that lands between the check and our write (a window of one round trip): two
+//! agents racing inside that window both succeed and the later one becomes
+//! `AWSCURRENT`, with the other kept as `AWSPREVIOUS`, so no value is lost. Use
+//! OpenBao where a strict check-and-set matters. The `ClientRequestToken` makes each
+//! write idempotent: the SDK's own retries of one write never create two versions.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::primitives::DateTime;
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+use aws_sdk_secretsmanager::Client;
+use zeroize::Zeroizing;
+
+use super::config::AwsConfig;
+use super::template::PathTemplate;
+use super::{http, Error, RemoteMeta, RemoteSecret, Upstream};
+use crate::path::{Prefix, SecretPath};
+use crate::secret::{Fields, SecretString};
+
+pub use aws_sdk_secretsmanager::config::Credentials;
+
+/// The field a plain (non-JSON) secret string maps to.
+pub const PLAIN_FIELD: &str = "value";
+
+const TOKEN_MARK: &str = "-latchkey-";
+
+/// A version stage label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// `AWSCURRENT`: what apps get.
+    Current,
+    /// `AWSPENDING`: a new version being rotated in.
+    Pending,
+    /// `AWSPREVIOUS`: the last known good version.
+    Previous,
+}
+
+impl Stage {
+    /// The AWS label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Current => "AWSCURRENT",
+            Self::Pending => "AWSPENDING",
+            Self::Previous => "AWSPREVIOUS",
+        }
+    }
+}
+
+/// One Secrets Manager account and region.
+#[derive(Clone, Debug)]
+pub struct AwsSecretsManager {
+    name: String,
+    client: Client,
+    template: PathTemplate,
+    recovery_window_days: i64,
+}
+
+/// What DescribeSecret tells about the current version.
+struct Described {
+    /// `None` when the secret is scheduled for deletion (or has no current version).
+    current: Option<(String, u64, i64)>,
+    deleted: bool,
+    stages: HashMap<String, Vec<String>>,
+}
+
+impl AwsSecretsManager {
+    /// Builds a client from its config section with the SDK's credential chain.
+    pub async fn from_config(config: &AwsConfig) -> Result<Self, Error> {
+        Self::from_config_with_credentials(config, None).await
+    }
+
+    /// Like [`AwsSecretsManager::from_config`], with fixed credentials instead of the
+    /// chain (tests against moto; callers that fetch credentials themselves).
+    pub async fn from_config_with_credentials(
+        config: &AwsConfig,
+        credentials: Option<Credentials>,
+    ) -> Result<Self, Error> {
+        let name = config.name.clone();
+        let template = PathTemplate::parse(&config.name_template, config.tenant.as_deref())
+            .map_err(|e| Error::Config {
+                upstream: name.clone(),
+                reason: "name_template is not usable".to_owned(),
+                source: Some(Box::new(e)),
+            })?;
+        if config.recovery_window_days != 0 && !(7..=30).contains(&config.recovery_window_days) {
+            return Err(Error::Config {
+                upstream: name,
+                reason: "recovery_window_days must be 0 or 7 to 30".to_owned(),
+                source: None,
+            });
+        }
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http::aws_http_client());
+        if let Some(region) = &config.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(profile) = &config.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(url) = &config.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(credentials) = credentials {
+            loader = loader.credentials_provider(credentials);
+        }
+        let sdk = loader.load().await;
+        Ok(Self {
+            name,
+            client: Client::new(&sdk),
+            template,
+            recovery_window_days: config.recovery_window_days,
+        })
+    }
+
+    /// The secret name of an agent path; refuses characters AWS does not allow.
+    fn secret_name(&self, path: &SecretPath) -> Result<String, Error> {
+        let name = self.template.remote(path);
+        if name.contains(',') {
+            return Err(Error::Invalid {
+                upstream: self.name.clone(),
+                what: format!("path {path}"),
+                reason: "AWS secret names cannot contain ','".to_owned(),
+            });
+        }
+        Ok(name)
+    }
+
+    /// Reads the version that carries `stage`. `Ok(None)` if the secret or the stage
+    /// does not exist.
+    pub async fn read_stage(
+        &self,
+        path: &SecretPath,
+        stage: Stage,
+    ) -> Result<Option<RemoteSecret>, Error> {
+        let name = self.secret_name(path)?;
+        let out = match self
+            .client
+            .get_secret_value()
+            .secret_id(&name)
+            .version_stage(stage.label())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let code = e.code().map(str::to_owned);
+                return match code.as_deref() {
+                    Some("ResourceNotFoundException") => Ok(None),
+                    // "marked for deletion" is an InvalidRequestException.
+                    Some("InvalidRequestException") if self.describe(&name).await?.deleted => {
+                        Ok(None)
+                    }
+                    _ => Err(self.sdk_error(&format!("read {path}"), e)),
+                };
+            }
+        };
+        let fields = match (out.secret_string(), out.secret_binary()) {
+            (Some(text), _) => decode_fields(text),
+            (None, Some(_)) => {
+                return Err(Error::Invalid {
+                    upstream: self.name.clone(),
+                    what: format!("secret {path}"),
+                    reason: "binary secrets are not supported".to_owned(),
+                })
+            }
+            (None, None) => Fields::new(),
+        };
+        let version_id = out.version_id().unwrap_or_default();
+        Ok(Some(RemoteSecret {
+            path: path.clone(),
+            version: version_number(version_id, out.created_date()),
+            fields,
+            updated_at: out.created_date().map_or(0, DateTime::secs),
+        }))
+    }
+
+    /// Adds a version labelled only `AWSPENDING` (apps keep getting `AWSCURRENT`).
+    /// The secret must exist. Returns the new version's number.
+    pub async fn write_pending(&self, path: &SecretPath, fields: &Fields) -> Result<u64, Error> {
+        let name = self.secret_name(path)?;
+        let described = self.describe(&name).await?;
+        let Some((_, current, _)) = described.current else {
+            return Err(Error::NotFound {
+                upstream: self.name.clone(),
+                what: format!("secret {path}"),
+            });
+        };
+        let next = next_version(current);
+        let secret = encode_fields(fields);
+        self.client
+            .put_secret_value()
+            .secret_id(&name)
+            .secret_string(secret.as_str())
+            .client_request_token(version_token(next))
+            .version_stages(Stage::Pending.label())
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(&format!("write pending {path}"), e))?;
+        Ok(next)
+    }
+
+    /// Moves `AWSCURRENT` to the version numbered `version` (AWS labels the old
+    /// current `AWSPREVIOUS`) and drops its `AWSPENDING` label.
+    pub async fn promote(&self, path: &SecretPath, version: u64) -> Result<(), Error> {
+        let name = self.secret_name(path)?;
+        let described = self.describe(&name).await?;
+        let target = described
+            .stages
+            .keys()
+            .find(|id| parse_token(id) == Some(version))
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                upstream: self.name.clone(),
+                what: format!("version {version} of {path}"),
+            })?;
+        let mut promote = self
+            .client
+            .update_secret_version_stage()
+            .secret_id(&name)
+            .version_stage(Stage::Current.label())
+            .move_to_version_id(&target);
+        if let Some((current_id, _, _)) = &described.current {
+            if current_id == &target {
+                return Ok(());
+            }
+            promote = promote.remove_from_version_id(current_id);
+        }
+        promote
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(&format!("promote {path}"), e))?;
+        let pending = described
+            .stages
+            .get(&target)
+            .is_some_and(|s| s.iter().any(|l| l == Stage::Pending.label()));
+        if pending {
+            self.client
+                .update_secret_version_stage()
+                .secret_id(&name)
+                .version_stage(Stage::Pending.label())
+                .remove_from_version_id(&target)
+                .send()
+                .await
+                .map_err(|e| self.sdk_error(&format!("promote {path}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// DescribeSecret plus, for a current version we did not write, its creation time
+    /// (ListSecretVersionIds), so its number is the same one `read` reports.
+    async fn describe(&self, name: &str) -> Result<Described, Error> {
+        let out = match self.client.describe_secret().secret_id(name).send().await {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("ResourceNotFoundException") => {
+                return Ok(Described {
+                    current: None,
+                    deleted: false,
+                    stages: HashMap::new(),
+                })
+            }
+            Err(e) => return Err(self.sdk_error(&format!("describe {name}"), e)),
+        };
+        let deleted = out.deleted_date().is_some();
+        let stages = out.version_ids_to_stages().cloned().unwrap_or_default();
+        let current_id = current_of(&stages);
+        let current = match (deleted, current_id) {
+            (false, Some(id)) => Some(self.number_of(name, &id).await?),
+            _ => None,
+        };
+        Ok(Described {
+            current,
+            deleted,
+            stages,
+        })
+    }
+
+    /// `(version id, number, created seconds)` of one version of `name`.
+    async fn number_of(&self, name: &str, id: &str) -> Result<(String, u64, i64), Error> {
+        let mut next_token = None;
+        loop {
+            let out = self
+                .client
+                .list_secret_version_ids()
+                .secret_id(name)
+                .include_deprecated(false)
+                .set_next_token(next_token)
+                .send()
+                .await
+                .map_err(|e| self.sdk_error(&format!("list versions of {name}"), e))?;
+            if let Some(v) = out.versions().iter().find(|v| v.version_id() == Some(id)) {
+                let created = v.created_date();
+                return Ok((
+                    id.to_owned(),
+                    version_number(id, created),
+                    created.map_or(0, DateTime::secs),
+                ));
+            }
+            next_token = out.next_token().map(str::to_owned);
+            if next_token.is_none() {
+                // Listed by DescribeSecret but not here: number it from the id alone.
+                return Ok((id.to_owned(), version_number(id, None), 0));
+            }
+        }
+    }
+
+    fn sdk_error<E, R>(&self, operation: &str, err: SdkError<E, R>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        let upstream = self.name.clone();
+        match &err {
+            SdkError::ServiceError(_) => {
+                let code = err.code().unwrap_or("unknown").to_owned();
+                match code.as_str() {
+                    "AccessDeniedException"
+                    | "UnrecognizedClientException"
+                    | "InvalidSignatureException"
+                    | "ExpiredTokenException"
+                    | "IncompleteSignature" => Error::Denied {
+                        upstream,
+                        operation: operation.to_owned(),
+                    },
+                    "ResourceNotFoundException" => Error::NotFound {
+                        upstream,
+                        what: operation.to_owned(),
+                    },
+                    "InternalServiceError"
+                    | "InternalFailure"
+                    | "ThrottlingException"
+                    | "ServiceUnavailable"
+                    | "RequestTimeout" => Error::Unavailable {
+                        upstream,
+                        address: "secretsmanager".to_owned(),
+                        source: Box::new(err),
+                    },
+                    _ => Error::Invalid {
+                        upstream,
+                        what: operation.to_owned(),
+                        reason: format!("AWS answered {code}"),
+                    },
+                }
+            }
+            SdkError::ConstructionFailure(_) => Error::Invalid {
+                upstream,
+                what: operation.to_owned(),
+                reason: "request could not be built".to_owned(),
+            },
+            // Dispatch failures, timeouts, unreadable responses: reachability.
+            _ => Error::Unavailable {
+                upstream,
+                address: "secretsmanager".to_owned(),
+                source: Box::new(err),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl Upstream for AwsSecretsManager {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn read(&self, path: &SecretPath) -> Result<Option<RemoteSecret>, Error> {
+        self.read_stage(path, Stage::Current).await
+    }
+
+    async fn list(&self, prefix: &Prefix) -> Result<Vec<RemoteMeta>, Error> {
+        let remote_prefix = self.template.remote_prefix(prefix);
+        let mut out = Vec::new();
+        let mut next_token = None;
+        loop {
+            let mut request = self
+                .client
+                .list_secrets()
+                .max_results(100)
+                .set_next_token(next_token);
+            if !remote_prefix.is_empty() {
+                // The name filter is a case-insensitive prefix match; we check again below.
+                request = request.filters(
+                    Filter::builder()
+                        .key(FilterNameStringType::Name)
+                        .values(remote_prefix.clone())
+                        .build(),
+                );
+            }
+            let page = request
+                .send()
+                .await
+                .map_err(|e| self.sdk_error(&format!("list {prefix}"), e))?;
+            for entry in page.secret_list() {
+                if entry.deleted_date().is_some() {
+                    continue;
+                }
+                let Some(name) = entry.name() else { continue };
+                let Some(path) = self.template.local(name) else {
+                    continue;
+                };
+                if !prefix.matches(&path) {
+                    continue;
+                }
+                let stages = entry
+                    .secret_versions_to_stages()
+                    .cloned()
+                    .unwrap_or_default();
+                let Some(current) = current_of(&stages) else {
+                    continue;
+                };
+                let (version, updated_at) = match parse_token(&current) {
+                    Some(n) => (n, entry.last_changed_date().map_or(0, DateTime::secs)),
+                    None => {
+                        let (_, n, created) = self.number_of(name, &current).await?;
+                        (n, created)
+                    }
+                };
+                out.push(RemoteMeta {
+                    path,
+                    version,
+                    updated_at,
+                });
+            }
+            next_token = page.next_token().map(str::to_owned);
+            if next_token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn metadata(&self, path: &SecretPath) -> Result<Option<RemoteMeta>, Error> {
+        let name = self.secret_name(path)?;
+        let described = self.describe(&name).await?;
+        Ok(described
+            .current
+            .map(|(_, version, updated_at)| RemoteMeta {
+                path: path.clone(),
+                version,
+                updated_at,
+            }))
+    }
+
+    async fn write(
+        &self,
+        path: &SecretPath,
+        fields: &Fields,
+        cas: Option<u64>,
+    ) -> Result<u64, Error> {
+        let name = self.secret_name(path)?;
+        let described = self.describe(&name).await?;
+        let current = described.current.as_ref().map_or(0, |(_, v, _)| *v);
+        if let Some(expected) = cas {
+            if expected != current {
+                return Err(Error::Conflict {
+                    path: path.clone(),
+                    expected,
+                    current: Some(current),
+                });
+            }
+        }
+        let next = next_version(current);
+        let token = version_token(next);
+        let secret = encode_fields(fields);
+        if described.deleted {
+            // A write brings a secret that is scheduled for deletion back.
+            self.client
+                .restore_secret()
+                .secret_id(&name)
+                .send()
+                .await
+                .map_err(|e| self.sdk_error(&format!("restore {path}"), e))?;
+        }
+        if described.current.is_none() && !described.deleted {
+            let created = self
+                .client
+                .create_secret()
+                .name(&name)
+                .secret_string(secret.as_str())
+                .client_request_token(&token)
+                .send()
+                .await;
+            match created {
+                Ok(_) => return Ok(next),
+                Err(e) if e.code() == Some("ResourceExistsException") => {
+                    // Someone created it between our describe and our create.
+                    return Err(Error::Conflict {
+                        path: path.clone(),
+                        expected: cas.unwrap_or(0),
+                        current: None,
+                    });
+                }
+                Err(e) => return Err(self.sdk_error(&format!("create {path}"), e)),
+            }
+        }
+        self.client
+            .put_secret_value()
+            .secret_id(&name)
+            .secret_string(secret.as_str())
+            .client_request_token(&token)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(&format!("write {path}"), e))?;
+        Ok(next)
+    }
+
+    async fn delete(&self, path: &SecretPath) -> Result<(), Error> {
+        let name = self.secret_name(path)?;
+        let mut request = self.client.delete_secret().secret_id(&name);
+        request = if self.recovery_window_days == 0 {
+            request.force_delete_without_recovery(true)
+        } else {
+            request.recovery_window_in_days(self.recovery_window_days)
+        };
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(()),
+            Err(e) if e.code() == Some("InvalidRequestException") => {
+                // Already scheduled for deletion: nothing left to do.
+                if self.describe(&name).await?.deleted {
+                    Ok(())
+                } else {
+                    Err(self.sdk_error(&format!("delete {path}"), e))
+                }
+            }
+            Err(e) => Err(self.sdk_error(&format!("delete {path}"), e)),
+        }
+    }
+}
+
+/// The version id labelled `AWSCURRENT`.
+fn current_of(stages: &HashMap<String, Vec<String>>) -> Option<String> {
+    stages
+        .iter()
+        .find(|(_, labels)| labels.iter().any(|l| l == Stage::Current.label()))
+        .map(|(id, _)| id.clone())
+}
+
+/// The number of a version: ours carry it in the id, others get their creation time
+/// in milliseconds (never 0, which means "does not exist").
+fn version_number(version_id: &str, created: Option<&DateTime>) -> u64 {
+    if let Some(n) = parse_token(version_id) {
+        return n;
+    }
+    let millis = created.map_or(0, |d| {
+        let secs = u64::try_from(d.secs()).unwrap_or(0);
+        secs.saturating_mul(1000) + u64::from(d.subsec_nanos() / 1_000_000)
+    });
+    millis.max(1)
+}
+
+/// The number of the next version we write after `current`.
+fn next_version(current: u64) -> u64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    current.saturating_add(1).max(now_ms)
+}
+
+/// A `ClientRequestToken` (32–64 characters) that carries `n`.
+fn version_token(n: u64) -> String {
+    format!("{n:020}{TOKEN_MARK}{:016x}", rand::random::<u64>())
+}
+
+fn parse_token(version_id: &str) -> Option<u64> {
+    let (number, rest) = version_id.split_once(TOKEN_MARK)?;
+    if number.len() != 20 || rest.len() != 16 {
+        return None;
+    }
+    number.parse().ok()
+}
+
+fn decode_fields(text: &str) -> Fields {
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+        Ok(map) => map
+            .into_iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    serde_json::Value::String(s) => SecretString::new(s),
+                    other => SecretString::new(other.to_string()),
+                };
+                (name, value)
+            })
+            .collect(),
+        Err(_) => {
+            let mut fields = Fields::new();
+            fields.insert(PLAIN_FIELD, SecretString::from(text));
+            fields
+        }
+    }
+}
+
+fn encode_fields(fields: &Fields) -> Zeroizing<String> {
+    if fields.len() == 1 {
+        if let Some(value) = fields.get(PLAIN_FIELD) {
+            return Zeroizing::new(value.expose().to_owned());
+        }
+    }
+    // Serializing a map of strings cannot fail.
+    Zeroizing::new(serde_json::to_string(&fields.exposed()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_tokens_round_trip_and_fit_aws_limits() {
+        let token = version_token(1_763_850_000_123);
+        assert!((32..=64).contains(&token.len()), "{token}");
+        assert_eq!(parse_token(&token), Some(1_763_850_000_123));
+        assert_eq!(parse_token("3f2b8c1e-0d7a-4e55-9a43-2b6f0c9d1e77"), None);
+    }
+
+    #[test]
+    fn foreign_versions_are_numbered_by_creation_time() {
+        let created = DateTime::from_secs(1_700_000_000);
+        assert_eq!(
+            version_number("3f2b8c1e-0d7a-4e55-9a43-2b6f0c9d1e77", Some(&created)),
+            1_700_000_000_000
+        );
+        assert_eq!(version_number("uuid", None), 1);
+        assert!(next_version(5) > 1_700_000_000_000, "now in ms");
+        assert_eq!(next_version(u64::MAX - 1), u64::MAX);
+    }
+
+    #[test]
+    fn json_maps_to_fields_and_plain_to_value() {
+        let f = decode_fields(r#"{"user":"app","port":5432}"#);
+        assert_eq!(f.get("user").map(|v| v.expose()), Some("app"));
+        assert_eq!(f.get("port").map(|v| v.expose()), Some("5432"));
+        let plain = decode_fields("just-a-token");
+        assert_eq!(
+            plain.get(PLAIN_FIELD).map(|v| v.expose()),
+            Some("just-a-token")
+        );
+        assert_eq!(encode_fields(&plain).as_str(), "just-a-token");
+        assert_eq!(
+            encode_fields(&f).as_str(),
+            r#"{"port":"5432","user":"app"}"#
+        );
+        let list = decode_fields(r#"["a"]"#);
+        assert_eq!(list.get(PLAIN_FIELD).map(|v| v.expose()), Some(r#"["a"]"#));
+    }
+}

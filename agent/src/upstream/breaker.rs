@@ -1,0 +1,152 @@
+//! A small circuit breaker, one per upstream address.
+//!
+//! After `threshold` consecutive failures the address is skipped ("open") for a
+//! cool-down that doubles on each trip up to a ceiling; when the cool-down is over,
+//! requests are let through again ("half-open") and the first success closes the
+//! circuit. This keeps a dead node from costing every request a connect timeout
+//! while the live nodes of the same upstream answer. Time is passed in, so the logic
+//! is tested without sleeping. Shared by the backends that talk HTTP to several
+//! addresses (`openbao`); it does no I/O.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open the circuit.
+    pub threshold: u32,
+    /// The first cool-down.
+    pub open_for: Duration,
+    /// The longest cool-down after repeated trips.
+    pub max_open_for: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            threshold: 3,
+            open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    failures: u32,
+    trips: u32,
+    open_until: Option<Instant>,
+}
+
+/// The breaker of one address.
+#[derive(Debug)]
+pub struct Breaker {
+    settings: BreakerSettings,
+    state: Mutex<State>,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(settings: BreakerSettings) -> Self {
+        Self {
+            settings,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the counters inconsistent in a
+        // way that matters; keep going with whatever is there.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a request may be sent to this address now.
+    pub fn allows(&self, now: Instant) -> bool {
+        match self.lock().open_until {
+            Some(until) => now >= until,
+            None => true,
+        }
+    }
+
+    /// Whether the circuit is open (requests are being skipped) at `now`.
+    pub fn is_open(&self, now: Instant) -> bool {
+        !self.allows(now)
+    }
+
+    /// Records a successful request: the circuit closes.
+    pub fn record_success(&self) {
+        let mut s = self.lock();
+        s.failures = 0;
+        s.trips = 0;
+        s.open_until = None;
+    }
+
+    /// Records a failed request at `now`; may open the circuit.
+    pub fn record_failure(&self, now: Instant) {
+        let mut s = self.lock();
+        s.failures = s.failures.saturating_add(1);
+        let half_open_probe_failed = s.open_until.is_some();
+        if s.failures >= self.settings.threshold || half_open_probe_failed {
+            let factor = 1u32 << s.trips.min(16);
+            let open_for = self
+                .settings
+                .open_for
+                .saturating_mul(factor)
+                .min(self.settings.max_open_for);
+            s.open_until = Some(now + open_for);
+            s.trips = s.trips.saturating_add(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            threshold: 2,
+            open_for: Duration::from_secs(1),
+            max_open_for: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn opens_after_threshold_and_half_opens_after_cool_down() {
+        let b = Breaker::new(settings());
+        let t0 = Instant::now();
+        b.record_failure(t0);
+        assert!(b.allows(t0), "one failure is below the threshold");
+        b.record_failure(t0);
+        assert!(b.is_open(t0));
+        assert!(b.is_open(t0 + Duration::from_millis(999)));
+        assert!(
+            b.allows(t0 + Duration::from_secs(1)),
+            "half-open after cool-down"
+        );
+    }
+
+    #[test]
+    fn failed_probe_reopens_for_longer_and_success_closes() {
+        let b = Breaker::new(settings());
+        let t0 = Instant::now();
+        b.record_failure(t0);
+        b.record_failure(t0);
+        let t1 = t0 + Duration::from_secs(1);
+        b.record_failure(t1);
+        assert!(
+            b.is_open(t1 + Duration::from_millis(1999)),
+            "doubled cool-down"
+        );
+        let t2 = t1 + Duration::from_secs(2);
+        assert!(b.allows(t2));
+        b.record_failure(t2);
+        assert!(b.is_open(t2 + Duration::from_millis(2999)), "capped at max");
+        assert!(b.allows(t2 + Duration::from_secs(3)));
+        b.record_success();
+        assert!(b.allows(t2));
+        b.record_failure(t2);
+        assert!(b.allows(t2), "counters were reset by the success");
+    }
+}
