@@ -8,6 +8,8 @@
 //! | PUT | `/v1/secrets/{path}` body `{"fields":{..},"kind":..,"expires_at":..,"cas":N}` | write |
 //! | DELETE | `/v1/secrets/{path}` | write |
 //! | GET | `/v1/secrets?prefix=P` | list |
+//! | GET | `/v1/watch?prefix=P` | read or list (server-sent events) |
+//! | POST | `/v1/sync` | admin: poll the upstream now |
 //! | GET | `/v1/health`, `/v1/whoami` | any authenticated peer |
 //!
 //! Each request: parse and check the path, ask `policy`, serve from the hot cache or
@@ -34,6 +36,7 @@ use crate::path::{Prefix, SecretPath};
 use crate::policy::{Decision, Operation, PeerPolicy};
 use crate::secret::{Fields, SecretBytes};
 use crate::store::{self, Secret, Selector, Store};
+use crate::sync::{Freshness, Syncer};
 
 pub use body::Body;
 pub use error::ApiError;
@@ -50,11 +53,13 @@ pub struct State {
     /// The encrypted store.
     pub store: Store,
     /// Rendered current-version reads.
-    pub cache: HotCache,
+    pub cache: Arc<HotCache>,
     /// Audit trail.
     pub audit: Audit,
     /// Change notifications.
     pub events: Events,
+    /// The upstream sync, when the agent caches an upstream.
+    pub sync: Option<Arc<Syncer>>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Deadline for receiving a body.
@@ -121,6 +126,8 @@ where
             }),
         )),
         (&Method::GET, "/v1/watch") => watch::watch(state, conn, req.uri().query()).await,
+        (&Method::POST, "/v1/sync") => sync_now(state, conn).await,
+        (_, "/v1/sync") => Err(ApiError::method_not_allowed("POST")),
         (_, "/v1/health" | "/v1/whoami" | "/v1/watch") => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -227,18 +234,23 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
             }
         };
     }
+    let tail = freshness_tail(state)?;
     if matches!(selector, Selector::Current) {
         if let Some(hit) = state.cache.get(path) {
-            return Ok((secret_response(hit.body.clone()), Some(hit.version)));
+            return Ok((secret_response(hit.body.clone(), tail), Some(hit.version)));
         }
     }
     let seen = state.cache.generation();
     let is_current = matches!(selector, Selector::Current);
-    let store = state.store.clone();
-    let lookup = path.clone();
-    let secret = tokio::task::spawn_blocking(move || store.get(&lookup, selector))
-        .await
-        .map_err(|_| ApiError::internal())??;
+    let mut secret = lookup(state, path, selector.clone()).await?;
+    if secret.is_none() && is_current {
+        if let Some(sync) = &state.sync {
+            // A miss: ask the upstream once (shared with concurrent misses).
+            if sync.fetch(path).await.map_err(sync_error)? {
+                secret = lookup(state, path, selector).await?;
+            }
+        }
+    }
     let Some(secret) = secret else {
         return Err(ApiError::not_found(format_args!("secret {path}")));
     };
@@ -253,7 +265,114 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
             seen,
         );
     }
-    Ok((secret_response(body), Some(secret.version)))
+    Ok((secret_response(body, tail), Some(secret.version)))
+}
+
+async fn lookup(
+    state: &State,
+    path: &SecretPath,
+    selector: Selector,
+) -> Result<Option<Secret>, ApiError> {
+    let store = state.store.clone();
+    let path = path.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || store.get(&path, selector))
+            .await
+            .map_err(|_| ApiError::internal())??,
+    )
+}
+
+/// The end of a read's body: whether the value may be out of date, and how long ago
+/// it was last confirmed with the upstream. Past the grace period, reads fail.
+fn freshness_tail(state: &State) -> Result<Bytes, ApiError> {
+    let Some(sync) = &state.sync else {
+        return Ok(Bytes::from_static(FRESH_TAIL));
+    };
+    let (stale, age) = match sync.freshness() {
+        Freshness::Fresh { age_seconds } => (false, age_seconds),
+        Freshness::Stale { age_seconds } => (true, age_seconds),
+        Freshness::Expired { age_seconds } => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_unavailable",
+                format!(
+                    "upstream {} has been unreachable past the grace period; last good sync {age_seconds}s ago",
+                    sync.upstream_name()
+                ),
+            ))
+        }
+    };
+    Ok(Bytes::from(match age {
+        Some(age) => format!(",\"stale\":{stale},\"age_seconds\":{age}}}"),
+        None => format!(",\"stale\":{stale},\"age_seconds\":null}}"),
+    }))
+}
+
+/// Maps a sync failure to an answer: a lost check-and-set is a conflict, an
+/// unreachable upstream a 503, anything else the upstream said a 502.
+fn sync_error(e: crate::sync::Error) -> ApiError {
+    use crate::upstream::Error as U;
+    match e {
+        crate::sync::Error::Store(e) => e.into(),
+        crate::sync::Error::Shared(shared) => match Arc::try_unwrap(shared) {
+            Ok(e) => sync_error(e),
+            Err(shared) => shared_sync_error(&shared),
+        },
+        crate::sync::Error::Upstream(e) => match &e {
+            U::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            U::Unavailable { .. } => {
+                tracing::warn!(error = %e, "upstream unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_unavailable",
+                    e.to_string(),
+                )
+            }
+            U::Denied { .. } | U::Login { .. } => {
+                tracing::error!(error = %e, "upstream refused the agent");
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_denied", e.to_string())
+            }
+            _ => {
+                tracing::error!(error = %e, "upstream error");
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", e.to_string())
+            }
+        },
+    }
+}
+
+fn shared_sync_error(e: &crate::sync::Error) -> ApiError {
+    match e.upstream() {
+        Some(u) if u.is_transient() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+            e.to_string(),
+        ),
+        Some(_) => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", e.to_string()),
+        None => ApiError::internal(),
+    }
+}
+
+async fn sync_now(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {
+    if !conn.policy.allows_any(Operation::Admin) {
+        let err = ApiError::forbidden("sync", "the upstream");
+        deny(state, conn, Operation::Admin, "sync", &err).await;
+        return Err(err);
+    }
+    let Some(sync) = &state.sync else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_upstream",
+            "this agent has no upstream; its embedded store is the source of truth",
+        ));
+    };
+    let report = sync.poll().await.map_err(sync_error)?;
+    let mut record = Record::now(conn.peer.id.clone(), conn.peer.uid, "sync", None);
+    record.outcome = Outcome::Ok;
+    state.audit.record(record).await;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::to_value(&report).unwrap_or_default(),
+    ))
 }
 
 /// The body of a secret read, as JSON.
@@ -369,18 +488,25 @@ where
         expires_at,
         cas: put.cas.or(cas),
     };
-    let store = state.store.clone();
-    let target = path.clone();
-    let secret = tokio::task::spawn_blocking(move || store.put(&target, write))
-        .await
-        .map_err(|_| ApiError::internal())??;
-    state.cache.invalidate(path);
-    state.store.flush().await?;
-    state.events.publish(Event::now(
-        Kind::Updated,
-        path.clone(),
-        Some(secret.version),
-    ));
+    let secret = match &state.sync {
+        // Upstream first; the syncer stores, flushes, invalidates and publishes.
+        Some(sync) => sync.write(path, write).await.map_err(sync_error)?,
+        None => {
+            let store = state.store.clone();
+            let target = path.clone();
+            let secret = tokio::task::spawn_blocking(move || store.put(&target, write))
+                .await
+                .map_err(|_| ApiError::internal())??;
+            state.cache.invalidate(path);
+            state.store.flush().await?;
+            state.events.publish(Event::now(
+                Kind::Updated,
+                path.clone(),
+                Some(secret.version),
+            ));
+            secret
+        }
+    };
     let res = json_response(
         StatusCode::OK,
         &serde_json::json!({
@@ -396,19 +522,35 @@ where
     Ok((res, Some(secret.version)))
 }
 
+/// The most of an oversized body read and thrown away before answering 413, so a
+/// client still sending sees the answer instead of a reset connection.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+
+async fn drain<B>(body: B, timeout: Duration)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let drained = Limited::new(body, DRAIN_LIMIT as usize).collect();
+    let _ = tokio::time::timeout(timeout, drained).await;
+}
+
 async fn read_body<B>(state: &State, req: Request<B>) -> Result<SecretBytes, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = state.max_body_bytes;
-    if let Some(len) = req
+    let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
         if len > limit as u64 {
+            if len <= DRAIN_LIMIT {
+                drain(req.into_body(), state.body_timeout).await;
+            }
             return Err(ApiError::too_large(limit));
         }
     }
@@ -422,26 +564,56 @@ where
             ));
         }
     }
-    let collected = tokio::time::timeout(
-        state.body_timeout,
-        Limited::new(req.into_body(), limit).collect(),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
+    // Sized up front (at most the limit), so the buffer holding values is never
+    // reallocated and no copy is left behind unzeroized.
+    let capacity = declared.unwrap_or(limit as u64).min(limit as u64) as usize;
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(capacity));
+    let mut body = std::pin::pin!(req.into_body());
+    let mut seen: u64 = 0;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|_| ApiError::bad_request("the request body could not be read"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen += data.len() as u64;
+            if seen > limit as u64 || bytes.len() + data.len() > capacity {
+                // Keep reading (up to a bound) so the client sees the 413.
+                if seen > DRAIN_LIMIT {
+                    break;
+                }
+                continue;
+            }
+            bytes.extend_from_slice(&data);
+        }
+        Ok::<(), ApiError>(())
+    };
+    let outcome = tokio::time::timeout(state.body_timeout, read).await;
+    let bytes = SecretBytes::from(bytes);
+    match outcome {
+        Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
             "the request body did not arrive in time",
-        )
-    })?;
-    match collected {
-        Ok(collected) => Ok(SecretBytes::new(collected.to_bytes().to_vec())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
-        Err(_) => Err(ApiError::bad_request("the request body could not be read")),
+        )),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) if seen > limit as u64 => Err(ApiError::too_large(limit)),
+        Ok(Ok(())) => Ok(bytes),
     }
 }
 
 async fn delete(state: &State, path: &SecretPath) -> Result<Answer, ApiError> {
+    if let Some(sync) = &state.sync {
+        sync.delete(path).await.map_err(sync_error)?;
+        return Ok((
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "path": path.as_str(), "deleted": true }),
+            ),
+            None,
+        ));
+    }
     let store = state.store.clone();
     let target = path.clone();
     let existed = tokio::task::spawn_blocking(move || store.delete(&target))
@@ -522,11 +694,8 @@ async fn list(state: &State, conn: &Conn, query: Option<&str>) -> Result<Respons
     ))
 }
 
-fn secret_response(head: Bytes) -> Response<Body> {
-    with_json_headers(Response::new(Body::two(
-        head,
-        Bytes::from_static(FRESH_TAIL),
-    )))
+fn secret_response(head: Bytes, tail: Bytes) -> Response<Body> {
+    with_json_headers(Response::new(Body::two(head, tail)))
 }
 
 fn with_json_headers(mut res: Response<Body>) -> Response<Body> {

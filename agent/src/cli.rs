@@ -4,6 +4,9 @@
 //! Exit codes: 0 success; 1 failure; 2 usage; 3 not found; 4 denied; 5 conflict;
 //! 64 bad configuration.
 
+// The command line is where output to the terminal belongs.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 mod cert;
 mod connect;
 mod dev;

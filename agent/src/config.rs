@@ -9,13 +9,17 @@ pub mod file;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::crypto::KekSource;
 use crate::identity::TrustDomain;
+use crate::path::Prefix;
 use crate::policy::{Policy, Rule};
 use crate::store::StoreConfig;
+use crate::sync::SyncConfig;
 use crate::tls::TlsFiles;
+use crate::upstream::config::UpstreamConfig;
 
 /// Why a config could not be used. Each entry names its key.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +113,10 @@ pub struct Config {
     pub policy: Policy,
     /// Files rendered from templates by the daemon.
     pub templates: Vec<crate::render::Template>,
+    /// The upstream this agent caches, if any (`kind = "local"` counts as none).
+    pub upstream: Option<Arc<UpstreamConfig>>,
+    /// How the cache follows the upstream.
+    pub sync: SyncConfig,
 }
 
 impl Config {
@@ -279,6 +287,38 @@ fn validate(
 
     let templates = crate::render::spec::validate(base, &raw.template, problems);
 
+    let mut prefixes = Vec::new();
+    for (i, p) in raw.sync.prefixes.iter().enumerate() {
+        match Prefix::parse(p) {
+            Ok(p) => prefixes.push(p),
+            Err(e) => problems.push(format!("sync.prefixes[{i}]: {e}")),
+        }
+    }
+    if raw.sync.concurrency == 0 || raw.sync.concurrency > 1024 {
+        problems.push("sync.concurrency: must be 1..=1024".to_owned());
+    }
+    let sync = SyncConfig {
+        prefixes,
+        poll_interval: duration("sync.poll_interval", &raw.sync.poll_interval, problems),
+        grace: duration("sync.grace", &raw.sync.grace, problems),
+        concurrency: raw.sync.concurrency.clamp(1, 1024),
+        max_backoff: duration("sync.max_backoff", &raw.sync.max_backoff, problems),
+    };
+    let upstream = match raw.upstream {
+        Some(UpstreamConfig::Local(_)) | None => None,
+        Some(other) => Some(Arc::new(other)),
+    };
+    let transit_ready = matches!(
+        upstream.as_deref(),
+        Some(UpstreamConfig::OpenBao(b)) if b.transit.is_some()
+    );
+    if kek == KekSource::Transit && !transit_ready {
+        problems.push(
+            "storage.kek: source \"transit\" needs [upstream] kind = \"openbao\" with a transit section"
+                .to_owned(),
+        );
+    }
+
     Some(Config {
         source: path.to_owned(),
         trust_domain: trust_domain?,
@@ -295,6 +335,8 @@ fn validate(
         audit,
         policy: Policy::new(rules),
         templates,
+        upstream,
+        sync,
     })
 }
 

@@ -14,9 +14,11 @@ use std::path::PathBuf;
 
 mod envelope;
 mod kek;
+mod transit;
 
 pub use envelope::{DataKey, DATA_KEY_LEN, SEALED_OVERHEAD};
 pub use kek::{KekSource, KeyWrapper, LocalKek, KEK_LEN};
+pub use transit::TransitKek;
 
 /// What went wrong while sealing, opening, wrapping or loading a key.
 ///
@@ -27,6 +29,10 @@ pub enum Error {
     /// truncation or an unknown format version. Deliberately says no more than that.
     #[error("sealed data failed its integrity check")]
     Integrity,
+    /// `source = "transit"` was asked for, but no OpenBao upstream with a `transit`
+    /// section is configured.
+    #[error("kek source \"transit\" needs an [upstream] of kind openbao with a transit section")]
+    TransitNeedsUpstream,
     /// A plaintext over the AES-GCM limit was given to seal.
     #[error("plaintext of {len} bytes is too large to seal")]
     TooLarge {

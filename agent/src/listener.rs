@@ -179,10 +179,12 @@ pub async fn serve(
     }
 }
 
+/// The uid and gid of a Unix-socket peer.
+type Cred = Option<(u32, u32)>;
+
 trait Accept: Send + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self)
-        -> impl Future<Output = io::Result<(Self::Stream, Option<(u32, u32)>)>> + Send;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Cred)>> + Send;
 }
 
 struct UnixAccept(UnixListener);

@@ -15,9 +15,15 @@ use crate::api::State;
 use crate::audit::Audit;
 use crate::cache::HotCache;
 use crate::config::Config;
+use crate::crypto::{KekSource, TransitKek};
 use crate::listener::{self, Context};
 use crate::store::Store;
+use crate::sync::Syncer;
 use crate::tls::ServerTls;
+use crate::upstream::aws::AwsSecretsManager;
+use crate::upstream::config::UpstreamConfig;
+use crate::upstream::openbao::OpenBao;
+use crate::upstream::Upstream;
 use crate::{crypto, store, tls};
 
 /// How often the revocation list is checked for changes.
@@ -43,6 +49,9 @@ pub enum Error {
     /// A listener could not be bound.
     #[error(transparent)]
     Listen(#[from] listener::Error),
+    /// The upstream's configuration cannot work.
+    #[error("cannot set up the upstream")]
+    Upstream(#[source] crate::upstream::Error),
 }
 
 /// A started agent: listeners bound, serving in the background.
@@ -53,6 +62,8 @@ pub struct Running {
     writer: crate::audit::Writer,
     state: Arc<State>,
     renderer: Option<tokio::task::JoinHandle<()>>,
+    /// Held for the agent's lifetime: the CRL watcher stops once this is dropped.
+    _tls: Arc<ServerTls>,
     /// Where it listens (`unix:PATH`, `tcp:ADDR`).
     pub addresses: Vec<String>,
 }
@@ -78,22 +89,85 @@ impl Running {
     }
 }
 
+/// Builds the upstream client named by the config (no network I/O yet: logins
+/// happen on first use, so an agent starts while its upstream is down).
+async fn connect_upstream(config: &UpstreamConfig) -> Result<Option<Upstreams>, Error> {
+    Ok(match config {
+        UpstreamConfig::OpenBao(c) => {
+            let bao = OpenBao::from_config(c).map_err(Error::Upstream)?;
+            let transit = match &c.transit {
+                Some(t) => Some(TransitKek::new(
+                    &t.mount,
+                    bao.transit(&t.mount, &t.key).map_err(Error::Upstream)?,
+                )),
+                None => None,
+            };
+            Some(Upstreams {
+                client: Arc::new(bao),
+                transit,
+            })
+        }
+        UpstreamConfig::Aws(c) => Some(Upstreams {
+            client: Arc::new(
+                AwsSecretsManager::from_config(c)
+                    .await
+                    .map_err(Error::Upstream)?,
+            ),
+            transit: None,
+        }),
+        UpstreamConfig::Local(_) => None,
+    })
+}
+
+struct Upstreams {
+    client: Arc<dyn Upstream>,
+    transit: Option<TransitKek>,
+}
+
 /// Opens everything and starts serving.
 pub async fn start(config: Config) -> Result<Running, Error> {
-    let kek = config.kek.load().map_err(Error::Kek)?;
-    let store = Store::open(&config.store, kek.as_ref())
-        .await
-        .map_err(Error::Store)?;
+    let upstream = match &config.upstream {
+        Some(u) => connect_upstream(u).await?,
+        None => None,
+    };
+    let store = match (
+        &config.kek,
+        upstream.as_ref().and_then(|u| u.transit.as_ref()),
+    ) {
+        (KekSource::Transit, Some(transit)) => Store::open(&config.store, transit).await,
+        (KekSource::Transit, None) => return Err(Error::Kek(crypto::Error::TransitNeedsUpstream)),
+        (source, _) => {
+            let kek = source.load().map_err(Error::Kek)?;
+            Store::open(&config.store, kek.as_ref()).await
+        }
+    }
+    .map_err(Error::Store)?;
     let tls = Arc::new(ServerTls::load(&config.tls).map_err(Error::Tls)?);
     if config.tls.crl.is_some() {
         tls.clone().spawn_crl_watcher(CRL_POLL);
     }
     let (audit, writer) = Audit::open(&config.audit.path, config.audit.reads).await?;
+    let cache = Arc::new(HotCache::new(config.hot_cache_entries));
+    let events = crate::events::Events::new();
+    let (stop, stop_rx) = watch::channel(false);
+    let sync = upstream.map(|u| {
+        let syncer = Syncer::new(
+            u.client,
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+            config.sync.clone(),
+            config.store.path.with_extension("sync.json"),
+        );
+        syncer.spawn(stop_rx.clone());
+        syncer
+    });
     let state = Arc::new(State {
         store: store.clone(),
-        cache: HotCache::new(config.hot_cache_entries),
+        cache,
         audit,
-        events: crate::events::Events::new(),
+        events,
+        sync,
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: config.limits.body_timeout,
     });
@@ -106,7 +180,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         policy: config.policy.clone(),
         limits: config.limits.clone(),
     });
-    let (stop, stop_rx) = watch::channel(false);
     let renderer = (!config.templates.is_empty()).then(|| {
         crate::render::spawn(
             config.templates.clone(),
@@ -124,6 +197,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         writer,
         state,
         renderer,
+        _tls: tls,
         addresses,
     })
 }

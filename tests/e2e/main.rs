@@ -1,1 +1,18 @@
-//! e2e
+//! End-to-end tests: the real `latchkey` binary on a temp dir, spoken to as apps
+//! would (mTLS over the Unix socket and loopback TCP, the CLI, and curl).
+//!
+//! Build the binary first: `cargo build --bins && cargo test -p latchkey-e2e`.
+//! One module per capability; the harness lives in `tests/harness/`.
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod cli;
+mod curl;
+mod exec;
+mod integrity;
+mod malformed;
+mod no_leaks;
+mod render;
+mod security;
+mod serve;

@@ -76,7 +76,7 @@ pub(super) fn initialise(
             .create(&d)
             .with_context(|| format!("cannot create {}", d.display()))?;
     }
-    LocalKek::generate_file(&dir.join("keys/kek"))
+    LocalKek::generate_file(dir.join("keys/kek"))
         .context("cannot create the key-encryption key")?;
     let ca = Ca::create(dir, td).context("cannot create the CA")?;
     let server = ca

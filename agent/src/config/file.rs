@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::crypto::KekSource;
 use crate::policy::RuleSpec;
+use crate::upstream::config::UpstreamConfig;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -33,6 +34,62 @@ pub struct FileConfig {
     /// Files rendered from templates and kept current (see `render::spec`).
     #[serde(default)]
     pub template: Vec<crate::render::TemplateSection>,
+    /// The store this agent caches (OpenBao/Vault or AWS Secrets Manager). Without
+    /// one, the embedded store is the source of truth.
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+    /// How the cache follows the upstream.
+    #[serde(default)]
+    pub sync: SyncSection,
+}
+
+/// `[sync]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// Prefixes pulled at start and on every poll (`""`: everything).
+    #[serde(default = "default_prefixes")]
+    pub prefixes: Vec<String>,
+    /// Time between polls.
+    #[serde(default = "default_poll")]
+    pub poll_interval: String,
+    /// How long cached values are served while the upstream is down.
+    #[serde(default = "default_grace")]
+    pub grace: String,
+    /// Most concurrent upstream requests.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Longest wait between retries while the upstream fails.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: String,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        Self {
+            prefixes: default_prefixes(),
+            poll_interval: default_poll(),
+            grace: default_grace(),
+            concurrency: default_concurrency(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_prefixes() -> Vec<String> {
+    vec![String::new()]
+}
+fn default_poll() -> String {
+    "30s".to_owned()
+}
+fn default_grace() -> String {
+    "24h".to_owned()
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_max_backoff() -> String {
+    "60s".to_owned()
 }
 
 /// `[listen]`.

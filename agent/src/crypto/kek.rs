@@ -223,6 +223,10 @@ pub enum KekSource {
         /// The variable name.
         var: String,
     },
+    /// OpenBao/Vault Transit: the data key is wrapped by the server, which never
+    /// hands out its key. Uses the `[upstream]` OpenBao client and its `transit`
+    /// section (mount and key name).
+    Transit,
 }
 
 impl KekSource {
@@ -231,6 +235,7 @@ impl KekSource {
         let kek = match self {
             Self::File { path } => LocalKek::from_file(path)?,
             Self::Env { var } => LocalKek::from_env(var)?,
+            Self::Transit => return Err(Error::TransitNeedsUpstream),
         };
         Ok(Box::new(kek))
     }
@@ -396,7 +401,13 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<KekSource>(r#"{"source":"env","var":"X","x":1}"#).is_err());
-        assert!(serde_json::from_str::<KekSource>(r#"{"source":"transit"}"#).is_err());
+        assert!(serde_json::from_str::<KekSource>(r#"{"source":"vault"}"#).is_err());
+        let transit: KekSource = serde_json::from_str(r#"{"source":"transit"}"#).expect("transit");
+        assert_eq!(transit, KekSource::Transit);
+        assert!(matches!(
+            transit.load().map(|_| ()),
+            Err(Error::TransitNeedsUpstream)
+        ));
     }
 
     #[test]

@@ -885,11 +885,17 @@ async fn put_at_keeps_the_given_version_and_refuses_older_ones() {
     let stored = store.put_at(&p, 7, write("seven")).expect("put_at");
     assert_eq!(stored.version, 7);
     let again = store.put_at(&p, 7, write("seven again"));
-    assert!(matches!(again, Err(Error::Conflict { current: 7, .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(Error::Conflict { current: 7, .. })),
+        "{again:?}"
+    );
     let older = store.put_at(&p, 3, write("three"));
     assert!(matches!(older, Err(Error::Conflict { .. })), "{older:?}");
     let next = store.put(&p, write("local")).expect("put");
     assert_eq!(next.version, 8);
-    let got = store.get(&p, Selector::Label("previous".into())).expect("get").expect("some");
+    let got = store
+        .get(&p, Selector::Label("previous".into()))
+        .expect("get")
+        .expect("some");
     assert_eq!(got.version, 7);
 }

@@ -1,0 +1,501 @@
+//! Keeps the local store in step with the upstream, and keeps serving when it is down.
+//!
+//! The upstream is the source of truth; the store is an encrypted copy that apps read
+//! from. [`Syncer`] owns every conversation with the upstream:
+//!
+//! - **Pull.** At start (in the background: serving never waits for the upstream) and
+//!   then every `poll_interval`, or at once on [`Syncer::sync_now`], it lists each
+//!   configured prefix (versions only, no values), fetches what changed through a
+//!   bounded pool, and drops what was deleted upstream.
+//! - **Misses.** A read of a path the store lacks asks the upstream once; concurrent
+//!   misses for the same path share that one request (single-flight).
+//! - **Writes.** Admin writes and deletes go upstream first (check-and-set), then to the
+//!   store; a lost check-and-set is a conflict, never a silent overwrite.
+//! - **Outages.** A failed poll is retried with exponential backoff and jitter. Until
+//!   the grace period has passed since the last good sync, reads are served from the
+//!   store marked `stale`; after it, reads fail with `upstream_unavailable`. The time
+//!   of the last good sync is kept on disk, so an agent restarted during an outage
+//!   serves from its cache at once and still knows how old that cache is.
+//! - **Budget.** One semaphore bounds concurrent upstream calls from polls, misses and
+//!   writes together, so a large sync cannot flood the upstream.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify, OnceCell, Semaphore};
+
+use crate::cache::HotCache;
+use crate::events::{Event, Events, Kind};
+use crate::path::{Prefix, SecretPath};
+use crate::store::{self, Secret, Selector, Store};
+use crate::upstream::{self, RemoteSecret, Upstream};
+
+/// How the sync behaves (`[sync]` in the config).
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Prefixes pulled at start and on every poll (`""` is everything).
+    pub prefixes: Vec<Prefix>,
+    /// Time between polls while the upstream answers.
+    pub poll_interval: Duration,
+    /// How long cached values are served after the last good sync while the upstream
+    /// fails.
+    pub grace: Duration,
+    /// Most concurrent upstream calls.
+    pub concurrency: usize,
+    /// Longest wait between retries while the upstream fails.
+    pub max_backoff: Duration,
+}
+
+/// Why a sync operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The upstream said no or could not be reached.
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// A shared miss fetch failed; the cause is shared with the other waiters.
+    #[error("{0}")]
+    Shared(Arc<Error>),
+}
+
+impl Error {
+    /// The upstream error behind this one, if any.
+    pub fn upstream(&self) -> Option<&upstream::Error> {
+        match self {
+            Error::Upstream(e) => Some(e),
+            Error::Shared(e) => e.upstream(),
+            Error::Store(_) => None,
+        }
+    }
+}
+
+/// How fresh the cached values are, as a read sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// The last poll succeeded (or none has failed yet).
+    Fresh {
+        /// Seconds since the last good sync, when there was one.
+        age_seconds: Option<u64>,
+    },
+    /// The upstream is failing; cached values are still within the grace period.
+    Stale {
+        /// Seconds since the last good sync, when there was one.
+        age_seconds: Option<u64>,
+    },
+    /// The upstream has been failing for longer than the grace period.
+    Expired {
+        /// Seconds since the last good sync.
+        age_seconds: u64,
+    },
+}
+
+/// What one poll did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    /// Secrets the upstream listed.
+    pub listed: usize,
+    /// Secrets fetched because their version changed.
+    pub fetched: usize,
+    /// Secrets dropped because the upstream no longer has them.
+    pub deleted: usize,
+    /// Milliseconds the poll took.
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Health {
+    /// Unix ms of the last fully successful poll.
+    last_success_ms: Option<i64>,
+    /// Unix ms of the first failure in the current run of failures.
+    #[serde(skip)]
+    failing_since_ms: Option<i64>,
+    /// Failures in a row.
+    #[serde(skip)]
+    failures: u32,
+}
+
+type MissCell = Arc<OnceCell<Result<bool, Arc<Error>>>>;
+
+/// The sync engine; shared by the API (reads, writes) and its own poll task.
+pub struct Syncer {
+    upstream: Arc<dyn Upstream>,
+    store: Store,
+    cache: Arc<HotCache>,
+    events: Events,
+    config: SyncConfig,
+    budget: Arc<Semaphore>,
+    health: Mutex<Health>,
+    misses: Mutex<HashMap<SecretPath, MissCell>>,
+    wake: Notify,
+    state_file: PathBuf,
+}
+
+impl std::fmt::Debug for Syncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Syncer")
+            .field("upstream", &self.upstream.name())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Syncer {
+    /// A syncer over `store`. `state_file` keeps the time of the last good sync.
+    pub fn new(
+        upstream: Arc<dyn Upstream>,
+        store: Store,
+        cache: Arc<HotCache>,
+        events: Events,
+        config: SyncConfig,
+        state_file: PathBuf,
+    ) -> Arc<Self> {
+        let health = std::fs::read(&state_file)
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<Health>(&raw).ok())
+            .unwrap_or_default();
+        Arc::new(Syncer {
+            budget: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            upstream,
+            store,
+            cache,
+            events,
+            config,
+            health: Mutex::new(health),
+            misses: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            state_file,
+        })
+    }
+
+    /// The upstream's name.
+    pub fn upstream_name(&self) -> &str {
+        self.upstream.name()
+    }
+
+    /// How fresh the cached values are right now.
+    pub fn freshness(&self) -> Freshness {
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        let age_seconds = health
+            .last_success_ms
+            .map(|t| (now.saturating_sub(t).max(0) / 1000) as u64);
+        if health.failing_since_ms.is_none() {
+            return Freshness::Fresh { age_seconds };
+        }
+        match age_seconds {
+            Some(age) if Duration::from_secs(age) > self.config.grace => {
+                Freshness::Expired { age_seconds: age }
+            }
+            _ => Freshness::Stale { age_seconds },
+        }
+    }
+
+    /// Asks the poll task to sync now.
+    pub fn sync_now(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs polls until `shutdown` turns true: first at once, then every poll interval,
+    /// or sooner with backoff after a failure, or when woken.
+    pub fn spawn(
+        self: &Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let wait = match this.poll().await {
+                    Ok(report) => {
+                        tracing::debug!(
+                            upstream = this.upstream.name(),
+                            listed = report.listed,
+                            fetched = report.fetched,
+                            deleted = report.deleted,
+                            elapsed_ms = report.elapsed_ms,
+                            "sync done"
+                        );
+                        this.config.poll_interval
+                    }
+                    Err(e) => this.backoff(&e),
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = this.wake.notified() => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+            }
+        })
+    }
+
+    fn backoff(&self, error: &Error) -> Duration {
+        use rand::Rng;
+        let failures = self
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failures;
+        let cap = self
+            .config
+            .max_backoff
+            .min(self.config.poll_interval)
+            .max(Duration::from_millis(100));
+        let base = Duration::from_millis(250).saturating_mul(1u32 << failures.min(16));
+        let wait = base.min(cap);
+        // ±25% jitter so many agents do not retry in step.
+        let factor = rand::thread_rng().gen_range(0.75..1.25);
+        let wait = wait.mul_f64(factor);
+        tracing::warn!(
+            upstream = self.upstream.name(),
+            error = %error,
+            failures,
+            retry_in_ms = wait.as_millis() as u64,
+            "sync failed; serving cached values"
+        );
+        wait
+    }
+
+    fn record_success(&self) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if health.failing_since_ms.is_some() {
+            tracing::info!(upstream = self.upstream.name(), "upstream reachable again");
+        }
+        health.last_success_ms = Some(now_ms());
+        health.failing_since_ms = None;
+        health.failures = 0;
+        if let Ok(raw) = serde_json::to_vec(&*health) {
+            drop(health);
+            let tmp = self.state_file.with_extension("tmp");
+            if std::fs::write(&tmp, raw)
+                .and_then(|_| std::fs::rename(&tmp, &self.state_file))
+                .is_err()
+            {
+                tracing::warn!(file = %self.state_file.display(), "cannot save the sync state");
+            }
+        }
+    }
+
+    fn record_failure(&self, error: &Error) {
+        let transient = error.upstream().is_none_or(upstream::Error::is_transient);
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.failures = health.failures.saturating_add(1);
+        if health.failing_since_ms.is_none() {
+            health.failing_since_ms = Some(now_ms());
+            if !transient {
+                tracing::error!(upstream = self.upstream.name(), error = %error, "sync refused by the upstream");
+            }
+        }
+    }
+
+    /// One poll over every configured prefix.
+    pub async fn poll(&self) -> Result<Report, Error> {
+        let started = std::time::Instant::now();
+        let mut report = Report::default();
+        let result = self.poll_prefixes(&mut report).await;
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => {
+                self.record_success();
+                Ok(report)
+            }
+            Err(e) => {
+                self.record_failure(&e);
+                Err(e)
+            }
+        }
+    }
+
+    async fn poll_prefixes(&self, report: &mut Report) -> Result<(), Error> {
+        let mut first_error = None;
+        for prefix in &self.config.prefixes {
+            let remote = {
+                let _permit = self.budget.acquire().await;
+                self.upstream.list(prefix).await?
+            };
+            report.listed += remote.len();
+            let store = self.store.clone();
+            let scan = prefix.clone();
+            let local: HashMap<SecretPath, u64> =
+                tokio::task::spawn_blocking(move || store.list(&scan))
+                    .await
+                    .map_err(|_| Error::Store(store::Error::Invalid("list task failed".into())))??
+                    .into_iter()
+                    .map(|e| (e.path, e.current_version))
+                    .collect();
+            let mut seen = HashSet::with_capacity(remote.len());
+            let mut fetches = tokio::task::JoinSet::new();
+            for meta in remote {
+                seen.insert(meta.path.clone());
+                if local.get(&meta.path) == Some(&meta.version) {
+                    continue;
+                }
+                let budget = self.budget.clone();
+                let upstream = self.upstream.clone();
+                fetches.spawn(async move {
+                    let _permit = budget.acquire_owned().await;
+                    (meta.path.clone(), upstream.read(&meta.path).await)
+                });
+            }
+            while let Some(joined) = fetches.join_next().await {
+                let Ok((path, result)) = joined else { continue };
+                match result {
+                    Ok(Some(remote)) => {
+                        self.keep(remote)?;
+                        report.fetched += 1;
+                    }
+                    Ok(None) => {
+                        if self.drop_local(&path)? {
+                            report.deleted += 1;
+                        }
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            for path in local.keys().filter(|p| !seen.contains(*p)) {
+                if self.drop_local(path)? {
+                    report.deleted += 1;
+                }
+            }
+        }
+        if report.fetched + report.deleted > 0 {
+            self.store.flush().await?;
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores an upstream version, replacing the local copy. A version below the local
+    /// one means the secret was recreated upstream: the local copy is replaced whole.
+    fn keep(&self, remote: RemoteSecret) -> Result<Secret, Error> {
+        let kind = match self.store.get(&remote.path, Selector::Current) {
+            Ok(Some(local)) if local.version == remote.version => return Ok(local),
+            Ok(Some(local)) => Some(local.kind),
+            _ => None,
+        };
+        let write = || store::Write {
+            fields: remote.fields.clone(),
+            kind: kind.clone(),
+            expires_at: None,
+            cas: None,
+        };
+        let stored = match self.store.put_at(&remote.path, remote.version, write()) {
+            Err(store::Error::Conflict { .. }) => {
+                self.store.delete(&remote.path)?;
+                self.store.put_at(&remote.path, remote.version, write())?
+            }
+            other => other?,
+        };
+        self.cache.invalidate(&remote.path);
+        self.events.publish(Event::now(
+            Kind::Updated,
+            remote.path.clone(),
+            Some(stored.version),
+        ));
+        Ok(stored)
+    }
+
+    fn drop_local(&self, path: &SecretPath) -> Result<bool, Error> {
+        let existed = self.store.delete(path)?;
+        self.cache.invalidate(path);
+        if existed {
+            self.events
+                .publish(Event::now(Kind::Deleted, path.clone(), None));
+        }
+        Ok(existed)
+    }
+
+    /// Fills a cache miss from the upstream; concurrent misses for one path share one
+    /// request. Returns whether the upstream has the secret (it is then in the store).
+    pub async fn fetch(&self, path: &SecretPath) -> Result<bool, Error> {
+        let cell = {
+            let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+            misses.entry(path.clone()).or_default().clone()
+        };
+        let result = cell
+            .get_or_init(|| async {
+                let fetched = async {
+                    let remote = {
+                        let _permit = self.budget.acquire().await;
+                        self.upstream.read(path).await?
+                    };
+                    match remote {
+                        Some(remote) => {
+                            self.keep(remote)?;
+                            self.store.flush().await?;
+                            Ok(true)
+                        }
+                        None => Ok(false),
+                    }
+                }
+                .await;
+                fetched.map_err(Arc::new)
+            })
+            .await
+            .clone();
+        {
+            let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
+            if misses.get(path).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                misses.remove(path);
+            }
+        }
+        result.map_err(Error::Shared)
+    }
+
+    /// Writes upstream first (with the write's check-and-set), then stores the
+    /// version the upstream assigned.
+    pub async fn write(&self, path: &SecretPath, write: store::Write) -> Result<Secret, Error> {
+        let version = {
+            let _permit = self.budget.acquire().await;
+            self.upstream.write(path, &write.fields, write.cas).await?
+        };
+        let local = store::Write { cas: None, ..write };
+        let stored = match self.store.put_at(path, version, local.clone()) {
+            Ok(stored) => stored,
+            // A poll already pulled this very version (or a newer one): keep that.
+            Err(store::Error::Conflict { current, .. }) if current >= version => self
+                .store
+                .get(path, Selector::Version(version))?
+                .ok_or_else(|| {
+                    store::Error::Invalid(format!("version {version} of {path} vanished"))
+                })?,
+            Err(store::Error::Conflict { .. }) => {
+                self.store.delete(path)?;
+                self.store.put_at(path, version, local)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.store.flush().await?;
+        self.cache.invalidate(path);
+        self.events.publish(Event::now(
+            Kind::Updated,
+            path.clone(),
+            Some(stored.version),
+        ));
+        Ok(stored)
+    }
+
+    /// Deletes upstream first, then locally. Returns whether it existed locally.
+    pub async fn delete(&self, path: &SecretPath) -> Result<bool, Error> {
+        {
+            let _permit = self.budget.acquire().await;
+            self.upstream.delete(path).await?;
+        }
+        let existed = self.drop_local(path)?;
+        self.store.flush().await?;
+        Ok(existed)
+    }
+}

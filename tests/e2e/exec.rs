@@ -1,0 +1,247 @@
+//! `latchkey exec`: the child gets its secrets in the environment, signals reach it,
+//! its exit code comes back, and a rotation restarts or signals it only when a value
+//! it received changed — not on an unrelated change.
+//!
+//! The children are small `sh` scripts that write what they see into files in the
+//! test's scratch folder.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::harness::{binary, eventually, Agent};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// `latchkey exec ARGS` as a long-running process, a client of `agent`.
+fn spawn_exec(agent: &Agent, args: &[&str]) -> anyhow::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(binary()?);
+    cmd.arg("exec")
+        .args(args)
+        .env("LATCHKEY_DIR", agent.dir())
+        .env("LATCHKEY_LOG", "latchkey=debug")
+        .env_remove("LATCHKEY_ADDR")
+        .env_remove("LATCHKEY_CERT")
+        .env_remove("LATCHKEY_KEY")
+        .env_remove("LATCHKEY_CACERT")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn().context("cannot start latchkey exec")
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+async fn wait_lines(path: &Path, n: usize, what: &str) -> anyhow::Result<Vec<String>> {
+    eventually(what, WAIT, || async move {
+        let l = read_lines(path);
+        (l.len() >= n).then_some(l)
+    })
+    .await
+}
+
+fn term(child: &tokio::process::Child) -> anyhow::Result<()> {
+    let pid = child.id().context("exec has exited")?;
+    let pid = rustix::process::Pid::from_raw(pid as i32).context("bad pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn exec_passes_env_and_returns_the_exit_code() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let admin = agent.admin()?;
+    admin
+        .write(
+            "apps/web/db",
+            json!({"user": "alice", "password": "s3cret-exec-value"}),
+        )
+        .await?;
+    admin
+        .write("apps/web/token", json!({"token": "tok-1"}))
+        .await?;
+    let out = agent
+        .cli([
+            "exec",
+            "--env",
+            "DB_USER=apps/web/db#user",
+            "--env",
+            "DB_PASSWORD=apps/web/db#password",
+            "--env",
+            "TOKEN=apps/web/token",
+            "--",
+            "sh",
+            "-c",
+            "test \"$DB_USER:$DB_PASSWORD:$TOKEN\" = alice:s3cret-exec-value:tok-1 && exit 42; exit 9",
+        ])
+        .run()
+        .await?;
+    assert_eq!(out.code, 42, "{out:?}");
+
+    let missing = agent
+        .cli(["exec", "--env", "X=apps/web/db#nope", "--", "true"])
+        .run()
+        .await?;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("secret apps/web/db has no field \"nope\""),
+        "{missing:?}"
+    );
+    assert!(!agent.logs().contains("s3cret-exec-value"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn exec_forwards_sigterm_and_passes_the_code_back() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    agent.admin()?.write("apps/x", json!({"v": "1"})).await?;
+    let dir = agent.scratch();
+    let ready = dir.join("ready");
+    let got = dir.join("got");
+    let script = format!(
+        "trap 'echo term > {got}; exit 3' TERM; echo up > {ready}; while :; do sleep 0.05; done",
+        got = got.display(),
+        ready = ready.display()
+    );
+    let mut exec = spawn_exec(&agent, &["--env", "V=apps/x#v", "--", "sh", "-c", &script])?;
+    wait_lines(&ready, 1, "the child to start").await?;
+    term(&exec)?;
+    let status = tokio::time::timeout(WAIT, exec.wait()).await??;
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(read_lines(&got), ["term"]);
+
+    // Killed by a signal it does not handle: 128 + 9.
+    let script = format!("echo up >> {ready}; kill -9 $$", ready = ready.display());
+    let out = agent
+        .cli(["exec", "--env", "V=apps/x#v", "--", "sh", "-c", &script])
+        .run()
+        .await?;
+    assert_eq!(out.code, 137, "{out:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn exec_restarts_only_when_a_value_it_received_changed() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let admin = agent.admin()?;
+    admin
+        .write("apps/db", json!({"password": "pw-1", "note": "a"}))
+        .await?;
+    admin.write("apps/unrelated", json!({"v": "1"})).await?;
+    let starts = agent.scratch().join("starts");
+    let script = format!(
+        "echo \"$$ $PW\" >> {starts}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        starts = starts.display()
+    );
+    let mut exec = spawn_exec(
+        &agent,
+        &[
+            "--env",
+            "PW=apps/db#password",
+            "--grace",
+            "5s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )?;
+    let first = wait_lines(&starts, 1, "the first start").await?;
+    assert!(first[0].ends_with(" pw-1"), "{first:?}");
+
+    // Not restarted: another secret changes; a field the child does not use changes.
+    admin.write("apps/unrelated", json!({"v": "2"})).await?;
+    admin
+        .write("apps/db", json!({"password": "pw-1", "note": "b"}))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        read_lines(&starts).len(),
+        1,
+        "restarted without a change it uses"
+    );
+
+    // Restarted: the value it received changed.
+    admin
+        .write("apps/db", json!({"password": "pw-2", "note": "b"}))
+        .await?;
+    let after = wait_lines(&starts, 2, "the restart").await?;
+    assert!(after[1].ends_with(" pw-2"), "{after:?}");
+    assert_ne!(
+        after[0].split(' ').next(),
+        after[1].split(' ').next(),
+        "a new process"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(read_lines(&starts).len(), 2, "restarted once");
+
+    term(&exec)?;
+    let status = tokio::time::timeout(WAIT, exec.wait()).await??;
+    assert_eq!(status.code(), Some(0));
+    let mut stderr = String::new();
+    if let Some(mut e) = exec.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        e.read_to_string(&mut stderr).await?;
+    }
+    assert!(
+        !stderr.contains("pw-1") && !stderr.contains("pw-2"),
+        "{stderr}"
+    );
+    assert!(!agent.logs().contains("pw-2"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn exec_signals_the_child_when_its_rendered_file_changes() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let admin = agent.admin()?;
+    admin.write("apps/cfg", json!({"key": "k1"})).await?;
+    let dir = agent.scratch();
+    let src = dir.join("app.tmpl");
+    let dest = dir.join("app.conf");
+    let events = dir.join("events");
+    std::fs::write(&src, "key={{ secret('apps/cfg').key }}\n")?;
+    let script = format!(
+        "trap 'echo \"hup $(cat {dest})\" >> {events}' HUP; echo \"start $$ $(cat {dest})\" >> {events}; while :; do sleep 0.05; done",
+        dest = dest.display(),
+        events = events.display()
+    );
+    let template = format!("{}:{}", src.display(), dest.display());
+    let mut exec = spawn_exec(
+        &agent,
+        &[
+            "--template",
+            &template,
+            "--on-change",
+            "signal:SIGHUP",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )?;
+    let first = wait_lines(&events, 1, "the child to start").await?;
+    assert!(first[0].ends_with(" key=k1"), "{first:?}");
+    admin.write("apps/cfg", json!({"key": "k2"})).await?;
+    let lines = wait_lines(&events, 2, "the SIGHUP").await?;
+    assert_eq!(lines[1], "hup key=k2");
+    assert!(
+        lines.iter().filter(|l| l.starts_with("start")).count() == 1,
+        "{lines:?}"
+    );
+    term(&exec)?;
+    let status = tokio::time::timeout(WAIT, exec.wait()).await??;
+    assert_eq!(status.code(), Some(128 + 15));
+    Ok(())
+}

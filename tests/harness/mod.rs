@@ -1,0 +1,88 @@
+//! The end-to-end harness: starts the real `latchkey` binary on a temp dir and talks
+//! to it the way apps do.
+//!
+//! ```ignore
+//! let agent = Agent::builder().tcp().log_level("trace").start().await?;
+//! let admin = agent.admin()?;
+//! admin.write("apps/web/db", json!({"password": "hunter2"})).await?;
+//! let web = agent.issue_cert("web", None).await?;
+//! assert_eq!(agent.client_for(&web)?.read("apps/web/db").await?.status, 200);
+//! ```
+//!
+//! - [`agent`]: the agent process, its folder, its CLI and its audit trail.
+//! - [`api`]: an mTLS API client with deadlines and JSON answers.
+//! - [`raw`]: hand-written HTTP over TLS, for requests a well-behaved client never sends.
+//! - [`foreign`]: certificates from a CA the agent has never seen.
+//! - [`disk`]: the sealed records in the agent's sled store, to tamper with while it is stopped.
+
+pub(crate) mod agent;
+pub(crate) mod api;
+pub(crate) mod disk;
+pub(crate) mod foreign;
+pub(crate) mod raw;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+pub(crate) use agent::{Agent, Identity, Via};
+pub(crate) use api::Answer;
+
+/// How often a condition is checked while waiting for it.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The `latchkey` binary: `$LATCHKEY_BIN`, or `latchkey` in the target folder this
+/// test binary was built into (`target/debug/deps/e2e-*` → `target/debug/latchkey`).
+pub(crate) fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("LATCHKEY_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("LATCHKEY_BIN={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
+    let exe = std::env::current_exe().context("cannot find the test executable")?;
+    let target = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("the test executable has no target folder")?;
+    let bin = target.join("latchkey");
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: build it first with `cargo build --bins` \
+             (the end-to-end tests run the real binary), or set LATCHKEY_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline` naming `what`.
+pub(crate) async fn eventually<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if start.elapsed() >= deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A loopback port nobody listens on right now (bound, read and released).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
