@@ -1,11 +1,18 @@
 //! End-to-end tests: the real `latchkey` binary on a temp dir, spoken to as apps
-//! would (mTLS over the Unix socket and loopback TCP, the CLI, and curl).
+//! would (mTLS over the Unix socket and loopback TCP, the CLI, and curl), and the
+//! real upstream servers (OpenBao, moto) on loopback.
 //!
 //! Build the binary first: `cargo build --bins && cargo test -p latchkey-e2e`.
 //! One module per capability; the harness lives in `tests/harness/`.
 
 #[path = "../harness/mod.rs"]
 mod harness;
+#[path = "../harness/moto.rs"]
+mod moto;
+#[path = "../harness/openbao.rs"]
+mod openbao;
+#[path = "../harness/spawn.rs"]
+mod spawn;
 
 mod cli;
 mod curl;
@@ -16,3 +23,4 @@ mod no_leaks;
 mod render;
 mod security;
 mod serve;
+mod upstream_clients;

@@ -24,11 +24,15 @@
 //! AWS version ids are opaque strings; the agent needs a `u64` that changes on every
 //! new version and grows. Versions the agent writes get their number *inside* the
 //! version id: we set `ClientRequestToken` (which becomes the `VersionId`) to
-//! `{n:020}-latchkey-{random}`, where `n = max(current + 1, now in ms)`. A version
-//! written by anyone else (a UUID) gets the creation time of that version in
-//! milliseconds. So numbers grow with time across both kinds, as long as the agent's
-//! clock and AWS's agree to within the time between two writes; equality, which is
-//! what change detection and check-and-set use, is exact either way.
+//! `{n:020}-latchkey-{random}`, where `n = max(current + 1, now in µs-ish)`: the Unix
+//! time in milliseconds times 1000. A version written by anyone else (a UUID) gets its
+//! creation time in milliseconds times 1000 plus a number from 0 to 999 taken from a
+//! hash of its id, so two foreign versions created in the same millisecond (or the
+//! same second, on servers that keep only seconds) still differ. Numbers therefore
+//! grow with time across both kinds, as long as the agent's clock and AWS's agree to
+//! within the time between two writes (and, within one millisecond, their order is
+//! arbitrary); equality, which is what change detection and check-and-set use, is
+//! exact either way (barring a 1-in-1000 hash tie within one millisecond).
 //!
 //! ## Check-and-set
 //!
@@ -48,6 +52,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::primitives::DateTime;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
 use aws_sdk_secretsmanager::Client;
+use sha2::Digest as _;
 use zeroize::Zeroizing;
 
 use super::config::AwsConfig;
@@ -574,7 +579,8 @@ fn current_of(stages: &HashMap<String, Vec<String>>) -> Option<String> {
 }
 
 /// The number of a version: ours carry it in the id, others get their creation time
-/// in milliseconds (never 0, which means "does not exist").
+/// in milliseconds times 1000 plus a tie-break from the id (never 0, which means
+/// "does not exist").
 fn version_number(version_id: &str, created: Option<&DateTime>) -> u64 {
     if let Some(n) = parse_token(version_id) {
         return n;
@@ -583,15 +589,19 @@ fn version_number(version_id: &str, created: Option<&DateTime>) -> u64 {
         let secs = u64::try_from(d.secs()).unwrap_or(0);
         secs.saturating_mul(1000) + u64::from(d.subsec_nanos() / 1_000_000)
     });
-    millis.max(1)
+    let digest = sha2::Sha256::digest(version_id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let tiebreak = u64::from_be_bytes(first) % 1000;
+    millis.saturating_mul(1000).saturating_add(tiebreak).max(1)
 }
 
 /// The number of the next version we write after `current`.
 fn next_version(current: u64) -> u64 {
-    let now_ms = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    current.saturating_add(1).max(now_ms)
+    current.saturating_add(1).max(now.saturating_mul(1000))
 }
 
 /// A `ClientRequestToken` (32–64 characters) that carries `n`.
@@ -652,12 +662,21 @@ mod tests {
     #[test]
     fn foreign_versions_are_numbered_by_creation_time() {
         let created = DateTime::from_secs(1_700_000_000);
-        assert_eq!(
-            version_number("3f2b8c1e-0d7a-4e55-9a43-2b6f0c9d1e77", Some(&created)),
-            1_700_000_000_000
+        let a = version_number("3f2b8c1e-0d7a-4e55-9a43-2b6f0c9d1e77", Some(&created));
+        let b = version_number("9a1c0f2e-5b7d-4c33-8e21-7d4a6b0c2f19", Some(&created));
+        assert!(
+            (1_700_000_000_000_000..1_700_000_000_001_000).contains(&a),
+            "{a}"
         );
-        assert_eq!(version_number("uuid", None), 1);
-        assert!(next_version(5) > 1_700_000_000_000, "now in ms");
+        assert_ne!(a, b, "same second, different ids");
+        assert_eq!(
+            a,
+            version_number("3f2b8c1e-0d7a-4e55-9a43-2b6f0c9d1e77", Some(&created)),
+            "stable"
+        );
+        assert!(version_number("uuid", None) < 1000);
+        assert!(next_version(5) > 1_700_000_000_000_000, "now in ms * 1000");
+        assert!(next_version(a) > a);
         assert_eq!(next_version(u64::MAX - 1), u64::MAX);
     }
 
