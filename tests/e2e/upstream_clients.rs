@@ -113,7 +113,9 @@ async fn openbao_read_list_metadata_follow_the_server() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openbao_write_cas_and_delete_reach_the_server() -> anyhow::Result<()> {
     let bao = OpenBao::start().await?;
-    let client = bao_client(&bao, &root_auth())?;
+    // Used the way sync and the admin API hold it: behind the trait object.
+    let client: std::sync::Arc<dyn Upstream> = std::sync::Arc::new(bao_client(&bao, &root_auth())?);
+    assert_eq!(client.name(), "openbao");
     let p = path("app/db");
 
     let v1 = client
@@ -678,7 +680,7 @@ async fn aws_get_list_describe_follow_moto() -> anyhow::Result<()> {
 #[tokio::test]
 async fn aws_write_cas_stages_and_delete() -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    let client = aws_client(&moto, "").await?;
+    let client = aws_client(&moto, "request_timeout = \"5s\"").await?;
     let p = path("app/db");
 
     let v1 = client
