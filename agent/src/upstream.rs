@@ -3,8 +3,8 @@
 //! Every backend implements [`Upstream`]: read one secret, list what lies under a
 //! prefix (paths and versions only, so a poll can find what changed without fetching
 //! values), read one secret's version metadata, write with check-and-set, delete.
-//! `sync` drives these calls and owns retry and backoff (it asks
-//! [`Error::is_transient`]); the cache never talks to an upstream directly.
+//! `sync` drives these calls and retries through [`backoff::retry`], which asks
+//! [`Error::is_transient`]; the cache never talks to an upstream directly.
 //!
 //! Backends, each one module in the same order (config, client, trait impl):
 //! [`openbao`] (OpenBao and HashiCorp Vault, KV v2, also [`openbao::TransitWrapper`] for
@@ -24,6 +24,7 @@ use crate::path::{Prefix, SecretPath};
 use crate::secret::Fields;
 
 pub mod aws;
+pub mod backoff;
 pub mod breaker;
 pub mod config;
 pub mod http;

@@ -85,6 +85,8 @@ async fn openbao_read_list_metadata_follow_the_server() -> anyhow::Result<()> {
         ]
     );
     assert_eq!(client.list(&Prefix::all()).await?.len(), 4);
+    assert_eq!(client.uses_detailed_metadata(), Some(true));
+    assert!(client.list(&Prefix::parse("nothing/")?).await?.is_empty());
 
     // A change upstream shows in metadata and in the next list.
     bao.put_kv("billing/db", json!({"user": "app", "password": "pw2"}))
@@ -111,7 +113,9 @@ async fn openbao_read_list_metadata_follow_the_server() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openbao_write_cas_and_delete_reach_the_server() -> anyhow::Result<()> {
     let bao = OpenBao::start().await?;
-    let client = bao_client(&bao, &root_auth())?;
+    // Used the way sync and the admin API hold it: behind the trait object.
+    let client: std::sync::Arc<dyn Upstream> = std::sync::Arc::new(bao_client(&bao, &root_auth())?);
+    assert_eq!(client.name(), "openbao");
     let p = path("app/db");
 
     let v1 = client
@@ -183,6 +187,50 @@ async fn openbao_write_cas_and_delete_reach_the_server() -> anyhow::Result<()> {
     assert_eq!(status, 404);
     assert!(client.read(&p).await?.is_none());
     client.delete(&p).await?; // deleting again is fine
+    Ok(())
+}
+
+#[tokio::test]
+async fn openbao_list_falls_back_when_detailed_metadata_is_denied() -> anyhow::Result<()> {
+    let bao = OpenBao::start().await?;
+    let policy = r#"
+        path "secret/data/*" { capabilities = ["read"] }
+        path "secret/metadata/*" { capabilities = ["read", "list"] }
+        path "secret/metadata/" { capabilities = ["list"] }
+    "#;
+    bao.ok(
+        "PUT",
+        "sys/policies/acl/meta-only",
+        Some(json!({ "policy": policy })),
+    )
+    .await?;
+    let created = bao
+        .ok(
+            "POST",
+            "auth/token/create",
+            Some(json!({"policies": ["meta-only"], "ttl": "1h"})),
+        )
+        .await?;
+    let token = created["auth"]["client_token"].as_str().context("token")?;
+    bao.put_kv("a/one", json!({"v": "1"})).await?;
+    bao.put_kv("a/two", json!({"v": "2"})).await?;
+    bao.put_kv("a/two", json!({"v": "3"})).await?;
+    let client = bao_client(
+        &bao,
+        &format!("auth = {{ method = \"token\", token = {token:?} }}"),
+    )?;
+    let mut listed: Vec<_> = client
+        .list(&Prefix::all())
+        .await?
+        .into_iter()
+        .map(|m| (m.path.to_string(), m.version))
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![("a/one".to_owned(), 1), ("a/two".to_owned(), 2)]
+    );
+    assert_eq!(client.uses_detailed_metadata(), Some(false));
     Ok(())
 }
 
@@ -519,8 +567,14 @@ async fn openbao_transit_wraps_and_unwraps_a_data_key() -> anyhow::Result<()> {
     .await?;
     bao.ok("POST", "transit/keys/latchkey", Some(json!({})))
         .await?;
-    let client = bao_client(&bao, &root_auth())?;
-    let transit = client.transit("transit", "latchkey")?;
+    let client = bao_client(
+        &bao,
+        &format!("transit = {{ key = \"latchkey\" }}\n{}", root_auth()),
+    )?;
+    let transit = client
+        .configured_transit()
+        .context("transit configured")??;
+    assert_eq!(transit.id(), "transit:openbao/transit/latchkey");
     let data_key = SecretBytes::new((0u8..32).collect());
     let wrapped = transit.wrap(&data_key).await?;
     assert!(wrapped.starts_with(b"vault:v1:"), "transit ciphertext");
@@ -626,7 +680,7 @@ async fn aws_get_list_describe_follow_moto() -> anyhow::Result<()> {
 #[tokio::test]
 async fn aws_write_cas_stages_and_delete() -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    let client = aws_client(&moto, "").await?;
+    let client = aws_client(&moto, "request_timeout = \"5s\"").await?;
     let p = path("app/db");
 
     let v1 = client

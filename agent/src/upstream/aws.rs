@@ -133,8 +133,15 @@ impl AwsSecretsManager {
                 source: None,
             });
         }
+        // Without an attempt timeout the SDK would wait on a hung connection for ever;
+        // a sidecar must fail over to its cache instead.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(config.connect_timeout)
+            .operation_attempt_timeout(config.request_timeout)
+            .build();
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http::aws_http_client());
+            .http_client(http::aws_http_client())
+            .timeout_config(timeouts);
         if let Some(region) = &config.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }

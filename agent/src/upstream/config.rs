@@ -163,6 +163,13 @@ pub struct AwsConfig {
     /// Recovery window of a delete, 7 to 30 days; 0 deletes at once with no recovery.
     #[serde(default = "default_recovery_window_days")]
     pub recovery_window_days: i64,
+    /// Connect timeout, e.g. `3s`.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Limit for one attempt of a call, e.g. `10s` (the SDK retries a failed attempt
+    /// a few times on its own).
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
 }
 
 /// The embedded local store; its options are owned by the store module.

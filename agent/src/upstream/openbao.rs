@@ -1,10 +1,12 @@
 //! OpenBao and HashiCorp Vault: the KV version 2 secrets engine, and Transit.
 //!
 //! [`OpenBao`] implements [`Upstream`] over the KV v2 HTTP API under one mount:
-//! `GET data/{path}` (read), `GET metadata/{dir}?list=true` walked recursively plus one
-//! `GET metadata/{path}` per secret (list: KV `LIST` gives names only, so versions cost
-//! one metadata request each, fetched with bounded concurrency), `POST data/{path}` with
-//! `options.cas` (write), and `DELETE metadata/{path}` (delete all versions). Agent
+//! `GET data/{path}` (read); a recursive walk of `LIST detailed-metadata/{dir}`, which
+//! OpenBao answers with every key's versions, so a poll costs one request per folder
+//! (list; on HashiCorp Vault, which lacks it, `LIST metadata/{dir}` gives names only
+//! and each version costs one `GET metadata/{path}`, fetched with bounded
+//! concurrency); `GET metadata/{path}` (metadata); `POST data/{path}` with
+//! `options.cas` (write); and `DELETE metadata/{path}` (delete all versions). Agent
 //! paths map to KV paths through a [`PathTemplate`] (e.g. `tenants/{tenant}/{path}`).
 //!
 //! Version numbers are the KV version numbers (1, 2, 3, …); `updated_at` is the
@@ -21,6 +23,7 @@
 //! OpenBao.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +61,10 @@ struct Inner {
     template: PathTemplate,
     transport: Transport,
     auth: Auth,
+    /// Whether `detailed-metadata` listing works: `DETAILED_*`.
+    detailed: AtomicU8,
+    /// The `transit` section: `(mount, key)`.
+    transit: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for OpenBao {
@@ -158,6 +165,11 @@ impl OpenBao {
                 template,
                 transport,
                 auth: Auth::new(name, method),
+                detailed: AtomicU8::new(DETAILED_UNKNOWN),
+                transit: config
+                    .transit
+                    .as_ref()
+                    .map(|t| (t.mount.clone(), t.key.clone())),
             }),
         })
     }
@@ -184,14 +196,22 @@ impl OpenBao {
         self.inner.transport.open_addresses()
     }
 
+    /// The key wrapper of the config's `transit` section, if there is one.
+    pub fn configured_transit(&self) -> Option<Result<TransitWrapper, Error>> {
+        let (mount, key) = self.inner.transit.as_ref()?;
+        Some(self.transit(mount, key))
+    }
+
     /// A key wrapper that uses Transit key `key` under `mount`, with this client's
     /// addresses and login.
     pub fn transit(&self, mount: &str, key: &str) -> Result<TransitWrapper, Error> {
         check_mount(&self.inner.name, "transit.mount", mount)?;
         check_mount(&self.inner.name, "transit.key", key)?;
+        let mount = mount.trim_matches('/').to_owned();
         Ok(TransitWrapper {
             bao: self.clone(),
-            mount: mount.trim_matches('/').to_owned(),
+            id: format!("transit:{}/{mount}/{key}", self.inner.name),
+            mount,
             key: key.to_owned(),
         })
     }
@@ -260,20 +280,10 @@ impl OpenBao {
         }
         let parsed: Envelope<MetadataData> = serde_json::from_slice(&reply.body)
             .map_err(|_| self.invalid_response(&format!("metadata {remote}")))?;
-        let meta = parsed.data;
-        if meta.current_version == 0 {
-            return Ok(None);
-        }
-        let Some(current) = meta.versions.get(&meta.current_version.to_string()) else {
-            return Err(self.invalid_response(&format!("metadata {remote}")));
-        };
-        if current.is_gone() {
-            return Ok(None);
-        }
-        Ok(Some((
-            meta.current_version,
-            unix_seconds(&current.created_time),
-        )))
+        parsed
+            .data
+            .current()
+            .map_err(|()| self.invalid_response(&format!("metadata {remote}")))
     }
 
     fn invalid_response(&self, operation: &str) -> Error {
@@ -284,8 +294,58 @@ impl OpenBao {
         }
     }
 
-    /// Names (relative to `dir`, folders ending in `/`) directly under a KV folder.
-    async fn list_dir(&self, dir: &str) -> Result<Vec<String>, Error> {
+    /// Entries directly under a KV folder (names relative to `dir`, folders ending in
+    /// `/`), each with its current version when the server told it along the way.
+    ///
+    /// OpenBao answers `LIST detailed-metadata/{dir}` with every key's metadata, so a
+    /// poll costs one request per folder; HashiCorp Vault has no such endpoint (nor
+    /// does a policy that grants only `metadata/*`), and then the plain `LIST
+    /// metadata/{dir}` is used and each secret's version costs one more request. The
+    /// first answer decides, and the choice is kept.
+    async fn list_dir(&self, dir: &str) -> Result<Vec<(String, Listed)>, Error> {
+        if self.inner.detailed.load(Ordering::Relaxed) != DETAILED_UNSUPPORTED {
+            let api_path = format!("{}?list=true", self.kv("detailed-metadata", dir));
+            let reply = self
+                .call(Method::GET, &api_path, None, Idempotency::Safe)
+                .await?;
+            let known = self.inner.detailed.load(Ordering::Relaxed) == DETAILED_SUPPORTED;
+            match reply.status {
+                StatusCode::OK => {
+                    self.inner
+                        .detailed
+                        .store(DETAILED_SUPPORTED, Ordering::Relaxed);
+                    let parsed: Envelope<DetailedListData> = serde_json::from_slice(&reply.body)
+                        .map_err(|_| self.invalid_response(&format!("list {dir}")))?;
+                    let DetailedListData { keys, mut key_info } = parsed.data;
+                    return keys
+                        .into_iter()
+                        .map(|key| {
+                            if key.ends_with('/') {
+                                return Ok((key, Listed::Unknown));
+                            }
+                            let meta = key_info
+                                .remove(&key)
+                                .ok_or(())
+                                .and_then(|m| m.current())
+                                .map_err(|()| self.invalid_response(&format!("list {dir}")))?;
+                            Ok((key, Listed::Known(meta)))
+                        })
+                        .collect();
+                }
+                // An empty (or missing) folder: OpenBao answers 404 with no error text.
+                StatusCode::NOT_FOUND if server_errors(&reply.body).is_empty() => {
+                    return Ok(Vec::new())
+                }
+                _ if known => return Err(self.unexpected(&format!("list {dir}"), &reply)),
+                _ => {
+                    tracing::debug!(upstream = %self.inner.name, status = %reply.status,
+                        "detailed-metadata not available; listing per secret");
+                    self.inner
+                        .detailed
+                        .store(DETAILED_UNSUPPORTED, Ordering::Relaxed);
+                }
+            }
+        }
         let api_path = format!("{}?list=true", self.kv("metadata", dir));
         let reply = self
             .call(Method::GET, &api_path, None, Idempotency::Safe)
@@ -295,14 +355,19 @@ impl OpenBao {
             StatusCode::OK => {
                 let parsed: Envelope<ListData> = serde_json::from_slice(&reply.body)
                     .map_err(|_| self.invalid_response(&format!("list {dir}")))?;
-                Ok(parsed.data.keys)
+                Ok(parsed
+                    .data
+                    .keys
+                    .into_iter()
+                    .map(|k| (k, Listed::Unknown))
+                    .collect())
             }
             _ => Err(self.unexpected(&format!("list {dir}"), &reply)),
         }
     }
 
-    /// Every secret name (remote, full) under `remote_prefix`, walking folders.
-    async fn list_names(&self, remote_prefix: &str) -> Result<Vec<String>, Error> {
+    /// Every secret (full remote name) under `remote_prefix`, walking folders.
+    async fn list_names(&self, remote_prefix: &str) -> Result<Vec<(String, Listed)>, Error> {
         // List the folder that holds the prefix, keep the entries the prefix selects,
         // then walk the selected folders completely.
         let (dir, partial) = match remote_prefix.rfind('/') {
@@ -311,7 +376,7 @@ impl OpenBao {
         };
         let mut names = Vec::new();
         let mut folders = Vec::new();
-        for entry in self.list_dir(dir).await? {
+        for (entry, listed) in self.list_dir(dir).await? {
             let selected =
                 partial.is_empty() || entry == partial || entry.strip_suffix('/') == Some(partial);
             if !selected {
@@ -321,22 +386,44 @@ impl OpenBao {
             if full.ends_with('/') {
                 folders.push(full);
             } else {
-                names.push(full);
+                names.push((full, listed));
             }
         }
         while let Some(folder) = folders.pop() {
-            for entry in self.list_dir(&folder).await? {
+            for (entry, listed) in self.list_dir(&folder).await? {
                 let full = format!("{folder}{entry}");
                 if full.ends_with('/') {
                     folders.push(full);
                 } else {
-                    names.push(full);
+                    names.push((full, listed));
                 }
             }
         }
         Ok(names)
     }
+
+    /// Whether listing uses OpenBao's `detailed-metadata` (one request per folder):
+    /// `None` until the first list has found out.
+    pub fn uses_detailed_metadata(&self) -> Option<bool> {
+        match self.inner.detailed.load(Ordering::Relaxed) {
+            DETAILED_SUPPORTED => Some(true),
+            DETAILED_UNSUPPORTED => Some(false),
+            _ => None,
+        }
+    }
 }
+
+/// What a folder listing said about one secret.
+enum Listed {
+    /// Its current version and time (`None`: deleted), from `detailed-metadata`.
+    Known(Option<(u64, i64)>),
+    /// Not told; costs a metadata request.
+    Unknown,
+}
+
+const DETAILED_UNKNOWN: u8 = 0;
+const DETAILED_SUPPORTED: u8 = 1;
+const DETAILED_UNSUPPORTED: u8 = 2;
 
 #[async_trait]
 impl Upstream for OpenBao {
@@ -383,11 +470,20 @@ impl Upstream for OpenBao {
             .await?;
         let semaphore = Arc::new(tokio::sync::Semaphore::new(LIST_CONCURRENCY));
         let mut tasks = tokio::task::JoinSet::new();
-        for remote in names {
+        let mut out = Vec::new();
+        for (remote, listed) in names {
             let Some(path) = self.inner.template.local(&remote) else {
                 continue;
             };
             if !prefix.matches(&path) {
+                continue;
+            }
+            if let Listed::Known(meta) = listed {
+                out.extend(meta.map(|(version, updated_at)| RemoteMeta {
+                    path,
+                    version,
+                    updated_at,
+                }));
                 continue;
             }
             let this = self.clone();
@@ -402,7 +498,6 @@ impl Upstream for OpenBao {
                 }))
             });
         }
-        let mut out = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             let meta = joined.map_err(|e| Error::Invalid {
                 upstream: self.inner.name.clone(),
@@ -503,12 +598,21 @@ pub struct TransitWrapper {
     bao: OpenBao,
     mount: String,
     key: String,
+    id: String,
 }
 
 impl TransitWrapper {
     /// The Transit key name.
     pub fn key_name(&self) -> &str {
         &self.key
+    }
+
+    /// A stable id for this key-encryption key, `transit:{upstream}/{mount}/{key}`, to
+    /// store beside the wrapped data key (the shape `crypto::KeyWrapper::id` asks
+    /// for). Rotating the Transit key keeps the id: Transit still decrypts what older
+    /// key versions wrapped.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Encrypts `plaintext` under the Transit key; returns the ciphertext text's bytes.
@@ -675,6 +779,35 @@ struct MetadataData {
     current_version: u64,
     #[serde(default)]
     versions: BTreeMap<String, VersionMeta>,
+}
+
+impl MetadataData {
+    /// The current version and its creation time; `None` if there is none or it is
+    /// deleted or destroyed; `Err` if the answer contradicts itself.
+    fn current(&self) -> Result<Option<(u64, i64)>, ()> {
+        if self.current_version == 0 {
+            return Ok(None);
+        }
+        let current = self
+            .versions
+            .get(&self.current_version.to_string())
+            .ok_or(())?;
+        if current.is_gone() {
+            return Ok(None);
+        }
+        Ok(Some((
+            self.current_version,
+            unix_seconds(&current.created_time),
+        )))
+    }
+}
+
+#[derive(Deserialize)]
+struct DetailedListData {
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    key_info: BTreeMap<String, MetadataData>,
 }
 
 #[derive(Deserialize)]
