@@ -60,6 +60,8 @@ pub struct State {
     pub events: Events,
     /// The upstream sync, when the agent caches an upstream.
     pub sync: Option<Arc<Syncer>>,
+    /// Environment variables served for missing secrets.
+    pub fallback: crate::fallback::EnvFallback,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Deadline for receiving a body.
@@ -252,6 +254,20 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
         }
     }
     let Some(secret) = secret else {
+        if let Some(fields) = is_current.then(|| state.fallback.get(path)).flatten() {
+            let stand_in = Secret {
+                path: path.clone(),
+                version: 0,
+                labels: vec!["env-fallback".to_owned()],
+                kind: "env-fallback".to_owned(),
+                fields: fields.clone(),
+                created_at: state.fallback.loaded_at,
+                updated_at: state.fallback.loaded_at,
+                expires_at: None,
+            };
+            let body = Bytes::from_owner(render(&stand_in)?);
+            return Ok((secret_response(body, tail), Some(0)));
+        }
         return Err(ApiError::not_found(format_args!("secret {path}")));
     };
     let body = Bytes::from_owner(render(&secret)?);

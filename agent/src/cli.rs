@@ -11,6 +11,7 @@ mod cert;
 mod connect;
 mod dev;
 mod exec;
+mod import;
 mod init;
 mod render;
 mod secrets;
@@ -77,6 +78,8 @@ pub enum Command {
     List(secrets::ListArgs),
     /// Delete a secret and all its versions.
     Rm(secrets::RmArgs),
+    /// Store environment variables as secrets (migration from `.env` files).
+    Import(import::ImportArgs),
     /// Render the [[template]] blocks of a config file (a client of the running agent).
     Render(render::RenderArgs),
     /// Run a program with secrets in its environment; restart or signal it when they change.
@@ -131,6 +134,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Put(args) => secrets::put(args).await,
         Command::List(args) => secrets::list(args).await,
         Command::Rm(args) => secrets::rm(args).await,
+        Command::Import(args) => import::run(args).await,
         Command::Render(args) => render::run(args).await,
         Command::Exec(args) => exec::run(args).await,
     }

@@ -117,6 +117,8 @@ pub struct Config {
     pub upstream: Option<Arc<UpstreamConfig>>,
     /// How the cache follows the upstream.
     pub sync: SyncConfig,
+    /// Environment variables served when a secret is missing.
+    pub env_fallback: Vec<crate::fallback::FallbackSpec>,
 }
 
 impl Config {
@@ -337,6 +339,7 @@ fn validate(
         templates,
         upstream,
         sync,
+        env_fallback: raw.env_fallback,
     })
 }
 

@@ -186,7 +186,10 @@ fn check(body: &str, raw: &str) -> Result<(), PathError> {
         if segment == "." || segment == ".." {
             return Err(PathError::Relative(raw.to_owned()));
         }
-        if let Some(ch) = segment.chars().find(|c| !c.is_ascii() || !allowed(*c as u8)) {
+        if let Some(ch) = segment
+            .chars()
+            .find(|c| !c.is_ascii() || !allowed(*c as u8))
+        {
             return Err(PathError::BadChar {
                 path: raw.to_owned(),
                 ch,
@@ -230,7 +233,12 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_paths() {
-        for good in ["a", "billing/db-main", "tenants/acme/exchanges/binance@v2", "x.y_z+1=2,3"] {
+        for good in [
+            "a",
+            "billing/db-main",
+            "tenants/acme/exchanges/binance@v2",
+            "x.y_z+1=2,3",
+        ] {
             assert!(SecretPath::parse(good).is_ok(), "{good:?} must be accepted");
         }
     }

@@ -228,8 +228,8 @@ mod tests {
 
     #[test]
     fn exposed_fields_serialize_in_clear() {
-        let fields: Fields = serde_json::from_str(r#"{"user":"app","password":"pw"}"#)
-            .expect("valid fields JSON");
+        let fields: Fields =
+            serde_json::from_str(r#"{"user":"app","password":"pw"}"#).expect("valid fields JSON");
         let json = serde_json::to_string(&fields.exposed()).expect("serializes");
         assert_eq!(json, r#"{"password":"pw","user":"app"}"#);
     }

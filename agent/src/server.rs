@@ -168,6 +168,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         audit,
         events,
         sync,
+        fallback: crate::fallback::EnvFallback::load(&config.env_fallback, |var| {
+            std::env::var(var).ok()
+        }),
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: config.limits.body_timeout,
     });

@@ -102,9 +102,25 @@ pub(crate) struct AgentBuilder {
     json_logs: bool,
     settings: Vec<(String, String)>,
     appended: String,
+    env: Vec<(String, String)>,
 }
 
 impl AgentBuilder {
+    /// Appends raw TOML (e.g. an `[upstream]` table) to the generated config.
+    pub(crate) fn append(mut self, toml: &str) -> Self {
+        self.appended.push('\n');
+        self.appended.push_str(toml);
+        self.appended.push('\n');
+        self
+    }
+
+    /// Sets a variable in the environment of every `latchkey run` of this agent
+    /// (e.g. AWS credentials for the SDK's chain).
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Also listen on a free loopback TCP port.
     pub(crate) fn tcp(mut self) -> Self {
         self.tcp = true;
@@ -174,6 +190,7 @@ impl AgentBuilder {
             bin,
             tcp,
             run_flags,
+            run_env: self.env.clone(),
             child: Mutex::new(None),
         };
         let mut init: Vec<OsString> = vec!["init".into(), "--dir".into(), agent.dir.clone().into()];
@@ -229,6 +246,7 @@ pub(crate) struct Agent {
     bin: PathBuf,
     tcp: Option<SocketAddr>,
     run_flags: Vec<String>,
+    run_env: Vec<(String, String)>,
     child: Mutex<Option<Child>>,
 }
 
@@ -401,6 +419,7 @@ impl Agent {
             for var in AMBIENT_VARS {
                 cmd.env_remove(var);
             }
+            cmd.envs(self.run_env.iter().map(|(k, v)| (k, v)));
             let child = cmd
                 .spawn()
                 .with_context(|| format!("cannot start {}", self.bin.display()))?;

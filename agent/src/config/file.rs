@@ -41,6 +41,9 @@ pub struct FileConfig {
     /// How the cache follows the upstream.
     #[serde(default)]
     pub sync: SyncSection,
+    /// Environment variables served when a secret is missing (migration aid).
+    #[serde(default)]
+    pub env_fallback: Vec<crate::fallback::FallbackSpec>,
 }
 
 /// `[sync]`.
