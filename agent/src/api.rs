@@ -10,6 +10,7 @@
 //! | GET | `/v1/secrets?prefix=P` | list |
 //! | GET | `/v1/watch?prefix=P` | read or list (server-sent events) |
 //! | POST | `/v1/sync` | admin: poll the upstream now |
+//! | GET | `/metrics` | admin: Prometheus text |
 //! | GET | `/v1/health`, `/v1/whoami` | any authenticated peer |
 //!
 //! Each request: parse and check the path, ask `policy`, serve from the hot cache or
@@ -62,6 +63,8 @@ pub struct State {
     pub sync: Option<Arc<Syncer>>,
     /// Environment variables served for missing secrets.
     pub fallback: crate::fallback::EnvFallback,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Deadline for receiving a body.
@@ -87,8 +90,26 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let res = route(&state, &conn, req).await;
-    Ok(res.unwrap_or_else(ApiError::into_response))
+    let op = op_name(req.method(), req.uri().path());
+    let res = route(&state, &conn, req)
+        .await
+        .unwrap_or_else(ApiError::into_response);
+    state.metrics.request(op, res.status().as_u16());
+    Ok(res)
+}
+
+/// The operation a request is counted under in metrics.
+fn op_name(method: &Method, path: &str) -> &'static str {
+    match (method, path) {
+        (&Method::GET, p) if p.starts_with("/v1/secrets/") => "read",
+        (&Method::PUT | &Method::DELETE, p) if p.starts_with("/v1/secrets/") => "write",
+        (_, "/v1/secrets" | "/v1/secrets/") => "list",
+        (_, "/v1/watch") => "watch",
+        (_, "/v1/sync") => "sync",
+        (_, "/v1/health" | "/v1/whoami") => "health",
+        (_, "/metrics") => "metrics",
+        _ => "other",
+    }
 }
 
 async fn route<B>(
@@ -129,6 +150,8 @@ where
         )),
         (&Method::GET, "/v1/watch") => watch::watch(state, conn, req.uri().query()).await,
         (&Method::POST, "/v1/sync") => sync_now(state, conn).await,
+        (&Method::GET, "/metrics") => metrics(state, conn).await,
+        (_, "/metrics") => Err(ApiError::method_not_allowed("GET")),
         (_, "/v1/sync") => Err(ApiError::method_not_allowed("POST")),
         (_, "/v1/health" | "/v1/whoami" | "/v1/watch") => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::new(
@@ -175,6 +198,9 @@ where
                 record.version = *version;
             }
             Err(e) => {
+                if e.code == "integrity_error" {
+                    state.metrics.integrity_error();
+                }
                 record.outcome = Outcome::Failed;
                 record.status = e.status.as_u16();
                 record.code = Some(e.code);
@@ -204,6 +230,7 @@ async fn deny(state: &State, conn: &Conn, op: Operation, what: &str, err: &ApiEr
     record.outcome = Outcome::Denied;
     record.status = err.status.as_u16();
     record.code = Some(err.code);
+    state.metrics.denial(op.as_str());
     state.audit.record(record).await;
 }
 
@@ -239,9 +266,11 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
     let tail = freshness_tail(state)?;
     if matches!(selector, Selector::Current) {
         if let Some(hit) = state.cache.get(path) {
+            state.metrics.cache(true);
             return Ok((secret_response(hit.body.clone(), tail), Some(hit.version)));
         }
     }
+    state.metrics.cache(false);
     let seen = state.cache.generation();
     let is_current = matches!(selector, Selector::Current);
     let mut secret = lookup(state, path, selector.clone()).await?;
@@ -366,6 +395,24 @@ fn shared_sync_error(e: &crate::sync::Error) -> ApiError {
         Some(_) => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", e.to_string()),
         None => ApiError::internal(),
     }
+}
+
+async fn metrics(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {
+    if !conn.policy.allows_any(Operation::Admin) {
+        let err = ApiError::forbidden("read", "metrics");
+        deny(state, conn, Operation::Admin, "metrics", &err).await;
+        return Err(err);
+    }
+    let text = state.metrics.render(
+        state.store.len(),
+        state.sync.as_ref().map(|s| s.freshness()),
+    );
+    let mut res = Response::new(Body::full(text));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(res)
 }
 
 async fn sync_now(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {

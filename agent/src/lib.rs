@@ -26,6 +26,7 @@ pub mod exec;
 pub mod fallback;
 pub mod identity;
 pub mod listener;
+pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod render;

@@ -329,6 +329,7 @@ async fn refuse_identity(
     record.outcome = Outcome::Denied;
     record.status = err.status.as_u16();
     record.code = Some(err.code);
+    ctx.state.metrics.denial("connect");
     ctx.state.audit.record(record).await;
     Ok(err.into_response())
 }

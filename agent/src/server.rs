@@ -171,6 +171,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         fallback: crate::fallback::EnvFallback::load(&config.env_fallback, |var| {
             std::env::var(var).ok()
         }),
+        metrics: crate::metrics::Metrics::new(),
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: config.limits.body_timeout,
     });

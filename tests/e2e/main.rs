@@ -19,6 +19,7 @@ mod curl;
 mod exec;
 mod integrity;
 mod malformed;
+mod metrics;
 mod migrate;
 mod no_leaks;
 mod render;

@@ -1,0 +1,191 @@
+//! Prometheus metrics, served at `GET /metrics` (OpenMetrics text) to admin peers.
+//!
+//! Labels are operations and status codes: never paths (unbounded) and never values.
+//! Counting costs a hash lookup under a read lock and no allocation; gauges that
+//! reflect state (secrets held, upstream freshness) are read when scraped.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::sync::Freshness;
+
+/// Labels of a request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `read`, `write`, `list`, `watch`, `sync`, `health`, `metrics`, `other`.
+    pub op: &'static str,
+    /// HTTP status sent.
+    pub status: u16,
+}
+
+/// Labels of a denial counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The operation refused.
+    pub op: &'static str,
+}
+
+/// Every metric the agent keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    denials: Family<OpLabels, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    integrity_errors: Counter,
+    secrets: Gauge,
+    upstream_stale: Gauge,
+    upstream_age: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("latchkey");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let denials = Family::<OpLabels, Counter>::default();
+        let cache_hits = Counter::default();
+        let cache_misses = Counter::default();
+        let integrity_errors = Counter::default();
+        let secrets = Gauge::default();
+        let upstream_stale = Gauge::default();
+        let upstream_age = Gauge::default();
+        registry.register(
+            "requests",
+            "API requests by operation and status",
+            requests.clone(),
+        );
+        registry.register(
+            "denials",
+            "Requests refused by policy or identity",
+            denials.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "Reads served from the hot cache",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Reads that went to the store",
+            cache_misses.clone(),
+        );
+        registry.register(
+            "integrity_errors",
+            "Records that failed their integrity check",
+            integrity_errors.clone(),
+        );
+        registry.register("secrets", "Secrets held in the store", secrets.clone());
+        registry.register(
+            "upstream_stale",
+            "1 while the upstream fails and cached values are served stale, 2 past the grace period",
+            upstream_stale.clone(),
+        );
+        registry.register(
+            "upstream_last_sync_age_seconds",
+            "Seconds since the last good sync with the upstream (-1: never)",
+            upstream_age.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            denials,
+            cache_hits,
+            cache_misses,
+            integrity_errors,
+            secrets,
+            upstream_stale,
+            upstream_age,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, op: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { op, status })
+            .inc();
+    }
+
+    /// Counts one denial.
+    pub fn denial(&self, op: &'static str) {
+        self.denials.get_or_create(&OpLabels { op }).inc();
+    }
+
+    /// Counts a hot-cache hit or miss.
+    pub fn cache(&self, hit: bool) {
+        if hit {
+            self.cache_hits.inc();
+        } else {
+            self.cache_misses.inc();
+        }
+    }
+
+    /// Counts a record that failed its integrity check.
+    pub fn integrity_error(&self) {
+        self.integrity_errors.inc();
+    }
+
+    /// The text exposition, with state gauges read now.
+    pub fn render(&self, secrets: usize, freshness: Option<Freshness>) -> String {
+        self.secrets.set(secrets as i64);
+        let (stale, age) = match freshness {
+            None => (0, None),
+            Some(Freshness::Fresh { age_seconds }) => (0, age_seconds),
+            Some(Freshness::Stale { age_seconds }) => (1, age_seconds),
+            Some(Freshness::Expired { age_seconds }) => (2, Some(age_seconds)),
+        };
+        self.upstream_stale.set(stale);
+        self.upstream_age
+            .set(age.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX)));
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_gauges() {
+        let m = Metrics::new();
+        m.request("read", 200);
+        m.request("read", 200);
+        m.denial("read");
+        m.cache(true);
+        let text = m.render(
+            3,
+            Some(Freshness::Stale {
+                age_seconds: Some(12),
+            }),
+        );
+        assert!(
+            text.contains("latchkey_requests_total{op=\"read\",status=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("latchkey_denials_total{op=\"read\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("latchkey_secrets 3"), "{text}");
+        assert!(text.contains("latchkey_upstream_stale 1"), "{text}");
+        assert!(
+            text.contains("latchkey_upstream_last_sync_age_seconds 12"),
+            "{text}"
+        );
+    }
+}
