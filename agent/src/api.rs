@@ -184,7 +184,11 @@ where
         Method::PUT => write(state, &path, req).await,
         _ => delete(state, &path).await,
     };
-    let audited = op != Operation::Read || state.audit.records_reads();
+    if matches!(&result, Err(e) if e.code == "integrity_error") {
+        state.metrics.integrity_error();
+    }
+    // Writes and failures are always recorded; successful reads unless turned off.
+    let audited = op != Operation::Read || state.audit.records_reads() || result.is_err();
     if audited {
         let mut record = Record::now(
             conn.peer.id.clone(),
@@ -198,9 +202,6 @@ where
                 record.version = *version;
             }
             Err(e) => {
-                if e.code == "integrity_error" {
-                    state.metrics.integrity_error();
-                }
                 record.outcome = Outcome::Failed;
                 record.status = e.status.as_u16();
                 record.code = Some(e.code);
