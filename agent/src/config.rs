@@ -119,6 +119,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Environment variables served when a secret is missing.
     pub env_fallback: Vec<crate::fallback::FallbackSpec>,
+    /// Webhook sinks for events.
+    pub webhooks: Vec<crate::webhook::Webhook>,
 }
 
 impl Config {
@@ -321,6 +323,14 @@ fn validate(
         );
     }
 
+    let mut webhooks = Vec::new();
+    for (i, spec) in raw.webhook.iter().enumerate() {
+        match crate::webhook::Webhook::from_spec(spec, base) {
+            Ok(hook) => webhooks.push(hook),
+            Err(e) => problems.push(format!("webhook[{i}]: {e}")),
+        }
+    }
+
     Some(Config {
         source: path.to_owned(),
         trust_domain: trust_domain?,
@@ -340,6 +350,7 @@ fn validate(
         upstream,
         sync,
         env_fallback: raw.env_fallback,
+        webhooks,
     })
 }
 

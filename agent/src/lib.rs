@@ -37,3 +37,4 @@ pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod webhook;

@@ -192,6 +192,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             stop_rx.clone(),
         )
     });
+    crate::webhook::spawn(
+        config.webhooks.clone(),
+        &state.events,
+        config.trust_domain.as_str().into(),
+        stop_rx.clone(),
+    );
     let task = tokio::spawn(listener::serve(bound, ctx, stop_rx, DRAIN));
     tracing::info!(listen = ?addresses, store = %config.store.path.display(), "latchkey ready");
     Ok(Running {

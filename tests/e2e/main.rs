@@ -26,3 +26,4 @@ mod render;
 mod security;
 mod serve;
 mod upstream_clients;
+mod webhook;

@@ -44,6 +44,9 @@ pub struct FileConfig {
     /// Environment variables served when a secret is missing (migration aid).
     #[serde(default)]
     pub env_fallback: Vec<crate::fallback::FallbackSpec>,
+    /// Where events (rotations, failures, expiry) are POSTed, signed.
+    #[serde(default)]
+    pub webhook: Vec<crate::webhook::WebhookSpec>,
 }
 
 /// `[sync]`.
