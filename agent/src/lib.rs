@@ -23,6 +23,7 @@ pub mod config;
 pub mod crypto;
 pub mod events;
 pub mod exec;
+pub mod expiry;
 pub mod fallback;
 pub mod identity;
 pub mod listener;

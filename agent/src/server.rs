@@ -28,6 +28,8 @@ use crate::{crypto, store, tls};
 
 /// How often the revocation list is checked for changes.
 const CRL_POLL: Duration = Duration::from_secs(1);
+/// How often expiry times are checked (also after every write).
+const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 /// How long open requests may finish after a stop signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -198,6 +200,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.trust_domain.as_str().into(),
         stop_rx.clone(),
     );
+    // After the webhooks subscribed, so warnings due at start reach them.
+    crate::expiry::Expiry::new(
+        store.clone(),
+        state.events.clone(),
+        config.store.path.with_extension("expiry.json"),
+    )
+    .spawn(EXPIRY_CHECK, stop_rx.clone());
     let task = tokio::spawn(listener::serve(bound, ctx, stop_rx, DRAIN));
     tracing::info!(listen = ?addresses, store = %config.store.path.display(), "latchkey ready");
     Ok(Running {

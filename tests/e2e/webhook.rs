@@ -155,3 +155,82 @@ async fn events_are_posted_signed_and_retried() -> anyhow::Result<()> {
     assert!(verify(&got.signature, b"{\"kind\":\"rotated\"}").is_err());
     Ok(())
 }
+
+#[tokio::test]
+async fn expiry_warnings_reach_webhooks_once() -> anyhow::Result<()> {
+    let (port, mut rx) = receiver(0).await?;
+    let keys = tempfile::tempdir()?;
+    let key_file = keys.path().join("hook.key");
+    std::fs::write(&key_file, KEY)?;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
+    let mut agent = Agent::builder()
+        .append(&format!(
+            "[[webhook]]\nurl = \"http://127.0.0.1:{port}/hook\"\nevents = [\"expiring\", \"expired\"]\nsecret_file = {:?}\n",
+            key_file.display().to_string()
+        ))
+        .start()
+        .await?;
+    let admin = agent.admin()?;
+    let in_ten_days = time_in(10 * 24 * 3600);
+    let answer = admin
+        .put(
+            "apps/web/cert",
+            json!({ "fields": { "pem": "x" }, "expires_at": in_ten_days }),
+        )
+        .await?;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .context("no expiring webhook within 10s")?
+        .context("receiver closed")?;
+    verify(&got.signature, &got.body)?;
+    let event: Value = serde_json::from_slice(&got.body)?;
+    assert_eq!(event["kind"], "expiring");
+    assert_eq!(event["path"], "apps/web/cert");
+
+    // Restarting does not repeat a warning already sent.
+    agent.restart().await?;
+    admin
+        .put(
+            "apps/web/old",
+            json!({ "fields": { "pem": "y" }, "expires_at": time_in(-60) }),
+        )
+        .await?;
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .context("no expired webhook within 10s")?
+        .context("receiver closed")?;
+    let event: Value = serde_json::from_slice(&got.body)?;
+    assert_eq!(event["kind"], "expired", "{event}");
+    assert_eq!(event["path"], "apps/web/old");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), rx.recv())
+            .await
+            .is_err(),
+        "no repeated warning"
+    );
+    Ok(())
+}
+
+/// RFC 3339 time `secs` from now.
+fn time_in(secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let t = now + secs;
+    // Civil date from unix days (proleptic Gregorian), enough for a test.
+    let days = t.div_euclid(86_400);
+    let rem = t.rem_euclid(86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}

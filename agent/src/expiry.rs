@@ -1,0 +1,218 @@
+//! Expiry warnings: `expiring` events 30, 14 and 7 days before a secret's expiry and
+//! an `expired` event when it passes.
+//!
+//! A task reads the store's index (no values) every minute and publishes each warning
+//! once per secret version: a new version (a rotation, a refresh) starts the series
+//! again. What was already sent is kept in a small file beside the store, so a
+//! restart does not repeat warnings. Events reach the audit-side consumers: the SSE
+//! watchers and the webhooks.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::events::{Event, Events, Kind};
+use crate::path::Prefix;
+use crate::store::{Entry, Store};
+
+/// Days before expiry at which an `expiring` event is sent.
+pub const WARN_DAYS: [i64; 3] = [30, 14, 7];
+
+const DAY: i64 = 24 * 3600;
+
+/// One warning that is due: (path, version, days before expiry; 0 = expired).
+type Mark = (String, u64, i64);
+
+/// The warnings due for `entries` at `now` (unix seconds) that are not in `sent`.
+fn due(entries: &[Entry], now: i64, sent: &HashSet<Mark>) -> Vec<(Mark, Kind)> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let Some(expires_at) = entry.expires_at else {
+            continue;
+        };
+        let left = expires_at - now;
+        let (threshold, kind) = if left <= 0 {
+            (0, Kind::Expired)
+        } else {
+            // The tightest threshold reached: 7 before 14 before 30.
+            match WARN_DAYS.iter().rev().find(|d| left <= *d * DAY) {
+                Some(d) => (*d, Kind::Expiring),
+                None => continue,
+            }
+        };
+        let mark = (entry.path.to_string(), entry.current_version, threshold);
+        if !sent.contains(&mark) {
+            out.push((mark, kind));
+        }
+    }
+    out
+}
+
+/// Watches expiry times and publishes warnings.
+pub struct Expiry {
+    store: Store,
+    events: Events,
+    state_file: PathBuf,
+    sent: HashSet<Mark>,
+}
+
+impl Expiry {
+    /// A watcher over `store`; `state_file` remembers what was sent.
+    pub fn new(store: Store, events: Events, state_file: PathBuf) -> Self {
+        let sent = std::fs::read(&state_file)
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<Vec<Mark>>(&raw).ok())
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default();
+        Expiry {
+            store,
+            events,
+            state_file,
+            sent,
+        }
+    }
+
+    /// One pass: publishes what is due now. Returns how many events were sent.
+    pub fn check(&mut self, now: i64) -> usize {
+        let entries = match self.store.list(&Prefix::all()) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %e, "expiry check could not list the store");
+                return 0;
+            }
+        };
+        let due = due(&entries, now, &self.sent);
+        for (mark, kind) in &due {
+            let Ok(path) = crate::path::SecretPath::parse(&mark.0) else {
+                continue;
+            };
+            if *kind == Kind::Expired {
+                tracing::warn!(path = %path, version = mark.1, "secret expired");
+            } else {
+                tracing::info!(path = %path, version = mark.1, days = mark.2, "secret expires soon");
+            }
+            self.events.publish(Event::now(*kind, path, Some(mark.1)));
+        }
+        if !due.is_empty() {
+            self.sent.extend(due.iter().map(|(m, _)| m.clone()));
+            // Forget versions that are gone, so the file does not grow forever.
+            let live: HashSet<(String, u64)> = entries
+                .iter()
+                .map(|e| (e.path.to_string(), e.current_version))
+                .collect();
+            self.sent
+                .retain(|(p, v, _)| live.contains(&(p.clone(), *v)));
+            self.save();
+        }
+        due.len()
+    }
+
+    fn save(&self) {
+        let list: Vec<&Mark> = self.sent.iter().collect();
+        if let Ok(raw) = serde_json::to_vec(&list) {
+            let tmp = self.state_file.with_extension("tmp");
+            if std::fs::write(&tmp, raw)
+                .and_then(|_| std::fs::rename(&tmp, &self.state_file))
+                .is_err()
+            {
+                tracing::warn!(file = %self.state_file.display(), "cannot save expiry state");
+            }
+        }
+    }
+
+    /// Checks every `every`, and after every write (a new version may carry an expiry
+    /// that is already close), until `shutdown` turns true.
+    pub fn spawn(
+        mut self,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut changes = self.events.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    got = changes.recv() => match got {
+                        Ok(e) if matches!(e.kind, Kind::Updated | Kind::Rotated | Kind::Refreshed) => {}
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                // The store is sled: short blocking reads.
+                self = match tokio::task::spawn_blocking(move || {
+                    self.check(now);
+                    self
+                })
+                .await
+                {
+                    Ok(this) => this,
+                    Err(_) => return,
+                };
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::SecretPath;
+
+    fn entry(path: &str, version: u64, expires_at: Option<i64>) -> Entry {
+        Entry {
+            path: SecretPath::parse(path).expect("path"),
+            current_version: version,
+            kind: "generic".into(),
+            updated_at: 0,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn warnings_follow_the_thresholds_once_each() {
+        let now = 1_000_000_000;
+        let entries = vec![
+            entry("a", 1, Some(now + 40 * DAY)),
+            entry("b", 1, Some(now + 20 * DAY)),
+            entry("c", 1, Some(now + 10 * DAY)),
+            entry("d", 1, Some(now + 3 * DAY)),
+            entry("e", 1, Some(now - 1)),
+            entry("f", 1, None),
+        ];
+        let mut sent = HashSet::new();
+        let first = due(&entries, now, &sent);
+        let got: Vec<(&str, i64, Kind)> = first
+            .iter()
+            .map(|((p, _, d), k)| (p.as_str(), *d, *k))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("b", 30, Kind::Expiring),
+                ("c", 14, Kind::Expiring),
+                ("d", 7, Kind::Expiring),
+                ("e", 0, Kind::Expired),
+            ]
+        );
+        sent.extend(first.into_iter().map(|(m, _)| m));
+        assert!(due(&entries, now, &sent).is_empty(), "each warning once");
+        // Later, b crosses 14 days; a new version of d starts over.
+        let later = now + 7 * DAY;
+        let mut entries = entries;
+        entries[3] = entry("d", 2, Some(later + 3 * DAY));
+        let next: Vec<(String, u64, i64)> = due(&entries, later, &sent)
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        assert!(next.contains(&("b".into(), 1, 14)), "{next:?}");
+        assert!(next.contains(&("d".into(), 2, 7)), "{next:?}");
+    }
+}
