@@ -15,6 +15,7 @@ mod openbao;
 mod spawn;
 
 mod cli;
+mod clients;
 mod curl;
 mod exec;
 mod integrity;
