@@ -1,0 +1,154 @@
+//! Test guest for the plugin host's own tests (built for wasm32-wasip2 by
+//! `tests/plugins/support.rs`). `validate` does what the `mode` config field says:
+//!
+//! | mode | behaviour |
+//! | --- | --- |
+//! | `key` | valid iff the credential's `key` field is `good` |
+//! | `http` | GET `url`; valid iff 2xx; `detail` = the body |
+//! | `loop` | spins forever (the host's deadline must stop it) |
+//! | `alloc` | allocates 1 MiB blocks forever (the memory limit must stop it) |
+//! | `trap` | panics (a wasm trap) |
+//! | `sql` | on connection `connection`: creates role `user` with a fresh password, checks it can log in, drops it |
+//! | `log` | logs the `key` field's *name* and prints to stdout/stderr |
+
+use latchkey_plugin_sdk::sql::{Connection, Dialect, Value};
+use latchkey_plugin_sdk::{
+    config, http, log, secret, Credential, Field, Operation, Provider, ProviderError, ProviderInfo,
+    Validation,
+};
+
+struct Basic;
+
+fn answer(valid: bool, detail: String) -> Validation {
+    Validation {
+        valid,
+        detail,
+        permissions: Vec::new(),
+        expires_at: None,
+    }
+}
+
+fn sql_round_trip(cfg: &[Field]) -> Result<Validation, ProviderError> {
+    let db = Connection::new(config::require(cfg, "connection")?);
+    let user = config::require(cfg, "user")?;
+    let password = secret::password(24);
+    let role = db.quote_identifier(user)?;
+    let literal = db.quote_literal(&password)?;
+    let dialect = db.dialect()?;
+    let (create, drop) = match dialect {
+        Dialect::Postgres => (
+            format!("CREATE ROLE {role} LOGIN PASSWORD {literal}"),
+            format!("DROP ROLE IF EXISTS {role}"),
+        ),
+        Dialect::Mysql => (
+            format!("CREATE USER {role}@'%' IDENTIFIED BY {literal}"),
+            format!("DROP USER IF EXISTS {role}@'%'"),
+        ),
+    };
+    db.execute(&drop, &[])?;
+    db.execute(&create, &[])?;
+    if dialect == Dialect::Mysql {
+        // A MySQL account needs a privilege on the database to log in to it.
+        let current = db.execute("SELECT DATABASE()", &[])?;
+        let Some(Some(Value::Text(name))) = current.rows.first().map(|r| r.first().cloned()) else {
+            return Err(ProviderError::InvalidConfig(
+                "connection has no database".into(),
+            ));
+        };
+        let name = db.quote_identifier(&name)?;
+        db.execute(&format!("GRANT SELECT ON {name}.* TO {role}@'%'"), &[])?;
+    }
+    let ok = db.check_login(user, &password)?;
+    let wrong = db.check_login(&format!("{user}_missing"), &password)?;
+    let placeholder = match dialect {
+        Dialect::Postgres => "SELECT $1::bigint + 1 AS n, $2::text AS t",
+        Dialect::Mysql => "SELECT CAST(? AS SIGNED) + 1 AS n, ? AS t",
+    };
+    let rows = db.execute(placeholder, &[Value::Int(41), Value::Text("it's".into())])?;
+    db.execute(&drop, &[])?;
+    let n = match rows.rows.first().and_then(|r| r.first()) {
+        Some(Value::Int(n)) => *n,
+        _ => -1,
+    };
+    let t = match rows.rows.first().and_then(|r| r.get(1)) {
+        Some(Value::Text(t)) => t.clone(),
+        _ => String::new(),
+    };
+    Ok(answer(
+        ok && !wrong && n == 42,
+        format!(
+            "login={ok} missing={wrong} n={n} t={t} columns={}",
+            rows.columns.join(",")
+        ),
+    ))
+}
+
+impl Provider for Basic {
+    fn info() -> ProviderInfo {
+        latchkey_plugin_sdk::info(
+            "basic",
+            "0.1.0",
+            &["api-key", "db-password"],
+            &[
+                Operation::Validate,
+                Operation::CreatePending,
+                Operation::Retire,
+            ],
+        )
+    }
+
+    fn validate(cfg: Vec<Field>, cred: Credential) -> Result<Validation, ProviderError> {
+        match config::require(&cfg, "mode")? {
+            "key" => Ok(answer(cred.field("key") == Some("good"), "checked".into())),
+            "http" => {
+                let url = config::require(&cfg, "url")?;
+                let response = http::get(url).header("x-test", "1").send()?;
+                let ok = (200..300).contains(&response.status);
+                Ok(answer(ok, response.text()))
+            }
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "trap" => panic!("test guest traps on purpose"),
+            "sql" => sql_round_trip(&cfg),
+            #[allow(clippy::print_stdout, clippy::print_stderr)] // the point of this mode
+            "log" => {
+                log::info(format!(
+                    "validating fields {:?}",
+                    cred.fields.iter().map(|f| &f.name).collect::<Vec<_>>()
+                ));
+                println!("hello from stdout");
+                eprintln!("hello from stderr");
+                Ok(answer(true, "logged".into()))
+            }
+            other => Err(ProviderError::InvalidConfig(format!(
+                "unknown mode {other}"
+            ))),
+        }
+    }
+
+    fn create_pending(_cfg: Vec<Field>, current: Credential) -> Result<Credential, ProviderError> {
+        let mut next = Credential::new(&current.kind, [("key", secret::password(32))]);
+        next.expires_at = current.expires_at;
+        Ok(next)
+    }
+
+    fn retire(_cfg: Vec<Field>, _previous: Credential) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    fn refresh(_cfg: Vec<Field>, _cred: Credential) -> Result<Credential, ProviderError> {
+        Err(ProviderError::Unsupported("refresh".into()))
+    }
+}
+
+latchkey_plugin_sdk::export!(Basic);

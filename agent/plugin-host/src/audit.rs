@@ -1,0 +1,112 @@
+//! Audit records for capabilities a plugin asked for and was refused.
+//!
+//! The agent supplies an [`AuditSink`] when it builds the [`crate::PluginHost`]; the
+//! capability checks (`capability/http.rs`, `capability/sql.rs`) call it on every
+//! denial, before the guest sees its error. Records name the plugin and the target
+//! (an authority or a connection name), never a request body, header value or
+//! credential.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// Which capability a denied request belonged to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability {
+    /// Outgoing HTTP through wasi:http.
+    Http,
+    /// The `latchkey:provider/sql` interface.
+    Sql,
+}
+
+/// Why the host refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The HTTP authority (`host:port`) is not in the plugin's grant.
+    AuthorityNotGranted,
+    /// The authority is granted, but its name resolved to an address outside the
+    /// allowed networks (loopback, private, link-local… unless explicitly allowed).
+    AddressProhibited,
+    /// The request URI had no usable authority or scheme.
+    MalformedRequest,
+    /// The SQL connection is not granted to this plugin (or not configured).
+    ConnectionNotGranted,
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AuthorityNotGranted => "authority not granted",
+            Self::AddressProhibited => "resolved address prohibited",
+            Self::MalformedRequest => "malformed request",
+            Self::ConnectionNotGranted => "connection not granted",
+        })
+    }
+}
+
+/// One denied capability request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// The plugin's name (from its manifest).
+    pub plugin: String,
+    /// The capability asked for.
+    pub capability: Capability,
+    /// What was asked for: a normalized `host:port`, or a SQL connection name.
+    pub target: String,
+    /// Why it was refused.
+    pub reason: DenyReason,
+}
+
+/// Receives audit records from the plugin host.
+///
+/// Called synchronously on the thread running the plugin call, once per denial,
+/// before the guest gets its error. Implementations must be quick and must not
+/// block on I/O (queue the record instead).
+pub trait AuditSink: Send + Sync + 'static {
+    /// Records one denial.
+    fn record(&self, event: AuditEvent);
+}
+
+/// Writes denials to the tracing log at `warn` (the default sink).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracingAudit;
+
+impl AuditSink for TracingAudit {
+    fn record(&self, event: AuditEvent) {
+        tracing::warn!(
+            plugin = %event.plugin,
+            capability = ?event.capability,
+            target = %event.target,
+            reason = %event.reason,
+            "plugin capability denied"
+        );
+    }
+}
+
+/// Keeps denials in memory, for tests and for `latchkey plugin call` to print them.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingAudit(Arc<Mutex<Vec<AuditEvent>>>);
+
+impl RecordingAudit {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every event recorded so far.
+    pub fn events(&self) -> Vec<AuditEvent> {
+        match self.0.lock() {
+            Ok(events) => events.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl AuditSink for RecordingAudit {
+    fn record(&self, event: AuditEvent) {
+        TracingAudit.record(event.clone());
+        match self.0.lock() {
+            Ok(mut events) => events.push(event),
+            Err(poisoned) => poisoned.into_inner().push(event),
+        }
+    }
+}

@@ -1,0 +1,709 @@
+//! A loaded plugin and the calls the agent makes on it.
+//!
+//! Every call runs on a fresh instance made from the plugin's pre-instantiated
+//! template, in a fresh `Store` with the plugin's limits: a memory cap, an epoch
+//! deadline, the HTTP and SQL grants. The async methods run the (synchronous) wasm
+//! call on tokio's blocking pool, so they never stall the agent's runtime.
+//!
+//! Results are two-layered, as STYLE.md §4 asks: the outer [`CallError`] is a host
+//! fault or a hit limit (trap, timeout, memory), the inner [`ProviderError`] is the
+//! plugin's own answer. Credential values travel as [`SecretString`]; the plain
+//! strings the component model needs exist only during the call and are wiped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::Store;
+use zeroize::Zeroize;
+
+use crate::bindings::{self, types as wit};
+use crate::capability::http::{HttpGrant, HttpPolicy};
+use crate::capability::sql::SqlAccess;
+use crate::host::{HostInner, Limits};
+use crate::manifest::Manifest;
+use crate::secret::SecretString;
+use crate::state::State;
+
+/// An operation a provider may implement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    /// Check a credential against the service.
+    Validate,
+    /// Create a new credential (rotation).
+    CreatePending,
+    /// Revoke an old credential (rotation).
+    Retire,
+    /// Exchange a credential for a fresh one.
+    Refresh,
+}
+
+impl Operation {
+    /// The WIT name, e.g. `create-pending`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Validate => "validate",
+            Self::CreatePending => "create-pending",
+            Self::Retire => "retire",
+            Self::Refresh => "refresh",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Operation {
+    type Err = CallError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "validate" => Self::Validate,
+            "create-pending" => Self::CreatePending,
+            "retire" => Self::Retire,
+            "refresh" => Self::Refresh,
+            _ => return Err(CallError::UnknownOperation),
+        })
+    }
+}
+
+/// A credential crossing the plugin boundary. `Debug` never shows field values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credential {
+    /// Credential kind, e.g. `api-key`.
+    pub kind: String,
+    /// Named fields; the values are secret.
+    pub fields: Vec<(String, SecretString)>,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: Option<u64>,
+}
+
+impl Credential {
+    /// A credential of `kind` with the given fields.
+    pub fn new<I, K>(kind: impl Into<String>, fields: I) -> Self
+    where
+        I: IntoIterator<Item = (K, SecretString)>,
+        K: Into<String>,
+    {
+        Self {
+            kind: kind.into(),
+            fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            expires_at: None,
+        }
+    }
+
+    /// One field's value.
+    pub fn field(&self, name: &str) -> Option<&SecretString> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    fn to_wire(&self) -> Wire {
+        Wire(wit::Credential {
+            kind: self.kind.clone(),
+            fields: self
+                .fields
+                .iter()
+                .map(|(name, value)| wit::Field {
+                    name: name.clone(),
+                    value: value.expose().to_owned(),
+                })
+                .collect(),
+            expires_at: self.expires_at,
+        })
+    }
+
+    fn from_wire(c: wit::Credential) -> Self {
+        Self {
+            kind: c.kind,
+            fields: c
+                .fields
+                .into_iter()
+                .map(|f| (f.name, SecretString::new(f.value)))
+                .collect(),
+            expires_at: c.expires_at,
+        }
+    }
+}
+
+/// A wire credential whose values are wiped when it is dropped.
+struct Wire(wit::Credential);
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        for f in &mut self.0.fields {
+            f.value.zeroize();
+        }
+    }
+}
+
+/// One permission the service reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Permission {
+    /// The service's name for it.
+    pub name: String,
+    /// Whether the credential holds it.
+    pub granted: bool,
+}
+
+/// The answer of `validate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Validation {
+    /// Whether the service accepted the credential.
+    pub valid: bool,
+    /// Short explanation (no secrets).
+    pub detail: String,
+    /// Reported permissions.
+    pub permissions: Vec<Permission>,
+    /// Reported expiry.
+    pub expires_at: Option<u64>,
+}
+
+/// What a provider says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProviderInfo {
+    /// Provider name.
+    pub name: String,
+    /// Provider version.
+    pub version: String,
+    /// Credential kinds.
+    pub kinds: Vec<String>,
+    /// Implemented operations.
+    pub operations: Vec<Operation>,
+    /// HTTP authorities it says it needs.
+    pub http_authorities: Vec<String>,
+    /// SQL connections it says it needs.
+    pub sql_connections: Vec<String>,
+}
+
+/// The plugin's own error answer (the WIT `provider-error`). The text is the plugin's;
+/// it is meant to be free of secrets but comes from untrusted code, so it is kept out
+/// of `Display` and read with [`ProviderError::detail`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The service refused the credential. Do not retry; roll back and alert.
+    #[error("the service rejected the credential")]
+    Rejected(String),
+    /// Transient failure. Retry with backoff.
+    #[error("the service is unavailable")]
+    Unavailable(String),
+    /// The host refused a capability. Do not retry; audit and alert.
+    #[error("the host denied a capability the plugin needs")]
+    Denied(String),
+    /// Not implemented by this provider.
+    #[error("the operation is not supported by the plugin")]
+    Unsupported(String),
+    /// The provider configuration is wrong.
+    #[error("the provider configuration is invalid")]
+    InvalidConfig(String),
+}
+
+impl ProviderError {
+    /// Whether the scheduler should retry with backoff.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+
+    /// The plugin's explanation.
+    pub fn detail(&self) -> &str {
+        match self {
+            Self::Rejected(s)
+            | Self::Unavailable(s)
+            | Self::Denied(s)
+            | Self::Unsupported(s)
+            | Self::InvalidConfig(s) => s,
+        }
+    }
+
+    /// A stable short code (`rejected`, `unavailable`, …) for logs and JSON.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Rejected(_) => "rejected",
+            Self::Unavailable(_) => "unavailable",
+            Self::Denied(_) => "denied",
+            Self::Unsupported(_) => "unsupported",
+            Self::InvalidConfig(_) => "invalid-config",
+        }
+    }
+}
+
+impl From<wit::ProviderError> for ProviderError {
+    fn from(e: wit::ProviderError) -> Self {
+        match e {
+            wit::ProviderError::Rejected(s) => Self::Rejected(s),
+            wit::ProviderError::Unavailable(s) => Self::Unavailable(s),
+            wit::ProviderError::Denied(s) => Self::Denied(s),
+            wit::ProviderError::Unsupported(s) => Self::Unsupported(s),
+            wit::ProviderError::InvalidConfig(s) => Self::InvalidConfig(s),
+        }
+    }
+}
+
+/// A plugin call failed on the host side: the plugin did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The call ran past its wall-clock deadline and was interrupted.
+    #[error("plugin {plugin} exceeded its deadline of {deadline:?}")]
+    Timeout {
+        /// Plugin name.
+        plugin: String,
+        /// The deadline.
+        deadline: Duration,
+    },
+    /// The guest tried to grow its memory past the limit.
+    #[error("plugin {plugin} exceeded its memory limit of {limit} bytes")]
+    MemoryLimit {
+        /// Plugin name.
+        plugin: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The guest trapped (a bug in the plugin, or a host function failed).
+    #[error("plugin {plugin} trapped")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// wasmtime's error (trap code and wasm backtrace; no call arguments).
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// No instance could be made (e.g. the instance pool is exhausted).
+    #[error("cannot instantiate plugin {plugin}")]
+    Instantiate {
+        /// Plugin name.
+        plugin: String,
+        /// wasmtime's error.
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// The manifest does not declare this operation, so the host does not call it.
+    #[error("plugin {plugin} does not declare operation {operation}")]
+    NotDeclared {
+        /// Plugin name.
+        plugin: String,
+        /// The operation.
+        operation: Operation,
+    },
+    /// An operation name that is not one of the four.
+    #[error("unknown operation (expected validate, create-pending, retire or refresh)")]
+    UnknownOperation,
+    /// JSON given to [`Plugin::call_json`] does not have the expected shape.
+    #[error("call arguments are not valid JSON of the expected shape")]
+    BadArguments(#[source] serde_json::Error),
+    /// The blocking task running the call was cancelled or panicked.
+    #[error("plugin call task failed")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+impl CallError {
+    /// Whether the failure was a hit limit (deadline or memory) rather than a bug.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::MemoryLimit { .. })
+    }
+}
+
+/// Result of one plugin call: host fault outside, plugin answer inside.
+pub type CallResult<T> = Result<Result<T, ProviderError>, CallError>;
+
+pub(crate) struct PluginInner {
+    pub(crate) name: Arc<str>,
+    pub(crate) manifest: Manifest,
+    pub(crate) sha256: String,
+    pub(crate) info: Option<ProviderInfo>,
+    pub(crate) pre: bindings::ProviderPluginPre<State>,
+    pub(crate) host: Arc<HostInner>,
+    pub(crate) http: Arc<HttpGrant>,
+    pub(crate) sql: Arc<[String]>,
+    pub(crate) limits: Limits,
+    pub(crate) source: crate::cache::Source,
+}
+
+/// A loaded plugin. Cheap to clone; calls may run concurrently.
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) inner: Arc<PluginInner>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.inner.name)
+            .field("sha256", &self.inner.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+fn to_wire_config(config: &[(String, String)]) -> Vec<wit::Field> {
+    config
+        .iter()
+        .map(|(name, value)| wit::Field {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+impl Plugin {
+    /// The plugin's name (from its manifest).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The manifest the plugin was loaded with.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// The sha256 (hex) of the loaded `.wasm`.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+
+    /// Whether loading used a cached compiled artifact (no compilation).
+    pub fn loaded_from_cache(&self) -> bool {
+        self.inner.source == crate::cache::Source::Cached
+    }
+
+    /// Makes a fresh instance (with a fresh store and all limits) and drops it. Checks
+    /// that the plugin can still be instantiated; benchmarks use it to time
+    /// instantiation alone.
+    pub fn instantiate_blocking(&self) -> Result<(), CallError> {
+        let mut store = self.new_store();
+        self.inner
+            .pre
+            .instantiate(&mut store)
+            .map(drop)
+            .map_err(|source| CallError::Instantiate {
+                plugin: self.inner.name.to_string(),
+                source,
+            })
+    }
+
+    /// Times `n` warm `info` calls on one instance (for the benchmark's "trivial
+    /// call" figure; production calls always use a fresh instance).
+    #[doc(hidden)]
+    pub fn time_warm_info_calls(&self, n: usize) -> Result<Vec<Duration>, CallError> {
+        let mut store = self.new_store();
+        let instance =
+            self.inner
+                .pre
+                .instantiate(&mut store)
+                .map_err(|source| CallError::Instantiate {
+                    plugin: self.inner.name.to_string(),
+                    source,
+                })?;
+        let guest = instance.latchkey_provider_provider();
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = Instant::now();
+            let info = guest
+                .call_info(&mut store)
+                .map_err(|source| self.classify(&store, source))?;
+            times.push(start.elapsed());
+            drop(info);
+        }
+        Ok(times)
+    }
+
+    /// What the plugin answered to `info` at load time.
+    pub fn info(&self) -> Option<&ProviderInfo> {
+        self.inner.info.as_ref()
+    }
+
+    /// Calls `info` now, on a fresh instance (blocking; used at load time).
+    pub fn info_blocking(&self) -> Result<ProviderInfo, CallError> {
+        self.run(|store, guest| guest.call_info(store))
+            .map(info_from_wire)
+    }
+
+    /// Checks `cred` against the real service.
+    pub async fn validate(
+        &self,
+        config: Vec<(String, String)>,
+        cred: Credential,
+    ) -> CallResult<Validation> {
+        self.blocking(move |p| p.validate_blocking(&config, &cred))
+            .await
+    }
+
+    /// Blocking form of [`Plugin::validate`] (for the CLI, benchmarks and tests).
+    pub fn validate_blocking(
+        &self,
+        config: &[(String, String)],
+        cred: &Credential,
+    ) -> CallResult<Validation> {
+        self.declared(Operation::Validate)?;
+        let wire_config = to_wire_config(config);
+        let wire = cred.to_wire();
+        self.run(|store, guest| guest.call_validate(store, &wire_config, &wire.0))
+            .map(|r| {
+                r.map_err(ProviderError::from).map(|v| Validation {
+                    valid: v.valid,
+                    detail: v.detail,
+                    permissions: v
+                        .permissions
+                        .into_iter()
+                        .map(|p| Permission {
+                            name: p.name,
+                            granted: p.granted,
+                        })
+                        .collect(),
+                    expires_at: v.expires_at,
+                })
+            })
+    }
+
+    /// Creates a new credential next to `current` (rotation step 1).
+    pub async fn create_pending(
+        &self,
+        config: Vec<(String, String)>,
+        current: Credential,
+    ) -> CallResult<Credential> {
+        self.blocking(move |p| p.create_pending_blocking(&config, &current))
+            .await
+    }
+
+    /// Blocking form of [`Plugin::create_pending`].
+    pub fn create_pending_blocking(
+        &self,
+        config: &[(String, String)],
+        current: &Credential,
+    ) -> CallResult<Credential> {
+        self.declared(Operation::CreatePending)?;
+        let wire_config = to_wire_config(config);
+        let wire = current.to_wire();
+        self.run(|store, guest| guest.call_create_pending(store, &wire_config, &wire.0))
+            .map(|r| r.map(Credential::from_wire).map_err(ProviderError::from))
+    }
+
+    /// Revokes `previous` at the service.
+    pub async fn retire(
+        &self,
+        config: Vec<(String, String)>,
+        previous: Credential,
+    ) -> CallResult<()> {
+        self.blocking(move |p| p.retire_blocking(&config, &previous))
+            .await
+    }
+
+    /// Blocking form of [`Plugin::retire`].
+    pub fn retire_blocking(
+        &self,
+        config: &[(String, String)],
+        previous: &Credential,
+    ) -> CallResult<()> {
+        self.declared(Operation::Retire)?;
+        let wire_config = to_wire_config(config);
+        let wire = previous.to_wire();
+        self.run(|store, guest| guest.call_retire(store, &wire_config, &wire.0))
+            .map(|r| r.map_err(ProviderError::from))
+    }
+
+    /// Exchanges `cred` for a fresh credential.
+    pub async fn refresh(
+        &self,
+        config: Vec<(String, String)>,
+        cred: Credential,
+    ) -> CallResult<Credential> {
+        self.blocking(move |p| p.refresh_blocking(&config, &cred))
+            .await
+    }
+
+    /// Blocking form of [`Plugin::refresh`].
+    pub fn refresh_blocking(
+        &self,
+        config: &[(String, String)],
+        cred: &Credential,
+    ) -> CallResult<Credential> {
+        self.declared(Operation::Refresh)?;
+        let wire_config = to_wire_config(config);
+        let wire = cred.to_wire();
+        self.run(|store, guest| guest.call_refresh(store, &wire_config, &wire.0))
+            .map(|r| r.map(Credential::from_wire).map_err(ProviderError::from))
+    }
+
+    /// Runs one operation with JSON arguments and returns a JSON answer: what
+    /// `latchkey plugin call FILE --op OP --config JSON --cred JSON` prints.
+    ///
+    /// `config` is an object of strings; `cred` is
+    /// `{"kind": "...", "fields": {"name": "value"}, "expires_at": 123}`. The answer is
+    /// `{"ok": …}` or `{"error": {"code": "rejected", "detail": "…"}}`; returned
+    /// credentials are printed in clear because that is the command's purpose.
+    /// Blocking.
+    pub fn call_json(
+        &self,
+        op: Operation,
+        config: &str,
+        cred: &str,
+    ) -> Result<serde_json::Value, CallError> {
+        #[derive(Deserialize)]
+        struct CredJson {
+            kind: String,
+            #[serde(default)]
+            fields: std::collections::BTreeMap<String, SecretString>,
+            #[serde(default)]
+            expires_at: Option<u64>,
+        }
+        let config: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(config).map_err(CallError::BadArguments)?;
+        let config: Vec<(String, String)> = config.into_iter().collect();
+        let c: CredJson = serde_json::from_str(cred).map_err(CallError::BadArguments)?;
+        let cred = Credential {
+            kind: c.kind,
+            fields: c.fields.into_iter().collect(),
+            expires_at: c.expires_at,
+        };
+        let cred_json = |c: Credential| {
+            let fields: serde_json::Map<String, serde_json::Value> = c
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.expose())))
+                .collect();
+            serde_json::json!({"kind": c.kind, "fields": fields, "expires_at": c.expires_at})
+        };
+        let answer = match op {
+            Operation::Validate => self
+                .validate_blocking(&config, &cred)?
+                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Operation::CreatePending => {
+                self.create_pending_blocking(&config, &cred)?.map(cred_json)
+            }
+            Operation::Retire => self
+                .retire_blocking(&config, &cred)?
+                .map(|()| serde_json::Value::Null),
+            Operation::Refresh => self.refresh_blocking(&config, &cred)?.map(cred_json),
+        };
+        Ok(match answer {
+            Ok(v) => serde_json::json!({ "ok": v }),
+            Err(e) => serde_json::json!({"error": {"code": e.code(), "detail": e.detail()}}),
+        })
+    }
+
+    fn declared(&self, op: Operation) -> Result<(), CallError> {
+        if self.inner.manifest.supports(op) {
+            Ok(())
+        } else {
+            Err(CallError::NotDeclared {
+                plugin: self.inner.name.to_string(),
+                operation: op,
+            })
+        }
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, CallError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Plugin) -> Result<T, CallError> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(CallError::Join)?
+    }
+
+    /// Makes a fresh store and instance, runs `f`, and classifies failures.
+    pub(crate) fn run<R>(
+        &self,
+        f: impl FnOnce(&mut Store<State>, &bindings::guest::Guest) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let mut store = self.new_store();
+        let instance =
+            self.inner
+                .pre
+                .instantiate(&mut store)
+                .map_err(|source| CallError::Instantiate {
+                    plugin: self.inner.name.to_string(),
+                    source,
+                })?;
+        let out = f(&mut store, instance.latchkey_provider_provider());
+        store.data().flush_output();
+        out.map_err(|source| self.classify(&store, source))
+    }
+
+    pub(crate) fn new_store(&self) -> Store<State> {
+        let inner = &self.inner;
+        let limits = &inner.limits;
+        let deadline = Instant::now() + limits.deadline;
+        let http = HttpPolicy {
+            plugin: inner.name.clone(),
+            grant: inner.http.clone(),
+            audit: inner.host.audit.clone(),
+            max_body: limits.max_response_body,
+            deadline,
+        };
+        let sql = SqlAccess {
+            connections: inner.host.sql.clone(),
+            granted: inner.sql.clone(),
+            audit: inner.host.audit.clone(),
+        };
+        let state = State::new(inner.name.clone(), http, sql, limits.memory_bytes, deadline);
+        let mut store = Store::new(&inner.host.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(inner.host.ticks_for(limits.deadline));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn classify(&self, store: &Store<State>, source: wasmtime::Error) -> CallError {
+        let plugin = self.inner.name.to_string();
+        if store.data().limiter.memory_hit {
+            return CallError::MemoryLimit {
+                plugin,
+                limit: self.inner.limits.memory_bytes,
+            };
+        }
+        if matches!(
+            source.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
+            return CallError::Timeout {
+                plugin,
+                deadline: self.inner.limits.deadline,
+            };
+        }
+        CallError::Trap { plugin, source }
+    }
+}
+
+pub(crate) fn info_from_wire(i: wit::ProviderInfo) -> ProviderInfo {
+    ProviderInfo {
+        name: i.name,
+        version: i.version,
+        kinds: i.kinds,
+        operations: i
+            .operations
+            .into_iter()
+            .map(|o| match o {
+                wit::Operation::Validate => Operation::Validate,
+                wit::Operation::CreatePending => Operation::CreatePending,
+                wit::Operation::Retire => Operation::Retire,
+                wit::Operation::Refresh => Operation::Refresh,
+            })
+            .collect(),
+        http_authorities: i.http_authorities,
+        sql_connections: i.sql_connections,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_debug_hides_values() {
+        let c = Credential::new("api-key", [("secret", SecretString::from("s3cr3t-value"))]);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cr3t-value"));
+        assert!(dbg.contains("secret"));
+    }
+
+    #[test]
+    fn only_unavailable_is_transient() {
+        assert!(ProviderError::Unavailable(String::new()).is_transient());
+        assert!(!ProviderError::Rejected(String::new()).is_transient());
+        assert!(!ProviderError::Denied(String::new()).is_transient());
+    }
+}
