@@ -6,7 +6,7 @@
 //! (computed here from the file), manifest check, grants, limits — so a test that
 //! passes here behaves the same in production.
 //!
-//! ```no_run
+//! ```ignore
 //! use latchkey_plugin_sdk::testing::{Harness, host::{Credential, SecretString}};
 //! let plugin = Harness::new("target/wasm32-wasip2/release/my_plugin.wasm", include_str!("../plugin.toml"))
 //!     .grant_http("127.0.0.1:8080")

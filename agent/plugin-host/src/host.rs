@@ -135,6 +135,9 @@ pub enum SetupError {
     /// The artifact cache directory is unusable.
     #[error("cannot open the compiled artifact cache")]
     Cache(#[source] CacheError),
+    /// The epoch ticker thread could not be started (without it no deadline fires).
+    #[error("cannot start the epoch ticker thread")]
+    Ticker(#[source] std::io::Error),
     /// Two SQL connections share a name.
     #[error("sql connection {name} is defined twice")]
     DuplicateConnection {
@@ -323,7 +326,7 @@ impl PluginHost {
                 });
             }
         }
-        start_ticker(&engine, config.epoch_tick);
+        start_ticker(&engine, config.epoch_tick).map_err(SetupError::Ticker)?;
         Ok(Self {
             inner: Arc::new(HostInner {
                 engine,
@@ -486,10 +489,11 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     std::fs::read(path).map(|b| sha256_hex(&b))
 }
 
-/// Bumps the engine's epoch every `tick` until the engine is dropped.
-fn start_ticker(engine: &Engine, tick: Duration) {
+/// Bumps the engine's epoch every `tick` until the engine is dropped (the thread
+/// holds only a weak reference, so it ends with the last plugin and host).
+fn start_ticker(engine: &Engine, tick: Duration) -> std::io::Result<()> {
     let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("plugin-epoch".into())
         .spawn(move || loop {
             std::thread::sleep(tick);
@@ -497,9 +501,6 @@ fn start_ticker(engine: &Engine, tick: Duration) {
                 Some(engine) => engine.increment_epoch(),
                 None => break,
             }
-        });
-    if let Err(e) = spawned {
-        // Without a ticker no deadline fires; every call would run to completion.
-        tracing::error!(error = %e, "cannot start the plugin epoch ticker");
-    }
+        })
+        .map(drop)
 }
