@@ -13,6 +13,7 @@ mod dev;
 mod exec;
 mod import;
 mod init;
+mod plugin;
 mod render;
 mod secrets;
 
@@ -80,6 +81,9 @@ pub enum Command {
     Rm(secrets::RmArgs),
     /// Store environment variables as secrets (migration from `.env` files).
     Import(import::ImportArgs),
+    /// Inspect or call a provider plugin (`.wasm`), for plugin authors.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Render the [[template]] blocks of a config file (a client of the running agent).
     Render(render::RenderArgs),
     /// Run a program with secrets in its environment; restart or signal it when they change.
@@ -135,6 +139,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::List(args) => secrets::list(args).await,
         Command::Rm(args) => secrets::rm(args).await,
         Command::Import(args) => import::run(args).await,
+        Command::Plugin(cmd) => plugin::run(cmd).await,
         Command::Render(args) => render::run(args).await,
         Command::Exec(args) => exec::run(args).await,
     }

@@ -1,0 +1,189 @@
+//! `latchkey plugin inspect | call`: look into a provider plugin and call it, for
+//! plugin authors. Both run the plugin in the same sandboxed host the agent uses.
+//!
+//! `call` grants only what its flags grant (`--grant-http host:port`,
+//! `--allow-network 127.0.0.0/8`), prints the answer as JSON, and prints returned
+//! credentials in clear: that is its purpose, so run it on test credentials.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use clap::Subcommand;
+use latchkey_plugin_host as host;
+
+use super::Failure;
+
+/// `latchkey plugin ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Show a plugin's digest, manifest, WIT imports and exports, and its `info`.
+    Inspect {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Its manifest [default: FILE with .toml, or plugin.toml beside it].
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Call one operation with JSON arguments and print the JSON answer.
+    Call {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Its manifest [default: FILE with .toml, or plugin.toml beside it].
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// `info`, `validate`, `create-pending`, `retire` or `refresh`.
+        #[arg(long)]
+        op: String,
+        /// Provider config: a JSON object of strings.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// The credential, `{"kind":..,"fields":{..}}`: JSON, `@FILE` or `-` (stdin).
+        #[arg(long, default_value = r#"{"kind":"generic","fields":{}}"#)]
+        cred: String,
+        /// Allow outgoing HTTP to this authority (`host:port`); repeatable.
+        #[arg(long = "grant-http")]
+        grant_http: Vec<String>,
+        /// Let granted names resolve into this non-public network (CIDR); repeatable.
+        #[arg(long = "allow-network")]
+        allow_network: Vec<String>,
+        /// Deadline of the call.
+        #[arg(long, default_value = "10s")]
+        deadline: String,
+    },
+}
+
+fn plugin_host() -> anyhow::Result<host::PluginHost> {
+    let cache = std::env::temp_dir().join(format!("latchkey-plugin-cache-{}", uid()));
+    host::PluginHost::new(host::HostConfig {
+        cache_dir: Some(cache),
+        ..host::HostConfig::default()
+    })
+    .map_err(|e| anyhow!("cannot start the plugin host: {}", host::error_chain(&e)))
+}
+
+fn uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+fn manifest_for(file: &Path, explicit: Option<&Path>) -> anyhow::Result<host::Manifest> {
+    let path = match explicit {
+        Some(p) => p.to_owned(),
+        None => {
+            let beside = file.with_extension("toml");
+            if beside.is_file() {
+                beside
+            } else {
+                file.parent()
+                    .map(|d| d.join("plugin.toml"))
+                    .filter(|p| p.is_file())
+                    .ok_or_else(|| {
+                        anyhow!("no manifest beside {}; pass --manifest", file.display())
+                    })?
+            }
+        }
+    };
+    host::Manifest::from_file(&path)
+        .with_context(|| format!("cannot use manifest {}", path.display()))
+}
+
+fn read_arg(value: &str) -> anyhow::Result<String> {
+    if value == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read stdin")?;
+        return Ok(s);
+    }
+    if let Some(file) = value.strip_prefix('@') {
+        return std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"));
+    }
+    Ok(value.to_owned())
+}
+
+/// Runs a `plugin` subcommand.
+pub(super) async fn run(cmd: PluginCommand) -> Result<ExitCode, Failure> {
+    match cmd {
+        PluginCommand::Inspect { file, manifest } => {
+            let host = plugin_host()?;
+            let inspection = tokio::task::spawn_blocking(move || {
+                host::inspect(&host, &file, manifest.as_deref())
+                    .map_err(|e| anyhow!("{}", host::error_chain(&e)))
+            })
+            .await
+            .context("inspect task failed")??;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&inspection).context("cannot print the inspection")?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Call {
+            file,
+            manifest,
+            op,
+            config,
+            cred,
+            grant_http,
+            allow_network,
+            deadline,
+        } => {
+            let op: host::Operation = op.parse().map_err(|_| {
+                anyhow!("--op {op:?} is not info, validate, create-pending, retire or refresh")
+            })?;
+            let deadline = humantime::parse_duration(&deadline)
+                .with_context(|| format!("--deadline {deadline:?} is not a duration"))?;
+            let allowed_networks = allow_network
+                .iter()
+                .map(|n| {
+                    n.parse::<host::IpNet>()
+                        .map_err(|_| anyhow!("--allow-network {n:?} is not a CIDR"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let manifest = manifest_for(&file, manifest.as_deref())?;
+            let sha256 = host::sha256_file(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let host = plugin_host()?;
+            let plugin = host
+                .load(host::LoadSpec {
+                    wasm: file.clone(),
+                    manifest,
+                    sha256,
+                    grants: host::Grants {
+                        http: grant_http,
+                        allowed_networks,
+                        sql: Vec::new(),
+                    },
+                    limits: host::Limits {
+                        deadline: deadline.max(Duration::from_millis(10)),
+                        ..host::Limits::default()
+                    },
+                })
+                .await
+                .map_err(|e| {
+                    anyhow!("cannot load {}: {}", file.display(), host::error_chain(&e))
+                })?;
+            let config = read_arg(&config)?;
+            let cred = read_arg(&cred)?;
+            let answer = tokio::task::spawn_blocking(move || plugin.call_json(op, &config, &cred))
+                .await
+                .context("call task failed")?
+                .map_err(|e| anyhow!("the call failed: {}", host::error_chain(&e)))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&answer).unwrap_or_default()
+            );
+            let failed = answer.get("error").is_some();
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
