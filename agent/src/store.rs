@@ -21,7 +21,7 @@
 //! acknowledge a write. No value ever appears in an error or a log line.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -267,6 +267,11 @@ struct Inner {
     /// Number of secrets: counted once at open, then kept by `put` and `delete`
     /// (sled's `len` is a full scan). Signed so a racing decrement never wraps.
     count: AtomicIsize,
+    /// Committed writes so far, and how many of them a finished flush covers.
+    written: AtomicU64,
+    flushed: AtomicU64,
+    /// Serializes flushes (group commit).
+    flusher: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -312,7 +317,7 @@ impl Store {
                 let wrapped = kek.wrap(&key.to_wrappable()).await.map_err(Error::Crypto)?;
                 save_wrapped_key(&meta, wrapped, kek.id())?;
                 // Nothing may be sealed under a key that a crash could lose.
-                db.flush_async().await?;
+                db.flush()?;
                 key
             }
             _ => {
@@ -333,6 +338,9 @@ impl Store {
                 key,
                 max_versions: cfg.max_versions,
                 count: AtomicIsize::new(count),
+                written: AtomicU64::new(0),
+                flushed: AtomicU64::new(0),
+                flusher: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -455,6 +463,7 @@ impl Store {
         if created {
             inner.count.fetch_add(1, Ordering::Relaxed);
         }
+        inner.written.fetch_add(1, Ordering::SeqCst);
         Ok(Secret {
             path: path.clone(),
             version,
@@ -504,6 +513,7 @@ impl Store {
         if existed {
             inner.count.fetch_sub(1, Ordering::Relaxed);
         }
+        inner.written.fetch_add(1, Ordering::SeqCst);
         Ok(existed)
     }
 
@@ -591,6 +601,7 @@ impl Store {
             let pruned = entry.prune(inner.max_versions);
             inner.save_index(index, records, path, &index_aad, &entry, &pruned)
         })?;
+        inner.written.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -604,13 +615,32 @@ impl Store {
             .await
             .map_err(Error::Crypto)?;
         save_wrapped_key(&inner.meta, wrapped, new_kek.id())?;
-        inner.db.flush_async().await?;
-        Ok(())
+        inner.written.fetch_add(1, Ordering::SeqCst);
+        self.flush().await
     }
 
     /// Makes every write so far durable. Callers flush before acknowledging a write.
+    ///
+    /// Group commit: one flush runs at a time on the blocking pool, and a caller whose
+    /// writes a finished flush already covered returns at once, so many concurrent
+    /// writers share one fsync. (sled 0.34's `flush_async` can lock up for good under
+    /// concurrent transactions, spacejam/sled#1308; its blocking `flush` does not.)
     pub async fn flush(&self) -> Result<(), Error> {
-        self.inner.db.flush_async().await?;
+        let inner = &self.inner;
+        let wanted = inner.written.load(Ordering::SeqCst);
+        if inner.flushed.load(Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        let _one_at_a_time = inner.flusher.lock().await;
+        if inner.flushed.load(Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        let covers = inner.written.load(Ordering::SeqCst);
+        let db = inner.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|_| Error::Invalid("the flush task failed".into()))??;
+        inner.flushed.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }
 

@@ -16,6 +16,7 @@ mod spawn;
 
 mod cli;
 mod clients;
+mod concurrency;
 mod curl;
 mod exec;
 mod integrity;
@@ -23,6 +24,7 @@ mod malformed;
 mod metrics;
 mod migrate;
 mod no_leaks;
+mod plugins;
 mod render;
 mod security;
 mod serve;
