@@ -10,6 +10,7 @@
 //! | GET | `/v1/secrets?prefix=P` | list |
 //! | GET | `/v1/watch?prefix=P` | read or list (server-sent events) |
 //! | POST | `/v1/sync` | admin: poll the upstream now |
+//! | POST | `/v1/validate/{path}` | admin: ask the secret's provider plugin |
 //! | GET | `/metrics` | admin: Prometheus text |
 //! | GET | `/v1/health`, `/v1/whoami` | any authenticated peer |
 //!
@@ -65,6 +66,8 @@ pub struct State {
     pub fallback: crate::fallback::EnvFallback,
     /// Counters and gauges for `/metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// Provider plugins and the secrets they look after.
+    pub providers: crate::providers::Providers,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Deadline for receiving a body.
@@ -106,6 +109,7 @@ fn op_name(method: &Method, path: &str) -> &'static str {
         (_, "/v1/secrets" | "/v1/secrets/") => "list",
         (_, "/v1/watch") => "watch",
         (_, "/v1/sync") => "sync",
+        (_, p) if p.starts_with("/v1/validate/") => "validate",
         (_, "/v1/health" | "/v1/whoami") => "health",
         (_, "/metrics") => "metrics",
         _ => "other",
@@ -133,6 +137,12 @@ where
         if let Some(raw) = rest.strip_prefix('/') {
             return secret_route(state, conn, raw, req).await;
         }
+    }
+    if let Some(raw) = path.strip_prefix("/v1/validate/") {
+        return match *req.method() {
+            Method::POST => validate(state, conn, raw).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        };
     }
     match (req.method(), path) {
         (&Method::GET, "/v1/health") => Ok(json_response(
@@ -414,6 +424,71 @@ async fn metrics(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError>
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     Ok(res)
+}
+
+/// `POST /v1/validate/{path}`: asks the secret's provider plugin whether it works.
+async fn validate(state: &State, conn: &Conn, raw: &str) -> Result<Response<Body>, ApiError> {
+    let path = SecretPath::parse(raw)?;
+    authorize(state, conn, Operation::Admin, &path).await?;
+    let Some(secret) = lookup(state, &path, Selector::Current).await? else {
+        return Err(ApiError::not_found(format_args!("secret {path}")));
+    };
+    let result = state.providers.validate(&secret).await;
+    let mut record = Record::now(
+        conn.peer.id.clone(),
+        conn.peer.uid,
+        "validate",
+        Some(path.as_str()),
+    );
+    record.version = Some(secret.version);
+    let answer = match result {
+        Ok(checked) => {
+            let kind = if checked.valid {
+                Kind::Validated
+            } else {
+                Kind::Invalid
+            };
+            if checked.error.is_none() {
+                state
+                    .events
+                    .publish(Event::now(kind, path.clone(), Some(secret.version)));
+            }
+            record.code = checked.error.as_deref().map(|_| "provider_error");
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "path": path.as_str(),
+                    "version": secret.version,
+                    "plugin": checked.plugin,
+                    "valid": checked.valid,
+                    "detail": checked.detail,
+                    "permissions": checked.permissions,
+                    "expires_at": checked.expires_at,
+                    "error": checked.error,
+                }),
+            ))
+        }
+        Err(crate::providers::Error::NoProvider(p)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_provider",
+            format!("no [[lifecycle]] rule names a plugin for {p}"),
+        )),
+        Err(e) => {
+            tracing::warn!(path = %path, error = %e, "plugin call failed");
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "plugin_failed",
+                e.to_string(),
+            ))
+        }
+    };
+    if let Err(e) = &answer {
+        record.outcome = Outcome::Failed;
+        record.status = e.status.as_u16();
+        record.code = Some(e.code);
+    }
+    state.audit.record(record).await;
+    answer
 }
 
 async fn sync_now(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {

@@ -162,6 +162,32 @@ impl Audit {
     }
 }
 
+impl Audit {
+    /// Queues a record from synchronous code (e.g. the plugin host's threads). Never
+    /// blocks; if the queue is full the record is handed to a task that waits for room.
+    pub fn try_record(&self, record: Record) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                let tx = self.tx.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            let _ = tx.send(record).await;
+                        });
+                    }
+                    Err(_) => {
+                        tracing::error!("audit queue full outside the runtime; a record was lost")
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit writer stopped; a record was lost");
+            }
+        }
+    }
+}
+
 async fn write_loop(file: tokio::fs::File, mut rx: mpsc::Receiver<Record>, path: PathBuf) {
     let mut out = tokio::io::BufWriter::new(file);
     let mut batch = Vec::with_capacity(256);

@@ -2,7 +2,7 @@
 //! library decides.
 //!
 //! Exit codes: 0 success; 1 failure; 2 usage; 3 not found; 4 denied; 5 conflict;
-//! 64 bad configuration.
+//! 6 credential rejected by its provider; 64 bad configuration.
 
 // The command line is where output to the terminal belongs.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -79,6 +79,8 @@ pub enum Command {
     List(secrets::ListArgs),
     /// Delete a secret and all its versions.
     Rm(secrets::RmArgs),
+    /// Ask a secret's provider plugin whether it works (exit 6 when rejected).
+    Validate(secrets::ValidateArgs),
     /// Store environment variables as secrets (migration from `.env` files).
     Import(import::ImportArgs),
     /// Inspect or call a provider plugin (`.wasm`), for plugin authors.
@@ -139,6 +141,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::List(args) => secrets::list(args).await,
         Command::Rm(args) => secrets::rm(args).await,
         Command::Import(args) => import::run(args).await,
+        Command::Validate(args) => secrets::validate(args).await,
         Command::Plugin(cmd) => plugin::run(cmd).await,
         Command::Render(args) => render::run(args).await,
         Command::Exec(args) => exec::run(args).await,

@@ -121,6 +121,12 @@ pub struct Config {
     pub env_fallback: Vec<crate::fallback::FallbackSpec>,
     /// Webhook sinks for events.
     pub webhooks: Vec<crate::webhook::Webhook>,
+    /// Provider plugins, as written (loaded at start; paths relative to `base`).
+    pub plugins: Vec<crate::providers::PluginSpec>,
+    /// Path patterns mapped to plugins.
+    pub lifecycle: Vec<crate::providers::LifecycleSpec>,
+    /// The config file's folder.
+    pub base: PathBuf,
 }
 
 impl Config {
@@ -331,6 +337,29 @@ fn validate(
         }
     }
 
+    for (i, plugin) in raw.plugin.iter().enumerate() {
+        if plugin.sha256.len() != 64 || !plugin.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            problems.push(format!("plugin[{i}].sha256: must be 64 hex digits"));
+        }
+        if humantime::parse_duration(&plugin.deadline).is_err() {
+            problems.push(format!(
+                "plugin[{i}].deadline: {:?} is not a duration",
+                plugin.deadline
+            ));
+        }
+    }
+    for (i, rule) in raw.lifecycle.iter().enumerate() {
+        if !raw.plugin.iter().any(|p| p.name == rule.plugin) {
+            problems.push(format!(
+                "lifecycle[{i}].plugin: no [[plugin]] named {:?}",
+                rule.plugin
+            ));
+        }
+        if rule.paths.is_empty() {
+            problems.push(format!("lifecycle[{i}].paths: give at least one pattern"));
+        }
+    }
+
     Some(Config {
         source: path.to_owned(),
         trust_domain: trust_domain?,
@@ -351,6 +380,9 @@ fn validate(
         sync,
         env_fallback: raw.env_fallback,
         webhooks,
+        plugins: raw.plugin,
+        lifecycle: raw.lifecycle,
+        base: base.to_owned(),
     })
 }
 

@@ -30,6 +30,7 @@ pub mod listener;
 pub mod metrics;
 pub mod path;
 pub mod policy;
+pub mod providers;
 pub mod render;
 pub mod secret;
 pub mod server;

@@ -144,3 +144,105 @@ pub fn spawn(
         forward.abort();
     })
 }
+
+#[cfg(test)]
+mod examples {
+    //! The templates in `examples/templates/` validate and render.
+
+    use std::path::Path;
+
+    use super::engine::{Engine, Pass};
+    use super::source::MemorySource;
+    use super::*;
+    use crate::path::SecretPath;
+    use crate::secret::{Fields, SecretString};
+
+    fn secrets() -> Arc<MemorySource> {
+        let src = MemorySource::new();
+        let put = |path: &str, pairs: &[(&str, &str)]| {
+            let fields: Fields = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), SecretString::from(*v)))
+                .collect();
+            src.put(SecretPath::parse(path).expect("path"), fields);
+        };
+        put(
+            "apps/web/db",
+            &[("username", "web"), ("password", "p@ss:w/rd'1")],
+        );
+        put("apps/web/stripe", &[("api_key", "sk_test_$1")]);
+        put(
+            "infra/haproxy/stats",
+            &[("username", "ops"), ("password", "st4ts")],
+        );
+        put(
+            "infra/upstream/api",
+            &[("username", "svc"), ("password", "up")],
+        );
+        Arc::new(src)
+    }
+
+    fn render_example(folder: &str) -> Vec<(String, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/templates")
+            .join(folder);
+        let text = std::fs::read_to_string(dir.join("templates.toml")).expect("example config");
+        // The example users and groups do not exist on a test machine.
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("owner") && !l.starts_with("group"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        #[derive(serde::Deserialize)]
+        struct File {
+            template: Vec<TemplateSection>,
+        }
+        let file: File = toml::from_str(&text).expect("example parses");
+        let mut problems = Vec::new();
+        let templates = spec::validate(&dir, &file.template, &mut problems);
+        assert!(problems.is_empty(), "{folder}: {problems:?}");
+        let engine = Engine::new();
+        let pass = Pass::new(secrets());
+        templates
+            .iter()
+            .map(|t| {
+                let out = engine
+                    .render(t, &pass)
+                    .result
+                    .unwrap_or_else(|e| panic!("{folder}: {e}"));
+                (
+                    t.name.clone(),
+                    String::from_utf8(out.to_vec()).expect("utf8"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn postgres_example_renders() {
+        let out = render_example("postgres");
+        assert_eq!(out[0].1, "127.0.0.1:5432:app:web:p@ss\\:w/rd'1\n");
+        assert!(
+            out[1].1.starts_with(
+                "DATABASE_URL=postgresql://web:p%40ss%3Aw%2Frd%271@127.0.0.1:5432/app?sslmode="
+            ),
+            "{}",
+            out[1].1
+        );
+    }
+
+    #[test]
+    fn haproxy_and_dotenv_examples_render() {
+        let haproxy = render_example("haproxy");
+        assert!(haproxy[0].1.contains("user ops insecure-password st4ts"));
+        assert!(haproxy[0].1.contains("Authorization \"Basic c3ZjOnVw\""));
+        let env = render_example("dotenv");
+        assert!(
+            env[0].1.contains("DB_PASSWORD='p@ss:w/rd'\\''1'\n"),
+            "{}",
+            env[0].1
+        );
+        assert!(env[0].1.contains("STRIPE_API_KEY='sk_test_$1'\n"));
+        assert!(!env[0].1.contains("WEBHOOK"));
+    }
+}

@@ -51,6 +51,9 @@ pub enum Error {
     /// A listener could not be bound.
     #[error(transparent)]
     Listen(#[from] listener::Error),
+    /// A provider plugin could not be loaded.
+    #[error(transparent)]
+    Providers(#[from] crate::providers::Error),
     /// The upstream's configuration cannot work.
     #[error("cannot set up the upstream")]
     Upstream(#[source] crate::upstream::Error),
@@ -149,6 +152,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         tls.clone().spawn_crl_watcher(CRL_POLL);
     }
     let (audit, writer) = Audit::open(&config.audit.path, config.audit.reads).await?;
+    let providers = crate::providers::Providers::load(
+        &config.plugins,
+        &config.lifecycle,
+        &config.base,
+        config.store.path.with_extension("plugins"),
+        audit.clone(),
+    )
+    .await?;
     let cache = Arc::new(HotCache::new(config.hot_cache_entries));
     let events = crate::events::Events::new();
     let (stop, stop_rx) = watch::channel(false);
@@ -174,6 +185,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             std::env::var(var).ok()
         }),
         metrics: crate::metrics::Metrics::new(),
+        providers,
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: config.limits.body_timeout,
     });

@@ -15,6 +15,7 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+#[allow(clippy::print_stderr)] // the skip reason is for the person running the tests
 async fn run_as(
     agent: &Agent,
     who: &Identity,

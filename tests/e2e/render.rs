@@ -462,3 +462,41 @@ destination = {dest}
     assert!(seen > 5, "the reader saw only {seen} distinct versions");
     Ok(())
 }
+
+#[tokio::test]
+async fn render_command_keeps_files_current_as_a_client() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let admin = agent.admin()?;
+    admin.write("apps/svc", json!({"token": "t1"})).await?;
+    let dir = agent.scratch();
+    let dest = dir.join("svc.env");
+    let config = dir.join("templates.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[template]]\ncontents = \"TOKEN={{{{ secret('apps/svc').token | shell_quote }}}}\\n\"\ndestination = {}\n",
+            toml_path(&dest)
+        ),
+    )?;
+    let mut render = tokio::process::Command::new(crate::harness::binary()?)
+        .args(["render", "--config"])
+        .arg(&config)
+        .env("LATCHKEY_DIR", agent.dir())
+        .env_remove("LATCHKEY_ADDR")
+        .env_remove("LATCHKEY_CERT")
+        .env_remove("LATCHKEY_KEY")
+        .env_remove("LATCHKEY_CACERT")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_for_content(&dest, "the first render", |t| t == "TOKEN='t1'\n").await?;
+    admin.write("apps/svc", json!({"token": "t2"})).await?;
+    wait_for_content(&dest, "the re-render on change", |t| t == "TOKEN='t2'\n").await?;
+    let pid = render.id().context("render exited")?;
+    let pid = rustix::process::Pid::from_raw(pid as i32).context("pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    let status = tokio::time::timeout(WAIT, render.wait()).await??;
+    assert!(status.success(), "{status}");
+    Ok(())
+}

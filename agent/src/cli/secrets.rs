@@ -275,3 +275,31 @@ pub(super) async fn rm(args: RmArgs) -> Result<ExitCode, Failure> {
     println!("{path}: deleted");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `latchkey validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Secret path.
+    pub path: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `latchkey validate`: asks the secret's provider plugin now. Exit 0 when valid,
+/// 6 when the service rejected it.
+pub(super) async fn validate(args: ValidateArgs) -> Result<ExitCode, Failure> {
+    let path = SecretPath::parse(&args.path)?;
+    let client = args.client.client()?;
+    let reply = client
+        .request(Method::POST, &format!("/v1/validate/{path}"), None)
+        .await?;
+    check(&reply)?;
+    println!("{}", String::from_utf8_lossy(reply.body.expose()));
+    let json = reply.json().context("the agent's answer is not JSON")?;
+    let valid = json.get("valid").and_then(|v| v.as_bool()).unwrap_or(false);
+    Ok(if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(6)
+    })
+}

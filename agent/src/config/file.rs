@@ -47,6 +47,12 @@ pub struct FileConfig {
     /// Where events (rotations, failures, expiry) are POSTed, signed.
     #[serde(default)]
     pub webhook: Vec<crate::webhook::WebhookSpec>,
+    /// Provider plugins (WebAssembly components), pinned by sha256.
+    #[serde(default)]
+    pub plugin: Vec<crate::providers::PluginSpec>,
+    /// Which plugin looks after which secrets.
+    #[serde(default)]
+    pub lifecycle: Vec<crate::providers::LifecycleSpec>,
 }
 
 /// `[sync]`.

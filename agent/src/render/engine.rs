@@ -192,13 +192,13 @@ impl Engine {
         let env = self.env.read().map_err(|_| Error::Poisoned)?;
         let compiled = env
             .get_template(&template.name)
-            .map_err(|e| template_error(template, &e))?;
+            .map_err(|e| template_error(template, &e, None))?;
         let ctx =
             minijinja::context! { __latchkey_session => Value::from_dyn_object(session.clone()) };
         let mut out = SecretWriter::with_capacity(text.len() * 2 + 256);
         compiled
             .render_captured_to(ctx, &mut out)
-            .map_err(|e| template_error(template, &e))?;
+            .map_err(|e| template_error(template, &e, Some(session)))?;
         Ok(out.0)
     }
 
@@ -214,7 +214,7 @@ impl Engine {
         }
         let mut env = self.env.write().map_err(|_| Error::Poisoned)?;
         env.add_template_owned(template.name.clone(), text.to_string())
-            .map_err(|e| template_error(template, &e))?;
+            .map_err(|e| template_error(template, &e, None))?;
         self.loaded
             .lock()
             .map_err(|_| Error::Poisoned)?
@@ -223,14 +223,33 @@ impl Engine {
     }
 }
 
+/// Marks the messages of latchkey's own functions and filters, which name paths and
+/// fields but never carry a value.
+const OURS: char = '\u{1}';
+
+/// An error from one of our functions or filters.
+fn ours(message: impl Into<String>) -> minijinja::Error {
+    minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{OURS}{}", message.into()),
+    )
+}
+
 /// Turns a minijinja error into ours: template name, line, and a message that names
-/// paths and fields but never a value.
-fn template_error(template: &Template, e: &minijinja::Error) -> Error {
+/// paths and fields but never a value. minijinja's own messages can quote operands
+/// (`unable to calculate 9 * 9`), so every value the render read is scrubbed from them.
+fn template_error(template: &Template, e: &minijinja::Error, session: Option<&Session>) -> Error {
     let message = match (e.kind(), e.detail()) {
         (ErrorKind::UndefinedError, _) => {
             "undefined value (a missing secret field or variable)".to_owned()
         }
-        (_, Some(detail)) => detail.to_owned(),
+        (_, Some(detail)) => match detail.strip_prefix(OURS) {
+            Some(own) => own.to_owned(),
+            None => match session {
+                Some(session) => scrub(detail, session),
+                None => detail.to_owned(),
+            },
+        },
         (kind, None) => kind.to_string(),
     };
     Error::Template {
@@ -238,6 +257,33 @@ fn template_error(template: &Template, e: &minijinja::Error) -> Error {
         line: e.line(),
         message,
     }
+}
+
+/// Replaces every value the session read with `[REDACTED]` (longest first).
+fn scrub(text: &str, session: &Session) -> String {
+    let touched = session
+        .touched
+        .lock()
+        .map(|t| t.clone())
+        .unwrap_or_default();
+    let read: Vec<Arc<Fields>> = match session.pass.0.fetched.lock() {
+        Ok(f) => touched
+            .iter()
+            .filter_map(|p| f.get(p).cloned().flatten())
+            .collect(),
+        Err(_) => return "error details withheld".to_owned(),
+    };
+    let mut values: Vec<&str> = read
+        .iter()
+        .flat_map(|f| f.iter().map(|(_, v)| v.expose()))
+        .filter(|v| !v.is_empty())
+        .collect();
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = text.to_owned();
+    for v in values {
+        out = out.replace(v, "[REDACTED]");
+    }
+    out
 }
 
 /// A `Write` sink that keeps its bytes in zeroizing memory, also when it grows.
@@ -272,44 +318,32 @@ fn session(state: &State) -> Result<Arc<Session>, minijinja::Error> {
     state
         .lookup(SESSION)
         .and_then(|v| v.downcast_object::<Session>())
-        .ok_or_else(|| minijinja::Error::new(ErrorKind::InvalidOperation, "no render session"))
+        .ok_or_else(|| ours("no render session"))
 }
 
 /// `secret("path")` → fields; `secret("path", "field")` → one value.
 fn secret(state: &State, path: String, field: Option<String>) -> Result<Value, minijinja::Error> {
     let session = session(state)?;
-    let path = SecretPath::parse(&path).map_err(|e| {
-        minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!("secret({path:?}): {e}"),
-        )
-    })?;
+    let path = SecretPath::parse(&path).map_err(|e| ours(format!("secret({path:?}): {e}")))?;
     if let Ok(mut t) = session.touched.lock() {
         t.insert(path.clone());
     }
-    let fields = session.pass.0.fetch(&path).map_err(|e| {
-        minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!("cannot read secret {path}: {e}"),
-        )
-    })?;
+    let fields = session
+        .pass
+        .0
+        .fetch(&path)
+        .map_err(|e| ours(format!("cannot read secret {path}: {e}")))?;
     let Some(fields) = fields else {
-        return Err(minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!("secret {path} not found"),
-        ));
+        return Err(ours(format!("secret {path} not found")));
     };
     match field {
         None => Ok(Value::from_object(FieldsValue(fields))),
         Some(name) => match fields.get(&name) {
             Some(v) => Ok(Value::from(v.expose())),
-            None => Err(minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                format!(
-                    "secret {path} has no field {name:?} (it has: {})",
-                    fields.names().collect::<Vec<_>>().join(", ")
-                ),
-            )),
+            None => Err(ours(format!(
+                "secret {path} has no field {name:?} (it has: {})",
+                fields.names().collect::<Vec<_>>().join(", ")
+            ))),
         },
     }
 }
@@ -319,12 +353,9 @@ fn env_var(name: String, default: Option<String>) -> Result<Value, minijinja::Er
     match (std::env::var(&name), default) {
         (Ok(v), _) => Ok(Value::from(v)),
         (Err(_), Some(d)) => Ok(Value::from(d)),
-        (Err(_), None) => Err(minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!(
-                "environment variable {name} is not set (give a default: env({name:?}, \"...\"))"
-            ),
-        )),
+        (Err(_), None) => Err(ours(format!(
+            "environment variable {name} is not set (give a default: env({name:?}, \"...\"))"
+        ))),
     }
 }
 
@@ -337,10 +368,10 @@ fn text(value: &Value, filter: &str) -> Result<String, minijinja::Error> {
         None if matches!(value.kind(), ValueKind::Number | ValueKind::Bool) => {
             Ok(value.to_string())
         }
-        None => Err(minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!("{filter} expects a string, got {}", value.kind()),
-        )),
+        None => Err(ours(format!(
+            "{filter} expects a string, got {}",
+            value.kind()
+        ))),
     }
 }
 
@@ -354,21 +385,16 @@ fn b64decode(value: Value) -> Result<String, minijinja::Error> {
     let bytes = Zeroizing::new(
         base64::engine::general_purpose::STANDARD
             .decode(s.trim())
-            .map_err(|_| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, "b64decode: not base64")
-            })?,
+            .map_err(|_| ours("b64decode: not base64"))?,
     );
-    String::from_utf8(bytes.to_vec()).map_err(|_| {
-        minijinja::Error::new(ErrorKind::InvalidOperation, "b64decode: not UTF-8 text")
-    })
+    String::from_utf8(bytes.to_vec()).map_err(|_| ours("b64decode: not UTF-8 text"))
 }
 
 fn tojson(value: Value) -> Result<String, minijinja::Error> {
     if value.is_undefined() {
         return Err(minijinja::Error::from(ErrorKind::UndefinedError));
     }
-    serde_json::to_string(&value)
-        .map_err(|_| minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: cannot encode"))
+    serde_json::to_string(&value).map_err(|_| ours("tojson: cannot encode"))
 }
 
 /// A YAML/TOML/JSON double-quoted string (the three agree on these escapes).
@@ -397,10 +423,7 @@ fn scalar(value: &Value, filter: &str) -> Result<String, minijinja::Error> {
         ValueKind::String => Ok(quoted(value.as_str().unwrap_or_default())),
         ValueKind::Number | ValueKind::Bool => Ok(value.to_string()),
         ValueKind::Undefined => Err(minijinja::Error::from(ErrorKind::UndefinedError)),
-        other => Err(minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!("{filter}: cannot encode a {other} here"),
-        )),
+        other => Err(ours(format!("{filter}: cannot encode a {other} here"))),
     }
 }
 
@@ -605,6 +628,26 @@ mod tests {
         let r = engine.render(&inline("s", "ok\n{% if %}"), &pass);
         let e = failure(&r);
         assert!(e.starts_with("template s line 2:"), "{e}");
+    }
+
+    #[test]
+    fn builtin_errors_never_quote_a_value() {
+        let src = MemorySource::new();
+        let mut f = Fields::new();
+        f.insert("pin", SecretString::from("987654321987654321"));
+        src.put(SecretPath::parse("apps/pin").expect("path"), f);
+        let engine = Engine::new();
+        let pass = Pass::new(Arc::new(src));
+        let r = engine.render(
+            &inline(
+                "p",
+                "{% set n = secret('apps/pin').pin | int %}{{ n * n * n }}",
+            ),
+            &pass,
+        );
+        let e = failure(&r);
+        assert!(e.starts_with("template p line 1:"), "{e}");
+        assert!(!e.contains("987654321987654321"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -29,6 +29,8 @@ use crate::path::SecretPath;
 const RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Threads rendering and writing in one pass.
+const WORKERS: usize = 4;
 
 /// Something that may change what templates render.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,32 +165,37 @@ impl Runner {
         }
         let engine = self.engine.clone();
         let pass = Pass::new(self.source.clone());
+        let workers = WORKERS.min(jobs.len());
         let done = tokio::task::spawn_blocking(move || {
-            jobs.into_iter()
-                .map(|(i, t)| {
-                    let rendered = engine.render(&t, &pass);
-                    let outcome = match rendered.result {
-                        Err(e) => Outcome::Failed(e),
-                        Ok(content) => match mode {
-                            Mode::DryRun => match write::differs(&t.destination, &content) {
-                                Ok(true) => Outcome::WouldChange,
-                                Ok(false) => Outcome::Unchanged,
-                                Err(source) => Outcome::Failed(Error::Write {
-                                    template: t.name.clone(),
-                                    path: t.destination.clone(),
-                                    source,
-                                }),
-                            },
-                            Mode::Write => match write::write(&t, &content) {
-                                Ok(Written::Changed) => Outcome::Changed,
-                                Ok(Written::Unchanged) => Outcome::Unchanged,
-                                Err(e) => Outcome::Failed(e),
-                            },
-                        },
-                    };
-                    (i, rendered.paths, outcome)
-                })
-                .collect::<Vec<_>>()
+            let queue = Mutex::new(jobs.into_iter());
+            let results = Mutex::new(Vec::new());
+            let folders = Mutex::new(BTreeSet::new());
+            // A few workers: writes wait on fsync, so they overlap well even on few cores.
+            std::thread::scope(|scope| {
+                for _ in 0..workers {
+                    scope.spawn(|| loop {
+                        let next = queue.lock().ok().and_then(|mut q| q.next());
+                        let Some((i, t)) = next else { break };
+                        let (paths, outcome) = render_one(&engine, &pass, &t, mode);
+                        if matches!(outcome, Outcome::Changed) {
+                            if let Ok(mut f) = folders.lock() {
+                                f.insert(write::folder_of(&t.destination));
+                            }
+                        }
+                        if let Ok(mut r) = results.lock() {
+                            r.push((i, paths, outcome));
+                        }
+                    });
+                }
+            });
+            for folder in folders.into_inner().unwrap_or_default() {
+                if let Err(e) = write::sync_dir(&folder) {
+                    tracing::warn!(folder = %folder.display(), error = %e, "cannot fsync the folder after a rename");
+                }
+            }
+            let mut results = results.into_inner().unwrap_or_default();
+            results.sort_by_key(|(i, _, _)| *i);
+            results
         })
         .await;
         let done = match done {
@@ -319,6 +326,36 @@ impl Runner {
             }
         }
     }
+}
+
+/// Renders and writes (or compares) one template.
+fn render_one(
+    engine: &Engine,
+    pass: &Arc<Pass>,
+    t: &Template,
+    mode: Mode,
+) -> (BTreeSet<SecretPath>, Outcome) {
+    let rendered = engine.render(t, pass);
+    let outcome = match rendered.result {
+        Err(e) => Outcome::Failed(e),
+        Ok(content) => match mode {
+            Mode::DryRun => match write::differs(&t.destination, &content) {
+                Ok(true) => Outcome::WouldChange,
+                Ok(false) => Outcome::Unchanged,
+                Err(source) => Outcome::Failed(Error::Write {
+                    template: t.name.clone(),
+                    path: t.destination.clone(),
+                    source,
+                }),
+            },
+            Mode::Write => match write::write(t, &content) {
+                Ok(Written::Changed) => Outcome::Changed,
+                Ok(Written::Unchanged) => Outcome::Unchanged,
+                Err(e) => Outcome::Failed(e),
+            },
+        },
+    };
+    (rendered.paths, outcome)
 }
 
 fn backoff(attempts: u32) -> Duration {

@@ -4,7 +4,8 @@
 //! The new content goes to a temporary file in the destination's folder (created
 //! `0600` and exclusive), gets its mode and owner, is fsynced, optionally checked by
 //! the template's `validate` command, and is then renamed over the destination; the
-//! folder is fsynced so the rename survives a crash. A reader opens either the old
+//! folder is fsynced ([`sync_dir`], once per folder per pass, before any action runs)
+//! so the rename survives a crash. A reader opens either the old
 //! file or the new one. If the destination already holds the same bytes, nothing is
 //! written (a restart or a re-sync re-renders without touching files or running
 //! actions); a mode or owner that drifted is put back without counting as a change.
@@ -45,6 +46,7 @@ pub fn differs(destination: &Path, content: &[u8]) -> Result<bool, io::Error> {
 }
 
 /// Replaces `template.destination` with `content` if it differs, validate-then-swap.
+/// The caller makes the rename durable with [`sync_dir`] on the destination's folder.
 /// Blocking: call from a blocking thread.
 pub fn write(template: &Template, content: &[u8]) -> Result<Written, Error> {
     let dest = &template.destination;
@@ -57,10 +59,7 @@ pub fn write(template: &Template, content: &[u8]) -> Result<Written, Error> {
         fix_metadata(template).map_err(io_err)?;
         return Ok(Written::Unchanged);
     }
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
+    let dir = folder_of(dest);
     fs::create_dir_all(&dir).map_err(io_err)?;
     let temp = TempFile::create(&dir, dest).map_err(io_err)?;
     let mut file = &temp.file;
@@ -81,10 +80,21 @@ pub fn write(template: &Template, content: &[u8]) -> Result<Written, Error> {
             })?;
     }
     temp.persist(dest).map_err(io_err)?;
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err)?;
     Ok(Written::Changed)
+}
+
+/// Makes the renames in a folder durable. Called once per folder after a pass's
+/// writes (and before their actions), rather than once per file.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The folder a destination lives in.
+pub fn folder_of(destination: &Path) -> PathBuf {
+    match destination.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Puts back a mode or owner that drifted on an unchanged file.

@@ -1,0 +1,210 @@
+//! Provider plugins inside the real agent: `[[plugin]]` and `[[lifecycle]]` load a
+//! WebAssembly provider (the host's test guest), `POST /v1/validate/{path}` calls it,
+//! and a plugin that loops, allocates without end or traps fails its own call while
+//! the agent keeps serving secrets during and after. A tampered component is refused.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_json::json;
+
+use crate::harness::Agent;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the plugin host's test guest once per run (wasm32-wasip2).
+fn guest() -> anyhow::Result<&'static Path> {
+    static WASM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = WASM.get_or_init(|| {
+        let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-wasm-guests");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                "latchkey-test-guest",
+            ])
+            .env("CARGO_TARGET_DIR", &target)
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(
+                "building the test guest failed (run .ci/install-tools.sh for wasm32-wasip2)"
+                    .into(),
+            );
+        }
+        Ok(target.join("wasm32-wasip2/release/latchkey_test_guest.wasm"))
+    });
+    match built {
+        Ok(p) => Ok(p.as_path()),
+        Err(e) => bail!("{e}"),
+    }
+}
+
+fn sha256_of(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn plugin_config(wasm: &Path, sha256: &str) -> String {
+    let manifest = workspace_root().join("agent/plugin-host/guests/basic/plugin.toml");
+    format!(
+        r#"
+[[plugin]]
+name = "basic"
+wasm = {wasm:?}
+manifest = {manifest:?}
+sha256 = "{sha256}"
+memory_mb = 32
+deadline = "1s"
+
+[[lifecycle]]
+paths = ["keys/**"]
+plugin = "basic"
+config = {{ mode = "key" }}
+
+[[lifecycle]]
+paths = ["bad/loop"]
+plugin = "basic"
+config = {{ mode = "loop" }}
+
+[[lifecycle]]
+paths = ["bad/alloc"]
+plugin = "basic"
+config = {{ mode = "alloc" }}
+
+[[lifecycle]]
+paths = ["bad/trap"]
+plugin = "basic"
+config = {{ mode = "trap" }}
+"#,
+        wasm = wasm.display().to_string(),
+        manifest = manifest.display().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_runaway_plugin_fails_its_call_while_the_agent_keeps_serving() -> anyhow::Result<()> {
+    let wasm = guest()?;
+    let agent = Agent::builder()
+        .append(&plugin_config(wasm, &sha256_of(wasm)?))
+        .start()
+        .await?;
+    let admin = agent.admin()?;
+    for (path, key) in [
+        ("keys/good", "good"),
+        ("keys/bad", "nope"),
+        ("bad/loop", "x"),
+        ("bad/alloc", "x"),
+        ("bad/trap", "x"),
+    ] {
+        assert_eq!(admin.write(path, json!({ "key": key })).await?.status, 200);
+    }
+    admin
+        .write("apps/web/db", json!({ "password": "served-meanwhile" }))
+        .await?;
+
+    let good = admin
+        .request(http::Method::POST, "/v1/validate/keys/good", None)
+        .await?;
+    assert_eq!(good.status, 200, "{}", good.body);
+    assert_eq!(good.json()["valid"], true, "{}", good.body);
+    let bad = admin
+        .request(http::Method::POST, "/v1/validate/keys/bad", None)
+        .await?;
+    assert_eq!(bad.json()["valid"], false, "{}", bad.body);
+
+    for path in ["bad/loop", "bad/alloc", "bad/trap"] {
+        // Reads keep being answered while the plugin runs away.
+        let reader = {
+            let api = agent.admin()?;
+            tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                let mut served = 0;
+                let until = Instant::now() + Duration::from_millis(900);
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    let answer = api.read("apps/web/db").await?;
+                    anyhow::ensure!(answer.status == 200, "read failed: {}", answer.body);
+                    slowest = slowest.max(started.elapsed());
+                    served += 1;
+                }
+                Ok::<_, anyhow::Error>((served, slowest))
+            })
+        };
+        let started = Instant::now();
+        let answer = admin
+            .request(http::Method::POST, &format!("/v1/validate/{path}"), None)
+            .await?;
+        let took = started.elapsed();
+        assert_eq!(answer.status, 502, "{path}: {}", answer.body);
+        assert_eq!(
+            answer.code().as_deref(),
+            Some("plugin_failed"),
+            "{path}: {}",
+            answer.body
+        );
+        assert!(took < Duration::from_secs(5), "{path} took {took:?}");
+        let (served, slowest) = reader.await??;
+        assert!(
+            served > 10,
+            "{path}: only {served} reads answered meanwhile"
+        );
+        assert!(
+            slowest < Duration::from_millis(500),
+            "{path}: a read took {slowest:?}"
+        );
+        // And after: the agent and the plugin both still work.
+        assert_eq!(
+            admin
+                .read("apps/web/db")
+                .await?
+                .field("password")
+                .as_deref(),
+            Some("served-meanwhile")
+        );
+        let again = admin
+            .request(http::Method::POST, "/v1/validate/keys/good", None)
+            .await?;
+        assert_eq!(again.json()["valid"], true, "after {path}: {}", again.body);
+    }
+    // The guest's own panic message is logged as plugin output; the agent never panics.
+    let logs = agent.logs();
+    let agent_panics: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("panicked") && !l.contains("plugin output"))
+        .collect();
+    assert!(agent_panics.is_empty(), "{agent_panics:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tampered_plugin_is_refused_at_start() -> anyhow::Result<()> {
+    let wasm = guest()?;
+    let wrong = "0".repeat(64);
+    let started = Agent::builder()
+        .append(&plugin_config(wasm, &wrong))
+        .start()
+        .await;
+    let Err(e) = started else {
+        bail!("an agent with a wrong plugin digest must not start");
+    };
+    let text = format!("{e:#}");
+    assert!(text.contains("sha256") || text.contains("digest"), "{text}");
+    Ok(())
+}
