@@ -3,20 +3,25 @@
 //! Every denial, every write and delete, and (unless `audit.reads = false`) every
 //! read is recorded with the peer's identity, the operation, the path, the outcome
 //! and the stable error code. Values never: a record has no field that could hold
-//! one. Requests hand records to a bounded channel and a single writer task appends
-//! them, so the request path does no file I/O; when the channel is full the request
+//! one. Requests hand records to a bounded channel and a single writer thread appends
+//! them in batches, so the request path does no file I/O; when the channel is full the request
 //! waits rather than drop a record. Denials are also logged at `warn`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// Records waiting to be written before requests start to wait.
 const QUEUE: usize = 8192;
+/// How long the writer lets records gather after a write.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,14 +102,14 @@ pub struct Audit {
     reads: bool,
 }
 
-/// The writer task; [`Writer::finish`] waits until every record is on disk.
+/// The writer thread; [`Writer::finish`] waits until every record is on disk.
 #[derive(Debug)]
 pub struct Writer(JoinHandle<()>);
 
 impl Writer {
     /// Waits for the writer to drain (after every [`Audit`] handle is dropped).
     pub async fn finish(self) {
-        let _ = self.0.await;
+        let _ = tokio::task::spawn_blocking(move || self.0.join()).await;
     }
 }
 
@@ -116,18 +121,21 @@ impl Audit {
             source,
         };
         if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(err)?;
+            std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(path)
-            .await
             .map_err(err)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_loop(file, rx, path.to_owned()));
-        Ok((Audit { tx, reads }, Writer(task)))
+        let owned = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("latchkey-audit".into())
+            .spawn(move || write_loop(file, rx, owned))
+            .map_err(err)?;
+        Ok((Audit { tx, reads }, Writer(thread)))
     }
 
     /// Whether successful reads are recorded.
@@ -188,26 +196,34 @@ impl Audit {
     }
 }
 
-async fn write_loop(file: tokio::fs::File, mut rx: mpsc::Receiver<Record>, path: PathBuf) {
-    let mut out = tokio::io::BufWriter::new(file);
-    let mut batch = Vec::with_capacity(256);
+/// Runs on its own thread with plain blocking writes: a request only queues its
+/// record. After each flush the thread waits [`LINGER`] so that a burst of records
+/// shares one `write(2)` and senders rarely have to wake it; when the queue is empty
+/// it parks until the next record.
+fn write_loop(file: std::fs::File, mut rx: mpsc::Receiver<Record>, path: PathBuf) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
     let mut line = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        for record in batch.drain(..) {
-            line.clear();
-            if serde_json::to_writer(&mut line, &record).is_err() {
-                continue;
-            }
-            line.push(b'\n');
-            if let Err(e) = out.write_all(&line).await {
-                tracing::error!(path = %path.display(), error = %e, "audit write failed");
-            }
+    let mut write = |out: &mut std::io::BufWriter<std::fs::File>, record: &Record| {
+        line.clear();
+        if serde_json::to_writer(&mut line, record).is_err() {
+            return;
         }
-        if let Err(e) = out.flush().await {
-            tracing::error!(path = %path.display(), error = %e, "audit flush failed");
+        line.push(b'\n');
+        if let Err(e) = out.write_all(&line) {
+            tracing::error!(path = %path.display(), error = %e, "audit write failed");
         }
+    };
+    while let Some(first) = rx.blocking_recv() {
+        write(&mut out, &first);
+        while let Ok(record) = rx.try_recv() {
+            write(&mut out, &record);
+        }
+        if let Err(e) = out.flush() {
+            tracing::error!(error = %e, "audit flush failed");
+        }
+        std::thread::sleep(LINGER);
     }
-    let _ = out.flush().await;
+    let _ = out.flush();
 }
 
 #[cfg(test)]
