@@ -1,0 +1,362 @@
+//! Results and the markdown report.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+
+use crate::procfs::Memory;
+
+/// The heading `--write` replaces.
+pub const SECTION: &str = "## Serving (issue 2)";
+
+/// What the machine is.
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu: String,
+    pub kernel: String,
+    pub date: String,
+    pub loadavg: String,
+}
+
+impl Machine {
+    pub fn probe() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("model name")
+                        .map(|r| r.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+                })
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let loadavg = std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
+        let date = time::OffsetDateTime::now_utc()
+            .format(&time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute] UTC"
+            ))
+            .unwrap_or_default();
+        Machine {
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cpu,
+            kernel,
+            date,
+            loadavg,
+        }
+    }
+}
+
+/// One server at one connection count (merged over rounds).
+pub struct Measured {
+    pub server: &'static str,
+    pub conns: usize,
+    pub hist: Histogram<u64>,
+    pub requests: u64,
+    pub elapsed: Duration,
+    pub server_cpu: Duration,
+    pub client_cpu: Duration,
+    pub mem: Memory,
+}
+
+impl Measured {
+    pub fn merge(&mut self, other: Measured) {
+        let _ = self.hist.add(&other.hist);
+        self.requests += other.requests;
+        self.elapsed += other.elapsed;
+        self.server_cpu += other.server_cpu;
+        self.client_cpu += other.client_cpu;
+        self.mem.rss_kib = self.mem.rss_kib.max(other.mem.rss_kib);
+        self.mem.hwm_kib = self.mem.hwm_kib.max(other.mem.hwm_kib);
+    }
+
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn us(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1e3
+    }
+
+    fn cpu_per_req_us(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
+    }
+}
+
+/// Agent starts with many secrets.
+pub struct Startup {
+    pub secrets: usize,
+    pub runs: Vec<(Duration, Memory)>,
+    pub seed_took: Duration,
+}
+
+impl Startup {
+    fn median_ms(&self) -> f64 {
+        let mut t: Vec<f64> = self
+            .runs
+            .iter()
+            .map(|(d, _)| d.as_secs_f64() * 1e3)
+            .collect();
+        median(&mut t)
+    }
+
+    fn median_rss_mib(&self) -> f64 {
+        let mut r: Vec<f64> = self
+            .runs
+            .iter()
+            .map(|(_, m)| m.rss_kib as f64 / 1024.0)
+            .collect();
+        median(&mut r)
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub struct Settings {
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub rounds: usize,
+    pub client_threads: usize,
+    pub quick: bool,
+}
+
+pub struct Report {
+    pub machine: Machine,
+    pub opts: Settings,
+    pub body_len: usize,
+    pub results: Vec<Measured>,
+    pub startup: Option<Startup>,
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn yes(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**not met**"
+    }
+}
+
+impl Report {
+    fn get(&self, server: &str, conns: usize) -> Option<&Measured> {
+        self.results
+            .iter()
+            .find(|m| m.server == server && m.conns == conns)
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let o = &self.opts;
+        let mut s = String::new();
+        let _ = writeln!(s, "{SECTION}\n");
+        let _ = writeln!(
+            s,
+            "Measured {} on {} × {} (`nproc` {}), Linux {}; load average at the start {}.",
+            m.date, m.nproc, m.cpu, m.nproc, m.kernel, m.loadavg
+        );
+        let _ = writeln!(
+            s,
+            "Command: `cargo bench -p latchkey-agent --bench serve{}` ({} round(s) of {:.1} s per row after {:.1} s of warm-up, \
+             agent and baseline interleaved; client: {} tokio runtime). \
+             Cached-secret `GET /v1/secrets/apps/bench/db` with an app certificate, over the Unix socket with mTLS \
+             (TLS 1.3, rustls + ring), HTTP/1.1 keep-alive, closed loop; answer body {} bytes. \
+             Server CPU is utime+stime from /proc/PID/stat over the measured interval divided by requests; \
+             client CPU likewise for the load generator (it shares the machine).\n",
+            if o.quick { " -- --quick" } else { "" },
+            o.rounds,
+            o.duration.as_secs_f64(),
+            o.warmup.as_secs_f64(),
+            match o.client_threads {
+                0 => "multi-thread (default workers)".to_owned(),
+                1 => "current-thread".to_owned(),
+                n => format!("{n}-worker multi-thread"),
+            },
+            self.body_len
+        );
+        let _ = writeln!(
+            s,
+            "| server | conns | req/s | p50 µs | p99 µs | p99.9 µs | max µs | server CPU/req µs | client CPU/req µs | RSS / HWM MiB |"
+        );
+        let _ = writeln!(
+            s,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let mut rows: Vec<&Measured> = self.results.iter().collect();
+        rows.sort_by_key(|r| (r.conns, r.server == "baseline", r.server));
+        for r in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} |",
+                r.server,
+                r.conns,
+                r.rps(),
+                r.us(0.5),
+                r.us(0.99),
+                r.us(0.999),
+                r.hist.max() as f64 / 1e3,
+                r.cpu_per_req_us(r.server_cpu),
+                r.cpu_per_req_us(r.client_cpu),
+                mib(r.mem.rss_kib),
+                mib(r.mem.hwm_kib),
+            );
+        }
+        let _ = writeln!(s);
+
+        let _ = writeln!(s, "| goal (issue 2) | target | result | |");
+        let _ = writeln!(s, "| --- | --- | --- | --- |");
+        let conns_hi = self.results.iter().map(|r| r.conns).max().unwrap_or(32);
+        if let (Some(a), Some(b)) = (self.get("agent", conns_hi), self.get("baseline", conns_hi)) {
+            let ratio = a.rps() / b.rps();
+            let _ = writeln!(
+                s,
+                "| throughput at {conns_hi} connections vs baseline | ≥ 0.85× | {ratio:.2}× ({:.0} vs {:.0} req/s) | {} |",
+                a.rps(),
+                b.rps(),
+                yes(ratio >= 0.85)
+            );
+        }
+        if let (Some(a), Some(b)) = (self.get("agent", conns_hi), self.get("baseline", conns_hi)) {
+            // On a CPU-bound machine, throughput is inversely proportional to the CPU the
+            // client and the server spend per request; unlike req/s, this is not skewed
+            // by other processes taking CPU time from one server more than the other.
+            let per =
+                |m: &Measured| m.cpu_per_req_us(m.server_cpu) + m.cpu_per_req_us(m.client_cpu);
+            let projected = per(b) / per(a);
+            let _ = writeln!(
+                s,
+                "| same, projected from CPU per request (client + server), for an otherwise idle machine | ≥ 0.85× | {projected:.2}× (server {:.1} vs {:.1} µs/req) | {} |",
+                a.cpu_per_req_us(a.server_cpu),
+                b.cpu_per_req_us(b.server_cpu),
+                yes(projected >= 0.85)
+            );
+        }
+        if let (Some(a), Some(b)) = (self.get("agent", 1), self.get("baseline", 1)) {
+            let ratio = a.us(0.5) / b.us(0.5);
+            let _ = writeln!(
+                s,
+                "| p50 at 1 connection vs baseline | ≤ 1.25× | {ratio:.2}× ({:.1} vs {:.1} µs) | {} |",
+                a.us(0.5),
+                b.us(0.5),
+                yes(ratio <= 1.25)
+            );
+            let _ = writeln!(
+                s,
+                "| p99 at 1 connection | < 150 µs | {:.1} µs ({:.2}× baseline's {:.1} µs) | {} |",
+                a.us(0.99),
+                a.us(0.99) / b.us(0.99),
+                b.us(0.99),
+                yes(a.us(0.99) < 150.0)
+            );
+        }
+        for conns in [1, conns_hi] {
+            if let (Some(v), Some(b)) = (
+                self.get("agent, audit.reads=false", conns),
+                self.get("baseline", conns),
+            ) {
+                let _ = writeln!(
+                    s,
+                    "| (for comparison) agent with `audit.reads = false`, {conns} conn. | — | {:.2}× baseline req/s, p50 {:.2}×, p99 {:.1} µs, server CPU {:.1} µs/req | |",
+                    v.rps() / b.rps(),
+                    v.us(0.5) / b.us(0.5),
+                    v.us(0.99),
+                    v.cpu_per_req_us(v.server_cpu),
+                );
+            }
+        }
+        let serve_hwm = self
+            .results
+            .iter()
+            .filter(|r| r.server != "baseline")
+            .map(|r| r.mem.hwm_kib)
+            .max()
+            .unwrap_or(0);
+        if let Some(st) = &self.startup {
+            let ms = st.median_ms();
+            let _ = writeln!(
+                s,
+                "| start with {} secrets (spawn → first mTLS `/v1/health` 200), median of {} | < 100 ms | {ms:.1} ms | {} |",
+                st.secrets,
+                st.runs.len(),
+                yes(ms < 100.0)
+            );
+            let rss = st.median_rss_mib();
+            let _ = writeln!(
+                s,
+                "| RSS at that moment, median | < 30 MiB | {rss:.1} MiB | {} |",
+                yes(rss < 30.0)
+            );
+        }
+        if serve_hwm > 0 {
+            let _ = writeln!(
+                s,
+                "| RSS peak (VmHWM) while serving | < 30 MiB | {:.1} MiB | {} |",
+                mib(serve_hwm),
+                yes(mib(serve_hwm) < 30.0)
+            );
+        }
+        if let Some(st) = &self.startup {
+            let mut times: Vec<f64> = st.runs.iter().map(|(d, _)| d.as_secs_f64() * 1e3).collect();
+            times.sort_by(|a, b| a.total_cmp(b));
+            let list: Vec<String> = times.iter().map(|t| format!("{t:.1}")).collect();
+            let _ = writeln!(
+                s,
+                "\nStarts (ms, sorted): {}. The {} secrets were stored beforehand with `latchkey::store::Store` while the agent was stopped ({:.1} s).",
+                list.join(", "),
+                st.secrets,
+                st.seed_took.as_secs_f64()
+            );
+        }
+        s
+    }
+}
+
+/// Marks the generated part of the section, so notes written by hand after the end
+/// marker (analysis, profiles) survive a `--write`.
+pub const BEGIN: &str =
+    "<!-- serve-bench:begin (generated by the serve bench; edit below the end marker) -->";
+pub const END: &str = "<!-- serve-bench:end -->";
+
+/// Writes the report into a markdown file: between the markers if they are there,
+/// else as a new section at the end.
+pub fn write_section(path: &Path, report: &str) -> anyhow::Result<()> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_owned(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    // The heading stays outside the markers.
+    let body = report.trim().strip_prefix(SECTION).unwrap_or(report).trim();
+    let generated = format!("{BEGIN}\n\n{body}\n\n{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => {
+            format!("{}{}{}", &old[..b], generated, &old[e + END.len()..])
+        }
+        _ => format!("{}\n\n{SECTION}\n\n{generated}\n", old.trim_end()),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
+}
