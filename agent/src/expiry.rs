@@ -22,6 +22,9 @@ pub const WARN_DAYS: [i64; 3] = [30, 14, 7];
 
 const DAY: i64 = 24 * 3600;
 
+/// After a write, how long to wait for more before scanning once.
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// One warning that is due: (path, version, days before expiry; 0 = expired).
 type Mark = (String, u64, i64);
 
@@ -133,14 +136,27 @@ impl Expiry {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
+                let mut settle = false;
                 tokio::select! {
                     _ = tick.tick() => {}
                     got = changes.recv() => match got {
-                        Ok(e) if matches!(e.kind, Kind::Updated | Kind::Rotated | Kind::Refreshed) => {}
+                        Ok(e) if matches!(e.kind, Kind::Updated | Kind::Rotated | Kind::Refreshed) => {
+                            settle = true;
+                        }
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },
                     _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+                if settle {
+                    // Let a burst (a sync of thousands of secrets) settle, then scan
+                    // once for all of it.
+                    tokio::time::sleep(SETTLE).await;
+                    while !matches!(
+                        changes.try_recv(),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Empty
+                            | tokio::sync::broadcast::error::TryRecvError::Closed)
+                    ) {}
                 }
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -8,12 +8,17 @@
 //!   configured prefix (versions only, no values), fetches what changed through a
 //!   bounded pool, and drops what was deleted upstream.
 //! - **Misses.** A read of a path the store lacks asks the upstream once; concurrent
-//!   misses for the same path share that one request (single-flight).
+//!   misses for the same path share that one request (single-flight). Cached paths
+//!   outside every prefix (from misses or writes) are checked one by one on each
+//!   poll, so they follow the upstream too.
 //! - **Writes.** Admin writes and deletes go upstream first (check-and-set), then to the
 //!   store; a lost check-and-set is a conflict, never a silent overwrite.
 //! - **Outages.** A failed poll is retried with exponential backoff and jitter. Until
 //!   the grace period has passed since the last good sync, reads are served from the
-//!   store marked `stale`; after it, reads fail with `upstream_unavailable`. The time
+//!   store marked `stale`; after it, reads fail with `upstream_unavailable`. After a
+//!   restart, a cache older than one poll interval is `stale` until a poll succeeds.
+//!   A secret the upstream lists but refuses to return (policy) is skipped, not
+//!   taken for an outage. The time
 //!   of the last good sync is kept on disk, so an agent restarted during an outage
 //!   serves from its cache at once and still knows how old that cache is.
 //! - **Budget.** One semaphore bounds concurrent upstream calls from polls, misses and
@@ -102,6 +107,9 @@ pub struct Report {
     pub fetched: usize,
     /// Secrets dropped because the upstream no longer has them.
     pub deleted: usize,
+    /// Secrets listed but not fetched because the upstream refused them (a policy
+    /// that denies reading one path); their cached copies, if any, are kept.
+    pub skipped: usize,
     /// Milliseconds the poll took.
     pub elapsed_ms: u64,
 }
@@ -116,6 +124,11 @@ struct Health {
     /// Failures in a row.
     #[serde(skip)]
     failures: u32,
+    /// Whether a poll has succeeded since this process started. Until one has, a
+    /// cache older than a poll interval is not known to be current (a restart during
+    /// an outage, or against a hung upstream whose first poll has not failed yet).
+    #[serde(skip)]
+    confirmed: bool,
 }
 
 type MissCell = Arc<OnceCell<Result<bool, Arc<Error>>>>;
@@ -130,6 +143,10 @@ pub struct Syncer {
     budget: Arc<Semaphore>,
     health: Mutex<Health>,
     misses: Mutex<HashMap<SecretPath, MissCell>>,
+    /// Cached secrets no configured prefix covers (fetched on a miss, or written
+    /// through the agent): no list sees them, so each poll checks them one by one.
+    /// `None` until the first poll has looked for those an earlier run left.
+    strays: Mutex<Option<HashSet<SecretPath>>>,
     wake: Notify,
     state_file: PathBuf,
 }
@@ -173,6 +190,7 @@ impl Syncer {
             config,
             health: Mutex::new(health),
             misses: Mutex::new(HashMap::new()),
+            strays: Mutex::new(None),
             wake: Notify::new(),
             state_file,
         })
@@ -187,10 +205,13 @@ impl Syncer {
     pub fn freshness(&self) -> Freshness {
         let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let now = now_ms();
-        let age_seconds = health
+        let age_ms = health
             .last_success_ms
-            .map(|t| (now.saturating_sub(t).max(0) / 1000) as u64);
-        if health.failing_since_ms.is_none() {
+            .map(|t| now.saturating_sub(t).max(0) as u64);
+        let age_seconds = age_ms.map(|ms| ms / 1000);
+        let unconfirmed = !health.confirmed
+            && age_ms.is_some_and(|ms| Duration::from_millis(ms) > self.config.poll_interval);
+        if health.failing_since_ms.is_none() && !unconfirmed {
             return Freshness::Fresh { age_seconds };
         }
         match age_seconds {
@@ -273,6 +294,7 @@ impl Syncer {
         health.last_success_ms = Some(now_ms());
         health.failing_since_ms = None;
         health.failures = 0;
+        health.confirmed = true;
         if let Ok(raw) = serde_json::to_vec(&*health) {
             drop(health);
             let tmp = self.state_file.with_extension("tmp");
@@ -358,6 +380,17 @@ impl Syncer {
                             report.deleted += 1;
                         }
                     }
+                    // The upstream answered but refused this one secret: that says
+                    // nothing about its health, so the poll goes on without it.
+                    Err(e) if !e.is_transient() => {
+                        tracing::warn!(
+                            upstream = self.upstream.name(),
+                            path = %path,
+                            error = %e,
+                            "cannot fetch a listed secret; keeping the cached copy"
+                        );
+                        report.skipped += 1;
+                    }
                     Err(e) => {
                         first_error.get_or_insert(e);
                     }
@@ -369,6 +402,13 @@ impl Syncer {
                 }
             }
         }
+        match self.poll_strays(report).await {
+            Err(Error::Upstream(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
         if report.fetched + report.deleted > 0 {
             self.store.flush().await?;
         }
@@ -376,6 +416,105 @@ impl Syncer {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
+    }
+
+    fn covered(&self, path: &SecretPath) -> bool {
+        self.config.prefixes.iter().any(|p| p.matches(path))
+    }
+
+    /// Remembers a cached path outside the prefixes, so polls keep it current.
+    fn note_stray(&self, path: &SecretPath) {
+        if !self.covered(path) {
+            let mut strays = self.strays.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(set) = strays.as_mut() {
+                set.insert(path.clone());
+            }
+        }
+    }
+
+    /// Refreshes cached secrets that no configured prefix covers: each one's version
+    /// is asked for, and it is fetched again when it changed or dropped when it is
+    /// gone upstream. The first poll of a run finds those an earlier run left with one
+    /// scan of the local index; later polls only check the ones known.
+    async fn poll_strays(&self, report: &mut Report) -> Result<(), Error> {
+        if self.config.prefixes.iter().any(|p| p.as_str().is_empty()) {
+            return Ok(());
+        }
+        let known = self
+            .strays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let paths: Vec<SecretPath> = match known {
+            Some(set) => set.into_iter().collect(),
+            None => {
+                let store = self.store.clone();
+                let found: HashSet<SecretPath> =
+                    tokio::task::spawn_blocking(move || store.list(&Prefix::all()))
+                        .await
+                        .map_err(|_| {
+                            Error::Store(store::Error::Invalid("list task failed".into()))
+                        })??
+                        .into_iter()
+                        .map(|e| e.path)
+                        .filter(|p| !self.covered(p))
+                        .collect();
+                let mut strays = self.strays.lock().unwrap_or_else(|e| e.into_inner());
+                strays.get_or_insert_with(HashSet::new).extend(found);
+                strays.iter().flatten().cloned().collect()
+            }
+        };
+        let mut gone = Vec::new();
+        let mut checks = tokio::task::JoinSet::new();
+        for path in paths {
+            let Some(local) = self.store.get(&path, Selector::Current)? else {
+                gone.push(path);
+                continue;
+            };
+            let budget = self.budget.clone();
+            let upstream = self.upstream.clone();
+            checks.spawn(async move {
+                let _permit = budget.acquire_owned().await;
+                let changed = match upstream.metadata(&path).await {
+                    Ok(Some(meta)) if meta.version == local.version => return Ok(None),
+                    Ok(Some(_)) => upstream.read(&path).await,
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                changed.map(|remote| Some((path, remote)))
+            });
+        }
+        let mut first_error = None;
+        while let Some(joined) = checks.join_next().await {
+            match joined {
+                Ok(Ok(Some((_, Some(remote))))) => {
+                    self.keep(remote)?;
+                    report.fetched += 1;
+                }
+                Ok(Ok(Some((path, None)))) => {
+                    if self.drop_local(&path)? {
+                        report.deleted += 1;
+                    }
+                    gone.push(path);
+                }
+                Ok(Ok(None)) | Err(_) => {}
+                Ok(Err(e)) if !e.is_transient() => report.skipped += 1,
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(set) = self
+            .strays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            for path in &gone {
+                set.remove(path);
+            }
+        }
+        first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Stores an upstream version, replacing the local copy. A version below the local
@@ -436,6 +575,7 @@ impl Syncer {
                         Some(remote) => {
                             self.keep(remote)?;
                             self.store.flush().await?;
+                            self.note_stray(path);
                             Ok(true)
                         }
                         None => Ok(false),
@@ -480,6 +620,7 @@ impl Syncer {
         };
         self.store.flush().await?;
         self.cache.invalidate(path);
+        self.note_stray(path);
         self.events.publish(Event::now(
             Kind::Updated,
             path.clone(),

@@ -13,6 +13,8 @@ mod moto;
 mod openbao;
 #[path = "../harness/spawn.rs"]
 mod spawn;
+#[path = "../harness/upstream_agent.rs"]
+mod upstream_agent;
 
 mod cli;
 mod clients;
@@ -28,5 +30,6 @@ mod plugins;
 mod render;
 mod security;
 mod serve;
+mod sync;
 mod upstream_clients;
 mod webhook;
