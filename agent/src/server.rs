@@ -96,10 +96,15 @@ impl Running {
 
 /// Builds the upstream client named by the config (no network I/O yet: logins
 /// happen on first use, so an agent starts while its upstream is down).
-async fn connect_upstream(config: &UpstreamConfig) -> Result<Option<Upstreams>, Error> {
+async fn connect_upstream(
+    config: &UpstreamConfig,
+    sync: &crate::sync::SyncConfig,
+) -> Result<Option<Upstreams>, Error> {
     Ok(match config {
         UpstreamConfig::OpenBao(c) => {
-            let bao = OpenBao::from_config(c).map_err(Error::Upstream)?;
+            let bao = OpenBao::from_config(c)
+                .map_err(Error::Upstream)?
+                .with_list_concurrency(sync.concurrency);
             let transit = match &c.transit {
                 Some(t) => Some(TransitKek::new(
                     &t.mount,
@@ -132,7 +137,7 @@ struct Upstreams {
 /// Opens everything and starts serving.
 pub async fn start(config: Config) -> Result<Running, Error> {
     let upstream = match &config.upstream {
-        Some(u) => connect_upstream(u).await?,
+        Some(u) => connect_upstream(u, &config.sync).await?,
         None => None,
     };
     let store = match (

@@ -981,8 +981,6 @@ async fn a_restart_against_a_hung_upstream_says_stale_at_once() -> anyhow::Resul
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug in upstream/openbao.rs: the per-secret metadata fan-out of a list \
-            (LIST_CONCURRENCY = 16) runs inside one sync permit"]
 async fn the_budget_holds_when_a_list_costs_a_request_per_secret() -> anyhow::Result<()> {
     let bao = OpenBao::start().await?;
     for i in 0..40 {

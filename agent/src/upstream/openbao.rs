@@ -56,6 +56,8 @@ pub struct OpenBao {
 }
 
 struct Inner {
+    /// Metadata requests one list keeps in flight.
+    list_concurrency: usize,
     name: String,
     mount: String,
     template: PathTemplate,
@@ -160,6 +162,7 @@ impl OpenBao {
         };
         Ok(Self {
             inner: Arc::new(Inner {
+                list_concurrency: LIST_CONCURRENCY,
                 name: name.to_owned(),
                 mount: config.mount.trim_matches('/').to_owned(),
                 template,
@@ -200,6 +203,15 @@ impl OpenBao {
     pub fn configured_transit(&self) -> Option<Result<TransitWrapper, Error>> {
         let (mount, key) = self.inner.transit.as_ref()?;
         Some(self.transit(mount, key))
+    }
+
+    /// Caps the metadata requests one list keeps in flight, so a list that costs a
+    /// request per secret stays within the agent's sync budget. Call before cloning.
+    pub fn with_list_concurrency(mut self, n: usize) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.list_concurrency = n.clamp(1, LIST_CONCURRENCY);
+        }
+        self
     }
 
     /// A key wrapper that uses Transit key `key` under `mount`, with this client's
@@ -468,7 +480,7 @@ impl Upstream for OpenBao {
         let names = self
             .list_names(&self.inner.template.remote_prefix(prefix))
             .await?;
-        let semaphore = Arc::new(tokio::sync::Semaphore::new(LIST_CONCURRENCY));
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(self.inner.list_concurrency));
         let mut tasks = tokio::task::JoinSet::new();
         let mut out = Vec::new();
         for (remote, listed) in names {
