@@ -161,43 +161,44 @@ impl Client {
             endpoint: endpoint.clone(),
             source,
         };
-        let tls_err = |source| Error::Tls {
-            endpoint: endpoint.clone(),
-            source,
-        };
-        let http_err = |source| Error::Http {
-            endpoint: endpoint.clone(),
-            source,
-        };
-        let sender = match &self.endpoint {
+        match &self.endpoint {
             Endpoint::Unix(path) => {
                 let stream = UnixStream::connect(path).await.map_err(connect_err)?;
-                let tls = self
-                    .connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(tls_err)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(http_err)?;
-                tokio::spawn(conn);
-                sender
+                self.handshake(stream, name, &endpoint).await
             }
             Endpoint::Tcp(addr) => {
                 let stream = TcpStream::connect(addr).await.map_err(connect_err)?;
                 let _ = stream.set_nodelay(true);
-                let tls = self
-                    .connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(tls_err)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(http_err)?;
-                tokio::spawn(conn);
-                sender
+                self.handshake(stream, name, &endpoint).await
             }
-        };
+        }
+    }
+
+    /// TLS, then HTTP/1.1, over a connected stream; the connection task runs on its own.
+    async fn handshake<S>(
+        &self,
+        stream: S,
+        name: ServerName<'static>,
+        endpoint: &str,
+    ) -> Result<SendRequest<Full<Bytes>>, Error>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let tls = self
+            .connector
+            .connect(name, stream)
+            .await
+            .map_err(|source| Error::Tls {
+                endpoint: endpoint.to_owned(),
+                source,
+            })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|source| Error::Http {
+                endpoint: endpoint.to_owned(),
+                source,
+            })?;
+        tokio::spawn(conn);
         Ok(sender)
     }
 
