@@ -79,6 +79,11 @@ plugin = "basic"
 config = {{ mode = "key" }}
 
 [[lifecycle]]
+paths = ["bad/leak"]
+plugin = "basic"
+config = {{ mode = "leak" }}
+
+[[lifecycle]]
 paths = ["bad/loop"]
 plugin = "basic"
 config = {{ mode = "loop" }}
@@ -206,5 +211,38 @@ async fn a_tampered_plugin_is_refused_at_start() -> anyhow::Result<()> {
     };
     let text = format!("{e:#}");
     assert!(text.contains("sha256") || text.contains("digest"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn values_a_plugin_logs_or_prints_never_reach_the_agents_log() -> anyhow::Result<()> {
+    let wasm = guest()?;
+    let agent = Agent::builder()
+        .log_level("trace")
+        .append(&plugin_config(wasm, &sha256_of(wasm)?))
+        .start()
+        .await?;
+    let admin = agent.admin()?;
+    let value = "leaky-plugin-secret-4f1d9c";
+    assert_eq!(
+        admin
+            .write("bad/leak", json!({ "key": value }))
+            .await?
+            .status,
+        200
+    );
+    let answer = admin
+        .request(http::Method::POST, "/v1/validate/bad/leak", None)
+        .await?;
+    assert_eq!(answer.json()["valid"], true, "{}", answer.body);
+    let logs = agent.logs();
+    assert!(
+        logs.contains("[REDACTED]"),
+        "the plugin's lines are logged, scrubbed: {logs}"
+    );
+    assert!(
+        !logs.contains(value),
+        "a plugin put a value into the agent's log"
+    );
     Ok(())
 }

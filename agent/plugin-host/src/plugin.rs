@@ -336,6 +336,18 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+/// The field values of a credential a call returned, for scrubbing.
+fn wire_secrets<E>(result: &Result<wit::Credential, E>) -> Vec<SecretString> {
+    match result {
+        Ok(c) => c
+            .fields
+            .iter()
+            .map(|f| SecretString::new(f.value.clone()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 fn to_wire_config(config: &[(String, String)]) -> Vec<wit::Field> {
     config
         .iter()
@@ -438,22 +450,26 @@ impl Plugin {
         self.declared(Operation::Validate)?;
         let wire_config = to_wire_config(config);
         let wire = cred.to_wire();
-        self.run(|store, guest| guest.call_validate(store, &wire_config, &wire.0))
-            .map(|r| {
-                r.map_err(ProviderError::from).map(|v| Validation {
-                    valid: v.valid,
-                    detail: v.detail,
-                    permissions: v
-                        .permissions
-                        .into_iter()
-                        .map(|p| Permission {
-                            name: p.name,
-                            granted: p.granted,
-                        })
-                        .collect(),
-                    expires_at: v.expires_at,
-                })
+        self.run_redacted(
+            Some(cred),
+            |store, guest| guest.call_validate(store, &wire_config, &wire.0),
+            |_| Vec::new(),
+        )
+        .map(|r| {
+            r.map_err(ProviderError::from).map(|v| Validation {
+                valid: v.valid,
+                detail: v.detail,
+                permissions: v
+                    .permissions
+                    .into_iter()
+                    .map(|p| Permission {
+                        name: p.name,
+                        granted: p.granted,
+                    })
+                    .collect(),
+                expires_at: v.expires_at,
             })
+        })
     }
 
     /// Creates a new credential next to `current` (rotation step 1).
@@ -475,8 +491,12 @@ impl Plugin {
         self.declared(Operation::CreatePending)?;
         let wire_config = to_wire_config(config);
         let wire = current.to_wire();
-        self.run(|store, guest| guest.call_create_pending(store, &wire_config, &wire.0))
-            .map(|r| r.map(Credential::from_wire).map_err(ProviderError::from))
+        self.run_redacted(
+            Some(current),
+            |store, guest| guest.call_create_pending(store, &wire_config, &wire.0),
+            wire_secrets,
+        )
+        .map(|r| r.map(Credential::from_wire).map_err(ProviderError::from))
     }
 
     /// Revokes `previous` at the service.
@@ -498,8 +518,12 @@ impl Plugin {
         self.declared(Operation::Retire)?;
         let wire_config = to_wire_config(config);
         let wire = previous.to_wire();
-        self.run(|store, guest| guest.call_retire(store, &wire_config, &wire.0))
-            .map(|r| r.map_err(ProviderError::from))
+        self.run_redacted(
+            Some(previous),
+            |store, guest| guest.call_retire(store, &wire_config, &wire.0),
+            |_| Vec::new(),
+        )
+        .map(|r| r.map_err(ProviderError::from))
     }
 
     /// Exchanges `cred` for a fresh credential.
@@ -521,8 +545,12 @@ impl Plugin {
         self.declared(Operation::Refresh)?;
         let wire_config = to_wire_config(config);
         let wire = cred.to_wire();
-        self.run(|store, guest| guest.call_refresh(store, &wire_config, &wire.0))
-            .map(|r| r.map(Credential::from_wire).map_err(ProviderError::from))
+        self.run_redacted(
+            Some(cred),
+            |store, guest| guest.call_refresh(store, &wire_config, &wire.0),
+            wire_secrets,
+        )
+        .map(|r| r.map(Credential::from_wire).map_err(ProviderError::from))
     }
 
     /// Runs one operation with JSON arguments and returns a JSON answer: what
@@ -609,7 +637,22 @@ impl Plugin {
         &self,
         f: impl FnOnce(&mut Store<State>, &bindings::guest::Guest) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        self.run_redacted(None, f, |_| Vec::new())
+    }
+
+    /// [`Plugin::run`] for a call that carries a credential: its values, and the
+    /// secret values the call returns (`outputs`), are scrubbed from what the guest
+    /// logs or prints.
+    pub(crate) fn run_redacted<R>(
+        &self,
+        input: Option<&Credential>,
+        f: impl FnOnce(&mut Store<State>, &bindings::guest::Guest) -> wasmtime::Result<R>,
+        outputs: impl FnOnce(&R) -> Vec<SecretString>,
+    ) -> Result<R, CallError> {
         let mut store = self.new_store();
+        if let Some(cred) = input {
+            store.data_mut().redact = cred.fields.iter().map(|(_, v)| v.clone()).collect();
+        }
         let instance =
             self.inner
                 .pre
@@ -619,7 +662,8 @@ impl Plugin {
                     source,
                 })?;
         let out = f(&mut store, instance.latchkey_provider_provider());
-        store.data().flush_output();
+        let returned = out.as_ref().map(outputs).unwrap_or_default();
+        store.data().flush_output(&returned);
         out.map_err(|source| self.classify(&store, source))
     }
 

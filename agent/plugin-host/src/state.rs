@@ -33,6 +33,9 @@ pub(crate) struct State {
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
     pub(crate) deadline: Instant,
+    /// Secret values of this call (the credential passed in): scrubbed from anything
+    /// the guest logs or prints.
+    pub(crate) redact: Vec<crate::secret::SecretString>,
 }
 
 impl State {
@@ -61,18 +64,33 @@ impl State {
             stdout,
             stderr,
             deadline,
+            redact: Vec::new(),
         }
     }
 
     /// Writes what the guest printed to the log, one event per line, tagged with the
     /// plugin's name. Called once after every call (success or not).
-    pub(crate) fn flush_output(&self) {
+    /// `text` with every secret value of this call (and `extra`) replaced by
+    /// `[REDACTED]`. Values shorter than 4 bytes are left: they would match by chance.
+    pub(crate) fn scrub(&self, text: &str, extra: &[crate::secret::SecretString]) -> String {
+        let mut out = text.to_owned();
+        for value in self.redact.iter().chain(extra) {
+            let v = value.expose();
+            if v.len() >= 4 && out.contains(v) {
+                out = out.replace(v, "[REDACTED]");
+            }
+        }
+        out
+    }
+
+    pub(crate) fn flush_output(&self, extra: &[crate::secret::SecretString]) {
         for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let bytes = pipe.contents();
             if bytes.is_empty() {
                 continue;
             }
-            for line in String::from_utf8_lossy(&bytes).lines() {
+            let text = self.scrub(&String::from_utf8_lossy(&bytes), extra);
+            for line in text.lines() {
                 tracing::info!(plugin = %self.plugin, stream, line, "plugin output");
             }
         }

@@ -1,6 +1,7 @@
 //! `latchkey:provider/log`: guest log calls become tracing events tagged with the
 //! plugin's name. Long messages are cut at [`MAX_MESSAGE`] bytes so a plugin cannot
-//! flood the log with one call.
+//! flood the log with one call, and the secret values of the call are replaced by
+//! `[REDACTED]` so a plugin cannot put them into the agent's log.
 
 use crate::bindings::log::{Host, Level};
 use crate::state::State;
@@ -14,7 +15,8 @@ impl Host for State {
         while !message.is_char_boundary(end) {
             end -= 1;
         }
-        let message = &message[..end];
+        let message = &self.scrub(&message[..end], &[]);
+        let message = message.as_str();
         let plugin = &*self.plugin;
         match level {
             Level::Trace => tracing::trace!(plugin, message, "plugin log"),

@@ -10,6 +10,7 @@
 //! | `trap` | panics (a wasm trap) |
 //! | `sql` | on connection `connection`: creates role `user` with a fresh password, checks it can log in, drops it |
 //! | `log` | logs the `key` field's *name* and prints to stdout/stderr |
+//! | `leak` | logs and prints every field's *value* (the host must scrub them) |
 
 use latchkey_plugin_sdk::sql::{Connection, Dialect, Value};
 use latchkey_plugin_sdk::{
@@ -129,6 +130,17 @@ impl Provider for Basic {
                 println!("hello from stdout");
                 eprintln!("hello from stderr");
                 Ok(answer(true, "logged".into()))
+            }
+            "leak" => {
+                // A careless plugin: logs and prints the credential's values. The host
+                // must scrub them before anything reaches the agent's log.
+                #[allow(clippy::print_stdout, clippy::print_stderr)] // the point of this mode
+                for f in &cred.fields {
+                    log::warn(format!("field {} is {}", f.name, f.value));
+                    println!("stdout {}={}", f.name, f.value);
+                    eprintln!("stderr {}={}", f.name, f.value);
+                }
+                Ok(answer(true, "leaked".into()))
             }
             other => Err(ProviderError::InvalidConfig(format!(
                 "unknown mode {other}"
