@@ -586,15 +586,17 @@ fn current_of(stages: &HashMap<String, Vec<String>>) -> Option<String> {
 }
 
 /// The number of a version: ours carry it in the id, others get their creation time
-/// in milliseconds times 1000 plus a tie-break from the id (never 0, which means
+/// (whole seconds, as milliseconds) times 1000 plus a tie-break from the id (never 0, which means
 /// "does not exist").
 fn version_number(version_id: &str, created: Option<&DateTime>) -> u64 {
     if let Some(n) = parse_token(version_id) {
         return n;
     }
+    // Whole seconds: GetSecretValue and ListSecretVersionIds do not always report
+    // the same sub-second part of one version's creation time, and both must give
+    // the same number.
     let millis = created.map_or(0, |d| {
-        let secs = u64::try_from(d.secs()).unwrap_or(0);
-        secs.saturating_mul(1000) + u64::from(d.subsec_nanos() / 1_000_000)
+        u64::try_from(d.secs()).unwrap_or(0).saturating_mul(1000)
     });
     let digest = sha2::Sha256::digest(version_id.as_bytes());
     let mut first = [0u8; 8];

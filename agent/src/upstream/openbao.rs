@@ -401,8 +401,26 @@ impl OpenBao {
                 names.push((full, listed));
             }
         }
-        while let Some(folder) = folders.pop() {
-            for (entry, listed) in self.list_dir(&folder).await? {
+        // Walk the folders concurrently, within the list's concurrency limit.
+        let mut walking = tokio::task::JoinSet::new();
+        loop {
+            while walking.len() < self.inner.list_concurrency {
+                let Some(folder) = folders.pop() else { break };
+                let this = self.clone();
+                walking.spawn(async move {
+                    let listed = this.list_dir(&folder).await;
+                    (folder, listed)
+                });
+            }
+            let Some(joined) = walking.join_next().await else {
+                break;
+            };
+            let (folder, listed) = joined.map_err(|e| Error::Invalid {
+                upstream: self.inner.name.clone(),
+                what: "folder listing".to_owned(),
+                reason: e.to_string(),
+            })?;
+            for (entry, listed) in listed? {
                 let full = format!("{folder}{entry}");
                 if full.ends_with('/') {
                     folders.push(full);
