@@ -29,6 +29,7 @@ use crate::audit::{Outcome, Record};
 use crate::config::Limits;
 use crate::identity::{Peer, TrustDomain};
 use crate::policy::Policy;
+use crate::tls::ServerTls;
 
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,8 @@ pub struct Context {
     pub state: Arc<State>,
     /// TLS acceptor (its config reloads revocation lists by itself).
     pub acceptor: TlsAcceptor,
+    /// The TLS state behind the acceptor, for checking resumed sessions.
+    pub tls: Arc<ServerTls>,
     /// Trust domain of accepted identities.
     pub trust_domain: TrustDomain,
     /// Access policy.
@@ -266,6 +269,10 @@ async fn serve_conn<S>(
             return;
         }
     };
+    if let Err(e) = ctx.tls.admit(tls.get_ref().1) {
+        tracing::info!(error = %e, "resumed tls session refused");
+        return;
+    }
     let identity = {
         let (_, session) = tls.get_ref();
         match session.peer_certificates().and_then(|c| c.first()) {

@@ -199,6 +199,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let ctx = Arc::new(Context {
         state: state.clone(),
         acceptor: TlsAcceptor::from(tls.config()),
+        tls: tls.clone(),
         trust_domain: config.trust_domain.clone(),
         policy: config.policy.clone(),
         limits: config.limits.clone(),

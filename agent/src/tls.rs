@@ -37,8 +37,8 @@ use rustls::server::{
     ServerSessionMemoryCache, StoresServerSessions, VerifierBuilderError, WebPkiClientVerifier,
 };
 use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
-    SignatureScheme,
+    ClientConfig, DigitallySignedStruct, DistinguishedName, HandshakeKind, RootCertStore,
+    ServerConfig, ServerConnection, SignatureScheme,
 };
 
 use crate::identity::ca::Layout;
@@ -224,6 +224,26 @@ impl ServerTls {
     /// The files this was loaded from.
     pub fn files(&self) -> &TlsFiles {
         &self.files
+    }
+
+    /// Checks a finished handshake's client certificate against the current CRL when
+    /// the session was resumed. A resumed TLS 1.3 handshake skips certificate
+    /// verification, and a connection that resumed while a reload was emptying the
+    /// session cache can hand its client a new ticket that outlives the reload. Checking
+    /// here makes a revocation final for every connection accepted after it, however
+    /// the session got there; an expired certificate is refused the same way. Full
+    /// handshakes were verified by rustls already and pass straight through.
+    pub fn admit(&self, conn: &ServerConnection) -> Result<(), rustls::Error> {
+        if conn.handshake_kind() != Some(HandshakeKind::Resumed) {
+            return Ok(());
+        }
+        let (end_entity, intermediates) = conn
+            .peer_certificates()
+            .and_then(<[CertificateDer<'static>]>::split_first)
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map(|_| ())
     }
 
     /// Re-reads the CRL file and, if it changed, swaps in a verifier built from it and

@@ -67,6 +67,23 @@ async fn handshake(
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 ) -> Result<Peer, rustls::Error> {
+    connect(server, None, client).await
+}
+
+/// [`handshake`] as the listener runs it: the server also passes the connection
+/// through [`ServerTls::admit`].
+async fn admitted_handshake(
+    server: &Arc<ServerTls>,
+    client: Arc<ClientConfig>,
+) -> Result<Peer, rustls::Error> {
+    connect(server.config(), Some(server.clone()), client).await
+}
+
+async fn connect(
+    server: Arc<ServerConfig>,
+    admit: Option<Arc<ServerTls>>,
+    client: Arc<ClientConfig>,
+) -> Result<Peer, rustls::Error> {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let server_side = tokio::spawn(async move {
         let mut stream = TlsAcceptor::from(server)
@@ -74,6 +91,10 @@ async fn handshake(
             .await
             .map_err(rustls_error)?;
         let (_, conn) = stream.get_ref();
+        if let Some(tls) = admit {
+            // Refused like the listener does: the connection is dropped unanswered.
+            tls.admit(conn)?;
+        }
         assert_eq!(conn.alpn_protocol(), Some(ALPN_HTTP11));
         assert_eq!(
             conn.protocol_version(),
@@ -287,6 +308,43 @@ async fn bad_crl_is_refused_and_the_previous_one_kept() {
         .expect("search with the previous crl");
 }
 
+/// The race a reload can lose: a handshake that resumed from a session taken before
+/// the cache was emptied gets a new ticket after it, so the client keeps resuming past
+/// the revocation. Reproduced here by swapping the verifier while keeping the
+/// sessions; `admit` must still refuse the resumed connection.
+#[tokio::test]
+async fn resumed_session_is_refused_once_its_certificate_is_revoked() {
+    let fx = fixture();
+    let server = Arc::new(ServerTls::load(&fx.files).expect("load server tls"));
+    let (billing, billing_serial) = client_for(&fx.ca, fx.ca.cert_pem(), &app("billing"));
+    let (search, _) = client_for(&fx.ca, fx.ca.cert_pem(), &app("search"));
+    admitted_handshake(&server, billing.clone())
+        .await
+        .expect("billing before revocation");
+    admitted_handshake(&server, search.clone())
+        .await
+        .expect("search before revocation");
+
+    fx.ca.revoke(&billing_serial).expect("revoke");
+    let crls = crls_from_pem(&read(&fx.ca.layout().crl()).expect("crl"), "crl").expect("crls");
+    let inner = build_verifier(&server.roots, &server.provider, crls, &fx.files).expect("verifier");
+    server.verifier.inner.store(Arc::new(inner));
+
+    // Without `admit` the resumed session still gets in: this is the hole.
+    handshake(server.config(), billing.clone())
+        .await
+        .expect("a resumed session skips verification");
+    assert_eq!(
+        admitted_handshake(&server, billing).await,
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Revoked
+        ))
+    );
+    admitted_handshake(&server, search)
+        .await
+        .expect("a resumed session of a good certificate is admitted");
+}
+
 #[tokio::test]
 async fn crl_watcher_applies_a_revocation_without_restart() {
     let fx = fixture();
@@ -300,7 +358,7 @@ async fn crl_watcher_applies_a_revocation_without_restart() {
     fx.ca.revoke(&billing_serial).expect("revoke");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match handshake(server.config(), billing.clone()).await {
+        match admitted_handshake(&server, billing.clone()).await {
             Ok(_) => {}
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => break,
             Err(other) => panic!("unexpected error: {other}"),
