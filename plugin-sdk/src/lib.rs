@@ -11,6 +11,10 @@
 //! - [`sign`]: HMAC-SHA256/512 with hex and base64 output, for request signing;
 //! - [`secret`]: passwords and tokens from the host's randomness;
 //! - [`sql`] and [`log`]: the host's SQL capability and logging;
+//! - [`time`]: the host's clock as Unix time, RFC 3339 and HTTP `Date` parsing;
+//! - [`validate`]: check an API key with one authenticated request and sort the
+//!   answer into valid / refused / unavailable, with service text redacted;
+//! - [`unsupported!`]: the operations a provider does not offer, in one line each;
 //! - error conversions so `?` turns HTTP and SQL failures into the right
 //!   [`ProviderError`] (denied, unavailable, rejected);
 //! - with the `testing` feature (host side), a harness that runs a built plugin
@@ -34,14 +38,10 @@
 //!         Ok(Validation { valid: !cred.fields.is_empty(), detail: "ok".into(),
 //!             permissions: vec![], expires_at: None })
 //!     }
-//!     fn create_pending(_: Vec<Field>, _: Credential) -> Result<Credential, ProviderError> {
-//!         Err(ProviderError::Unsupported("create-pending".into()))
-//!     }
-//!     fn retire(_: Vec<Field>, _: Credential) -> Result<(), ProviderError> {
-//!         Err(ProviderError::Unsupported("retire".into()))
-//!     }
-//!     fn refresh(_: Vec<Field>, _: Credential) -> Result<Credential, ProviderError> {
-//!         Err(ProviderError::Unsupported("refresh".into()))
+//!     latchkey_plugin_sdk::unsupported! {
+//!         create_pending: "create-pending",
+//!         retire: "retire",
+//!         refresh: "refresh",
 //!     }
 //! }
 //!
@@ -72,6 +72,8 @@ pub mod sign;
 pub mod sql;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod time;
+pub mod validate;
 
 pub use bindings::exports::latchkey::provider::provider::Guest as Provider;
 pub use bindings::latchkey::provider::types::{
@@ -80,15 +82,72 @@ pub use bindings::latchkey::provider::types::{
 
 /// Exports `$t` (the name of a type implementing [`Provider`]) as this component's provider.
 /// Use once per plugin crate, at the crate root.
+///
+/// The export exists only when building for wasm: its symbol names
+/// (`latchkey:provider/provider@0.1.0#validate`) are not valid in a native linker's
+/// version script, so a plugin crate with `crate-type = ["cdylib", "rlib"]` could not
+/// be built for the host (to run its unit tests) otherwise. On the host the macro only
+/// names `$t`'s implementation, so the type does not count as unused.
 #[macro_export]
 macro_rules! export {
     ($t:ident) => {
+        #[cfg(target_family = "wasm")]
         $crate::bindings::export_provider!($t with_types_in $crate::bindings);
+        #[cfg(not(target_family = "wasm"))]
+        const _: fn() -> $crate::ProviderInfo = <$t as $crate::Provider>::info;
     };
 }
 
-/// Builds a [`ProviderInfo`] with no HTTP or SQL needs; add them with struct update
-/// syntax or by pushing to the fields.
+/// Implements, inside `impl Provider for …`, the operations a provider does not offer:
+/// each answers `unsupported` with the given detail. Name any of `create_pending`,
+/// `retire` and `refresh`:
+///
+/// ```ignore
+/// latchkey_plugin_sdk::unsupported! {
+///     create_pending: "create-pending: keys are created in the console",
+///     retire: "retire: keys are deleted in the console",
+///     refresh: "refresh: API keys do not expire",
+/// }
+/// ```
+#[macro_export]
+macro_rules! unsupported {
+    (@op create_pending, $why:expr) => {
+        fn create_pending(
+            _: ::std::vec::Vec<$crate::Field>,
+            _: $crate::Credential,
+        ) -> ::core::result::Result<$crate::Credential, $crate::ProviderError> {
+            ::core::result::Result::Err($crate::ProviderError::Unsupported(
+                ::std::string::String::from($why),
+            ))
+        }
+    };
+    (@op retire, $why:expr) => {
+        fn retire(
+            _: ::std::vec::Vec<$crate::Field>,
+            _: $crate::Credential,
+        ) -> ::core::result::Result<(), $crate::ProviderError> {
+            ::core::result::Result::Err($crate::ProviderError::Unsupported(
+                ::std::string::String::from($why),
+            ))
+        }
+    };
+    (@op refresh, $why:expr) => {
+        fn refresh(
+            _: ::std::vec::Vec<$crate::Field>,
+            _: $crate::Credential,
+        ) -> ::core::result::Result<$crate::Credential, $crate::ProviderError> {
+            ::core::result::Result::Err($crate::ProviderError::Unsupported(
+                ::std::string::String::from($why),
+            ))
+        }
+    };
+    ($($op:ident: $why:expr),+ $(,)?) => {
+        $($crate::unsupported!(@op $op, $why);)+
+    };
+}
+
+/// Builds a [`ProviderInfo`] with no HTTP or SQL needs; add them with
+/// [`ProviderInfo::with_http`], struct update syntax or by pushing to the fields.
 pub fn info(name: &str, version: &str, kinds: &[&str], operations: &[Operation]) -> ProviderInfo {
     ProviderInfo {
         name: name.to_owned(),
@@ -97,6 +156,26 @@ pub fn info(name: &str, version: &str, kinds: &[&str], operations: &[Operation])
         operations: operations.to_vec(),
         http_authorities: Vec::new(),
         sql_connections: Vec::new(),
+    }
+}
+
+impl ProviderInfo {
+    /// This info with `authorities` (`host[:port]`, as in the manifest's `needs.http`)
+    /// as the HTTP destinations the provider calls.
+    pub fn with_http(mut self, authorities: &[&str]) -> Self {
+        self.http_authorities = authorities.iter().map(|a| (*a).to_owned()).collect();
+        self
+    }
+}
+
+impl Validation {
+    /// Whether the answer reports permission `name` as granted; `None` if it does not
+    /// report it at all.
+    pub fn granted(&self, name: &str) -> Option<bool> {
+        self.permissions
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.granted)
     }
 }
 

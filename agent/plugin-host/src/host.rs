@@ -94,8 +94,12 @@ impl Default for Limits {
     }
 }
 
+/// A manifest entry that leaves the choice of authorities or connections to the
+/// operator's grant.
+const ANY: &str = "*";
+
 /// What the configuration grants a plugin. The effective grant is this intersected
-/// with what the manifest says the plugin needs.
+/// with what the manifest says the plugin needs (or, for a manifest `"*"`, all of it).
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
     /// Outgoing HTTP authorities, `host[:port]` (no port means 443).
@@ -401,8 +405,16 @@ impl PluginHost {
         };
         let granted = HttpGrant::new(&spec.grants.http, spec.grants.allowed_networks.clone())
             .map_err(grant_err)?;
-        let needed = HttpGrant::new(&spec.manifest.needs.http, Vec::new()).map_err(grant_err)?;
-        let http = granted.intersect(&needed);
+        // `*` in the manifest: the provider talks to whatever endpoint its operator
+        // configures (an OAuth server, a gateway), so the grant alone decides.
+        let http = if spec.manifest.needs.http.iter().any(|h| h == ANY) {
+            granted
+        } else {
+            let needed =
+                HttpGrant::new(&spec.manifest.needs.http, Vec::new()).map_err(grant_err)?;
+            granted.intersect(&needed)
+        };
+        let any_sql = spec.manifest.needs.sql.iter().any(|c| c == ANY);
         let mut sql = Vec::new();
         for name in &spec.grants.sql {
             if !self.inner.sql.contains(name) {
@@ -411,7 +423,7 @@ impl PluginHost {
                     connection: name.clone(),
                 });
             }
-            if spec.manifest.needs.sql.contains(name) {
+            if any_sql || spec.manifest.needs.sql.contains(name) {
                 sql.push(name.clone());
             }
         }

@@ -15,6 +15,10 @@
 //! http = ["api.github.com"]      # host[:port]; no port = 443
 //! sql = []                       # names of SQL connections
 //! ```
+//!
+//! `"*"` in `http` or `sql` leaves the choice to the operator's grant: for providers
+//! whose endpoint is configuration (an OAuth server, an API gateway, a database), the
+//! manifest cannot know it. The host still allows only what the operator grants.
 
 use std::path::{Path, PathBuf};
 
@@ -44,10 +48,11 @@ pub struct Manifest {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Needs {
-    /// Outgoing HTTP authorities, `host[:port]` (no port means 443).
+    /// Outgoing HTTP authorities, `host[:port]` (no port means 443); `"*"`: whatever
+    /// the operator grants.
     #[serde(default)]
     pub http: Vec<String>,
-    /// SQL connection names.
+    /// SQL connection names; `"*"`: whatever the operator grants.
     #[serde(default)]
     pub sql: Vec<String>,
 }

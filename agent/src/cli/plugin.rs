@@ -49,16 +49,22 @@ pub enum PluginCommand {
         /// Let granted names resolve into this non-public network (CIDR); repeatable.
         #[arg(long = "allow-network")]
         allow_network: Vec<String>,
+        /// Define and grant a SQL connection: `NAME=env:VAR` (the URL is read from the
+        /// environment variable VAR, so it stays out of `ps`) or `NAME=@FILE`;
+        /// `postgres://…` or `mysql://…`. Repeatable.
+        #[arg(long = "sql", value_name = "NAME=env:VAR")]
+        sql: Vec<String>,
         /// Deadline of the call.
         #[arg(long, default_value = "10s")]
         deadline: String,
     },
 }
 
-fn plugin_host() -> anyhow::Result<host::PluginHost> {
+fn plugin_host(sql: Vec<host::SqlConnectionConfig>) -> anyhow::Result<host::PluginHost> {
     let cache = std::env::temp_dir().join(format!("latchkey-plugin-cache-{}", uid()));
     host::PluginHost::new(host::HostConfig {
         cache_dir: Some(cache),
+        sql,
         ..host::HostConfig::default()
     })
     .map_err(|e| anyhow!("cannot start the plugin host: {}", host::error_chain(&e)))
@@ -92,6 +98,45 @@ fn manifest_for(file: &Path, explicit: Option<&Path>) -> anyhow::Result<host::Ma
         .with_context(|| format!("cannot use manifest {}", path.display()))
 }
 
+/// Parses `--sql NAME=env:VAR` or `NAME=@FILE` into a connection. The URL itself is
+/// never accepted on the command line, where other users could read it.
+fn sql_connection(arg: &str) -> anyhow::Result<host::SqlConnectionConfig> {
+    let (name, source) = arg
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--sql {arg:?}: write NAME=env:VAR or NAME=@FILE"))?;
+    let url = if let Some(var) = source.strip_prefix("env:") {
+        std::env::var(var)
+            .map_err(|_| anyhow!("--sql {name}: environment variable {var} is not set"))?
+    } else if let Some(file) = source.strip_prefix('@') {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("--sql {name}: cannot read {file}"))?
+            .trim()
+            .to_owned()
+    } else {
+        return Err(anyhow!(
+            "--sql {name}: give the URL as env:VAR or @FILE, not on the command line"
+        ));
+    };
+    let dialect = sql_dialect(&url)
+        .ok_or_else(|| anyhow!("--sql {name}: the URL must start with postgres:// or mysql://"))?;
+    Ok(host::SqlConnectionConfig {
+        name: name.to_owned(),
+        dialect,
+        url: host::SecretString::new(url),
+        max_connections: 1,
+    })
+}
+
+/// The dialect a connection URL's scheme names.
+pub(crate) fn sql_dialect(url: &str) -> Option<host::Dialect> {
+    let scheme = url.split_once("://")?.0;
+    match scheme {
+        "postgres" | "postgresql" => Some(host::Dialect::Postgres),
+        "mysql" => Some(host::Dialect::Mysql),
+        _ => None,
+    }
+}
+
 fn read_arg(value: &str) -> anyhow::Result<String> {
     if value == "-" {
         let mut s = String::new();
@@ -110,7 +155,7 @@ fn read_arg(value: &str) -> anyhow::Result<String> {
 pub(super) async fn run(cmd: PluginCommand) -> Result<ExitCode, Failure> {
     match cmd {
         PluginCommand::Inspect { file, manifest } => {
-            let host = plugin_host()?;
+            let host = plugin_host(Vec::new())?;
             let inspection = tokio::task::spawn_blocking(move || {
                 host::inspect(&host, &file, manifest.as_deref())
                     .map_err(|e| anyhow!("{}", host::error_chain(&e)))
@@ -131,11 +176,20 @@ pub(super) async fn run(cmd: PluginCommand) -> Result<ExitCode, Failure> {
             cred,
             grant_http,
             allow_network,
+            sql,
             deadline,
         } => {
-            let op: host::Operation = op.parse().map_err(|_| {
-                anyhow!("--op {op:?} is not info, validate, create-pending, retire or refresh")
-            })?;
+            let sql = sql
+                .iter()
+                .map(|s| sql_connection(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            // `None` is `info`, which takes no arguments and is not a host::Operation.
+            let op: Option<host::Operation> = match op.as_str() {
+                "info" => None,
+                other => Some(other.parse().map_err(|_| {
+                    anyhow!("--op {op:?} is not info, validate, create-pending, retire or refresh")
+                })?),
+            };
             let deadline = humantime::parse_duration(&deadline)
                 .with_context(|| format!("--deadline {deadline:?} is not a duration"))?;
             let allowed_networks = allow_network
@@ -148,7 +202,8 @@ pub(super) async fn run(cmd: PluginCommand) -> Result<ExitCode, Failure> {
             let manifest = manifest_for(&file, manifest.as_deref())?;
             let sha256 = host::sha256_file(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let host = plugin_host()?;
+            let granted_sql = sql.iter().map(|c| c.name.clone()).collect();
+            let host = plugin_host(sql)?;
             let plugin = host
                 .load(host::LoadSpec {
                     wasm: file.clone(),
@@ -157,7 +212,7 @@ pub(super) async fn run(cmd: PluginCommand) -> Result<ExitCode, Failure> {
                     grants: host::Grants {
                         http: grant_http,
                         allowed_networks,
-                        sql: Vec::new(),
+                        sql: granted_sql,
                     },
                     limits: host::Limits {
                         deadline: deadline.max(Duration::from_millis(10)),
@@ -168,12 +223,25 @@ pub(super) async fn run(cmd: PluginCommand) -> Result<ExitCode, Failure> {
                 .map_err(|e| {
                     anyhow!("cannot load {}: {}", file.display(), host::error_chain(&e))
                 })?;
+            // Read the arguments even for `info`, so a caller writing them to stdin
+            // never meets a closed pipe.
             let config = read_arg(&config)?;
             let cred = read_arg(&cred)?;
-            let answer = tokio::task::spawn_blocking(move || plugin.call_json(op, &config, &cred))
-                .await
-                .context("call task failed")?
-                .map_err(|e| anyhow!("the call failed: {}", host::error_chain(&e)))?;
+            let answer = match op {
+                None => {
+                    let info = tokio::task::spawn_blocking(move || plugin.info_blocking())
+                        .await
+                        .context("call task failed")?
+                        .map_err(|e| anyhow!("the call failed: {}", host::error_chain(&e)))?;
+                    serde_json::json!({ "ok": info })
+                }
+                Some(op) => {
+                    tokio::task::spawn_blocking(move || plugin.call_json(op, &config, &cred))
+                        .await
+                        .context("call task failed")?
+                        .map_err(|e| anyhow!("the call failed: {}", host::error_chain(&e)))?
+                }
+            };
             println!(
                 "{}",
                 serde_json::to_string_pretty(&answer).unwrap_or_default()

@@ -111,3 +111,73 @@ async fn a_response_body_over_the_cap_fails_the_request() {
         "{answer:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_star_in_the_manifest_leaves_exactly_the_grant() {
+    let t = host();
+    let granted = http_fixture(None);
+    let other = http_fixture(None);
+    let mut spec = basic_spec();
+    spec.manifest.needs.http = vec!["*".to_owned()];
+    spec.grants.http.push(granted.addr.to_string());
+    let plugin = t.host.load(spec).await.unwrap();
+    let ok = plugin
+        .validate(
+            config(&[
+                ("mode", "http"),
+                ("url", &format!("http://{}/", granted.addr)),
+            ]),
+            cred(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ok.valid, "{ok:?}");
+    let denied = plugin
+        .validate(
+            config(&[
+                ("mode", "http"),
+                ("url", &format!("http://{}/", other.addr)),
+            ]),
+            cred(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(denied, Err(ProviderError::Denied(_))),
+        "{denied:?}"
+    );
+    assert!(
+        other.hits.lock().unwrap().is_empty(),
+        "no byte may reach it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_star_the_manifest_still_limits_the_grant() {
+    let t = host();
+    let needed = http_fixture(None);
+    let extra = http_fixture(None);
+    let mut spec = basic_spec();
+    spec.manifest.needs.http = vec![needed.addr.to_string()];
+    spec.grants.http = vec![needed.addr.to_string(), extra.addr.to_string()];
+    let plugin = t.host.load(spec).await.unwrap();
+    let denied = plugin
+        .validate(
+            config(&[
+                ("mode", "http"),
+                ("url", &format!("http://{}/", extra.addr)),
+            ]),
+            cred(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(denied, Err(ProviderError::Denied(_))),
+        "{denied:?}"
+    );
+    assert!(
+        extra.hits.lock().unwrap().is_empty(),
+        "no byte may reach it"
+    );
+}

@@ -11,6 +11,13 @@
 //! | `sql` | on connection `connection`: creates role `user` with a fresh password, checks it can log in, drops it |
 //! | `log` | logs the `key` field's *name* and prints to stdout/stderr |
 //! | `leak` | logs and prints every field's *value* (the host must scrub them) |
+//! | `service` | an API-key service at `service` (a test fixture): see below |
+//!
+//! In `service` mode every operation is a call to the fixture, which keeps the set of
+//! live keys and can be told to fail any step: `validate` is `GET /check` with the key
+//! in `x-key` (200 valid, 401 not), `create-pending` is `POST /keys` (200 with
+//! `{"key": ...}`), `retire` is `DELETE /keys` with the key in `x-key` (200 or 404).
+//! Other statuses map to `unavailable` (5xx) or `rejected` (4xx).
 
 use latchkey_plugin_sdk::sql::{Connection, Dialect, Value};
 use latchkey_plugin_sdk::{
@@ -121,6 +128,18 @@ impl Provider for Basic {
             }
             "trap" => panic!("test guest traps on purpose"),
             "sql" => sql_round_trip(&cfg),
+            "service" => {
+                let base = config::require(&cfg, "service")?;
+                let key = cred.require("key")?;
+                let response = http::get(&format!("{base}/check"))
+                    .header("x-key", key)
+                    .send()?;
+                match response.status {
+                    200 => Ok(answer(true, "the service accepted the key".into())),
+                    401 => Ok(answer(false, "the service does not know the key".into())),
+                    status => Err(ProviderError::from_status(status)),
+                }
+            }
             #[allow(clippy::print_stdout, clippy::print_stderr)] // the point of this mode
             "log" => {
                 log::info(format!(
@@ -148,13 +167,36 @@ impl Provider for Basic {
         }
     }
 
-    fn create_pending(_cfg: Vec<Field>, current: Credential) -> Result<Credential, ProviderError> {
+    fn create_pending(cfg: Vec<Field>, current: Credential) -> Result<Credential, ProviderError> {
+        if config::get(&cfg, "mode") == Some("service") {
+            let base = config::require(&cfg, "service")?;
+            #[derive(serde::Deserialize)]
+            struct Created {
+                key: String,
+            }
+            let created: Created = http::post(&format!("{base}/keys"))
+                .send()?
+                .error_for_status()?
+                .json()?;
+            return Ok(Credential::new(&current.kind, [("key", created.key)]));
+        }
         let mut next = Credential::new(&current.kind, [("key", secret::password(32))]);
         next.expires_at = current.expires_at;
         Ok(next)
     }
 
-    fn retire(_cfg: Vec<Field>, _previous: Credential) -> Result<(), ProviderError> {
+    fn retire(cfg: Vec<Field>, previous: Credential) -> Result<(), ProviderError> {
+        if config::get(&cfg, "mode") == Some("service") {
+            let base = config::require(&cfg, "service")?;
+            let key = previous.require("key")?;
+            let response = http::delete(&format!("{base}/keys"))
+                .header("x-key", key)
+                .send()?;
+            return match response.status {
+                200 | 404 => Ok(()),
+                status => Err(ProviderError::from_status(status)),
+            };
+        }
         Ok(())
     }
 
