@@ -217,11 +217,21 @@ impl AwsSecretsManager {
             (None, None) => Fields::new(),
         };
         let version_id = out.version_id().unwrap_or_default();
+        let read_created = out.created_date().map_or(0, DateTime::secs);
+        let (version, updated_at) = if parse_token(version_id).is_some() {
+            (version_number(version_id, out.created_date()), read_created)
+        } else {
+            // A version someone else wrote is numbered by its creation time, taken
+            // from the same call `metadata` and `list` use: GetSecretValue may round
+            // that time differently (seen with moto: a whole second apart).
+            let (_, number, created) = self.number_of(&name, version_id).await?;
+            (number, if created == 0 { read_created } else { created })
+        };
         Ok(Some(RemoteSecret {
             path: path.clone(),
-            version: version_number(version_id, out.created_date()),
+            version,
             fields,
-            updated_at: out.created_date().map_or(0, DateTime::secs),
+            updated_at,
         }))
     }
 
