@@ -11,6 +11,8 @@
 //! | GET | `/v1/watch?prefix=P` | read or list (server-sent events) |
 //! | POST | `/v1/sync` | admin: poll the upstream now |
 //! | POST | `/v1/validate/{path}` | admin: ask the secret's provider plugin |
+//! | POST | `/v1/rotate/{path}` | admin: rotate now ([`lifecycle`]) |
+//! | GET | `/v1/status[/{path}][?prefix=P]` | admin: lifecycle states |
 //! | GET | `/metrics` | admin: Prometheus text |
 //! | GET | `/v1/health`, `/v1/whoami` | any authenticated peer |
 //!
@@ -19,6 +21,7 @@
 
 pub mod body;
 pub mod error;
+mod lifecycle;
 mod watch;
 
 use std::convert::Infallible;
@@ -67,7 +70,9 @@ pub struct State {
     /// Counters and gauges for `/metrics`.
     pub metrics: crate::metrics::Metrics,
     /// Provider plugins and the secrets they look after.
-    pub providers: crate::providers::Providers,
+    pub providers: Arc<crate::providers::Providers>,
+    /// The lifecycle engine, when any `[[lifecycle]]` rule exists.
+    pub engine: Option<crate::lifecycle::Engine>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Deadline for receiving a body.
@@ -110,6 +115,8 @@ fn op_name(method: &Method, path: &str) -> &'static str {
         (_, "/v1/watch") => "watch",
         (_, "/v1/sync") => "sync",
         (_, p) if p.starts_with("/v1/validate/") => "validate",
+        (_, p) if p.starts_with("/v1/rotate/") => "rotate",
+        (_, p) if p.starts_with("/v1/status") => "status",
         (_, "/v1/health" | "/v1/whoami") => "health",
         (_, "/metrics") => "metrics",
         _ => "other",
@@ -142,6 +149,19 @@ where
         return match *req.method() {
             Method::POST => validate(state, conn, raw).await,
             _ => Err(ApiError::method_not_allowed("POST")),
+        };
+    }
+    if let Some(raw) = path.strip_prefix("/v1/rotate/") {
+        return match *req.method() {
+            Method::POST => lifecycle::rotate(state, conn, raw).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        };
+    }
+    if path == "/v1/status" || path.starts_with("/v1/status/") {
+        let raw = path.strip_prefix("/v1/status/").filter(|r| !r.is_empty());
+        return match *req.method() {
+            Method::GET => lifecycle::status(state, conn, raw, uri.query()).await,
+            _ => Err(ApiError::method_not_allowed("GET")),
         };
     }
     match (req.method(), path) {
@@ -247,6 +267,14 @@ async fn deny(state: &State, conn: &Conn, op: Operation, what: &str, err: &ApiEr
 
 type Answer = (Response<Body>, Option<u64>);
 
+/// Whether a read of `path` must refresh it first (expired, under a refresh policy).
+fn refreshes_on_read(state: &State, path: &SecretPath, expires_at: Option<i64>) -> bool {
+    state
+        .engine
+        .as_ref()
+        .is_some_and(|e| e.refreshes_on_read(path, expires_at))
+}
+
 async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<Answer, ApiError> {
     let mut selector = Selector::Current;
     for (key, value) in query_pairs(query) {
@@ -277,8 +305,10 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
     let tail = freshness_tail(state)?;
     if matches!(selector, Selector::Current) {
         if let Some(hit) = state.cache.get(path) {
-            state.metrics.cache(true);
-            return Ok((secret_response(hit.body.clone(), tail), Some(hit.version)));
+            if !refreshes_on_read(state, path, hit.expires_at) {
+                state.metrics.cache(true);
+                return Ok((secret_response(hit.body.clone(), tail), Some(hit.version)));
+            }
         }
     }
     state.metrics.cache(false);
@@ -310,12 +340,21 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
         }
         return Err(ApiError::not_found(format_args!("secret {path}")));
     };
+    let secret = match &state.engine {
+        // An expired OAuth token: refresh it now (concurrent reads share one refresh).
+        Some(engine) if is_current && refreshes_on_read(state, path, secret.expires_at) => engine
+            .refresh(path, true)
+            .await
+            .map_err(lifecycle::engine_error)?,
+        _ => secret,
+    };
     let body = Bytes::from_owner(render(&secret)?);
     if is_current {
         state.cache.insert_if_unchanged(
             path.clone(),
             Arc::new(Cached {
                 version: secret.version,
+                expires_at: secret.expires_at,
                 body: body.clone(),
             }),
             seen,
@@ -414,6 +453,9 @@ async fn metrics(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError>
         deny(state, conn, Operation::Admin, "metrics", &err).await;
         return Err(err);
     }
+    if let Some(engine) = &state.engine {
+        state.metrics.lifecycle(&engine.state_counts());
+    }
     let text = state.metrics.render(
         state.store.len(),
         state.sync.as_ref().map(|s| s.freshness()),
@@ -433,7 +475,14 @@ async fn validate(state: &State, conn: &Conn, raw: &str) -> Result<Response<Body
     let Some(secret) = lookup(state, &path, Selector::Current).await? else {
         return Err(ApiError::not_found(format_args!("secret {path}")));
     };
-    let result = state.providers.validate(&secret).await;
+    // The engine records the state and publishes `validated` / `invalid`.
+    let engine = state.engine.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_provider",
+            format!("no [[lifecycle]] rule names a plugin for {path}"),
+        )
+    })?;
     let mut record = Record::now(
         conn.peer.id.clone(),
         conn.peer.uid,
@@ -441,54 +490,32 @@ async fn validate(state: &State, conn: &Conn, raw: &str) -> Result<Response<Body
         Some(path.as_str()),
     );
     record.version = Some(secret.version);
-    let answer = match result {
-        Ok(checked) => {
-            let kind = if checked.valid {
-                Kind::Validated
-            } else {
-                Kind::Invalid
-            };
-            if checked.error.is_none() {
-                state
-                    .events
-                    .publish(Event::now(kind, path.clone(), Some(secret.version)));
-            }
-            record.code = checked.error.as_deref().map(|_| "provider_error");
-            Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "path": path.as_str(),
-                    "version": secret.version,
-                    "plugin": checked.plugin,
-                    "valid": checked.valid,
-                    "detail": checked.detail,
-                    "permissions": checked.permissions,
-                    "expires_at": checked.expires_at,
-                    "error": checked.error,
-                }),
-            ))
-        }
-        Err(crate::providers::Error::NoProvider(p)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_provider",
-            format!("no [[lifecycle]] rule names a plugin for {p}"),
-        )),
+    let checked = match engine.validate_now(&path).await {
+        Ok(checked) => checked,
         Err(e) => {
-            tracing::warn!(path = %path, error = %e, "plugin call failed");
-            Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "plugin_failed",
-                e.to_string(),
-            ))
+            let err = lifecycle::engine_error(e);
+            record.outcome = Outcome::Failed;
+            record.status = err.status.as_u16();
+            record.code = Some(err.code);
+            state.audit.record(record).await;
+            return Err(err);
         }
     };
-    if let Err(e) = &answer {
-        record.outcome = Outcome::Failed;
-        record.status = e.status.as_u16();
-        record.code = Some(e.code);
-    }
+    record.code = checked.error.as_deref().map(|_| "provider_error");
     state.audit.record(record).await;
-    answer
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "path": path.as_str(),
+            "version": secret.version,
+            "plugin": checked.plugin,
+            "valid": checked.valid,
+            "detail": checked.detail,
+            "permissions": checked.permissions,
+            "expires_at": checked.expires_at,
+            "error": checked.error,
+        }),
+    ))
 }
 
 async fn sync_now(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {
@@ -592,6 +619,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut cas = None;
+    let mut validate = false;
     for (key, value) in query_pairs(req.uri().query()) {
         let value = value?;
         match key {
@@ -600,9 +628,20 @@ where
                     ApiError::bad_request(format!("cas {value:?} is not a whole number"))
                 })?)
             }
+            "validate" => {
+                validate = match value.as_str() {
+                    "true" | "1" | "" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "validate {value:?} is not true or false"
+                        )))
+                    }
+                }
+            }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter {other:?} (expected cas)"
+                    "unknown query parameter {other:?} (expected cas or validate)"
                 )))
             }
         }
@@ -627,6 +666,31 @@ where
         expires_at,
         cas: put.cas.or(cas),
     };
+    // Validation before storage: a credential the provider rejects is not stored.
+    match &state.engine {
+        Some(engine) => {
+            let candidate = crate::providers::Credential {
+                kind: write
+                    .kind
+                    .clone()
+                    .unwrap_or_else(|| store::DEFAULT_KIND.to_owned()),
+                fields: write.fields.clone(),
+                expires_at: write.expires_at,
+            };
+            engine
+                .check_before_write(path, &candidate, validate)
+                .await
+                .map_err(lifecycle::engine_error)?;
+        }
+        None if validate => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no_provider",
+                format!("no [[lifecycle]] rule names a plugin for {path}"),
+            ))
+        }
+        None => {}
+    }
     let secret = match &state.sync {
         // Upstream first; the syncer stores, flushes, invalidates and publishes.
         Some(sync) => sync.write(path, write).await.map_err(sync_error)?,
@@ -785,18 +849,7 @@ struct ListEntry<'a> {
 }
 
 async fn list(state: &State, conn: &Conn, query: Option<&str>) -> Result<Response<Body>, ApiError> {
-    let mut prefix = Prefix::all();
-    for (key, value) in query_pairs(query) {
-        let value = value?;
-        match key {
-            "prefix" => prefix = Prefix::parse(&value)?,
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown query parameter {other:?} (expected prefix)"
-                )))
-            }
-        }
-    }
+    let prefix = prefix_param(query)?;
     if !conn.policy.may_list_under(&conn.peer, &prefix) {
         let err = ApiError::forbidden("list", &format!("prefix {:?}", prefix.as_str()));
         deny(state, conn, Operation::List, prefix.as_str(), &err).await;
@@ -856,6 +909,24 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body
 
 /// `key=value` pairs of a query string, values percent-decoded. A value that does
 /// not decode to UTF-8 is an error.
+/// The `?prefix=P` of a listing query (everything when absent); any other parameter
+/// is refused.
+pub(crate) fn prefix_param(query: Option<&str>) -> Result<Prefix, ApiError> {
+    let mut prefix = Prefix::all();
+    for (key, value) in query_pairs(query) {
+        let value = value?;
+        match key {
+            "prefix" => prefix = Prefix::parse(&value)?,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (expected prefix)"
+                )))
+            }
+        }
+    }
+    Ok(prefix)
+}
+
 pub(crate) fn query_pairs(
     query: Option<&str>,
 ) -> impl Iterator<Item = (&str, Result<String, ApiError>)> {

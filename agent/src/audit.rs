@@ -60,6 +60,10 @@ pub struct Record {
     /// Version read or written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// What happened, for lifecycle operations (a rotation step and a provider's
+    /// reason). Never a value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Box<str>>,
 }
 
 impl Record {
@@ -75,6 +79,7 @@ impl Record {
             status: 200,
             code: None,
             version: None,
+            detail: None,
         }
     }
 }

@@ -23,6 +23,9 @@ pub struct Cached {
     pub version: u64,
     /// The rendered JSON body (secret bytes; zeroized on last drop).
     pub body: Bytes,
+    /// The version's expiry (unix seconds): an expired OAuth token is refreshed
+    /// rather than served from here.
+    pub expires_at: Option<i64>,
 }
 
 impl Cached {
@@ -31,6 +34,7 @@ impl Cached {
         Cached {
             version,
             body: Bytes::from_owner(body),
+            expires_at: None,
         }
     }
 }

@@ -13,6 +13,7 @@ mod dev;
 mod exec;
 mod import;
 mod init;
+mod lifecycle;
 mod plugin;
 mod render;
 mod secrets;
@@ -81,6 +82,10 @@ pub enum Command {
     Rm(secrets::RmArgs),
     /// Ask a secret's provider plugin whether it works (exit 6 when rejected).
     Validate(secrets::ValidateArgs),
+    /// Rotate a secret now through its provider plugin (staged, with rollback).
+    Rotate(lifecycle::RotateArgs),
+    /// Show lifecycle states: active, rotating, expired, invalid, reauth-required, ...
+    Status(lifecycle::StatusArgs),
     /// Store environment variables as secrets (migration from `.env` files).
     Import(import::ImportArgs),
     /// Inspect or call a provider plugin (`.wasm`), for plugin authors.
@@ -142,6 +147,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Rm(args) => secrets::rm(args).await,
         Command::Import(args) => import::run(args).await,
         Command::Validate(args) => secrets::validate(args).await,
+        Command::Rotate(args) => lifecycle::rotate(args).await,
+        Command::Status(args) => lifecycle::status(args).await,
         Command::Plugin(cmd) => plugin::run(cmd).await,
         Command::Render(args) => render::run(args).await,
         Command::Exec(args) => exec::run(args).await,

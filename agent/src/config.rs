@@ -5,6 +5,7 @@
 //! folder, durations parsed, policy rules compiled. Every problem is collected and
 //! reported at once, each naming its key (`listen.tcp: ...`).
 
+pub mod duration;
 pub mod file;
 
 use std::net::SocketAddr;
@@ -125,6 +126,10 @@ pub struct Config {
     pub plugins: Vec<crate::providers::PluginSpec>,
     /// Path patterns mapped to plugins.
     pub lifecycle: Vec<crate::providers::LifecycleSpec>,
+    /// Database connections for plugins.
+    pub sql: Vec<crate::providers::SqlSpec>,
+    /// The lifecycle engine's settings.
+    pub scheduler: crate::lifecycle::SchedulerSpec,
     /// The config file's folder.
     pub base: PathBuf,
 }
@@ -358,6 +363,32 @@ fn validate(
         if rule.paths.is_empty() {
             problems.push(format!("lifecycle[{i}].paths: give at least one pattern"));
         }
+        if rule.max_attempts == 0 {
+            problems.push(format!("lifecycle[{i}].max_attempts: must be at least 1"));
+        }
+        for (key, value) in [
+            ("validate_every", rule.validate_every),
+            ("rotate_every", rule.rotate_every),
+        ] {
+            if value.is_some_and(|d| d < std::time::Duration::from_secs(1)) {
+                problems.push(format!("lifecycle[{i}].{key}: must be at least 1s"));
+            }
+        }
+    }
+    for (i, sql) in raw.sql.iter().enumerate() {
+        if sql.url_env.is_some() == sql.url_file.is_some() {
+            problems.push(format!(
+                "sql[{i}] ({:?}): give exactly one of url_env and url_file",
+                sql.name
+            ));
+        }
+    }
+    for (i, plugin) in raw.plugin.iter().enumerate() {
+        for name in &plugin.sql {
+            if !raw.sql.iter().any(|s| &s.name == name) {
+                problems.push(format!("plugin[{i}].sql: no [[sql]] named {name:?}"));
+            }
+        }
     }
 
     Some(Config {
@@ -382,6 +413,8 @@ fn validate(
         webhooks,
         plugins: raw.plugin,
         lifecycle: raw.lifecycle,
+        sql: raw.sql,
+        scheduler: raw.scheduler,
         base: base.to_owned(),
     })
 }

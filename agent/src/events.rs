@@ -36,6 +36,8 @@ pub enum Kind {
     Expired,
     /// A rotation failed and was rolled back.
     RotationFailed,
+    /// The service refused a refresh: someone must log in again.
+    ReauthRequired,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::Expiring => "expiring",
             Kind::Expired => "expired",
             Kind::RotationFailed => "rotation-failed",
+            Kind::ReauthRequired => "reauth-required",
         }
     }
 }

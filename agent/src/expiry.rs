@@ -4,8 +4,8 @@
 //! A task reads the store's index (no values) every minute and publishes each warning
 //! once per secret version: a new version (a rotation, a refresh) starts the series
 //! again. What was already sent is kept in a small file beside the store, so a
-//! restart does not repeat warnings. Events reach the audit-side consumers: the SSE
-//! watchers and the webhooks.
+//! restart does not repeat warnings. Each warning is written to the audit trail and
+//! published to the event consumers: the SSE watchers and the webhooks.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -57,6 +57,7 @@ fn due(entries: &[Entry], now: i64, sent: &HashSet<Mark>) -> Vec<(Mark, Kind)> {
 pub struct Expiry {
     store: Store,
     events: Events,
+    audit: Option<crate::audit::Audit>,
     state_file: PathBuf,
     sent: HashSet<Mark>,
 }
@@ -72,9 +73,16 @@ impl Expiry {
         Expiry {
             store,
             events,
+            audit: None,
             state_file,
             sent,
         }
+    }
+
+    /// Also writes each warning to `audit`.
+    pub fn with_audit(mut self, audit: crate::audit::Audit) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// One pass: publishes what is due now. Returns how many events were sent.
@@ -95,6 +103,19 @@ impl Expiry {
                 tracing::warn!(path = %path, version = mark.1, "secret expired");
             } else {
                 tracing::info!(path = %path, version = mark.1, days = mark.2, "secret expires soon");
+            }
+            if let Some(audit) = &self.audit {
+                let mut record = crate::audit::Record::now(
+                    "latchkey:expiry".into(),
+                    None,
+                    kind.as_str(),
+                    Some(path.as_str()),
+                );
+                record.version = Some(mark.1);
+                if *kind == Kind::Expiring {
+                    record.detail = Some(format!("expires in {} days", mark.2).into());
+                }
+                audit.try_record(record);
             }
             self.events.publish(Event::now(*kind, path, Some(mark.1)));
         }

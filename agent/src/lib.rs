@@ -26,6 +26,7 @@ pub mod exec;
 pub mod expiry;
 pub mod fallback;
 pub mod identity;
+pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod path;

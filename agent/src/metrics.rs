@@ -29,6 +29,13 @@ pub struct OpLabels {
     pub op: &'static str,
 }
 
+/// Labels of the lifecycle state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `active`, `rotating`, `invalid`, `reauth-required`, ...
+    pub state: &'static str,
+}
+
 /// Every metric the agent keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -41,6 +48,7 @@ pub struct Metrics {
     secrets: Gauge,
     upstream_stale: Gauge,
     upstream_age: Gauge,
+    credentials: Family<StateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -61,6 +69,12 @@ impl Metrics {
         let secrets = Gauge::default();
         let upstream_stale = Gauge::default();
         let upstream_age = Gauge::default();
+        let credentials = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "credentials",
+            "Credentials under a lifecycle policy, by state",
+            credentials.clone(),
+        );
         registry.register(
             "requests",
             "API requests by operation and status",
@@ -107,6 +121,18 @@ impl Metrics {
             secrets,
             upstream_stale,
             upstream_age,
+            credentials,
+        }
+    }
+
+    /// Sets the lifecycle state gauge (called when scraped).
+    pub fn lifecycle(&self, counts: &std::collections::BTreeMap<crate::lifecycle::State, usize>) {
+        for (state, n) in counts {
+            self.credentials
+                .get_or_create(&StateLabels {
+                    state: state.as_str(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
     }
 

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::audit::{Audit, Outcome, Record};
 use crate::path::SecretPath;
+use crate::secret::{Fields, SecretString};
 use crate::store::Secret;
 
 /// `[[plugin]]` as written.
@@ -40,6 +41,9 @@ pub struct PluginSpec {
     /// Non-public networks granted names may resolve into (CIDR).
     #[serde(default)]
     pub allow_networks: Vec<String>,
+    /// `[[sql]]` connections granted (by name).
+    #[serde(default)]
+    pub sql: Vec<String>,
     /// Memory cap per call, MiB.
     #[serde(default = "default_memory")]
     pub memory_mb: usize,
@@ -55,7 +59,31 @@ fn default_deadline() -> String {
     "10s".to_owned()
 }
 
-/// `[[lifecycle]]` as written.
+/// `[[sql]]`: a database connection the host holds for plugins. The URL (with the
+/// administrative password) comes from an environment variable or a file, never from
+/// the config text, and plugins never see it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSpec {
+    /// The name plugins and `[[plugin]] sql` use.
+    pub name: String,
+    /// The environment variable holding `postgres://…` or `mysql://…`.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Or a file holding it (mode 0600), relative to the config file.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Pool size.
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+fn default_pool() -> u32 {
+    2
+}
+
+/// `[[lifecycle]]` as written: which plugin looks after which secrets, and what the
+/// engine does with them (see `lifecycle.rs`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LifecycleSpec {
@@ -66,6 +94,45 @@ pub struct LifecycleSpec {
     /// The provider's config (strings; not secret: credentials live in the secret).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Health check: validate against the service this often.
+    #[serde(default, with = "crate::config::duration::optional")]
+    pub validate_every: Option<Duration>,
+    /// Refresh (OAuth) this long before expiry; an expired credential read by an app
+    /// is refreshed on the spot.
+    #[serde(default, with = "crate::config::duration::optional")]
+    pub refresh_before: Option<Duration>,
+    /// Rotate this long after the last rotation (or the last write).
+    #[serde(default, with = "crate::config::duration::optional")]
+    pub rotate_every: Option<Duration>,
+    /// Rotate this long before expiry.
+    #[serde(default, with = "crate::config::duration::optional")]
+    pub rotate_before_expiry: Option<Duration>,
+    /// How long the previous credential stays valid after a rotation before the
+    /// provider retires it.
+    #[serde(default, with = "crate::config::duration::optional")]
+    pub grace: Option<Duration>,
+    /// Failed attempts of one rotation or refresh before the engine gives up until the
+    /// next change or an operator's `latchkey rotate`.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay after a failed attempt (doubles, with jitter).
+    #[serde(default = "default_retry", with = "crate::config::duration::required")]
+    pub retry_after: Duration,
+    /// Permissions a credential must not hold (e.g. `withdraw`): a validation that
+    /// reports one granted marks the credential invalid, and a write asking for
+    /// validation is refused.
+    #[serde(default)]
+    pub forbid_permissions: Vec<String>,
+    /// Validate every admin write of these secrets before storing it.
+    #[serde(default)]
+    pub validate_on_write: bool,
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+fn default_retry() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Why the providers could not be set up or a call failed.
@@ -102,6 +169,7 @@ struct Rule {
     matchers: Vec<GlobMatcher>,
     plugin: String,
     config: Vec<(String, String)>,
+    policy: Arc<LifecycleSpec>,
 }
 
 /// The loaded plugins and the rules that pick one for a path.
@@ -153,6 +221,10 @@ pub struct Checked {
     pub expires_at: Option<u64>,
     /// Set when the provider could not decide (`unavailable`, `denied`, …).
     pub error: Option<String>,
+    /// The service refused to talk about the credential at all (the provider's
+    /// `rejected`): revoked or deleted there, rather than merely failing a check.
+    #[serde(skip)]
+    pub rejected: bool,
 }
 
 impl Providers {
@@ -168,6 +240,7 @@ impl Providers {
     pub async fn load(
         plugins: &[PluginSpec],
         rules: &[LifecycleSpec],
+        sql: &[SqlSpec],
         base: &Path,
         cache_dir: PathBuf,
         audit: Audit,
@@ -175,14 +248,6 @@ impl Providers {
         if plugins.is_empty() && rules.is_empty() {
             return Ok(Self::none());
         }
-        let max_memory = plugins.iter().map(|p| p.memory_mb).max().unwrap_or(128);
-        let plugin_host = host::PluginHost::new(host::HostConfig {
-            cache_dir: Some(cache_dir),
-            max_instance_memory: (max_memory.max(16)) << 20,
-            audit: Arc::new(AuditBridge(audit)),
-            ..host::HostConfig::default()
-        })
-        .map_err(|e| Error::Host(host::error_chain(&e)))?;
         let resolve = |p: &Path| {
             if p.is_absolute() {
                 p.to_owned()
@@ -190,6 +255,19 @@ impl Providers {
                 base.join(p)
             }
         };
+        let sql = sql
+            .iter()
+            .map(|spec| sql_connection(spec, &resolve))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_memory = plugins.iter().map(|p| p.memory_mb).max().unwrap_or(128);
+        let plugin_host = host::PluginHost::new(host::HostConfig {
+            cache_dir: Some(cache_dir),
+            sql,
+            max_instance_memory: (max_memory.max(16)) << 20,
+            audit: Arc::new(AuditBridge(audit)),
+            ..host::HostConfig::default()
+        })
+        .map_err(|e| Error::Host(host::error_chain(&e)))?;
         let mut loaded = HashMap::new();
         for spec in plugins {
             let wasm = resolve(&spec.wasm);
@@ -233,7 +311,7 @@ impl Providers {
                     grants: host::Grants {
                         http: spec.http.clone(),
                         allowed_networks,
-                        sql: Vec::new(),
+                        sql: spec.sql.clone(),
                     },
                     limits: host::Limits {
                         memory_bytes: spec.memory_mb.max(1) << 20,
@@ -267,6 +345,7 @@ impl Providers {
                 matchers,
                 plugin: rule.plugin.clone(),
                 config: rule.config.clone().into_iter().collect(),
+                policy: Arc::new(rule.clone()),
             });
         }
         Ok(Providers {
@@ -281,31 +360,65 @@ impl Providers {
             .find(|r| r.matchers.iter().any(|m| m.is_match(path.as_str())))
     }
 
-    /// Asks the provider looking after `secret` whether it works.
-    pub async fn validate(&self, secret: &Secret) -> Result<Checked, Error> {
+    /// The lifecycle policy of the first rule covering `path`.
+    pub fn policy(&self, path: &SecretPath) -> Option<Arc<LifecycleSpec>> {
+        self.rule_for(path).map(|r| Arc::clone(&r.policy))
+    }
+
+    /// Whether any rule exists (the lifecycle engine runs only then).
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    fn plugin_for(&self, path: &SecretPath) -> Result<(&Rule, &host::Plugin), Error> {
         let rule = self
-            .rule_for(&secret.path)
-            .ok_or_else(|| Error::NoProvider(secret.path.clone()))?;
+            .rule_for(path)
+            .ok_or_else(|| Error::NoProvider(path.clone()))?;
         let plugin = self
             .plugins
             .get(&rule.plugin)
-            .ok_or_else(|| Error::NoProvider(secret.path.clone()))?;
-        let cred = host::Credential {
-            kind: secret.kind.clone(),
-            fields: secret
-                .fields
-                .iter()
-                .map(|(k, v)| (k.to_owned(), host::SecretString::new(v.expose().to_owned())))
-                .collect(),
-            expires_at: secret.expires_at.and_then(|t| u64::try_from(t).ok()),
-        };
-        let answer = plugin
-            .validate(rule.config.clone(), cred)
+            .ok_or_else(|| Error::NoProvider(path.clone()))?;
+        Ok((rule, plugin))
+    }
+
+    /// The credential as the plugin gets it. A secret without a kind of its own (one
+    /// synced from an upstream, which does not keep kinds) takes the plugin's first
+    /// kind, so `generic` never reaches a provider that checks kinds.
+    fn host_cred(plugin: &host::Plugin, cred: &Credential) -> host::Credential {
+        let mut host_cred = cred.to_host();
+        if host_cred.kind == crate::store::DEFAULT_KIND {
+            if let Some(kind) = plugin.info().and_then(|i| i.kinds.first()) {
+                host_cred.kind = kind.clone();
+            }
+        }
+        host_cred
+    }
+
+    fn call_failed(rule: &Rule, e: &host::CallError) -> Error {
+        Error::Call {
+            name: rule.plugin.clone(),
+            reason: host::error_chain(e),
+        }
+    }
+
+    /// Asks the provider looking after `secret` whether it works.
+    pub async fn validate(&self, secret: &Secret) -> Result<Checked, Error> {
+        self.validate_credential(&secret.path, &Credential::of(secret))
             .await
-            .map_err(|e| Error::Call {
-                name: rule.plugin.clone(),
-                reason: host::error_chain(&e),
-            })?;
+    }
+
+    /// Asks the provider looking after `path` whether `cred` works (a candidate not
+    /// stored yet, or a pending credential).
+    pub async fn validate_credential(
+        &self,
+        path: &SecretPath,
+        cred: &Credential,
+    ) -> Result<Checked, Error> {
+        let (rule, plugin) = self.plugin_for(path)?;
+        let answer = plugin
+            .validate(rule.config.clone(), Self::host_cred(plugin, cred))
+            .await
+            .map_err(|e| Self::call_failed(rule, &e))?;
         Ok(match answer {
             Ok(v) => Checked {
                 plugin: rule.plugin.clone(),
@@ -318,6 +431,7 @@ impl Providers {
                     .collect(),
                 expires_at: v.expires_at,
                 error: None,
+                rejected: false,
             },
             Err(e) => Checked {
                 plugin: rule.plugin.clone(),
@@ -328,7 +442,153 @@ impl Providers {
                 // `rejected` is an answer (the credential is bad), the rest are not.
                 error: (!matches!(e, host::ProviderError::Rejected(_)))
                     .then(|| e.code().to_owned()),
+                rejected: matches!(e, host::ProviderError::Rejected(_)),
             },
         })
     }
+
+    /// Rotation step 1: the provider creates a new credential beside `current`.
+    pub async fn create_pending(
+        &self,
+        path: &SecretPath,
+        current: &Credential,
+    ) -> Result<Result<Credential, host::ProviderError>, Error> {
+        let (rule, plugin) = self.plugin_for(path)?;
+        let answer = plugin
+            .create_pending(rule.config.clone(), Self::host_cred(plugin, current))
+            .await
+            .map_err(|e| Self::call_failed(rule, &e))?;
+        Ok(answer.map(|c| Credential::from_host(&c)))
+    }
+
+    /// Revokes `cred` at the service (after the grace window, or on rollback).
+    pub async fn retire(
+        &self,
+        path: &SecretPath,
+        cred: &Credential,
+    ) -> Result<Result<(), host::ProviderError>, Error> {
+        let (rule, plugin) = self.plugin_for(path)?;
+        plugin
+            .retire(rule.config.clone(), Self::host_cred(plugin, cred))
+            .await
+            .map_err(|e| Self::call_failed(rule, &e))
+    }
+
+    /// Exchanges `cred` for a fresh one (OAuth 2 refresh). Fields the provider does
+    /// not return are kept from `cred`.
+    pub async fn refresh(
+        &self,
+        path: &SecretPath,
+        cred: &Credential,
+    ) -> Result<Result<Credential, host::ProviderError>, Error> {
+        let (rule, plugin) = self.plugin_for(path)?;
+        let answer = plugin
+            .refresh(rule.config.clone(), Self::host_cred(plugin, cred))
+            .await
+            .map_err(|e| Self::call_failed(rule, &e))?;
+        Ok(answer.map(|fresh| {
+            let mut fresh = Credential::from_host(&fresh);
+            for (name, value) in cred.fields.iter() {
+                if fresh.fields.get(name).is_none() {
+                    fresh.fields.insert(
+                        name.to_owned(),
+                        SecretString::new(value.expose().to_owned()),
+                    );
+                }
+            }
+            fresh
+        }))
+    }
+}
+
+/// A credential as the lifecycle engine handles it: what a version of a secret holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The secret's kind.
+    pub kind: String,
+    /// Its fields (redacted in `Debug`).
+    pub fields: Fields,
+    /// When it expires (unix seconds).
+    pub expires_at: Option<i64>,
+}
+
+impl Credential {
+    /// The credential a stored version holds.
+    pub fn of(secret: &Secret) -> Self {
+        Credential {
+            kind: secret.kind.clone(),
+            fields: secret.fields.clone(),
+            expires_at: secret.expires_at,
+        }
+    }
+
+    fn to_host(&self) -> host::Credential {
+        host::Credential {
+            kind: self.kind.clone(),
+            fields: self
+                .fields
+                .iter()
+                .map(|(k, v)| (k.to_owned(), host::SecretString::new(v.expose().to_owned())))
+                .collect(),
+            expires_at: self.expires_at.and_then(|t| u64::try_from(t).ok()),
+        }
+    }
+
+    fn from_host(cred: &host::Credential) -> Self {
+        Credential {
+            kind: cred.kind.clone(),
+            fields: cred
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), SecretString::new(v.expose().to_owned())))
+                .collect(),
+            expires_at: cred.expires_at.and_then(|t| i64::try_from(t).ok()),
+        }
+    }
+}
+
+fn sql_connection(
+    spec: &SqlSpec,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<host::SqlConnectionConfig, Error> {
+    let url = match (&spec.url_env, &spec.url_file) {
+        (Some(var), None) => std::env::var(var).map_err(|_| {
+            Error::Config(format!(
+                "sql {:?}: environment variable {var} is not set",
+                spec.name
+            ))
+        })?,
+        (None, Some(file)) => std::fs::read_to_string(resolve(file))
+            .map_err(|e| {
+                Error::Config(format!(
+                    "sql {:?}: cannot read {}: {e}",
+                    spec.name,
+                    file.display()
+                ))
+            })?
+            .trim()
+            .to_owned(),
+        _ => {
+            return Err(Error::Config(format!(
+                "sql {:?}: give exactly one of url_env and url_file",
+                spec.name
+            )))
+        }
+    };
+    let dialect = match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("postgres" | "postgresql") => host::Dialect::Postgres,
+        Some("mysql") => host::Dialect::Mysql,
+        _ => {
+            return Err(Error::Config(format!(
+                "sql {:?}: the URL must start with postgres:// or mysql://",
+                spec.name
+            )))
+        }
+    };
+    Ok(host::SqlConnectionConfig {
+        name: spec.name.clone(),
+        dialect,
+        url: host::SecretString::new(url),
+        max_connections: spec.max_connections.max(1),
+    })
 }

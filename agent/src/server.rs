@@ -160,11 +160,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let providers = crate::providers::Providers::load(
         &config.plugins,
         &config.lifecycle,
+        &config.sql,
         &config.base,
         config.store.path.with_extension("plugins"),
         audit.clone(),
     )
     .await?;
+    let providers = Arc::new(providers);
     let cache = Arc::new(HotCache::new(config.hot_cache_entries));
     let events = crate::events::Events::new();
     let (stop, stop_rx) = watch::channel(false);
@@ -180,7 +182,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         syncer.spawn(stop_rx.clone());
         syncer
     });
+    let engine = providers.has_rules().then(|| {
+        crate::lifecycle::Engine::new(crate::lifecycle::Parts {
+            providers: Arc::clone(&providers),
+            store: store.clone(),
+            cache: cache.clone(),
+            events: events.clone(),
+            sync: sync.clone(),
+            audit: audit.clone(),
+            spec: config.scheduler.clone(),
+        })
+    });
     let state = Arc::new(State {
+        engine: engine.clone(),
         store: store.clone(),
         cache,
         audit,
@@ -218,12 +232,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.trust_domain.as_str().into(),
         stop_rx.clone(),
     );
+    if let Some(engine) = &engine {
+        engine.spawn(stop_rx.clone());
+        tracing::info!(node = engine.node(), "lifecycle engine running");
+    }
     // After the webhooks subscribed, so warnings due at start reach them.
     crate::expiry::Expiry::new(
         store.clone(),
         state.events.clone(),
         config.store.path.with_extension("expiry.json"),
     )
+    .with_audit(state.audit.clone())
     .spawn(EXPIRY_CHECK, stop_rx.clone());
     let task = tokio::spawn(listener::serve(bound, ctx, stop_rx, DRAIN));
     tracing::info!(listen = ?addresses, store = %config.store.path.display(), "latchkey ready");

@@ -1,7 +1,7 @@
 //! The local encrypted store: versioned, labelled secrets in sled, sealed at rest.
 //!
 //! This is where the cache's cold layer and the embedded upstream keep their data.
-//! Three sled trees:
+//! Four sled trees:
 //!
 //! - `meta`: the store's data key, wrapped by the key-encryption key, and that key's id.
 //! - `index`: one sealed index entry (`store/record.rs`) per path (versions kept, labels,
@@ -10,6 +10,9 @@
 //! - `records`: one sealed record per version (fields, kind, timestamps). Key: path
 //!   bytes, `0x00`, version as u64 big-endian. Associated data:
 //!   `b"latchkey/record/v1\0" + key`.
+//! - `journal`: the lifecycle engine's crash journal (`store/journal.rs`): one sealed
+//!   blob per secret with a rotation in flight. Key: the path bytes. Associated data:
+//!   `b"latchkey/journal/v1\0" + path`.
 //!
 //! Binding the path and version as associated data makes every value tamper-evident: a
 //! record moved to another path or version, truncated or altered fails to open with
@@ -33,6 +36,7 @@ use crate::crypto::{self, DataKey, KeyWrapper};
 use crate::path::{Prefix, SecretPath};
 use crate::secret::Fields;
 
+mod journal;
 mod record;
 #[cfg(test)]
 mod tests;
@@ -57,6 +61,7 @@ const RECORD_AAD: &[u8] = b"latchkey/record/v1\0";
 const META_TREE: &str = "meta";
 const INDEX_TREE: &str = "index";
 const RECORDS_TREE: &str = "records";
+const JOURNAL_TREE: &str = "journal";
 const META_DEK: &[u8] = b"dek";
 const META_KEK_ID: &[u8] = b"kek_id";
 /// How often `get` looks again when a concurrent `put` pruned the version it resolved.
@@ -262,6 +267,7 @@ struct Inner {
     meta: sled::Tree,
     index: sled::Tree,
     records: sled::Tree,
+    journal: sled::Tree,
     key: DataKey,
     max_versions: usize,
     /// Number of secrets: counted once at open, then kept by `put` and `delete`
@@ -301,6 +307,7 @@ impl Store {
         let meta = db.open_tree(META_TREE)?;
         let index = db.open_tree(INDEX_TREE)?;
         let records = db.open_tree(RECORDS_TREE)?;
+        let journal = db.open_tree(JOURNAL_TREE)?;
 
         let key = match (meta.get(META_DEK)?, meta.get(META_KEK_ID)?) {
             (Some(wrapped), Some(id)) => {
@@ -335,6 +342,7 @@ impl Store {
                 meta,
                 index,
                 records,
+                journal,
                 key,
                 max_versions: cfg.max_versions,
                 count: AtomicIsize::new(count),

@@ -196,6 +196,12 @@ impl Syncer {
         })
     }
 
+    /// The upstream itself, for the lifecycle engine's coordination records and
+    /// re-reads (calls made through it bypass the sync's concurrency budget).
+    pub fn upstream(&self) -> Arc<dyn Upstream> {
+        Arc::clone(&self.upstream)
+    }
+
     /// The upstream's name.
     pub fn upstream_name(&self) -> &str {
         self.upstream.name()

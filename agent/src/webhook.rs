@@ -95,6 +95,7 @@ fn kind_named(name: &str) -> Option<Kind> {
         Kind::Expiring,
         Kind::Expired,
         Kind::RotationFailed,
+        Kind::ReauthRequired,
     ]
     .into_iter()
     .find(|k| k.as_str() == name)

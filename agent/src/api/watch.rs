@@ -13,8 +13,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{deny, query_pairs, ApiError, Body, Conn, State};
-use crate::path::Prefix;
+use super::{deny, ApiError, Body, Conn, State};
 use crate::policy::{Decision, Operation};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -24,18 +23,7 @@ pub(super) async fn watch(
     conn: &Arc<Conn>,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut prefix = Prefix::all();
-    for (key, value) in query_pairs(query) {
-        let value = value?;
-        match key {
-            "prefix" => prefix = Prefix::parse(&value)?,
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown query parameter {other:?} (expected prefix)"
-                )))
-            }
-        }
-    }
+    let prefix = super::prefix_param(query)?;
     if !conn.policy.may_list_under(&conn.peer, &prefix) && !conn.policy.allows_any(Operation::Read)
     {
         let err = ApiError::forbidden("watch", &format!("prefix {:?}", prefix.as_str()));

@@ -56,6 +56,10 @@ pub struct PutArgs {
     /// Write only if the current version is this (0: only if it does not exist).
     #[arg(long)]
     pub cas: Option<u64>,
+    /// Have the secret's provider plugin validate the credential first; a rejected
+    /// credential is not stored and the reason is printed.
+    #[arg(long)]
+    pub validate: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -83,7 +87,7 @@ pub struct RmArgs {
 }
 
 /// Maps an error answer to a failure with a meaningful exit code.
-fn check(reply: &Reply) -> Result<(), Failure> {
+pub(super) fn check(reply: &Reply) -> Result<(), Failure> {
     if reply.is_success() {
         return Ok(());
     }
@@ -222,9 +226,12 @@ pub(super) async fn put(args: PutArgs) -> Result<ExitCode, Failure> {
     let bytes = SecretBytes::new(serde_json::to_vec(&body).context("cannot encode the request")?);
     drop(body);
     let client = args.client.client()?;
-    let reply = client
-        .request(Method::PUT, &format!("/v1/secrets/{path}"), Some(bytes))
-        .await?;
+    let target = if args.validate {
+        format!("/v1/secrets/{path}?validate=true")
+    } else {
+        format!("/v1/secrets/{path}")
+    };
+    let reply = client.request(Method::PUT, &target, Some(bytes)).await?;
     check(&reply)?;
     let json = reply.json().context("the agent's answer is not JSON")?;
     println!(

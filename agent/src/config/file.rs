@@ -53,6 +53,12 @@ pub struct FileConfig {
     /// Which plugin looks after which secrets.
     #[serde(default)]
     pub lifecycle: Vec<crate::providers::LifecycleSpec>,
+    /// Database connections the host holds for plugins (granted by `[[plugin]] sql`).
+    #[serde(default)]
+    pub sql: Vec<crate::providers::SqlSpec>,
+    /// The lifecycle engine: leases, coordination records, concurrency.
+    #[serde(default)]
+    pub scheduler: crate::lifecycle::SchedulerSpec,
 }
 
 /// `[sync]`.

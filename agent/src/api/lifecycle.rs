@@ -1,0 +1,154 @@
+//! Admin routes of the lifecycle engine: rotate now, validate now, and status.
+//!
+//! | method | path | answer |
+//! | --- | --- | --- |
+//! | POST | `/v1/rotate/{path}` | 200 `{"outcome":"rotated","version":N}`; 409 busy; 502 rolled back |
+//! | POST | `/v1/validate/{path}` | 200 with the provider's answer (also records the state) |
+//! | GET | `/v1/status[?prefix=P]` | every looked-after credential's state |
+//! | GET | `/v1/status/{path}` | one credential's state |
+
+use http::{Response, StatusCode};
+
+use super::{authorize, deny, json_response, prefix_param, ApiError, Body, Conn, State};
+use crate::audit::Record;
+use crate::lifecycle::{Engine, Error, RotationOutcome};
+use crate::path::SecretPath;
+use crate::policy::{Decision, Operation};
+
+fn engine(state: &State) -> Result<&Engine, ApiError> {
+    state.engine.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_provider",
+            "no [[lifecycle]] rule is configured",
+        )
+    })
+}
+
+/// Maps an engine error to an answer; provider reasons are passed on (they never
+/// hold values).
+pub(super) fn engine_error(e: Error) -> ApiError {
+    match e {
+        Error::NoPolicy(p) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_provider",
+            format!("no [[lifecycle]] rule names a plugin for {p}"),
+        ),
+        Error::NotFound(p) => ApiError::not_found(format_args!("secret {p}")),
+        Error::Busy(p, why) => {
+            ApiError::new(StatusCode::CONFLICT, "busy", format!("{p} is busy: {why}"))
+        }
+        Error::Refused(reason) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "credential_rejected",
+            reason,
+        ),
+        Error::Unavailable(reason) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "provider_unavailable", reason)
+        }
+        Error::Plugin(crate::providers::Error::NoProvider(p)) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_provider",
+            format!("no [[lifecycle]] rule names a plugin for {p}"),
+        ),
+        Error::Plugin(e) => {
+            tracing::warn!(error = %e, "plugin call failed");
+            ApiError::new(StatusCode::BAD_GATEWAY, "plugin_failed", e.to_string())
+        }
+        other => {
+            tracing::warn!(error = %other, "lifecycle operation failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "lifecycle_failed",
+                other.to_string(),
+            )
+        }
+    }
+}
+
+/// `POST /v1/rotate/{path}`: runs a rotation now and answers when it is done.
+pub(super) async fn rotate(
+    state: &State,
+    conn: &Conn,
+    raw: &str,
+) -> Result<Response<Body>, ApiError> {
+    let path = SecretPath::parse(raw)?;
+    authorize(state, conn, Operation::Admin, &path).await?;
+    let engine = engine(state)?;
+    let mut record = Record::now(
+        conn.peer.id.clone(),
+        conn.peer.uid,
+        "rotate-now",
+        Some(path.as_str()),
+    );
+    let outcome = engine.rotate(&path, true).await.map_err(engine_error);
+    let answer = match outcome {
+        Ok(o) => {
+            let status = match &o {
+                RotationOutcome::Rotated { .. } => StatusCode::OK,
+                RotationOutcome::Busy { .. } | RotationOutcome::NotDue => StatusCode::CONFLICT,
+                RotationOutcome::RolledBack { .. } => StatusCode::BAD_GATEWAY,
+            };
+            record.status = status.as_u16();
+            if let RotationOutcome::Rotated { version } = &o {
+                record.version = Some(*version);
+            }
+            let mut body = serde_json::to_value(&o).unwrap_or_default();
+            body["path"] = path.as_str().into();
+            Ok(json_response(status, &body))
+        }
+        Err(e) => {
+            record.status = e.status.as_u16();
+            record.code = Some(e.code);
+            Err(e)
+        }
+    };
+    state.audit.record(record).await;
+    answer
+}
+
+/// `GET /v1/status[?prefix=P]` and `GET /v1/status/{path}`.
+pub(super) async fn status(
+    state: &State,
+    conn: &Conn,
+    raw: Option<&str>,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    match raw {
+        Some(raw) => {
+            let path = SecretPath::parse(raw)?;
+            authorize(state, conn, Operation::Admin, &path).await?;
+            let status = engine(state)?
+                .status(&path)
+                .ok_or_else(|| ApiError::not_found(format_args!("lifecycle status of {path}")))?;
+            let mut body = serde_json::to_value(&status).unwrap_or_default();
+            body["path"] = path.as_str().into();
+            Ok(json_response(StatusCode::OK, &body))
+        }
+        None => {
+            let prefix = prefix_param(query)?;
+            if !conn.policy.allows_any(Operation::Admin) {
+                let err = ApiError::forbidden("admin", prefix.as_str());
+                deny(state, conn, Operation::Admin, prefix.as_str(), &err).await;
+                return Err(err);
+            }
+            let list: Vec<serde_json::Value> = engine(state)?
+                .statuses(&prefix)
+                .into_iter()
+                // Only what this admin may administer.
+                .filter(|(path, _)| {
+                    conn.policy.check(&conn.peer, Operation::Admin, path) == Decision::Allow
+                })
+                .map(|(path, status)| {
+                    let mut v = serde_json::to_value(&status).unwrap_or_default();
+                    v["path"] = path.as_str().into();
+                    v
+                })
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "credentials": list }),
+            ))
+        }
+    }
+}

@@ -1,0 +1,742 @@
+//! Staged rotation: the four steps, rollback, the grace window and crash recovery.
+//!
+//! 1. **create** — the provider creates the pending credential at the service while
+//!    the current one keeps working. The pending credential goes into the store's
+//!    journal (sealed, flushed) before anything else, so a crash cannot lose it.
+//! 2. **publish** — it is written into the coordination record (check-and-set), where
+//!    every agent and a restarted one can find it.
+//! 3. **test** — the provider validates it against the real service (and the policy's
+//!    forbidden permissions are checked).
+//! 4. **promote** — it is written as the secret's new current version, with
+//!    check-and-set on the version that was rotated; the old one becomes `previous`.
+//!
+//! After the grace window the provider retires `previous`. A failure at any step rolls
+//! back: the pending credential is retired at the service, `current` is untouched, the
+//! failure is audited and published (`rotation-failed`, which webhooks deliver), and
+//! the rotation is retried with backoff up to `max_attempts`. One exception keeps a
+//! credential from being lost: if the current credential no longer works (a provider
+//! that changes a password in place), the engine keeps the pending credential and
+//! finishes the rotation instead of rolling it back.
+//!
+//! The claim, the lease and the steps are recorded in the [`super::ledger`]; see there
+//! for how exactly one agent wins.
+
+use std::sync::Arc;
+
+use super::ledger::{Entry, Step};
+use super::{backoff, forbidden, rotation_due, secs, unix_now, Engine, Error, State, Status};
+use crate::audit::Outcome as AuditOutcome;
+use crate::events::Kind;
+use crate::path::SecretPath;
+use crate::providers::{Credential, LifecycleSpec};
+use crate::store::{Secret, Selector};
+
+/// What a call to [`Engine::rotate`] did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// A new version was promoted.
+    Rotated {
+        /// The new current version.
+        version: u64,
+    },
+    /// Nothing to do: not due, or another agent already rotated it.
+    NotDue,
+    /// Someone else holds it (another agent's claim, or an operation here).
+    Busy {
+        /// Who and until when.
+        detail: String,
+    },
+    /// A step failed and the rotation was rolled back.
+    RolledBack {
+        /// The step and the reason.
+        detail: String,
+    },
+}
+
+impl Engine {
+    fn ledger_key(&self, path: &SecretPath) -> Result<SecretPath, Error> {
+        SecretPath::parse(&format!("{}/{}", self.inner.spec.ledger_prefix, path))
+            .map_err(|e| Error::Refused(format!("ledger path for {path}: {e}")))
+    }
+
+    fn lease_until(&self) -> i64 {
+        unix_now() + secs(self.inner.spec.lease)
+    }
+
+    /// Rotates `path` now if it is due (or always, when `forced`), unless another
+    /// agent holds the rotation.
+    pub async fn rotate(&self, path: &SecretPath, forced: bool) -> Result<Outcome, Error> {
+        let policy = self
+            .policy(path)
+            .ok_or_else(|| Error::NoPolicy(path.clone()))?;
+        let lock = self.path_lock(path);
+        let Ok(_guard) = lock.try_lock_owned() else {
+            return Ok(Outcome::Busy {
+                detail: "another operation on this secret is running on this agent".into(),
+            });
+        };
+        let key = self.ledger_key(path)?;
+        let mut record = self.inner.ledger.read(&key).await?;
+        let now = unix_now();
+        if let Some((_, entry)) = &record {
+            if entry.held_by_other(&self.inner.node, now) {
+                return Ok(Outcome::Busy {
+                    detail: format!(
+                        "rotation claimed by {} for {} more seconds",
+                        entry.owner,
+                        entry.lease_until - now
+                    ),
+                });
+            }
+        }
+        let mut secret = self
+            .inner
+            .store
+            .get(path, Selector::Current)?
+            .ok_or_else(|| Error::NotFound(path.clone()))?;
+        // Rotate what the upstream holds now, not a stale copy.
+        if let Some(sync) = &self.inner.sync {
+            match sync
+                .upstream()
+                .metadata(path)
+                .await
+                .map_err(crate::sync::Error::from)?
+            {
+                Some(meta) if meta.version == secret.version => {}
+                Some(meta) => {
+                    sync.fetch(path).await?;
+                    secret = self
+                        .inner
+                        .store
+                        .get(path, Selector::Current)?
+                        .ok_or_else(|| Error::NotFound(path.clone()))?;
+                    // A scheduled rotation looks again at its next tick; an operator's
+                    // rotates what the upstream holds now.
+                    if secret.version != meta.version || !forced {
+                        return Ok(Outcome::NotDue);
+                    }
+                }
+                None => return Err(Error::NotFound(path.clone())),
+            }
+        }
+        if let Some((_, entry)) = &record {
+            // Another agent may have rotated already (or this one, before a restart).
+            let rotated_at = entry.rotated_at;
+            let status = self.inner.status.update(
+                path,
+                || Status::new(&policy.plugin, secret.version, now),
+                |s| {
+                    s.rotated_at = s.rotated_at.max(rotated_at);
+                    s.clone()
+                },
+            );
+            if !forced && !rotation_due(&policy, &secret, &status, now) {
+                return Ok(Outcome::NotDue);
+            }
+            // An abandoned claim (lease lapsed): its pending credential goes.
+            if entry.step.in_flight() && entry.owner != self.inner.node {
+                if let Some(p) = &entry.pending {
+                    if !same_fields(p, &Credential::of(&secret)) {
+                        self.retire_quietly(path, p, "abandoned pending credential")
+                            .await;
+                    }
+                }
+            }
+        }
+        // Rotating again while the last rotation's grace window is open: retire its
+        // previous credential first (only now that this rotation is really due).
+        if record
+            .as_ref()
+            .is_some_and(|(_, e)| e.step == Step::Grace && e.previous.is_some())
+        {
+            self.retire_previous(path, &key, record.take()).await?;
+            record = self.inner.ledger.read(&key).await?;
+        }
+        let claim = Entry::claim(
+            &self.inner.node,
+            self.lease_until(),
+            secret.version,
+            record.as_ref().map(|(_, e)| e),
+        );
+        let cas = record.as_ref().map_or(0, |(v, _)| *v);
+        let version = match self.inner.ledger.write(&key, &claim, cas).await {
+            Ok(v) => v,
+            Err(super::ledger::Error::Lost(_)) => {
+                return Ok(Outcome::Busy {
+                    detail: "another agent claimed this rotation first".into(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.inner.store.journal_put(path, &claim.to_blob()).await?;
+        tracing::info!(path = %path, version = secret.version, "rotation claimed");
+        self.run_steps(path, &policy, &secret, claim, version).await
+    }
+
+    /// Steps 1 to 4 from wherever `entry` stands (a resumed rotation already has its
+    /// pending credential and skips step 1).
+    async fn run_steps(
+        &self,
+        path: &SecretPath,
+        policy: &LifecycleSpec,
+        secret: &Secret,
+        mut entry: Entry,
+        mut version: u64,
+    ) -> Result<Outcome, Error> {
+        let key = self.ledger_key(path)?;
+        let current = Credential::of(secret);
+        let providers = Arc::clone(&self.inner.providers);
+        self.mark(
+            path,
+            policy,
+            secret,
+            State::Rotating,
+            "step 1: creating the pending credential",
+        );
+
+        // Step 1: create.
+        let pending = match entry.pending.clone() {
+            Some(p) => p,
+            None => match providers.create_pending(path, &current).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    let detail = format!("step 1 (create) failed: {}: {}", e.code(), e.detail());
+                    return self
+                        .roll_back(path, policy, secret, entry, version, None, detail)
+                        .await;
+                }
+                Err(e) => {
+                    let detail = format!("step 1 (create) failed: {e}");
+                    return self
+                        .roll_back(path, policy, secret, entry, version, None, detail)
+                        .await;
+                }
+            },
+        };
+        entry.pending = Some(pending.clone());
+        self.inner.store.journal_put(path, &entry.to_blob()).await?;
+
+        // Step 2: publish.
+        self.mark(
+            path,
+            policy,
+            secret,
+            State::Rotating,
+            "step 2: publishing the pending credential",
+        );
+        entry.step = Step::Published;
+        entry.lease_until = self.lease_until();
+        version = match self.inner.ledger.write(&key, &entry, version).await {
+            Ok(v) => v,
+            Err(e) => {
+                let detail = format!("step 2 (publish) failed: {e}");
+                return self
+                    .roll_back(path, policy, secret, entry, version, Some(pending), detail)
+                    .await;
+            }
+        };
+        self.inner.store.journal_put(path, &entry.to_blob()).await?;
+
+        // Step 3: test.
+        self.mark(
+            path,
+            policy,
+            secret,
+            State::Rotating,
+            "step 3: testing the pending credential",
+        );
+        let refused = match providers.validate_credential(path, &pending).await {
+            Ok(c) => match (&c.error, forbidden(policy, &c)) {
+                (Some(code), _) => Some(format!("{code}: {}", c.detail)),
+                (None, Some(p)) => Some(format!("holds forbidden permission {p}")),
+                (None, None) if !c.valid => Some(format!("rejected: {}", c.detail)),
+                (None, None) => None,
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(reason) = refused {
+            let detail = format!("step 3 (test) failed: {reason}");
+            return self
+                .roll_back(path, policy, secret, entry, version, Some(pending), detail)
+                .await;
+        }
+
+        // Step 4: promote.
+        self.mark(path, policy, secret, State::Rotating, "step 4: promoting");
+        let promoted = match self.commit(path, &pending, secret.version).await {
+            Ok(s) => s,
+            Err(e) => match self.promoted_already(path, &pending).await {
+                Some(s) => s,
+                None => {
+                    let detail = format!("step 4 (promote) failed: {e}");
+                    return self
+                        .roll_back(path, policy, secret, entry, version, Some(pending), detail)
+                        .await;
+                }
+            },
+        };
+        self.finish(path, policy, &promoted, current, entry, version)
+            .await
+    }
+
+    /// Records a promoted rotation: grace window, events, audit, status.
+    async fn finish(
+        &self,
+        path: &SecretPath,
+        policy: &LifecycleSpec,
+        promoted: &Secret,
+        previous: Credential,
+        mut entry: Entry,
+        version: u64,
+    ) -> Result<Outcome, Error> {
+        let key = self.ledger_key(path)?;
+        let now = unix_now();
+        let grace = policy.grace.map_or(0, secs);
+        entry.step = Step::Grace;
+        entry.previous = Some(previous);
+        entry.pending = None;
+        entry.rotated_at = Some(now);
+        entry.retire_at = Some(now + grace);
+        entry.attempts = 0;
+        entry.next_attempt_at = None;
+        entry.detail.clear();
+        entry.lease_until = now;
+        let recorded = match self.inner.ledger.write(&key, &entry, version).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                // The promotion stands; a later look at the record sees the current
+                // version equal to its pending credential and finishes it.
+                tracing::warn!(path = %path, error = %e, "rotation promoted but its record was not updated");
+                None
+            }
+        };
+        self.inner.store.journal_remove(path).await?;
+        let detail = format!(
+            "rotated from version {} to {}",
+            entry.base_version, promoted.version
+        );
+        self.conclude(
+            path,
+            &policy.plugin,
+            promoted.version,
+            Some(Kind::Rotated),
+            "rotate",
+            AuditOutcome::Ok,
+            &detail,
+            |s| {
+                s.version = promoted.version;
+                s.rotated_at = Some(now);
+                s.failures = 0;
+                s.retry_at = None;
+                s.retire_at = Some(now + grace);
+                s.set(State::Active, &detail, now);
+            },
+        );
+        tracing::info!(path = %path, version = promoted.version, "rotation promoted");
+        if grace == 0 {
+            if let Some(v) = recorded {
+                self.retire_previous(path, &key, Some((v, entry))).await?;
+            }
+        }
+        Ok(Outcome::Rotated {
+            version: promoted.version,
+        })
+    }
+
+    /// Rolls a failed rotation back (or, if the current credential no longer works,
+    /// keeps the pending one to finish later).
+    #[allow(clippy::too_many_arguments)]
+    async fn roll_back(
+        &self,
+        path: &SecretPath,
+        policy: &LifecycleSpec,
+        secret: &Secret,
+        mut entry: Entry,
+        version: u64,
+        pending: Option<Credential>,
+        detail: String,
+    ) -> Result<Outcome, Error> {
+        let key = self.ledger_key(path)?;
+        let now = unix_now();
+        if let Some(p) = &pending {
+            let current_works = match self.inner.providers.validate(secret).await {
+                Ok(c) => c.valid && c.error.is_none(),
+                Err(_) => false,
+            };
+            if !current_works {
+                // Rolling back would leave no working credential: keep the pending one
+                // (journal and record) and finish the rotation on the next attempt.
+                let retry = now + backoff(policy.retry_after, 1);
+                entry.detail = format!("{detail}; the current credential no longer works, so the rotation will be finished instead");
+                entry.next_attempt_at = Some(retry);
+                let _ = self.inner.ledger.write(&key, &entry, version).await;
+                self.conclude(
+                    path,
+                    &policy.plugin,
+                    secret.version,
+                    Some(Kind::RotationFailed),
+                    "rotate",
+                    AuditOutcome::Failed,
+                    &entry.detail,
+                    |s| {
+                        s.failures += 1;
+                        s.retry_at = Some(retry);
+                        s.set(State::Rotating, &entry.detail, now);
+                    },
+                );
+                return Ok(Outcome::RolledBack {
+                    detail: entry.detail,
+                });
+            }
+            self.retire_quietly(path, p, "rolled-back pending credential")
+                .await;
+        }
+        entry.attempts += 1;
+        let retry = now + backoff(policy.retry_after, entry.attempts);
+        let gave_up = entry.attempts >= policy.max_attempts;
+        let detail = if gave_up {
+            format!("{detail}; giving up after {} attempts", entry.attempts)
+        } else {
+            detail
+        };
+        entry.step = Step::Failed;
+        entry.pending = None;
+        entry.next_attempt_at = Some(retry);
+        entry.detail = detail.clone();
+        entry.lease_until = now;
+        if let Err(e) = self.inner.ledger.write(&key, &entry, version).await {
+            tracing::warn!(path = %path, error = %e, "cannot record the rolled-back rotation; its lease will lapse");
+        }
+        self.inner.store.journal_remove(path).await?;
+        self.conclude(
+            path,
+            &policy.plugin,
+            secret.version,
+            Some(Kind::RotationFailed),
+            "rotate",
+            AuditOutcome::Failed,
+            &detail,
+            |s| {
+                s.failures = entry.attempts;
+                s.retry_at = Some(retry);
+                s.set(State::Active, &detail, now);
+            },
+        );
+        tracing::warn!(path = %path, detail = %detail, "rotation rolled back");
+        Ok(Outcome::RolledBack { detail })
+    }
+
+    async fn retire_quietly(&self, path: &SecretPath, cred: &Credential, what: &str) {
+        match self.inner.providers.retire(path, cred).await {
+            Ok(Ok(())) => {
+                self.audit("retire", path, None, AuditOutcome::Ok, what);
+            }
+            Ok(Err(e)) => {
+                let detail = format!("retiring the {what} failed: {}: {}", e.code(), e.detail());
+                tracing::warn!(path = %path, detail = %detail);
+                self.audit("retire", path, None, AuditOutcome::Failed, &detail);
+            }
+            Err(e) => {
+                let detail = format!("retiring the {what} failed: {e}");
+                tracing::warn!(path = %path, detail = %detail);
+                self.audit("retire", path, None, AuditOutcome::Failed, &detail);
+            }
+        }
+    }
+
+    /// Whether the secret's current version (upstream first) already holds `pending`:
+    /// a promotion whose answer was lost. Returns the local copy if so.
+    async fn promoted_already(&self, path: &SecretPath, pending: &Credential) -> Option<Secret> {
+        if let Some(sync) = &self.inner.sync {
+            let remote = sync.upstream().read(path).await.ok()??;
+            if !same(&remote.fields, &pending.fields) {
+                return None;
+            }
+            sync.fetch(path).await.ok()?;
+        }
+        let local = self.inner.store.get(path, Selector::Current).ok()??;
+        same(&local.fields, &pending.fields).then_some(local)
+    }
+
+    /// After the grace window: retires the previous credential.
+    pub(super) async fn finish_grace(&self, path: &SecretPath) -> Result<(), Error> {
+        let lock = self.path_lock(path);
+        let Ok(_guard) = lock.try_lock_owned() else {
+            return Ok(());
+        };
+        let key = self.ledger_key(path)?;
+        let record = self.inner.ledger.read(&key).await?;
+        self.retire_previous(path, &key, record).await
+    }
+
+    async fn retire_previous(
+        &self,
+        path: &SecretPath,
+        key: &SecretPath,
+        record: Option<(u64, Entry)>,
+    ) -> Result<(), Error> {
+        let now = unix_now();
+        let Some((version, mut entry)) = record else {
+            self.inner
+                .status
+                .update(path, || Status::new("", 0, now), |s| s.retire_at = None);
+            return Ok(());
+        };
+        if entry.step != Step::Grace || entry.held_by_other(&self.inner.node, now) {
+            let retire_at = (entry.step == Step::Grace)
+                .then_some(entry.retire_at)
+                .flatten();
+            self.inner.status.update(
+                path,
+                || Status::new("", 0, now),
+                |s| s.retire_at = retire_at,
+            );
+            return Ok(());
+        }
+        let Some(previous) = entry.previous.clone() else {
+            entry.step = Step::Idle;
+            let _ = self.inner.ledger.write(key, &entry, version).await;
+            return Ok(());
+        };
+        entry.step = Step::Retiring;
+        entry.owner = self.inner.node.clone();
+        entry.lease_until = self.lease_until();
+        let version = match self.inner.ledger.write(key, &entry, version).await {
+            Ok(v) => v,
+            Err(super::ledger::Error::Lost(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let result = self.inner.providers.retire(path, &previous).await;
+        let (ok, detail) = match result {
+            Ok(Ok(())) => (true, "retired the previous credential".to_owned()),
+            Ok(Err(e)) => (
+                false,
+                format!(
+                    "retiring the previous credential failed: {}: {}",
+                    e.code(),
+                    e.detail()
+                ),
+            ),
+            Err(e) => (
+                false,
+                format!("retiring the previous credential failed: {e}"),
+            ),
+        };
+        let policy_retry = self
+            .policy(path)
+            .map_or(std::time::Duration::from_secs(30), |p| p.retry_after);
+        if ok {
+            entry.step = Step::Idle;
+            entry.previous = None;
+            entry.retire_at = None;
+        } else {
+            entry.step = Step::Grace;
+            entry.retire_at = Some(now + backoff(policy_retry, 1));
+        }
+        entry.lease_until = unix_now();
+        if let Err(e) = self.inner.ledger.write(key, &entry, version).await {
+            tracing::warn!(path = %path, error = %e, "cannot record the retirement");
+        }
+        let retire_at = entry.retire_at;
+        self.inner.status.update(
+            path,
+            || Status::new("", 0, now),
+            |s| s.retire_at = retire_at,
+        );
+        self.audit(
+            "retire",
+            path,
+            None,
+            if ok {
+                AuditOutcome::Ok
+            } else {
+                AuditOutcome::Failed
+            },
+            &detail,
+        );
+        Ok(())
+    }
+
+    /// At start: finishes or rolls back every rotation this agent's journal says was
+    /// in flight, and learns open grace windows from the coordination records.
+    pub(super) async fn recover(&self) {
+        let paths = match self.inner.store.journal_paths() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the rotation journal");
+                Vec::new()
+            }
+        };
+        for path in paths {
+            if let Err(e) = self.resume(&path).await {
+                tracing::error!(path = %path, error = %e, "cannot recover the interrupted rotation; will retry");
+            }
+        }
+    }
+
+    pub(super) async fn resume(&self, path: &SecretPath) -> Result<(), Error> {
+        let Some(blob) = self.inner.store.journal_get(path)? else {
+            return Ok(());
+        };
+        let Some(journal) = Entry::from_blob(blob.expose()) else {
+            tracing::error!(path = %path, "unreadable rotation journal entry; dropping it");
+            return Ok(self.inner.store.journal_remove(path).await?);
+        };
+        drop(blob);
+        let Some(policy) = self.policy(path) else {
+            return Ok(self.inner.store.journal_remove(path).await?);
+        };
+        let lock = self.path_lock(path);
+        let _guard = lock.lock().await;
+        let Some(secret) = self.inner.store.get(path, Selector::Current)? else {
+            return Ok(self.inner.store.journal_remove(path).await?);
+        };
+        let key = self.ledger_key(path)?;
+        let record = self.inner.ledger.read(&key).await?;
+        let now = unix_now();
+        tracing::info!(path = %path, "recovering an interrupted rotation");
+        let Some((version, mut entry)) = record else {
+            // The claim never reached the record: nothing was published.
+            if let Some(p) = &journal.pending {
+                self.retire_quietly(path, p, "unpublished pending credential")
+                    .await;
+            }
+            return Ok(self.inner.store.journal_remove(path).await?);
+        };
+        if entry.held_by_other(&self.inner.node, now)
+            || (entry.owner != self.inner.node && !entry.step.in_flight())
+        {
+            // Taken over (or finished) elsewhere while this agent was down.
+            return Ok(self.inner.store.journal_remove(path).await?);
+        }
+        if let Some(p) = &journal.pending {
+            if let Some(promoted) = self.promoted_already(path, p).await {
+                let previous = entry.previous.clone().unwrap_or_else(|| {
+                    // The pre-rotation credential is the `previous` version locally.
+                    self.inner
+                        .store
+                        .get(path, Selector::Label("previous".into()))
+                        .ok()
+                        .flatten()
+                        .map_or_else(|| Credential::of(&secret), |s| Credential::of(&s))
+                });
+                self.finish(path, &policy, &promoted, previous, entry, version)
+                    .await?;
+                return Ok(());
+            }
+        }
+        entry.owner = self.inner.node.clone();
+        entry.lease_until = self.lease_until();
+        match &journal.pending {
+            None => {
+                let detail = "interrupted in step 1 (create) by a restart".to_owned();
+                self.roll_back(path, &policy, &secret, entry, version, None, detail)
+                    .await?;
+            }
+            Some(p) => {
+                if secret.version != entry.base_version {
+                    // The secret moved on while the rotation was down: roll back.
+                    let detail =
+                        "interrupted by a restart, and the secret changed meanwhile".to_owned();
+                    self.roll_back(
+                        path,
+                        &policy,
+                        &secret,
+                        entry,
+                        version,
+                        Some(p.clone()),
+                        detail,
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                entry.pending = Some(p.clone());
+                let version = match self.inner.ledger.write(&key, &entry, version).await {
+                    Ok(v) => v,
+                    Err(super::ledger::Error::Lost(_)) => {
+                        return Ok(self.inner.store.journal_remove(path).await?)
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                self.run_steps(path, &policy, &secret, entry, version)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the coordination records of rotated secrets so open grace windows are
+    /// closed on time after a restart (and failure counts survive it), at most
+    /// `[scheduler] concurrency` reads at a time.
+    pub(super) async fn learn_grace_windows(&self) {
+        let Ok(entries) = self.inner.store.list(&crate::path::Prefix::all()) else {
+            return;
+        };
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            self.inner.spec.concurrency.max(1),
+        ));
+        let mut reads = tokio::task::JoinSet::new();
+        for e in entries {
+            let Some(policy) = self.policy(&e.path) else {
+                continue;
+            };
+            if policy.rotate_every.is_none() && policy.rotate_before_expiry.is_none() {
+                continue;
+            }
+            let Ok(key) = self.ledger_key(&e.path) else {
+                continue;
+            };
+            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                return;
+            };
+            let engine = self.clone();
+            reads.spawn(async move {
+                let _permit = permit;
+                let Ok(Some((_, entry))) = engine.inner.ledger.read(&key).await else {
+                    return;
+                };
+                let now = unix_now();
+                engine.inner.status.update(
+                    &e.path,
+                    || Status::new(&policy.plugin, e.current_version, now),
+                    |s| {
+                        s.rotated_at = entry.rotated_at;
+                        if entry.step == Step::Grace {
+                            s.retire_at = entry.retire_at;
+                        }
+                        if entry.step == Step::Failed {
+                            s.failures = entry.attempts;
+                            s.retry_at = entry.next_attempt_at;
+                            s.detail = entry.detail.clone();
+                        }
+                    },
+                );
+                engine.plan_path(&e.path);
+            });
+            while reads.try_join_next().is_some() {}
+        }
+        while reads.join_next().await.is_some() {}
+    }
+
+    fn mark(
+        &self,
+        path: &SecretPath,
+        policy: &LifecycleSpec,
+        secret: &Secret,
+        state: State,
+        detail: &str,
+    ) {
+        self.set_state(path, policy, secret, state, detail);
+    }
+}
+
+fn same(a: &crate::secret::Fields, b: &crate::secret::Fields) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|(k, v)| b.get(k).is_some_and(|w| w.expose() == v.expose()))
+}
+
+fn same_fields(a: &Credential, b: &Credential) -> bool {
+    same(&a.fields, &b.fields)
+}
