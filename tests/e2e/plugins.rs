@@ -3,66 +3,17 @@
 //! and a plugin that loops, allocates without end or traps fails its own call while
 //! the agent keeps serving secrets during and after. A tampered component is refused.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use serde_json::json;
 
+use crate::harness::wasm::{self, guest, sha256_of};
 use crate::harness::Agent;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Builds the plugin host's test guest once per run (wasm32-wasip2).
-fn guest() -> anyhow::Result<&'static Path> {
-    static WASM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = WASM.get_or_init(|| {
-        let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-wasm-guests");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "-p",
-                "latchkey-test-guest",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-            .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err(
-                "building the test guest failed (run .ci/install-tools.sh for wasm32-wasip2)"
-                    .into(),
-            );
-        }
-        Ok(target.join("wasm32-wasip2/release/latchkey_test_guest.wasm"))
-    });
-    match built {
-        Ok(p) => Ok(p.as_path()),
-        Err(e) => bail!("{e}"),
-    }
-}
-
-fn sha256_of(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn plugin_config(wasm: &Path, sha256: &str) -> String {
-    let manifest = workspace_root().join("agent/plugin-host/guests/basic/plugin.toml");
+    let manifest = wasm::guest_manifest();
     format!(
         r#"
 [[plugin]]
@@ -105,7 +56,7 @@ config = {{ mode = "trap" }}
 
 #[tokio::test]
 async fn a_runaway_plugin_fails_its_call_while_the_agent_keeps_serving() -> anyhow::Result<()> {
-    let wasm = guest()?;
+    let wasm = &guest()?;
     let agent = Agent::builder()
         .append(&plugin_config(wasm, &sha256_of(wasm)?))
         .start()
@@ -200,7 +151,7 @@ async fn a_runaway_plugin_fails_its_call_while_the_agent_keeps_serving() -> anyh
 
 #[tokio::test]
 async fn a_tampered_plugin_is_refused_at_start() -> anyhow::Result<()> {
-    let wasm = guest()?;
+    let wasm = &guest()?;
     let wrong = "0".repeat(64);
     let started = Agent::builder()
         .append(&plugin_config(wasm, &wrong))
@@ -216,7 +167,7 @@ async fn a_tampered_plugin_is_refused_at_start() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn values_a_plugin_logs_or_prints_never_reach_the_agents_log() -> anyhow::Result<()> {
-    let wasm = guest()?;
+    let wasm = &guest()?;
     let agent = Agent::builder()
         .log_level("trace")
         .append(&plugin_config(wasm, &sha256_of(wasm)?))

@@ -430,6 +430,25 @@ async fn openbao_jwt_login_with_a_key_pair_the_test_made() -> anyhow::Result<()>
         2
     );
 
+    // The agent itself, configured the same way, logs in with the JWT and serves.
+    let auth = format!(
+        "{{ method = \"jwt\", role = \"agent\", jwt_file = {:?} }}",
+        jwt_file.display().to_string()
+    );
+    let agent = crate::harness::Agent::builder()
+        .append(&crate::upstream_agent::bao_upstream(
+            &bao.address,
+            &auth,
+            "",
+        ))
+        .append(&crate::upstream_agent::sync_section("1s", "24h", 4))
+        .start()
+        .await?;
+    let served = agent.admin()?.read("app/jwt").await?;
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(served.json()["fields"]["v"], "2", "{}", served.body);
+    drop(agent);
+
     // A JWT for another audience is refused at login.
     std::fs::write(
         &jwt_file,

@@ -11,16 +11,16 @@ use tokio::sync::mpsc;
 
 use crate::harness::Agent;
 
-const KEY: &str = "webhook-test-signing-key-0123456789";
+pub(crate) const KEY: &str = "webhook-test-signing-key-0123456789";
 
 /// One received POST: the signature header and the body.
-struct Received {
-    signature: String,
-    body: Vec<u8>,
+pub(crate) struct Received {
+    pub(crate) signature: String,
+    pub(crate) body: Vec<u8>,
 }
 
 /// A loopback receiver that answers 500 to the first `fail_first` requests, then 200.
-async fn receiver(fail_first: usize) -> anyhow::Result<(u16, mpsc::Receiver<Received>)> {
+pub(crate) async fn receiver(fail_first: usize) -> anyhow::Result<(u16, mpsc::Receiver<Received>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let (tx, rx) = mpsc::channel(64);
@@ -90,7 +90,7 @@ async fn receiver(fail_first: usize) -> anyhow::Result<(u16, mpsc::Receiver<Rece
     Ok((port, rx))
 }
 
-fn verify(signature: &str, body: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn verify(signature: &str, body: &[u8]) -> anyhow::Result<()> {
     let (t, v1) = signature
         .split_once(',')
         .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
@@ -209,6 +209,12 @@ async fn expiry_warnings_reach_webhooks_once() -> anyhow::Result<()> {
             .is_err(),
         "no repeated warning"
     );
+    // The warnings are in the audit trail too.
+    agent
+        .wait_for_audit("the expired warning", |r| {
+            r["op"] == "expired" && r["path"] == "apps/web/old"
+        })
+        .await?;
     Ok(())
 }
 

@@ -480,6 +480,19 @@ impl Agent {
         }
     }
 
+    /// Kills the process with SIGKILL — a crash, no cleanup — and waits until it is gone.
+    pub(crate) async fn sigkill(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let this: &Agent = self;
+        eventually(
+            "the agent to die after SIGKILL",
+            STOP_DEADLINE,
+            || async move { this.exit_status() },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Stops the agent (which must exit cleanly) and starts it again.
     pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
         let status = self.stop().await?;

@@ -14,12 +14,20 @@
 //! - [`raw`]: hand-written HTTP over TLS, for requests a well-behaved client never sends.
 //! - [`foreign`]: certificates from a CA the agent has never seen.
 //! - [`disk`]: the sealed records in the agent's sled store, to tamper with while it is stopped.
+//! - [`fixture`]: loopback HTTP fixtures for services with no local server.
+//! - [`postgres`]: a private PostgreSQL server with scram password auth (the machine's trusts every login).
+//! - [`wasm`]: the test guest and the first-party providers, built once, and `latchkey plugin call`.
+//! - [`oauth_server`]: the real `oauth2-mock-server`, with exact token-request counts.
 
 pub(crate) mod agent;
 pub(crate) mod api;
 pub(crate) mod disk;
+pub(crate) mod fixture;
 pub(crate) mod foreign;
+pub(crate) mod oauth_server;
+pub(crate) mod postgres;
 pub(crate) mod raw;
+pub(crate) mod wasm;
 
 use std::future::Future;
 use std::path::PathBuf;
