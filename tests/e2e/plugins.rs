@@ -35,6 +35,11 @@ plugin = "basic"
 config = {{ mode = "leak" }}
 
 [[lifecycle]]
+paths = ["bad/leak-rejected"]
+plugin = "basic"
+config = {{ mode = "leak", answer = "rejected" }}
+
+[[lifecycle]]
 paths = ["bad/loop"]
 plugin = "basic"
 config = {{ mode = "loop" }}
@@ -166,7 +171,7 @@ async fn a_tampered_plugin_is_refused_at_start() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn values_a_plugin_logs_or_prints_never_reach_the_agents_log() -> anyhow::Result<()> {
+async fn values_a_plugin_logs_prints_or_answers_never_leave_the_host() -> anyhow::Result<()> {
     let wasm = &guest()?;
     let agent = Agent::builder()
         .log_level("trace")
@@ -182,10 +187,49 @@ async fn values_a_plugin_logs_or_prints_never_reach_the_agents_log() -> anyhow::
             .status,
         200
     );
+    assert_eq!(
+        admin
+            .write("bad/leak-rejected", json!({ "key": value }))
+            .await?
+            .status,
+        200
+    );
     let answer = admin
         .request(http::Method::POST, "/v1/validate/bad/leak", None)
         .await?;
     assert_eq!(answer.json()["valid"], true, "{}", answer.body);
+    // What the plugin answers is scrubbed too: the detail, the permission names and
+    // an error message, wherever they go next (the answer, the status, the audit).
+    assert_eq!(
+        answer.json()["detail"],
+        "leaked [REDACTED]",
+        "{}",
+        answer.body
+    );
+    assert!(!answer.body.contains(value), "{}", answer.body);
+    let rejected = admin
+        .request(http::Method::POST, "/v1/validate/bad/leak-rejected", None)
+        .await?;
+    assert_eq!(rejected.json()["valid"], false, "{}", rejected.body);
+    assert_eq!(
+        rejected.json()["detail"],
+        "leaked [REDACTED]",
+        "{}",
+        rejected.body
+    );
+    let status = admin
+        .request(http::Method::GET, "/v1/status/bad/leak-rejected", None)
+        .await?;
+    assert_eq!(status.status, 200, "{}", status.body);
+    assert!(
+        status.body.contains("[REDACTED]") && !status.body.contains(value),
+        "{}",
+        status.body
+    );
+    assert!(
+        !agent.audit_text().contains(value),
+        "a plugin put a value into the audit log"
+    );
     let logs = agent.logs();
     assert!(
         logs.contains("[REDACTED]"),

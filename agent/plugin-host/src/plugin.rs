@@ -455,15 +455,15 @@ impl Plugin {
             |store, guest| guest.call_validate(store, &wire_config, &wire.0),
             |_| Vec::new(),
         )
-        .map(|r| {
-            r.map_err(ProviderError::from).map(|v| Validation {
+        .map(|(r, secrets)| {
+            r.map_err(|e| secrets.error(e)).map(|v| Validation {
                 valid: v.valid,
-                detail: v.detail,
+                detail: secrets.scrub(v.detail),
                 permissions: v
                     .permissions
                     .into_iter()
                     .map(|p| Permission {
-                        name: p.name,
+                        name: secrets.scrub(p.name),
                         granted: p.granted,
                     })
                     .collect(),
@@ -496,7 +496,7 @@ impl Plugin {
             |store, guest| guest.call_create_pending(store, &wire_config, &wire.0),
             wire_secrets,
         )
-        .map(|r| r.map(Credential::from_wire).map_err(ProviderError::from))
+        .map(|(r, secrets)| r.map(Credential::from_wire).map_err(|e| secrets.error(e)))
     }
 
     /// Revokes `previous` at the service.
@@ -523,7 +523,7 @@ impl Plugin {
             |store, guest| guest.call_retire(store, &wire_config, &wire.0),
             |_| Vec::new(),
         )
-        .map(|r| r.map_err(ProviderError::from))
+        .map(|(r, secrets)| r.map_err(|e| secrets.error(e)))
     }
 
     /// Exchanges `cred` for a fresh credential.
@@ -550,7 +550,7 @@ impl Plugin {
             |store, guest| guest.call_refresh(store, &wire_config, &wire.0),
             wire_secrets,
         )
-        .map(|r| r.map(Credential::from_wire).map_err(ProviderError::from))
+        .map(|(r, secrets)| r.map(Credential::from_wire).map_err(|e| secrets.error(e)))
     }
 
     /// Runs one operation with JSON arguments and returns a JSON answer: what
@@ -638,17 +638,19 @@ impl Plugin {
         f: impl FnOnce(&mut Store<State>, &bindings::guest::Guest) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         self.run_redacted(None, f, |_| Vec::new())
+            .map(|(out, _)| out)
     }
 
     /// [`Plugin::run`] for a call that carries a credential: its values, and the
     /// secret values the call returns (`outputs`), are scrubbed from what the guest
-    /// logs or prints.
+    /// logs or prints. The same values come back as [`CallSecrets`], for scrubbing
+    /// the text the guest returns (details, error messages).
     pub(crate) fn run_redacted<R>(
         &self,
         input: Option<&Credential>,
         f: impl FnOnce(&mut Store<State>, &bindings::guest::Guest) -> wasmtime::Result<R>,
         outputs: impl FnOnce(&R) -> Vec<SecretString>,
-    ) -> Result<R, CallError> {
+    ) -> Result<(R, CallSecrets), CallError> {
         let mut store = self.new_store();
         if let Some(cred) = input {
             store.data_mut().redact = cred.fields.iter().map(|(_, v)| v.clone()).collect();
@@ -664,7 +666,10 @@ impl Plugin {
         let out = f(&mut store, instance.latchkey_provider_provider());
         let returned = out.as_ref().map(outputs).unwrap_or_default();
         store.data().flush_output(&returned);
-        out.map_err(|source| self.classify(&store, source))
+        let out = out.map_err(|source| self.classify(&store, source))?;
+        let mut secrets = std::mem::take(&mut store.data_mut().redact);
+        secrets.extend(returned);
+        Ok((out, CallSecrets(secrets)))
     }
 
     pub(crate) fn new_store(&self) -> Store<State> {
@@ -709,6 +714,29 @@ impl Plugin {
             };
         }
         CallError::Trap { plugin, source }
+    }
+}
+
+/// The secret values of one call: the credential it carried and the ones it
+/// returned. Text a guest returns is untrusted, so details and error messages pass
+/// through [`CallSecrets::scrub`] before they reach logs, audit records or answers.
+pub(crate) struct CallSecrets(Vec<SecretString>);
+
+impl CallSecrets {
+    /// `text` with every value replaced by `[REDACTED]`.
+    pub(crate) fn scrub(&self, text: String) -> String {
+        crate::state::scrub(text, &self.0)
+    }
+
+    /// The guest's error with its detail scrubbed.
+    pub(crate) fn error(&self, e: wit::ProviderError) -> ProviderError {
+        match ProviderError::from(e) {
+            ProviderError::Rejected(s) => ProviderError::Rejected(self.scrub(s)),
+            ProviderError::Unavailable(s) => ProviderError::Unavailable(self.scrub(s)),
+            ProviderError::Denied(s) => ProviderError::Denied(self.scrub(s)),
+            ProviderError::Unsupported(s) => ProviderError::Unsupported(self.scrub(s)),
+            ProviderError::InvalidConfig(s) => ProviderError::InvalidConfig(self.scrub(s)),
+        }
     }
 }
 

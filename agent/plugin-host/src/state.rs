@@ -73,14 +73,8 @@ impl State {
     /// `text` with every secret value of this call (and `extra`) replaced by
     /// `[REDACTED]`. Values shorter than 4 bytes are left: they would match by chance.
     pub(crate) fn scrub(&self, text: &str, extra: &[crate::secret::SecretString]) -> String {
-        let mut out = text.to_owned();
-        for value in self.redact.iter().chain(extra) {
-            let v = value.expose();
-            if v.len() >= 4 && out.contains(v) {
-                out = out.replace(v, "[REDACTED]");
-            }
-        }
-        out
+        let out = scrub(text.to_owned(), &self.redact);
+        scrub(out, extra)
     }
 
     pub(crate) fn flush_output(&self, extra: &[crate::secret::SecretString]) {
@@ -95,6 +89,18 @@ impl State {
             }
         }
     }
+}
+
+/// `text` with every one of `values` replaced by `[REDACTED]`. Values shorter than
+/// 4 bytes are left: they would match by chance.
+pub(crate) fn scrub(mut text: String, values: &[crate::secret::SecretString]) -> String {
+    for value in values {
+        let v = value.expose();
+        if v.len() >= 4 && text.contains(v) {
+            text = text.replace(v, "[REDACTED]");
+        }
+    }
+    text
 }
 
 impl WasiView for State {

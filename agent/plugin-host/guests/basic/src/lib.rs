@@ -10,7 +10,7 @@
 //! | `trap` | panics (a wasm trap) |
 //! | `sql` | on connection `connection`: creates role `user` with a fresh password, checks it can log in, drops it |
 //! | `log` | logs the `key` field's *name* and prints to stdout/stderr |
-//! | `leak` | logs and prints every field's *value* (the host must scrub them) |
+//! | `leak` | logs, prints and answers with every field's *value* (the host must scrub them); `answer = "rejected"` puts them in the error instead |
 //! | `service` | an API-key service at `service` (a test fixture): see below |
 //!
 //! In `service` mode every operation is a call to the fixture, which keeps the set of
@@ -21,8 +21,8 @@
 
 use latchkey_plugin_sdk::sql::{Connection, Dialect, Value};
 use latchkey_plugin_sdk::{
-    config, http, log, secret, Credential, Field, Operation, Provider, ProviderError, ProviderInfo,
-    Validation,
+    config, http, log, secret, Credential, Field, Operation, Permission, Provider, ProviderError,
+    ProviderInfo, Validation,
 };
 
 struct Basic;
@@ -159,7 +159,19 @@ impl Provider for Basic {
                     println!("stdout {}={}", f.name, f.value);
                     eprintln!("stderr {}={}", f.name, f.value);
                 }
-                Ok(answer(true, "leaked".into()))
+                // And puts them into what it answers: the detail, a permission's
+                // name, or (with `answer = "rejected"`) the error message.
+                let values: Vec<&str> = cred.fields.iter().map(|f| f.value.as_str()).collect();
+                let told = format!("leaked {}", values.join(","));
+                if config::get(&cfg, "answer") == Some("rejected") {
+                    return Err(ProviderError::Rejected(told));
+                }
+                let mut leaked = answer(true, told.clone());
+                leaked.permissions.push(Permission {
+                    name: told,
+                    granted: true,
+                });
+                Ok(leaked)
             }
             other => Err(ProviderError::InvalidConfig(format!(
                 "unknown mode {other}"
