@@ -4,7 +4,8 @@
 //! (`validate_every`), an OAuth refresh before expiry (`refresh_before`), a rotation
 //! (`rotate_every`, `rotate_before_expiry`), retiring the previous credential after a
 //! rotation's grace window — and runs it through the secret's provider plugin, at most
-//! `[scheduler] concurrency` at a time and one operation per secret at a time.
+//! `[scheduler] concurrency` at a time (operator rotations included) and one operation
+//! per secret at a time.
 //!
 //! - [`rotation`]: the staged four steps (create pending, publish, test, promote) with
 //!   rollback, claimed once across agents through the [`ledger`], and crash recovery
@@ -156,6 +157,8 @@ struct Inner {
     /// One operation per secret at a time.
     locks: Mutex<HashMap<SecretPath, Arc<tokio::sync::Mutex<()>>>>,
     permits: Semaphore,
+    /// Bounds concurrent reads of coordination records (`learn_record`).
+    reads: Arc<Semaphore>,
     plan: Mutex<Plan>,
     replan: Notify,
 }
@@ -257,6 +260,7 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner {
                 permits: Semaphore::new(parts.spec.concurrency.max(1)),
+                reads: Arc::new(Semaphore::new(parts.spec.concurrency.max(1))),
                 providers: parts.providers,
                 store: parts.store,
                 cache: parts.cache,
@@ -349,13 +353,25 @@ impl Engine {
     fn on_event(&self, event: Result<Event, tokio::sync::broadcast::error::RecvError>) {
         match event {
             Ok(e) if matches!(e.kind, Kind::Updated | Kind::Deleted | Kind::Rotated) => {
-                if self.policy(&e.path).is_some() {
-                    if e.kind == Kind::Deleted {
-                        self.inner.status.remove(&e.path);
-                        lock(&self.inner.plan).set(&e.path, None);
-                    } else {
-                        self.plan_path(&e.path);
-                    }
+                let Some(policy) = self.policy(&e.path) else {
+                    return;
+                };
+                if e.kind == Kind::Deleted {
+                    self.inner.status.remove(&e.path);
+                    lock(&self.inner.plan).set(&e.path, None);
+                    return;
+                }
+                self.plan_path(&e.path);
+                if e.kind == Kind::Updated && rotates(&policy) {
+                    // Maybe another agent's rotation, synced in: learn its grace window.
+                    let engine = self.clone();
+                    let path = e.path.clone();
+                    tokio::spawn(async move {
+                        let Ok(_permit) = engine.inner.reads.acquire().await else {
+                            return;
+                        };
+                        engine.learn_record(&path, &policy).await;
+                    });
                 }
             }
             Ok(_) => {}
@@ -400,19 +416,17 @@ impl Engine {
             }
         };
         let now = unix_now();
-        let status = self.inner.status.update(
+        let when = self.inner.status.update(
             path,
             || Status::new(&plugin_name(&policy), secret.version, now),
             |s| {
                 s.version = secret.version;
-                s.clone()
+                let when = next_due(&policy, &secret, s, now)
+                    .map(|t| s.not_before.map_or(t, |floor| t.max(floor)));
+                s.next_check_at = when;
+                when
             },
         );
-        let when = next_due(&policy, &secret, &status, now)
-            .map(|t| status.not_before.map_or(t, |floor| t.max(floor)));
-        self.inner
-            .status
-            .update(path, || status.clone(), |s| s.next_check_at = when);
         lock(&self.inner.plan).set(path, when);
         self.inner.replan.notify_one();
     }
@@ -717,6 +731,11 @@ fn forbidden(policy: &LifecycleSpec, checked: &Checked) -> Option<String> {
                     .any(|f| f.eq_ignore_ascii_case(name))
         })
         .map(|(name, _)| name.clone())
+}
+
+/// Whether `policy` rotates at all.
+fn rotates(policy: &LifecycleSpec) -> bool {
+    policy.rotate_every.is_some() || policy.rotate_before_expiry.is_some()
 }
 
 fn rotation_due(policy: &LifecycleSpec, secret: &Secret, status: &Status, now: i64) -> bool {

@@ -81,7 +81,7 @@ pub(super) async fn rotate(
         "rotate-now",
         Some(path.as_str()),
     );
-    let outcome = engine.rotate(&path, true).await.map_err(engine_error);
+    let outcome = engine.rotate_now(&path).await.map_err(engine_error);
     let answer = match outcome {
         Ok(o) => {
             let status = match &o {

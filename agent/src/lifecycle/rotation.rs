@@ -24,7 +24,9 @@
 use std::sync::Arc;
 
 use super::ledger::{Entry, Step};
-use super::{backoff, forbidden, rotation_due, secs, unix_now, Engine, Error, State, Status};
+use super::{
+    backoff, forbidden, rotates, rotation_due, secs, unix_now, Engine, Error, State, Status,
+};
 use crate::audit::Outcome as AuditOutcome;
 use crate::events::Kind;
 use crate::path::SecretPath;
@@ -64,9 +66,22 @@ impl Engine {
         unix_now() + secs(self.inner.spec.lease)
     }
 
+    /// An operator's rotation (`POST /v1/rotate`, `latchkey rotate`): forced, and
+    /// counted against `[scheduler] concurrency` like a scheduled one, so a burst of
+    /// commands cannot put more load on a service than the schedule would.
+    pub async fn rotate_now(&self, path: &SecretPath) -> Result<Outcome, Error> {
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Refused("the lifecycle engine is shutting down".into()))?;
+        self.rotate(path, true).await
+    }
+
     /// Rotates `path` now if it is due (or always, when `forced`), unless another
     /// agent holds the rotation.
-    pub async fn rotate(&self, path: &SecretPath, forced: bool) -> Result<Outcome, Error> {
+    pub(super) async fn rotate(&self, path: &SecretPath, forced: bool) -> Result<Outcome, Error> {
         let policy = self
             .policy(path)
             .ok_or_else(|| Error::NoPolicy(path.clone()))?;
@@ -459,7 +474,8 @@ impl Engine {
         same(&local.fields, &pending.fields).then_some(local)
     }
 
-    /// After the grace window: retires the previous credential.
+    /// After the grace window: retires the previous credential, unless the record says
+    /// this agent should look again later (see [`Engine::grace_look_at`]).
     pub(super) async fn finish_grace(&self, path: &SecretPath) -> Result<(), Error> {
         let lock = self.path_lock(path);
         let Ok(_guard) = lock.try_lock_owned() else {
@@ -467,7 +483,69 @@ impl Engine {
         };
         let key = self.ledger_key(path)?;
         let record = self.inner.ledger.read(&key).await?;
+        let now = unix_now();
+        if let Some(later) = record
+            .as_ref()
+            .and_then(|(_, entry)| self.grace_look_at(entry))
+            .filter(|at| *at > now)
+        {
+            self.inner.status.update(
+                path,
+                || Status::new("", 0, now),
+                |s| s.retire_at = Some(later),
+            );
+            return Ok(());
+        }
         self.retire_previous(path, &key, record).await
+    }
+
+    /// When this agent should next look at `entry`'s grace window: at its end if this
+    /// agent promoted the rotation, one lease later if another did (that agent goes
+    /// first; the rest step in only if it is gone), and when the lease ends while
+    /// another agent is mid-rotation or mid-retirement. `None`: nothing to wait for.
+    fn grace_look_at(&self, entry: &Entry) -> Option<i64> {
+        let mine = entry.owner == self.inner.node;
+        match entry.step {
+            Step::Grace => entry.retire_at.map(|at| {
+                if mine {
+                    at
+                } else {
+                    at + secs(self.inner.spec.lease)
+                }
+            }),
+            step if step.in_flight() && !mine => Some(entry.lease_until),
+            _ => None,
+        }
+    }
+
+    /// Reads `path`'s coordination record into its status: when it last rotated
+    /// anywhere, an open grace window (so a surviving agent retires the previous
+    /// credential if the one that promoted is gone), and a failed rotation's attempts.
+    pub(super) async fn learn_record(&self, path: &SecretPath, policy: &LifecycleSpec) {
+        let Ok(key) = self.ledger_key(path) else {
+            return;
+        };
+        let Ok(Some((_, entry))) = self.inner.ledger.read(&key).await else {
+            return;
+        };
+        let look_at = self.grace_look_at(&entry);
+        let now = unix_now();
+        self.inner.status.update(
+            path,
+            || Status::new(&policy.plugin, entry.base_version, now),
+            |s| {
+                s.rotated_at = s.rotated_at.max(entry.rotated_at);
+                if look_at.is_some() {
+                    s.retire_at = look_at;
+                }
+                if entry.step == Step::Failed {
+                    s.failures = entry.attempts;
+                    s.retry_at = entry.next_attempt_at;
+                    s.detail = entry.detail.clone();
+                }
+            },
+        );
+        self.plan_path(path);
     }
 
     async fn retire_previous(
@@ -673,46 +751,18 @@ impl Engine {
         let Ok(entries) = self.inner.store.list(&crate::path::Prefix::all()) else {
             return;
         };
-        let limit = Arc::new(tokio::sync::Semaphore::new(
-            self.inner.spec.concurrency.max(1),
-        ));
         let mut reads = tokio::task::JoinSet::new();
         for e in entries {
-            let Some(policy) = self.policy(&e.path) else {
+            let Some(policy) = self.policy(&e.path).filter(|p| rotates(p)) else {
                 continue;
             };
-            if policy.rotate_every.is_none() && policy.rotate_before_expiry.is_none() {
-                continue;
-            }
-            let Ok(key) = self.ledger_key(&e.path) else {
-                continue;
-            };
-            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+            let Ok(permit) = Arc::clone(&self.inner.reads).acquire_owned().await else {
                 return;
             };
             let engine = self.clone();
             reads.spawn(async move {
                 let _permit = permit;
-                let Ok(Some((_, entry))) = engine.inner.ledger.read(&key).await else {
-                    return;
-                };
-                let now = unix_now();
-                engine.inner.status.update(
-                    &e.path,
-                    || Status::new(&policy.plugin, e.current_version, now),
-                    |s| {
-                        s.rotated_at = entry.rotated_at;
-                        if entry.step == Step::Grace {
-                            s.retire_at = entry.retire_at;
-                        }
-                        if entry.step == Step::Failed {
-                            s.failures = entry.attempts;
-                            s.retry_at = entry.next_attempt_at;
-                            s.detail = entry.detail.clone();
-                        }
-                    },
-                );
-                engine.plan_path(&e.path);
+                engine.learn_record(&e.path, &policy).await;
             });
             while reads.try_join_next().is_some() {}
         }

@@ -1,6 +1,7 @@
 //! Three agents sharing one OpenBao, with the same rotation due: exactly one of them
 //! rotates (counted as password changes at the PostgreSQL server), and all three serve
-//! the new password after their next sync.
+//! the new password after their next sync. And when the agent that rotated dies in
+//! the grace window, another one retires the previous credential.
 
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use super::postgres::{credential, postgres_toml, roles};
+use super::service::Service;
+use super::staged::plugin_toml_with_grace;
 use crate::harness::postgres::PgServer;
 use crate::harness::Agent;
 use crate::openbao::{OpenBao, ROOT_TOKEN};
@@ -93,5 +96,79 @@ async fn three_agents_sharing_one_openbao_rotate_once() -> anyhow::Result<()> {
         })
         .sum();
     assert_eq!(rotations, 1, "one agent rotated");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_surviving_agent_retires_the_previous_key_when_the_rotating_one_dies(
+) -> anyhow::Result<()> {
+    const ORIGINAL: &str = "key-original";
+    let service = Service::start(ORIGINAL)?;
+    let bao = OpenBao::start().await?;
+    bao.put_kv("svc/key", json!({ "key": ORIGINAL })).await?;
+    let toml = plugin_toml_with_grace(&service, "4s")?;
+    let mut agents = Vec::new();
+    for _ in 0..2 {
+        agents.push(
+            Agent::builder()
+                .append(&bao_upstream(&bao.address, &token_auth(ROOT_TOKEN), ""))
+                .append(&sync_section("1s", "24h", 8))
+                .append(&toml)
+                .append("[scheduler]\nlease = \"2s\"\n")
+                .start()
+                .await?,
+        );
+    }
+    let key_served_by = |agent: &Agent| {
+        let admin = agent.admin();
+        async move {
+            let answer = admin?.read("svc/key").await?;
+            anyhow::Ok(answer.json()["fields"]["key"].as_str().map(str::to_owned))
+        }
+    };
+    let (winner, survivor) = (&agents[0], &agents[1]);
+    crate::spawn::wait_until("the survivor to sync", Duration::from_secs(20), || async {
+        key_served_by(survivor).await.ok().flatten().as_deref() == Some(ORIGINAL)
+    })
+    .await?;
+
+    let out = winner.cli(["rotate", "svc/key"]).run().await?;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let new_key = key_served_by(winner).await?.context("the new key")?;
+    assert_ne!(new_key, ORIGINAL);
+    agents[0].sigkill().await?;
+    assert!(
+        service.is_live(ORIGINAL),
+        "the previous key works through the grace window"
+    );
+
+    let survivor = &agents[1];
+    crate::spawn::wait_until(
+        "the survivor to serve the new key",
+        Duration::from_secs(20),
+        || async {
+            key_served_by(survivor).await.ok().flatten().as_deref() == Some(new_key.as_str())
+        },
+    )
+    .await?;
+    crate::spawn::wait_until(
+        "the survivor to retire the previous key",
+        Duration::from_secs(30),
+        || async { !service.is_live(ORIGINAL) },
+    )
+    .await
+    .with_context(|| survivor.logs())?;
+    assert_eq!(
+        service.retired(),
+        vec![ORIGINAL.to_owned()],
+        "retired once, and only the previous key"
+    );
+    assert!(service.is_live(&new_key));
+    let retirements = survivor
+        .audit_records()?
+        .into_iter()
+        .filter(|r| r["op"] == "retire" && r["outcome"] == "ok")
+        .count();
+    assert_eq!(retirements, 1, "the survivor did it");
     Ok(())
 }

@@ -20,6 +20,11 @@ use crate::upstream_agent::{bao_upstream, sync_section, token_auth};
 const ORIGINAL: &str = "key-original";
 
 pub(super) fn plugin_toml(service: &Service) -> anyhow::Result<String> {
+    plugin_toml_with_grace(service, "0s")
+}
+
+/// [`plugin_toml`] with the given grace window.
+pub(super) fn plugin_toml_with_grace(service: &Service, grace: &str) -> anyhow::Result<String> {
     let wasm = guest()?;
     Ok(format!(
         r#"
@@ -37,7 +42,7 @@ paths = ["svc/*"]
 plugin = "svc"
 config = {{ mode = "service", service = "{url}" }}
 rotate_every = "24h"
-grace = "0s"
+grace = "{grace}"
 retry_after = "1h"
 max_attempts = 10
 "#,
@@ -267,15 +272,7 @@ async fn crash_during_rotation(
     (reached, release): (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>),
     step: &str,
 ) -> anyhow::Result<()> {
-    let bin = crate::harness::binary()?;
-    let dir = agent.dir().to_owned();
-    let cli = tokio::spawn(async move {
-        tokio::process::Command::new(bin)
-            .args(["rotate", "svc/key", "--dir"])
-            .arg(dir)
-            .output()
-            .await
-    });
+    let cli = rotate_in_background(agent, "svc/key")?;
     tokio::task::spawn_blocking(move || reached.recv_timeout(Duration::from_secs(30)))
         .await?
         .with_context(|| format!("the rotation never reached {step}"))?;
@@ -337,5 +334,68 @@ async fn an_agent_killed_mid_rotation_finishes_or_rolls_it_back_on_restart() -> 
         || async { !service.is_live(ORIGINAL) },
     )
     .await?;
+    Ok(())
+}
+
+/// Runs `latchkey rotate PATH` against `agent`'s folder in the background.
+fn rotate_in_background(
+    agent: &Agent,
+    path: &'static str,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<std::process::Output>>> {
+    let bin = crate::harness::binary()?;
+    let dir = agent.dir().to_owned();
+    Ok(tokio::spawn(async move {
+        tokio::process::Command::new(bin)
+            .args(["rotate", path, "--dir"])
+            .arg(dir)
+            .output()
+            .await
+    }))
+}
+
+#[tokio::test]
+async fn operator_rotations_count_against_the_scheduler_concurrency() -> anyhow::Result<()> {
+    let service = Service::start(ORIGINAL)?;
+    let agent = Agent::builder()
+        .append(&plugin_toml(&service)?)
+        .append("\n[scheduler]\nconcurrency = 1\n")
+        .start()
+        .await?;
+    for path in ["svc/a", "svc/b"] {
+        let written = agent
+            .admin()?
+            .write(path, json!({ "key": ORIGINAL }))
+            .await?;
+        assert_eq!(written.status, 200, "{}", written.body);
+    }
+
+    let (reached, release) = service.stall_create();
+    let first = rotate_in_background(&agent, "svc/a")?;
+    tokio::task::spawn_blocking(move || reached.recv_timeout(Duration::from_secs(30)))
+        .await?
+        .context("the first rotation never reached the service")?;
+    let second = rotate_in_background(&agent, "svc/b")?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        service.created().is_empty(),
+        "the second rotation reached the service while the only permit was held"
+    );
+
+    let _ = release.send(());
+    for (path, cli) in [("svc/a", first), ("svc/b", second)] {
+        let out = cli.await??;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{path}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        service.created().len(),
+        2,
+        "both rotated, one after the other"
+    );
     Ok(())
 }
