@@ -35,21 +35,24 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, unreachable_pub)]
 
 #[allow(dead_code)]
-#[path = "serve/procfs.rs"]
-mod procfs;
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use http::Method;
-use latchkey::client::{Client, Endpoint};
-use latchkey::secret::{SecretBytes, SecretString};
+use latchkey::client::Client;
+use latchkey::secret::SecretBytes;
 use serde_json::{json, Value};
 use sqlx::Connection as _;
+
+use common::agent::{self, admin_client};
+use common::process::Proc;
+use common::procfs;
 
 /// The environment variable the agent's `[[sql]]` reads the admin URL from.
 const PG_URL_ENV: &str = "LATCHKEY_BENCH_PG_URL";
@@ -86,11 +89,6 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
         pg_url: std::env::var(PG_URL_ENV).unwrap_or_else(|_| DEFAULT_PG_URL.to_owned()),
         agent_bin: PathBuf::from(env!("CARGO_BIN_EXE_latchkey")),
     };
-    let secs = |v: &str| -> anyhow::Result<Duration> {
-        Ok(Duration::from_secs_f64(
-            v.parse().with_context(|| format!("{v:?} is not seconds"))?,
-        ))
-    };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -109,17 +107,12 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
                 o.read_rounds = 1;
             }
             "--roles" => o.roles = value()?.parse()?,
-            "--conc" => {
-                o.conc = value()?
-                    .split(',')
-                    .map(|c| c.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()?
-            }
+            "--conc" => o.conc = common::args::counts(&value()?)?,
             "--rounds" => o.rounds = value()?.parse()?,
             "--scheduler-concurrency" => o.scheduler_concurrency = value()?.parse()?,
             "--idle-secrets" => o.idle_secrets = value()?.parse()?,
-            "--idle" => o.idle = secs(&value()?)?,
-            "--read" => o.read = secs(&value()?)?,
+            "--idle" => o.idle = common::args::seconds(&value()?)?,
+            "--read" => o.read = common::args::seconds(&value()?)?,
             "--read-rounds" => o.read_rounds = value()?.parse()?,
             "--pg-url" => o.pg_url = value()?,
             "--agent-bin" => o.agent_bin = PathBuf::from(value()?),
@@ -145,43 +138,7 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = parse_opts(&args).and_then(|opts| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("tokio runtime")?
-            .block_on(run(opts))
-    });
-    if let Err(e) = result {
-        eprintln!("lifecycle bench failed: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// SIGTERM, then wait for the exit.
-    fn stop(mut self) -> anyhow::Result<()> {
-        let pid = rustix::process::Pid::from_raw(self.pid() as i32).context("pid")?;
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-        self.0.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    common::runtime::main("lifecycle bench failed", parse_opts, run);
 }
 
 fn workspace_root() -> PathBuf {
@@ -231,31 +188,6 @@ fn install_postgres_plugin(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
     Ok((wasm, hex::encode(digest.as_ref())))
 }
 
-fn latchkey(opts: &Opts, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(&opts.agent_bin)
-        .args(args)
-        .env_remove("LATCHKEY_DIR")
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("run {}", opts.agent_bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "latchkey {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// `latchkey init` in `dir`; returns the config it wrote.
-fn init_agent(opts: &Opts, dir: &Path) -> anyhow::Result<String> {
-    latchkey(
-        opts,
-        &["init", "--dir", dir.to_str().context("utf-8 path")?],
-    )?;
-    Ok(std::fs::read_to_string(dir.join("latchkey.toml"))?)
-}
-
 /// The `[[sql]]`, `[[plugin]]` and `[scheduler]` blocks every agent here gets.
 fn provider_toml(opts: &Opts, wasm: &Path, sha256: &str, pool: usize) -> String {
     format!(
@@ -268,34 +200,14 @@ fn provider_toml(opts: &Opts, wasm: &Path, sha256: &str, pool: usize) -> String 
 }
 
 fn spawn_agent(opts: &Opts, config: &Path, log: &Path) -> anyhow::Result<Proc> {
-    let child = Command::new(&opts.agent_bin)
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .env(PG_URL_ENV, &opts.pg_url)
-        .env_remove("RUST_LOG")
-        .env_remove("LATCHKEY_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log)?)
-        .spawn()
-        .context("start latchkey")?;
-    Ok(Proc(child))
-}
-
-/// An mTLS client with the admin certificate `latchkey init` made.
-fn admin_client(dir: &Path) -> anyhow::Result<Client> {
-    let read = |p: &str| std::fs::read_to_string(dir.join(p)).with_context(|| p.to_owned());
-    let tls = latchkey::tls::client_config(
-        &read("ca/ca.pem")?,
-        &read("clients/admin.pem")?,
-        &SecretString::new(read("clients/admin.key")?),
+    let mut cmd = agent::run_command(&opts.agent_bin, config);
+    cmd.env(PG_URL_ENV, &opts.pg_url);
+    Proc::spawn(
+        "agent",
+        cmd,
+        Stdio::null(),
+        std::fs::File::create(log)?.into(),
     )
-    .map_err(|e| anyhow!("client TLS: {e}"))?;
-    Ok(Client::new(
-        Endpoint::Unix(dir.join("run/latchkey.sock")),
-        tls,
-    ))
 }
 
 /// Waits for `/v1/health`; fails if the agent exits first.
@@ -308,12 +220,7 @@ async fn wait_ready(dir: &Path, agent: &mut Proc, log: &Path) -> anyhow::Result<
                 return Ok(());
             }
         }
-        if let Some(status) = agent.0.try_wait()? {
-            bail!(
-                "the agent exited ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
+        agent.check_alive(Some(log))?;
         if Instant::now() > deadline {
             bail!("the agent did not answer /v1/health within 120 s");
         }
@@ -498,6 +405,7 @@ struct RotationRow {
     cpu: Duration,
 }
 
+#[derive(Default)]
 struct ReadRow {
     other: Samples,
     rotating: Samples,
@@ -601,7 +509,7 @@ async fn rotations_on(
     roles: &Roles,
 ) -> anyhow::Result<Rotations> {
     let dir = root.join("rotate");
-    let mut text = init_agent(opts, &dir)?;
+    let mut text = agent::init(&opts.agent_bin, &dir)?;
     let pool = opts
         .conc
         .iter()
@@ -681,16 +589,8 @@ async fn rotations_on(
     // Reads with and without rotations running, interleaved.
     let reader = admin_client(&dir)?;
     let rotating = paths[0].clone();
-    let mut quiet = ReadRow {
-        other: Samples::default(),
-        rotating: Samples::default(),
-        background: 0,
-    };
-    let mut busy = ReadRow {
-        other: Samples::default(),
-        rotating: Samples::default(),
-        background: 0,
-    };
+    let mut quiet = ReadRow::default();
+    let mut busy = ReadRow::default();
     let mut busy_secs = 0.0;
     for round in 0..opts.read_rounds {
         paced_reads(
@@ -834,39 +734,6 @@ async fn idle_run(
     })
 }
 
-/// Stores `n` secrets with the library's store while the agent is stopped.
-async fn seed_store(config: &Path, n: usize) -> anyhow::Result<()> {
-    use latchkey::path::SecretPath;
-    use latchkey::secret::Fields;
-    use latchkey::store::{Store, Write};
-    let config = latchkey::config::Config::load(config)?;
-    let kek = config.kek.load()?;
-    let store = Store::open(&config.store, kek.as_ref()).await?;
-    for i in 0..n {
-        let path = SecretPath::parse(&format!("bench/idle/s{i:05}"))?;
-        let mut fields = Fields::new();
-        fields.insert(
-            "username",
-            SecretString::from(format!("svc_bench_{i:05}").as_str()),
-        );
-        fields.insert(
-            "password",
-            SecretString::from(format!("Zq7!pR2v{i:05}xK9mWc4T").as_str()),
-        );
-        store.put(
-            &path,
-            Write {
-                fields,
-                kind: Some("postgres-password".into()),
-                expires_at: None,
-                cas: None,
-            },
-        )?;
-    }
-    store.flush().await?;
-    Ok(())
-}
-
 struct Idle {
     with_rule: IdleRun,
     without: IdleRun,
@@ -874,11 +741,18 @@ struct Idle {
 
 async fn idle(opts: &Opts, root: &Path, wasm: &Path, sha: &str) -> anyhow::Result<Idle> {
     let dir = root.join("idle");
-    let mut text = init_agent(opts, &dir)?;
+    let mut text = agent::init(&opts.agent_bin, &dir)?;
     // Seeded with the plain config (the store is the same for both configs below).
     let with_cfg = dir.join("latchkey.toml");
     let started = Instant::now();
-    seed_store(&with_cfg, opts.idle_secrets).await?;
+    common::seed::store(
+        &with_cfg,
+        "bench/idle/",
+        opts.idle_secrets,
+        "postgres-password",
+        None,
+    )
+    .await?;
     eprintln!(
         "seeded {} idle secrets in {}",
         opts.idle_secrets,
@@ -910,19 +784,9 @@ async fn idle(opts: &Opts, root: &Path, wasm: &Path, sha: &str) -> anyhow::Resul
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpu = common::machine::cpu_model().unwrap_or_else(|| "unknown CPU".to_owned());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let load = common::machine::load_average();
     format!("{cores} cores (nproc), {cpu}; load average at the start {load}")
 }
 
@@ -948,11 +812,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     let (wasm, sha) = install_postgres_plugin(&root.path().join("plugins"))?;
     let rot = rotations(&opts, root.path(), &wasm, &sha).await?;
     let idle = idle(&opts, root.path(), &wasm, &sha).await?;
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::macros::format_description!(
-            "[year]-[month]-[day] [hour]:[minute] UTC"
-        ))
-        .unwrap_or_default();
+    let date = common::machine::date();
     report(&opts, &machine, &pg, &date, &rot, &idle);
     Ok(())
 }

@@ -26,15 +26,15 @@
 
 #[path = "serve/baseline.rs"]
 mod baseline;
+#[allow(dead_code)]
+mod common;
 #[path = "serve/load.rs"]
 mod load;
-#[path = "serve/procfs.rs"]
-mod procfs;
 #[path = "serve/report.rs"]
 mod report;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +43,8 @@ use anyhow::{bail, Context as _};
 use hdrhistogram::Histogram;
 use http::{Method, StatusCode};
 
+use common::process::Proc;
+use common::{agent, procfs};
 use load::Target;
 use report::{Measured, Report, Startup};
 
@@ -80,11 +82,6 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
         agent_bin: PathBuf::from(env!("CARGO_BIN_EXE_latchkey")),
         quick: false,
     };
-    let secs = |v: &str| -> anyhow::Result<Duration> {
-        Ok(Duration::from_secs_f64(
-            v.parse().with_context(|| format!("{v:?} is not seconds"))?,
-        ))
-    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
@@ -97,15 +94,10 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
                 o.rounds = 1;
                 o.starts = 3;
             }
-            "--duration" => o.duration = secs(val()?)?,
-            "--warmup" => o.warmup = secs(val()?)?,
+            "--duration" => o.duration = common::args::seconds(val()?)?,
+            "--warmup" => o.warmup = common::args::seconds(val()?)?,
             "--rounds" => o.rounds = val()?.parse()?,
-            "--conns" => {
-                o.conns = val()?
-                    .split(',')
-                    .map(|c| c.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()?
-            }
+            "--conns" => o.conns = common::args::counts(val()?)?,
             "--client-threads" => o.client_threads = val()?.parse()?,
             "--starts" => o.starts = val()?.parse()?,
             "--secrets" => o.secrets = val()?.parse()?,
@@ -133,7 +125,7 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = common::runtime::args();
     let result = if args.first().map(String::as_str) == Some("--baseline-server") {
         baseline::main(&args[1..])
     } else if args.first().map(String::as_str) == Some("--probe") {
@@ -141,99 +133,20 @@ fn main() {
     } else {
         parse_opts(&args).and_then(run)
     };
-    if let Err(e) = result {
-        eprintln!("serve bench: {e:#}");
-        std::process::exit(1);
-    }
+    common::runtime::exit_on_error("serve bench", result);
 }
 
-/// A child process that is killed if the bench stops early.
-struct Proc {
-    child: Option<Child>,
-    name: &'static str,
-}
+/// How long a server has to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("cannot open {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env_remove("RUST_LOG")
-            .env_remove("LATCHKEY_LOG");
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start the {name}"))?;
-        Ok(Proc {
-            child: Some(child),
-            name,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
-    }
-
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(child) = &mut self.child {
-            if let Some(status) = child.try_wait()? {
-                bail!("the {} exited: {status}", self.name);
-            }
-        }
-        Ok(())
-    }
-
-    /// SIGTERM, then wait (SIGKILL after 15 s).
-    fn stop(mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the {} did not stop within 15 s of SIGTERM", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn latchkey(opts: &Opts, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(&opts.agent_bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", opts.agent_bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "latchkey {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// Starts a server with stdout and stderr appended to `log`.
+fn spawn(name: &'static str, cmd: Command, log: &Path) -> anyhow::Result<Proc> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    Proc::spawn(name, cmd, log.try_clone()?.into(), log.into())
 }
 
 fn agent_command(opts: &Opts, dir: &Path) -> Command {
@@ -241,9 +154,7 @@ fn agent_command(opts: &Opts, dir: &Path) -> Command {
 }
 
 fn config_command(opts: &Opts, config: &Path) -> Command {
-    let mut cmd = Command::new(&opts.agent_bin);
-    cmd.arg("run").arg("--config").arg(config);
-    cmd
+    agent::run_command(&opts.agent_bin, config)
 }
 
 /// Row names.
@@ -280,12 +191,9 @@ fn run(opts: Opts) -> anyhow::Result<()> {
     let root = tmp.path().to_owned();
     let dir = root.join("agent");
     eprintln!("serve bench: folder {}", root.display());
-    latchkey(
-        &opts,
-        &["init", "--dir", dir.to_str().context("utf-8 path")?],
-    )?;
-    latchkey(
-        &opts,
+    agent::init(&opts.agent_bin, &dir)?;
+    agent::latchkey(
+        &opts.agent_bin,
         &[
             "cert",
             "issue",
@@ -296,18 +204,7 @@ fn run(opts: Opts) -> anyhow::Result<()> {
         ],
     )?;
 
-    let runtime = match opts.client_threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build()?,
-    };
+    let runtime = common::runtime::build(opts.client_threads)?;
     let result = runtime.block_on(bench(&opts, &root, &dir));
     drop(runtime);
     if opts.keep {
@@ -351,7 +248,7 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
     };
 
     // The agent, with one secret.
-    let mut agent = Proc::spawn("agent", agent_command(opts, dir), &root.join("agent.log"))?;
+    let mut agent = spawn("agent", agent_command(opts, dir), &root.join("agent.log"))?;
     load::wait_healthy(&admin, Duration::from_millis(5), Duration::from_secs(30))
         .await
         .context("the agent did not answer (see agent.log in the folder; --keep keeps it)")?;
@@ -387,7 +284,7 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
         .arg(dir.join("server/server.key"))
         .arg(dir.join("ca/ca.pem"))
         .arg(&body_file);
-    let mut base = Proc::spawn("baseline server", cmd, &root.join("baseline.log"))?;
+    let mut base = spawn("baseline server", cmd, &root.join("baseline.log"))?;
     load::wait_healthy(
         &baseline_target,
         Duration::from_millis(5),
@@ -436,7 +333,7 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
             order.rotate_left(round % kinds.len());
             for name in order {
                 let m = if name == BASELINE {
-                    base.check_alive()?;
+                    base.check_alive(None)?;
                     measure(
                         opts,
                         &baseline_target,
@@ -454,12 +351,9 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
                         &variant_config
                     };
                     if *want != agent_config {
-                        agent.stop()?;
-                        agent = Proc::spawn(
-                            "agent",
-                            config_command(opts, want),
-                            &root.join("agent.log"),
-                        )?;
+                        agent.stop_within(STOP_TIMEOUT)?;
+                        agent =
+                            spawn("agent", config_command(opts, want), &root.join("agent.log"))?;
                         load::wait_healthy(
                             &agent_target,
                             Duration::from_millis(1),
@@ -469,7 +363,7 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
                         .context("the agent did not restart")?;
                         agent_config = want.clone();
                     }
-                    agent.check_alive()?;
+                    agent.check_alive(None)?;
                     measure(
                         opts,
                         &agent_target,
@@ -500,11 +394,11 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
             }
         }
     }
-    base.stop()?;
+    base.stop_within(STOP_TIMEOUT)?;
 
     // Startup with many secrets.
     let startup = if opts.startup {
-        agent.stop()?;
+        agent.stop_within(STOP_TIMEOUT)?;
         let seed_start = Instant::now();
         seed_store(dir, opts.secrets).await?;
         let seed_took = seed_start.elapsed();
@@ -516,7 +410,7 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
         let mut runs = Vec::new();
         for i in 0..opts.starts {
             let started = Instant::now();
-            let p = Proc::spawn("agent", agent_command(opts, dir), &root.join("agent.log"))?;
+            let p = spawn("agent", agent_command(opts, dir), &root.join("agent.log"))?;
             let ready = load::wait_healthy(
                 &agent_target,
                 Duration::from_micros(250),
@@ -540,7 +434,7 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
                     bail!("a seeded secret is not served after a restart: {status}");
                 }
             }
-            p.stop()?;
+            p.stop_within(STOP_TIMEOUT)?;
             eprintln!(
                 "serve bench: start {} with {} secrets: {:.1} ms, RSS {:.1} MiB",
                 i + 1,
@@ -556,7 +450,7 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
             seed_took,
         })
     } else {
-        agent.stop()?;
+        agent.stop_within(STOP_TIMEOUT)?;
         None
     };
 
@@ -649,18 +543,7 @@ fn probe(args: &[String]) -> anyhow::Result<()> {
         socket: socket.into(),
         tls: load::client_config(Path::new(ca), Path::new(cert), Path::new(key))?,
     };
-    let runtime = match threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build()?,
-    };
+    let runtime = common::runtime::build(threads)?;
     runtime.block_on(async {
         let mut conn = load::connect(&target).await?;
         let (status, body) = load::request(&mut conn, Method::GET, uri, None).await?;
@@ -686,37 +569,15 @@ fn probe(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Stores `n` secrets (three fields each) with the library's store while the agent
-/// is stopped: one process, one flush at the end. (Seeding through the API with
-/// concurrent PUTs is not used: it exposes a sled 0.34 `flush_async` lock-up.)
+/// is stopped. (Seeding through the API with concurrent PUTs is not used: it exposes
+/// a sled 0.34 `flush_async` lock-up.)
 async fn seed_store(dir: &Path, n: usize) -> anyhow::Result<()> {
-    use latchkey::path::SecretPath;
-    use latchkey::secret::{Fields, SecretString};
-    use latchkey::store::{Store, Write};
-    let config = latchkey::config::Config::load(&dir.join("latchkey.toml"))?;
-    let kek = config.kek.load()?;
-    let store = Store::open(&config.store, kek.as_ref()).await?;
-    for i in 0..n {
-        let path = SecretPath::parse(&format!("bench/seed/s{i:05}"))?;
-        let mut fields = Fields::new();
-        fields.insert(
-            "username",
-            SecretString::from(format!("svc_bench_{i:05}").as_str()),
-        );
-        fields.insert(
-            "password",
-            SecretString::from(format!("Zq7!pR2v{i:05}xK9mWc4T").as_str()),
-        );
-        fields.insert("host", SecretString::from("db.internal:5432"));
-        store.put(
-            &path,
-            Write {
-                fields,
-                kind: Some("database".into()),
-                expires_at: None,
-                cas: None,
-            },
-        )?;
-    }
-    store.flush().await?;
-    Ok(())
+    common::seed::store(
+        &dir.join("latchkey.toml"),
+        "bench/seed/",
+        n,
+        "database",
+        Some("db.internal:5432"),
+    )
+    .await
 }

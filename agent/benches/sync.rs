@@ -24,21 +24,21 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, unreachable_pub)]
 
 #[allow(dead_code)]
-#[path = "serve/procfs.rs"]
-mod procfs;
+mod common;
 
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use latchkey::client::{Client, Endpoint};
-use latchkey::secret::SecretString;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use common::process::Proc;
+use common::{agent, procfs};
 
 const ROOT_TOKEN: &str = "latchkey-bench-root";
 /// Concurrent writes while seeding.
@@ -87,35 +87,7 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = parse_opts(&args).and_then(|opts| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("tokio runtime")?
-            .block_on(run(opts))
-    });
-    if let Err(e) = result {
-        eprintln!("sync bench failed: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    common::runtime::main("sync bench failed", parse_opts, run);
 }
 
 fn tool(name: &str) -> PathBuf {
@@ -160,7 +132,7 @@ async fn start_bao(dir: &Path) -> anyhow::Result<(Proc, String)> {
         .stderr(Stdio::null())
         .spawn()
         .context("start `bao` (run .ci/install-tools.sh, or set LATCHKEY_TOOLS_DIR)")?;
-    let bao = Proc(child);
+    let bao = Proc::new("bao", child);
     let address = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -243,27 +215,10 @@ async fn sequential_read(address: &str, n: usize) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
-fn latchkey(opts: &Opts, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(&opts.agent_bin)
-        .args(args)
-        .env_remove("LATCHKEY_DIR")
-        .output()
-        .with_context(|| format!("run {}", opts.agent_bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "latchkey {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// `latchkey init` in `dir`, with an `[upstream]` at `address` and `[sync]`.
 fn init_agent(opts: &Opts, dir: &Path, address: &str, poll: &str) -> anyhow::Result<()> {
-    let dir_s = dir.display().to_string();
-    latchkey(opts, &["init", "--dir", &dir_s])?;
+    let mut text = agent::init(&opts.agent_bin, dir)?;
     let config = dir.join("latchkey.toml");
-    let mut text = std::fs::read_to_string(&config)?;
     text.push_str(&format!(
         "\n[upstream]\nkind = \"openbao\"\naddresses = [{address:?}]\n\
          auth = {{ method = \"token\", token = {ROOT_TOKEN:?} }}\n\n\
@@ -276,18 +231,12 @@ fn init_agent(opts: &Opts, dir: &Path, address: &str, poll: &str) -> anyhow::Res
 }
 
 fn spawn_agent(opts: &Opts, dir: &Path) -> anyhow::Result<Proc> {
-    let child = Command::new(&opts.agent_bin)
-        .arg("run")
-        .arg("--config")
-        .arg(dir.join("latchkey.toml"))
-        .env_remove("RUST_LOG")
-        .env_remove("LATCHKEY_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("agent.log"))?)
-        .spawn()
-        .context("start latchkey")?;
-    Ok(Proc(child))
+    Proc::spawn(
+        "agent",
+        agent::run_command(&opts.agent_bin, &dir.join("latchkey.toml")),
+        Stdio::null(),
+        std::fs::File::create(dir.join("agent.log"))?.into(),
+    )
 }
 
 /// Waits until the first full poll is on record; returns when that happened.
@@ -295,12 +244,7 @@ async fn wait_synced(dir: &Path, agent: &mut Proc, deadline: Duration) -> anyhow
     let state = dir.join("data.sync.json");
     let started = Instant::now();
     while !state.exists() {
-        if let Some(status) = agent.0.try_wait()? {
-            bail!(
-                "the agent exited ({status}): {}",
-                std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
-            );
-        }
+        agent.check_alive(Some(&dir.join("agent.log")))?;
         if started.elapsed() > deadline {
             bail!("no full sync within {deadline:?}");
         }
@@ -311,14 +255,7 @@ async fn wait_synced(dir: &Path, agent: &mut Proc, deadline: Duration) -> anyhow
 
 /// How many secrets the agent lists under `bench/`, over mTLS with the admin cert.
 async fn agent_count(dir: &Path) -> anyhow::Result<usize> {
-    let read = |p: &str| std::fs::read_to_string(dir.join(p)).with_context(|| p.to_owned());
-    let tls = latchkey::tls::client_config(
-        &read("ca/ca.pem")?,
-        &read("clients/admin.pem")?,
-        &SecretString::new(read("clients/admin.key")?),
-    )
-    .map_err(|e| anyhow!("client TLS: {e}"))?;
-    let client = Client::new(Endpoint::Unix(dir.join("run/latchkey.sock")), tls);
+    let client = agent::admin_client(dir)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(reply) = client
@@ -472,14 +409,6 @@ struct Steady {
     rss_kib: u64,
 }
 
-/// Stops the agent with SIGTERM and waits for it to exit.
-fn stop_agent(mut agent: Proc) -> anyhow::Result<()> {
-    let pid = rustix::process::Pid::from_raw(agent.pid() as i32).context("pid")?;
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-    agent.0.wait()?;
-    Ok(())
-}
-
 /// Poll cycles where nothing changed. `restarted`: measured on an agent started
 /// again on its already complete store (nothing to catch up on); otherwise on the
 /// agent that just did the initial sync, right after it.
@@ -495,7 +424,7 @@ async fn steady_state(
     let mut agent = spawn_agent(opts, &dir)?;
     wait_synced(&dir, &mut agent, Duration::from_secs(600)).await?;
     if restarted {
-        stop_agent(agent)?;
+        agent.stop()?;
         agent = spawn_agent(opts, &dir)?;
     }
     let hz = procfs::clock_ticks();
@@ -533,14 +462,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpu = common::machine::cpu_model().unwrap_or_else(|| "unknown CPU".to_owned());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores (nproc), {cpu}")
 }

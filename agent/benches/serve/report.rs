@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 
-use crate::procfs::Memory;
+use crate::common::machine;
+use crate::common::procfs::Memory;
 
 /// The heading `--write` replaces.
 pub const SECTION: &str = "## Serving (issue 2)";
@@ -23,34 +24,20 @@ pub struct Machine {
 
 impl Machine {
     pub fn probe() -> Machine {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|t| {
-                t.lines().find_map(|l| {
-                    l.strip_prefix("model name")
-                        .map(|r| r.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-                })
-            })
+        let cpu = machine::cpu_model()
+            .map(|c| c.trim().to_owned())
             .unwrap_or_else(|| "unknown".into());
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "unknown".into());
-        let loadavg = std::fs::read_to_string("/proc/loadavg")
-            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default();
-        let date = time::OffsetDateTime::now_utc()
-            .format(&time::macros::format_description!(
-                "[year]-[month]-[day] [hour]:[minute] UTC"
-            ))
-            .unwrap_or_default();
         Machine {
             nproc: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
             cpu,
             kernel,
-            date,
-            loadavg,
+            date: machine::date(),
+            loadavg: machine::load_average(),
         }
     }
 }
