@@ -172,16 +172,13 @@ async fn openbao_secrets_changes_and_deletes_are_served() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_json_and_plain_secrets_follow_moto() -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    moto.ok(
-        "CreateSecret",
-        json!({"Name": "apps/web/db", "SecretString": r#"{"user":"app","password":"pw1"}"#}),
-    )
-    .await?;
-    moto.ok(
-        "CreateSecret",
-        json!({"Name": "apps/web/token", "SecretString": "plain-1"}),
-    )
-    .await?;
+    for (name, value) in [
+        ("apps/web/db", r#"{"user":"app","password":"pw1"}"#),
+        ("apps/web/token", "plain-1"),
+    ] {
+        moto.ok("CreateSecret", json!({"Name": name, "SecretString": value}))
+            .await?;
+    }
     let upstream = format!(
         "[upstream]\nkind = \"aws\"\nregion = {REGION:?}\nendpoint_url = {:?}\n\
          recovery_window_days = 0\n",
@@ -211,16 +208,16 @@ async fn aws_json_and_plain_secrets_follow_moto() -> anyhow::Result<()> {
     );
 
     // Changes upstream are served within a poll interval.
-    moto.ok(
-        "PutSecretValue",
-        json!({"SecretId": "apps/web/db", "SecretString": r#"{"user":"app","password":"pw2"}"#}),
-    )
-    .await?;
-    moto.ok(
-        "PutSecretValue",
-        json!({"SecretId": "apps/web/token", "SecretString": "plain-2"}),
-    )
-    .await?;
+    for (id, value) in [
+        ("apps/web/db", r#"{"user":"app","password":"pw2"}"#),
+        ("apps/web/token", "plain-2"),
+    ] {
+        moto.ok(
+            "PutSecretValue",
+            json!({"SecretId": id, "SecretString": value}),
+        )
+        .await?;
+    }
     wait_served(
         &app,
         "apps/web/db",
@@ -277,42 +274,11 @@ async fn aws_json_and_plain_secrets_follow_moto() -> anyhow::Result<()> {
 async fn approle_login_in_the_agent_config_works_end_to_end() -> anyhow::Result<()> {
     let bao = OpenBao::start().await?;
     bao.policy_rw("rw").await?;
-    bao.ok("POST", "sys/auth/approle", Some(json!({"type": "approle"})))
-        .await?;
-    bao.ok(
-        "POST",
-        "auth/approle/role/agent",
-        Some(json!({"token_policies": ["rw"], "token_ttl": "1h"})),
-    )
-    .await?;
-    let role_id = bao
-        .ok("GET", "auth/approle/role/agent/role-id", None)
-        .await?;
-    let secret_id = bao
-        .ok("POST", "auth/approle/role/agent/secret-id", None)
-        .await?;
-    let creds = tempfile::tempdir()?;
-    let role_file = creds.path().join("role_id");
-    let secret_file = creds.path().join("secret_id");
-    std::fs::write(
-        &role_file,
-        role_id["data"]["role_id"].as_str().context("role_id")?,
-    )?;
-    std::fs::write(
-        &secret_file,
-        secret_id["data"]["secret_id"]
-            .as_str()
-            .context("secret_id")?,
-    )?;
+    let approle = bao.approle("agent", "rw", "").await?;
     bao.put_kv("apps/web/db", json!({"password": "via-approle"}))
         .await?;
-    let auth = format!(
-        "{{ method = \"approle\", role_id_file = {:?}, secret_id_file = {:?} }}",
-        role_file.display().to_string(),
-        secret_file.display().to_string()
-    );
     let agent = agent_with(
-        &bao_upstream(&bao.address, &auth, ""),
+        &bao_upstream(&bao.address, &approle.auth(), ""),
         &sync_section("1s", "24h", 4),
     )
     .await?;
@@ -335,24 +301,10 @@ async fn approle_login_in_the_agent_config_works_end_to_end() -> anyhow::Result<
     assert_eq!(put.status, 200, "{}", put.body);
     let seen = bao.ok("GET", "secret/data/apps/web/written", None).await?;
     assert_eq!(seen["data"]["data"]["v"], "from-agent");
-    let accessors = bao.ok("LIST", "auth/token/accessors", None).await?;
-    let mut approle_tokens = 0;
-    for accessor in accessors["data"]["keys"].as_array().context("keys")? {
-        let info = bao
-            .ok(
-                "POST",
-                "auth/token/lookup-accessor",
-                Some(json!({"accessor": accessor})),
-            )
-            .await?;
-        if info["data"]["path"] == "auth/approle/login" {
-            approle_tokens += 1;
-        }
-    }
+    let approle_tokens = bao.accessors_from("auth/approle/login").await?.len();
     assert_eq!(approle_tokens, 1, "the agent logged in once with AppRole");
     // The credentials never reach the agent's log.
-    let secret_id = secret_id["data"]["secret_id"].as_str().context("sid")?;
-    assert!(!agent.logs().contains(secret_id));
+    assert!(!agent.logs().contains(&approle.secret_id));
     Ok(())
 }
 
@@ -659,16 +611,9 @@ async fn reads_turn_into_503_after_a_short_grace_and_recover() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transit_wrapped_data_key_opens_only_after_unwrapping() -> anyhow::Result<()> {
     let bao = OpenBao::start().await?;
-    bao.ok(
-        "POST",
-        "sys/mounts/transit",
-        Some(json!({"type": "transit"})),
-    )
-    .await?;
-    bao.ok(
-        "POST",
-        "transit/keys/latchkey",
-        Some(json!({"exportable": true, "allow_plaintext_backup": true})),
+    bao.transit_key(
+        "latchkey",
+        json!({"exportable": true, "allow_plaintext_backup": true}),
     )
     .await?;
     let mut agent = Agent::builder()
@@ -861,23 +806,9 @@ where
 
 /// A token of the dev server limited to the ACL policy `hcl`.
 async fn token_with_policy(bao: &OpenBao, name: &str, hcl: &str) -> anyhow::Result<String> {
-    bao.ok(
-        "PUT",
-        &format!("sys/policies/acl/{name}"),
-        Some(json!({ "policy": hcl })),
-    )
-    .await?;
-    let created = bao
-        .ok(
-            "POST",
-            "auth/token/create",
-            Some(json!({"policies": [name], "ttl": "1h", "no_parent": true})),
-        )
-        .await?;
-    Ok(created["auth"]["client_token"]
-        .as_str()
-        .context("client_token")?
-        .to_owned())
+    bao.policy(name, hcl).await?;
+    bao.create_token(json!({"policies": [name], "ttl": "1h", "no_parent": true}))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

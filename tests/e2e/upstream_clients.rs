@@ -5,6 +5,7 @@
 //! the root token) and read back through `latchkey::upstream`, and the other way
 //! round, so a test passes only if both sides agree.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -19,6 +20,7 @@ use serde_json::json;
 
 use crate::moto::{Moto, REGION};
 use crate::openbao::{OpenBao, ROOT_TOKEN};
+use crate::upstream_agent::{bao_upstream, sync_section, token_auth};
 
 fn path(s: &str) -> SecretPath {
     SecretPath::parse(s).expect("valid path")
@@ -45,8 +47,34 @@ fn bao_client(bao: &OpenBao, extra: &str) -> anyhow::Result<BaoClient> {
     Ok(BaoClient::from_config(&config)?)
 }
 
+/// A client for `bao` that logs in with the inline `auth` table.
+fn bao_client_as(bao: &OpenBao, auth: &str) -> anyhow::Result<BaoClient> {
+    bao_client(bao, &format!("auth = {auth}"))
+}
+
+/// The `auth` line for the dev server's root token.
 fn root_auth() -> String {
-    format!("auth = {{ method = \"token\", token = {ROOT_TOKEN:?} }}")
+    format!("auth = {}", token_auth(ROOT_TOKEN))
+}
+
+/// The inline `auth` table for a JWT login as the role `agent` with the JWT in `file`.
+fn jwt_auth(file: &Path) -> String {
+    format!(
+        "{{ method = \"jwt\", role = \"agent\", jwt_file = {:?} }}",
+        file.display().to_string()
+    )
+}
+
+/// What `client` lists under `prefix`: each path and its version, sorted.
+async fn versions(client: &BaoClient, prefix: &Prefix) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut listed: Vec<_> = client
+        .list(prefix)
+        .await?
+        .into_iter()
+        .map(|m| (m.path.to_string(), m.version))
+        .collect();
+    listed.sort();
+    Ok(listed)
 }
 
 #[tokio::test]
@@ -70,15 +98,8 @@ async fn openbao_read_list_metadata_follow_the_server() -> anyhow::Result<()> {
     assert!(secret.updated_at > 1_600_000_000);
     assert!(client.read(&path("billing/none")).await?.is_none());
 
-    let mut listed: Vec<_> = client
-        .list(&Prefix::parse("billing")?)
-        .await?
-        .into_iter()
-        .map(|m| (m.path.to_string(), m.version))
-        .collect();
-    listed.sort();
     assert_eq!(
-        listed,
+        versions(&client, &Prefix::parse("billing")?).await?,
         vec![
             ("billing/api/key".to_owned(), 1),
             ("billing/db".to_owned(), 1)
@@ -198,36 +219,16 @@ async fn openbao_list_falls_back_when_detailed_metadata_is_denied() -> anyhow::R
         path "secret/metadata/*" { capabilities = ["read", "list"] }
         path "secret/metadata/" { capabilities = ["list"] }
     "#;
-    bao.ok(
-        "PUT",
-        "sys/policies/acl/meta-only",
-        Some(json!({ "policy": policy })),
-    )
-    .await?;
-    let created = bao
-        .ok(
-            "POST",
-            "auth/token/create",
-            Some(json!({"policies": ["meta-only"], "ttl": "1h"})),
-        )
+    bao.policy("meta-only", policy).await?;
+    let token = bao
+        .create_token(json!({"policies": ["meta-only"], "ttl": "1h"}))
         .await?;
-    let token = created["auth"]["client_token"].as_str().context("token")?;
     bao.put_kv("a/one", json!({"v": "1"})).await?;
     bao.put_kv("a/two", json!({"v": "2"})).await?;
     bao.put_kv("a/two", json!({"v": "3"})).await?;
-    let client = bao_client(
-        &bao,
-        &format!("auth = {{ method = \"token\", token = {token:?} }}"),
-    )?;
-    let mut listed: Vec<_> = client
-        .list(&Prefix::all())
-        .await?
-        .into_iter()
-        .map(|m| (m.path.to_string(), m.version))
-        .collect();
-    listed.sort();
+    let client = bao_client_as(&bao, &token_auth(&token))?;
     assert_eq!(
-        listed,
+        versions(&client, &Prefix::all()).await?,
         vec![("a/one".to_owned(), 1), ("a/two".to_owned(), 2)]
     );
     assert_eq!(client.uses_detailed_metadata(), Some(false));
@@ -269,84 +270,32 @@ async fn openbao_path_template_scopes_to_the_tenant() -> anyhow::Result<()> {
 async fn openbao_approle_login_and_relogin_after_revocation() -> anyhow::Result<()> {
     let bao = OpenBao::start().await?;
     bao.policy_rw("rw").await?;
-    bao.ok("POST", "sys/auth/approle", Some(json!({"type": "approle"})))
-        .await?;
-    bao.ok(
-        "POST",
-        "auth/approle/role/agent",
-        Some(json!({"token_policies": ["rw"], "token_ttl": "1h"})),
-    )
-    .await?;
-    let role_id = bao
-        .ok("GET", "auth/approle/role/agent/role-id", None)
-        .await?;
-    let secret_id = bao
-        .ok("POST", "auth/approle/role/agent/secret-id", None)
-        .await?;
-    let dir = tempfile::tempdir()?;
-    let role_file = dir.path().join("role_id");
-    let secret_file = dir.path().join("secret_id");
-    std::fs::write(
-        &role_file,
-        role_id["data"]["role_id"].as_str().context("role_id")?,
-    )?;
-    std::fs::write(
-        &secret_file,
-        format!(
-            "{}\n",
-            secret_id["data"]["secret_id"]
-                .as_str()
-                .context("secret_id")?
-        ),
-    )?;
+    // The secret id file ends in a newline, as files written by hand do.
+    let approle = bao.approle("agent", "rw", "\n").await?;
     bao.put_kv("app/db", json!({"password": "pw"})).await?;
-    let client = bao_client(
-        &bao,
-        &format!(
-            "auth = {{ method = \"approle\", role_id_file = {:?}, secret_id_file = {:?} }}",
-            role_file.display().to_string(),
-            secret_file.display().to_string()
-        ),
-    )?;
+    let client = bao_client_as(&bao, &approle.auth())?;
     let secret = client.read(&path("app/db")).await?.context("exists")?;
     assert_eq!(field(&secret.fields, "password"), Some("pw"));
 
     // Revoke every token the approle issued: the next read gets a 403, logs in
     // again and succeeds.
-    let accessors = bao.ok("LIST", "auth/token/accessors", None).await?;
     let mut revoked = 0;
-    for accessor in accessors["data"]["keys"].as_array().context("keys")? {
-        let info = bao
-            .ok(
-                "POST",
-                "auth/token/lookup-accessor",
-                Some(json!({"accessor": accessor})),
-            )
-            .await?;
-        if info["data"]["path"] == "auth/approle/login" {
-            bao.ok(
-                "POST",
-                "auth/token/revoke-accessor",
-                Some(json!({"accessor": accessor})),
-            )
-            .await?;
-            revoked += 1;
-        }
+    for accessor in bao.accessors_from("auth/approle/login").await? {
+        bao.ok(
+            "POST",
+            "auth/token/revoke-accessor",
+            Some(json!({"accessor": accessor})),
+        )
+        .await?;
+        revoked += 1;
     }
     assert_eq!(revoked, 1);
     let secret = client.read(&path("app/db")).await?.context("exists")?;
     assert_eq!(field(&secret.fields, "password"), Some("pw"));
 
     // A wrong secret id is a login error, not a transient one.
-    std::fs::write(&secret_file, "not-the-secret-id")?;
-    let bad = bao_client(
-        &bao,
-        &format!(
-            "auth = {{ method = \"approle\", role_id_file = {:?}, secret_id_file = {:?} }}",
-            role_file.display().to_string(),
-            secret_file.display().to_string()
-        ),
-    )?;
+    std::fs::write(&approle.secret_file, "not-the-secret-id")?;
+    let bad = bao_client_as(&bao, &approle.auth())?;
     let err = bad.read(&path("app/db")).await.expect_err("bad secret id");
     assert!(!err.is_transient(), "{err}");
     assert!(!err.to_string().contains("not-the-secret-id"));
@@ -378,8 +327,7 @@ async fn openbao_jwt_login_with_a_key_pair_the_test_made() -> anyhow::Result<()>
     let bao = OpenBao::start().await?;
     bao.policy_rw("rw").await?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    bao.ok("POST", "sys/auth/jwt", Some(json!({"type": "jwt"})))
-        .await?;
+    bao.enable_auth("jwt").await?;
     bao.ok(
         "POST",
         "auth/jwt/config",
@@ -414,13 +362,7 @@ async fn openbao_jwt_login_with_a_key_pair_the_test_made() -> anyhow::Result<()>
     let jwt_file = dir.path().join("token");
     std::fs::write(&jwt_file, &jwt)?;
     bao.put_kv("app/jwt", json!({"v": "1"})).await?;
-    let client = bao_client(
-        &bao,
-        &format!(
-            "auth = {{ method = \"jwt\", role = \"agent\", jwt_file = {:?} }}",
-            jwt_file.display().to_string()
-        ),
-    )?;
+    let client = bao_client_as(&bao, &jwt_auth(&jwt_file))?;
     let secret = client.read(&path("app/jwt")).await?.context("exists")?;
     assert_eq!(field(&secret.fields, "v"), Some("1"));
     assert_eq!(
@@ -431,17 +373,9 @@ async fn openbao_jwt_login_with_a_key_pair_the_test_made() -> anyhow::Result<()>
     );
 
     // The agent itself, configured the same way, logs in with the JWT and serves.
-    let auth = format!(
-        "{{ method = \"jwt\", role = \"agent\", jwt_file = {:?} }}",
-        jwt_file.display().to_string()
-    );
     let agent = crate::harness::Agent::builder()
-        .append(&crate::upstream_agent::bao_upstream(
-            &bao.address,
-            &auth,
-            "",
-        ))
-        .append(&crate::upstream_agent::sync_section("1s", "24h", 4))
+        .append(&bao_upstream(&bao.address, &jwt_auth(&jwt_file), ""))
+        .append(&sync_section("1s", "24h", 4))
         .start()
         .await?;
     let served = agent.admin()?.read("app/jwt").await?;
@@ -458,13 +392,7 @@ async fn openbao_jwt_login_with_a_key_pair_the_test_made() -> anyhow::Result<()>
                     "iat": now, "exp": now + 600}),
         )?,
     )?;
-    let other = bao_client(
-        &bao,
-        &format!(
-            "auth = {{ method = \"jwt\", role = \"agent\", jwt_file = {:?} }}",
-            jwt_file.display().to_string()
-        ),
-    )?;
+    let other = bao_client_as(&bao, &jwt_auth(&jwt_file))?;
     let err = other
         .read(&path("app/jwt"))
         .await
@@ -477,28 +405,20 @@ async fn openbao_jwt_login_with_a_key_pair_the_test_made() -> anyhow::Result<()>
 async fn openbao_token_is_renewed_before_it_expires() -> anyhow::Result<()> {
     let bao = OpenBao::start().await?;
     bao.policy_rw("rw").await?;
-    let created = bao
-        .ok(
-            "POST",
-            "auth/token/create",
-            Some(
-                json!({"policies": ["rw"], "ttl": "4s", "explicit_max_ttl": "5m",
-                        "renewable": true, "no_parent": true}),
-            ),
+    let token = bao
+        .create_token(
+            json!({"policies": ["rw"], "ttl": "4s", "explicit_max_ttl": "5m",
+                    "renewable": true, "no_parent": true}),
         )
         .await?;
-    let token = created["auth"]["client_token"]
-        .as_str()
-        .context("token")?
-        .to_owned();
     let dir = tempfile::tempdir()?;
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &token)?;
     bao.put_kv("app/renew", json!({"v": "1"})).await?;
-    let client = bao_client(
+    let client = bao_client_as(
         &bao,
         &format!(
-            "auth = {{ method = \"token\", token_file = {:?} }}",
+            "{{ method = \"token\", token_file = {:?} }}",
             token_file.display().to_string()
         ),
     )?;
@@ -578,14 +498,7 @@ async fn openbao_tls_with_the_configured_ca() -> anyhow::Result<()> {
 #[tokio::test]
 async fn openbao_transit_wraps_and_unwraps_a_data_key() -> anyhow::Result<()> {
     let bao = OpenBao::start().await?;
-    bao.ok(
-        "POST",
-        "sys/mounts/transit",
-        Some(json!({"type": "transit"})),
-    )
-    .await?;
-    bao.ok("POST", "transit/keys/latchkey", Some(json!({})))
-        .await?;
+    bao.transit_key("latchkey", json!({})).await?;
     let client = bao_client(
         &bao,
         &format!("transit = {{ key = \"latchkey\" }}\n{}", root_auth()),
@@ -620,26 +533,15 @@ async fn aws_client(moto: &Moto, extra: &str) -> anyhow::Result<AwsSecretsManage
 #[tokio::test]
 async fn aws_get_list_describe_follow_moto() -> anyhow::Result<()> {
     let moto = Moto::start().await?;
-    moto.ok(
-        "CreateSecret",
-        json!({"Name": "prod/billing/db", "SecretString": r#"{"user":"app","password":"pw1"}"#}),
-    )
-    .await?;
-    moto.ok(
-        "CreateSecret",
-        json!({"Name": "prod/billing/token", "SecretString": "plain-token"}),
-    )
-    .await?;
-    moto.ok(
-        "CreateSecret",
-        json!({"Name": "prod/other", "SecretString": "x"}),
-    )
-    .await?;
-    moto.ok(
-        "CreateSecret",
-        json!({"Name": "dev/billing/db", "SecretString": "y"}),
-    )
-    .await?;
+    for (name, value) in [
+        ("prod/billing/db", r#"{"user":"app","password":"pw1"}"#),
+        ("prod/billing/token", "plain-token"),
+        ("prod/other", "x"),
+        ("dev/billing/db", "y"),
+    ] {
+        moto.ok("CreateSecret", json!({"Name": name, "SecretString": value}))
+            .await?;
+    }
     let client = aws_client(&moto, "name_template = \"prod/{path}\"").await?;
 
     let db = client.read(&path("billing/db")).await?.context("exists")?;

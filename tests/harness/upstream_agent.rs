@@ -3,23 +3,25 @@
 //! - [`DurableBao`]: a real OpenBao server (`bao server`, not `-dev`) with raft
 //!   storage in a temp folder, initialised and unsealed by the harness, which can be
 //!   killed and restarted on the same port with the same data: an honest outage.
+//!   It is started and called with the shared pieces in `openbao.rs`.
 //! - [`CountingProxy`]: a small HTTP/1.1 proxy in front of an upstream that records
 //!   every request it forwards and the most requests in flight at once, and can add
 //!   latency, so tests count what the agent really sends.
 //! - TOML for the agent's `[upstream]` and `[sync]` tables.
 
-use std::process::Stdio;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
-use serde_json::{json, Value};
+use anyhow::{bail, Context as _};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::spawn::{free_port_pair, tool, wait_until};
+use crate::openbao::{spawn_bao, start_with_retries, BaoApi};
+use crate::spawn::{free_port_pair, wait_until};
 
 /// `[upstream]` for an OpenBao at `address`; `auth` is the inline table, `extra`
 /// more lines of the table (e.g. `transit = { key = "latchkey" }`).
@@ -43,33 +45,22 @@ pub(crate) fn sync_section(poll: &str, grace: &str, concurrency: usize) -> Strin
     )
 }
 
-/// A `bao server` with raft storage that survives a kill and a restart.
+/// A `bao server` with raft storage that survives a kill and a restart; [`BaoApi`]
+/// (by deref) calls it with the root token.
 pub(crate) struct DurableBao {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
-    /// `http://127.0.0.1:PORT`.
-    pub(crate) address: String,
-    root_token: String,
+    api: BaoApi,
     unseal_key: String,
-    client: reqwest::Client,
 }
 
 impl DurableBao {
     /// Starts, initialises (one unseal key), unseals, and mounts KV v2 at `secret/`.
     pub(crate) async fn start() -> anyhow::Result<Self> {
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start_once().await {
-                Ok(bao) => return Ok(bao),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("openbao did not start")))
+        start_with_retries("openbao", Self::start_once).await
     }
 
-    // The harness talks to the server as a third party, not through the agent's client.
-    #[allow(clippy::disallowed_methods)]
     async fn start_once() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port_pair()?;
@@ -89,29 +80,23 @@ impl DurableBao {
             dir,
             port,
             child: None,
-            address: format!("http://127.0.0.1:{port}"),
-            root_token: String::new(),
+            api: BaoApi::new(format!("http://127.0.0.1:{port}"), None, "")?,
             unseal_key: String::new(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
         };
         bao.spawn().await?;
         let (status, init) = bao
-            .raw(
+            .call(
+                None,
                 "PUT",
                 "sys/init",
-                None,
                 Some(json!({"secret_shares": 1, "secret_threshold": 1})),
             )
             .await?;
         if status != 200 {
             bail!("sys/init answered {status}: {init}");
         }
-        bao.root_token = init["root_token"]
-            .as_str()
-            .context("init: no root_token")?
-            .to_owned();
+        bao.api
+            .set_token(init["root_token"].as_str().context("init: no root_token")?);
         bao.unseal_key = init["keys_base64"][0]
             .as_str()
             .context("init: no key")?
@@ -143,59 +128,32 @@ impl DurableBao {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(tool("bao"))
-            .arg("server")
-            .arg(format!(
-                "-config={}",
-                self.dir.path().join("bao.hcl").display()
-            ))
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("start `bao` (run .ci/install-tools.sh, or set LATCHKEY_TOOLS_DIR)")?;
-        self.child = Some(child);
-        let health = format!("{}/v1/sys/health", self.address);
-        let client = self.client.clone();
-        wait_until("openbao to listen", Duration::from_secs(30), || {
-            let client = client.clone();
-            let health = health.clone();
-            async move { client.get(&health).send().await.is_ok() }
-        })
-        .await?;
-        if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-            bail!("bao exited early: {status}");
-        }
-        Ok(())
+        let config = format!("-config={}", self.dir.path().join("bao.hcl").display());
+        let child = self.child.insert(spawn_bao(self.dir.path(), [config])?);
+        self.api
+            .wait_started(child, "openbao to listen", |_| true)
+            .await
     }
 
     async fn unseal(&self) -> anyhow::Result<()> {
         let (status, body) = self
-            .raw(
+            .call(
+                None,
                 "PUT",
                 "sys/unseal",
-                None,
                 Some(json!({"key": self.unseal_key})),
             )
             .await?;
         if status != 200 {
             bail!("sys/unseal answered {status}: {body}");
         }
-        let health = format!("{}/v1/sys/health", self.address);
-        let client = self.client.clone();
-        wait_until("openbao to become active", Duration::from_secs(30), || {
-            let client = client.clone();
-            let health = health.clone();
-            async move { matches!(client.get(&health).send().await, Ok(r) if r.status() == 200) }
-        })
-        .await
+        self.wait_health("openbao to become active", |status| status == 200)
+            .await
     }
 
     /// The root token from `sys/init`.
     pub(crate) fn root_token(&self) -> &str {
-        &self.root_token
+        self.token()
     }
 
     /// The port it listens on (the same after a restart).
@@ -224,71 +182,13 @@ impl DurableBao {
         })
         .await
     }
+}
 
-    async fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let mut request = self
-            .client
-            .request(method, format!("{}/v1/{path}", self.address));
-        if let Some(token) = token {
-            request = request.header("X-Vault-Token", token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await?;
-        let json = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).context("openbao answered non-JSON")?
-        };
-        Ok((status, json))
-    }
+impl Deref for DurableBao {
+    type Target = BaoApi;
 
-    /// Calls `/v1/{path}` with the root token.
-    pub(crate) async fn api(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        self.raw(method, path, Some(&self.root_token), body).await
-    }
-
-    /// Like [`DurableBao::api`], failing unless the status is 2xx.
-    pub(crate) async fn ok(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let (status, json) = self.api(method, path, body).await?;
-        if !(200..300).contains(&status) {
-            bail!("{method} {path} answered {status}: {json}");
-        }
-        Ok(json)
-    }
-
-    /// Writes a KV v2 secret under `secret/`; returns its version.
-    pub(crate) async fn put_kv(&self, path: &str, data: Value) -> anyhow::Result<u64> {
-        let json = self
-            .ok(
-                "POST",
-                &format!("secret/data/{path}"),
-                Some(json!({ "data": data })),
-            )
-            .await?;
-        json["data"]["version"]
-            .as_u64()
-            .context("write answer has no version")
+    fn deref(&self) -> &BaoApi {
+        &self.api
     }
 }
 
