@@ -694,3 +694,60 @@ async fn aws_write_cas_stages_and_delete() -> anyhow::Result<()> {
     client.delete(&p).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn aws_check_and_set_lets_exactly_one_of_racing_writers_win() -> anyhow::Result<()> {
+    let moto = Moto::start().await?;
+    let client = aws_client(&moto, "request_timeout = \"5s\"").await?;
+    let p = path("race/key");
+    client
+        .write(&p, &fields(&[("key", "base")]), Some(0))
+        .await?;
+    for round in 0..3 {
+        let base = client.read(&p).await?.context("exists")?.version;
+        let mut writers = tokio::task::JoinSet::new();
+        for i in 0..6 {
+            let (client, p) = (client.clone(), p.clone());
+            writers.spawn(async move {
+                let value = format!("round{round}-writer{i}");
+                let written = client
+                    .write(&p, &fields(&[("key", &value)]), Some(base))
+                    .await;
+                (value, written)
+            });
+        }
+        let (mut won, mut lost) = (Vec::new(), 0);
+        while let Some(joined) = writers.join_next().await {
+            match joined? {
+                (value, Ok(version)) => won.push((value, version)),
+                (_, Err(Error::Conflict { .. })) => lost += 1,
+                (_, Err(e)) => anyhow::bail!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: one writer wins: {won:?}");
+        assert_eq!(
+            lost, 5,
+            "round {round}: the others are told of the conflict"
+        );
+        let now = client.read(&p).await?.context("exists")?;
+        assert_eq!(
+            (now.version, field(&now.fields, "key")),
+            (won[0].1, Some(won[0].0.as_str()))
+        );
+    }
+    // The lost writes' versions carry no label: only the current one may keep the
+    // check-and-set label.
+    let listed = moto
+        .ok("ListSecretVersionIds", json!({"SecretId": "race/key"}))
+        .await?;
+    for version in listed["Versions"].as_array().context("versions")? {
+        let stages: Vec<&str> = version["VersionStages"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|l| l.as_str()).collect())
+            .unwrap_or_default();
+        if stages.contains(&latchkey::upstream::aws::CAS_STAGE) {
+            assert!(stages.contains(&"AWSCURRENT"), "{listed}");
+        }
+    }
+    Ok(())
+}

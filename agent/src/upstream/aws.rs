@@ -36,14 +36,18 @@
 //!
 //! ## Check-and-set
 //!
-//! Secrets Manager has no conditional write. `write` with `cas` reads the current
-//! version (DescribeSecret) and refuses with [`Error::Conflict`] if it differs, then
-//! writes. This catches every conflicting write that finished before our check, but not
-//! one that lands between the check and our write (a window of one round trip): two
-//! agents racing inside that window both succeed and the later one becomes
-//! `AWSCURRENT`, with the other kept as `AWSPREVIOUS`, so no value is lost. Use
-//! OpenBao where a strict check-and-set matters. The `ClientRequestToken` makes each
-//! write idempotent: the SDK's own retries of one write never create two versions.
+//! Secrets Manager has no conditional write, but moving a staging label is
+//! conditional: `UpdateSecretVersionStage` with `RemoveFromVersionId` fails unless the
+//! label is on that version now. `write` with `cas` therefore reads the current version
+//! (DescribeSecret) and refuses with [`Error::Conflict`] if it differs; otherwise it
+//! adds the new value as a version labelled only [`CAS_STAGE`] (apps keep reading
+//! `AWSCURRENT`), then moves `AWSCURRENT` to it from the version it checked. If
+//! another writer moved `AWSCURRENT` in between, the move fails, the staged version
+//! loses its label (AWS deprecates unlabelled versions) and the write is a conflict:
+//! exactly one of two racing writers wins, as with OpenBao's `cas`. A secret that does
+//! not exist yet is created with `CreateSecret`, which fails if someone else created it
+//! first. The `ClientRequestToken` makes each write idempotent: the SDK's own retries
+//! of one write never create two versions.
 
 use std::collections::HashMap;
 
@@ -89,6 +93,10 @@ impl Stage {
         }
     }
 }
+
+/// The label a check-and-set write puts on its new version until `AWSCURRENT` moves to
+/// it (see the module docs).
+pub const CAS_STAGE: &str = "LATCHKEY_CAS";
 
 /// One Secrets Manager account and region.
 #[derive(Clone, Debug)]
@@ -335,6 +343,59 @@ impl AwsSecretsManager {
         })
     }
 
+    /// The second half of a check-and-set write: moves `AWSCURRENT` from `checked` (the
+    /// version the write was checked against, numbered `expected`) to `staged`. AWS
+    /// refuses the move if `AWSCURRENT` is no longer on `checked`; then the staged
+    /// version loses its label and the write is a conflict.
+    async fn move_current(
+        &self,
+        path: &SecretPath,
+        name: &str,
+        staged: &str,
+        checked: &str,
+        expected: u64,
+    ) -> Result<(), Error> {
+        let moved = self
+            .client
+            .update_secret_version_stage()
+            .secret_id(name)
+            .version_stage(Stage::Current.label())
+            .move_to_version_id(staged)
+            .remove_from_version_id(checked)
+            .send()
+            .await;
+        let refused = match moved {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some("InvalidParameterException") => e,
+            Err(e) => return Err(self.sdk_error(&format!("write {path}"), e)),
+        };
+        // Refused: make sure it is because another write won, not a bad request.
+        let now = self.describe(name).await?;
+        if now
+            .stages
+            .get(checked)
+            .is_some_and(|labels| labels.iter().any(|l| l == Stage::Current.label()))
+        {
+            return Err(self.sdk_error(&format!("write {path}"), refused));
+        }
+        if let Err(e) = self
+            .client
+            .update_secret_version_stage()
+            .secret_id(name)
+            .version_stage(CAS_STAGE)
+            .remove_from_version_id(staged)
+            .send()
+            .await
+        {
+            tracing::debug!(path = %path, error = %e, "cannot unlabel the version of a lost write");
+        }
+        Err(Error::Conflict {
+            path: path.clone(),
+            expected,
+            current: now.current.map(|(_, v, _)| v),
+        })
+    }
+
     /// `(version id, number, created seconds)` of one version of `name`.
     async fn number_of(&self, name: &str, id: &str) -> Result<(String, u64, i64), Error> {
         let mut next_token = None;
@@ -552,14 +613,26 @@ impl Upstream for AwsSecretsManager {
                 Err(e) => return Err(self.sdk_error(&format!("create {path}"), e)),
             }
         }
-        self.client
+        let checked = match (&cas, &described.current) {
+            (Some(_), Some((id, _, _))) if !described.deleted => Some(id),
+            _ => None,
+        };
+        let mut put = self
+            .client
             .put_secret_value()
             .secret_id(&name)
             .secret_string(secret.as_str())
-            .client_request_token(&token)
-            .send()
+            .client_request_token(&token);
+        if checked.is_some() {
+            put = put.version_stages(CAS_STAGE);
+        }
+        put.send()
             .await
             .map_err(|e| self.sdk_error(&format!("write {path}"), e))?;
+        if let Some(checked) = checked {
+            self.move_current(path, &name, &token, checked, current)
+                .await?;
+        }
         Ok(next)
     }
 
