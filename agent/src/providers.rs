@@ -447,15 +447,21 @@ impl Providers {
         })
     }
 
-    /// Rotation step 1: the provider creates a new credential beside `current`.
+    /// Rotation step 1: the provider creates a new credential beside `current`,
+    /// drawing its randomness from `seed` when given (so the step can be replayed).
     pub async fn create_pending(
         &self,
         path: &SecretPath,
         current: &Credential,
+        seed: Option<&host::Seed>,
     ) -> Result<Result<Credential, host::ProviderError>, Error> {
         let (rule, plugin) = self.plugin_for(path)?;
         let answer = plugin
-            .create_pending(rule.config.clone(), Self::host_cred(plugin, current))
+            .create_pending_seeded(
+                rule.config.clone(),
+                Self::host_cred(plugin, current),
+                seed.cloned(),
+            )
             .await
             .map_err(|e| Self::call_failed(rule, &e))?;
         Ok(answer.map(|c| Credential::from_host(&c)))

@@ -33,6 +33,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod plugin;
 pub mod secret;
+pub mod seed;
 mod state;
 
 pub use audit::{AuditEvent, AuditSink, Capability, DenyReason, RecordingAudit, TracingAudit};
@@ -50,3 +51,4 @@ pub use plugin::{
     Validation,
 };
 pub use secret::SecretString;
+pub use seed::Seed;

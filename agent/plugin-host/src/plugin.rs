@@ -23,6 +23,7 @@ use crate::capability::sql::SqlAccess;
 use crate::host::{HostInner, Limits};
 use crate::manifest::Manifest;
 use crate::secret::SecretString;
+use crate::seed::Seed;
 use crate::state::State;
 
 /// An operation a provider may implement.
@@ -478,7 +479,18 @@ impl Plugin {
         config: Vec<(String, String)>,
         current: Credential,
     ) -> CallResult<Credential> {
-        self.blocking(move |p| p.create_pending_blocking(&config, &current))
+        self.create_pending_seeded(config, current, None).await
+    }
+
+    /// [`Plugin::create_pending`] with the guest's secure randomness drawn from
+    /// `seed`: the same seed and inputs make the same choices again (see [`Seed`]).
+    pub async fn create_pending_seeded(
+        &self,
+        config: Vec<(String, String)>,
+        current: Credential,
+        seed: Option<Seed>,
+    ) -> CallResult<Credential> {
+        self.blocking(move |p| p.create_pending_with(&config, &current, seed.as_ref()))
             .await
     }
 
@@ -488,11 +500,21 @@ impl Plugin {
         config: &[(String, String)],
         current: &Credential,
     ) -> CallResult<Credential> {
+        self.create_pending_with(config, current, None)
+    }
+
+    fn create_pending_with(
+        &self,
+        config: &[(String, String)],
+        current: &Credential,
+        seed: Option<&Seed>,
+    ) -> CallResult<Credential> {
         self.declared(Operation::CreatePending)?;
         let wire_config = to_wire_config(config);
         let wire = current.to_wire();
-        self.run_redacted(
+        self.run_seeded(
             Some(current),
+            seed,
             |store, guest| guest.call_create_pending(store, &wire_config, &wire.0),
             wire_secrets,
         )
@@ -651,7 +673,19 @@ impl Plugin {
         f: impl FnOnce(&mut Store<State>, &bindings::guest::Guest) -> wasmtime::Result<R>,
         outputs: impl FnOnce(&R) -> Vec<SecretString>,
     ) -> Result<(R, CallSecrets), CallError> {
-        let mut store = self.new_store();
+        self.run_seeded(input, None, f, outputs)
+    }
+
+    /// [`Plugin::run_redacted`] with the guest's secure randomness drawn from `seed`
+    /// (from the operating system when `None`).
+    fn run_seeded<R>(
+        &self,
+        input: Option<&Credential>,
+        seed: Option<&Seed>,
+        f: impl FnOnce(&mut Store<State>, &bindings::guest::Guest) -> wasmtime::Result<R>,
+        outputs: impl FnOnce(&R) -> Vec<SecretString>,
+    ) -> Result<(R, CallSecrets), CallError> {
+        let mut store = self.new_store_seeded(seed);
         if let Some(cred) = input {
             store.data_mut().redact = cred.fields.iter().map(|(_, v)| v.clone()).collect();
         }
@@ -673,6 +707,10 @@ impl Plugin {
     }
 
     pub(crate) fn new_store(&self) -> Store<State> {
+        self.new_store_seeded(None)
+    }
+
+    fn new_store_seeded(&self, seed: Option<&Seed>) -> Store<State> {
         let inner = &self.inner;
         let limits = &inner.limits;
         let deadline = Instant::now() + limits.deadline;
@@ -688,7 +726,14 @@ impl Plugin {
             granted: inner.sql.clone(),
             audit: inner.host.audit.clone(),
         };
-        let state = State::new(inner.name.clone(), http, sql, limits.memory_bytes, deadline);
+        let state = State::new(
+            inner.name.clone(),
+            http,
+            sql,
+            limits.memory_bytes,
+            deadline,
+            seed,
+        );
         let mut store = Store::new(&inner.host.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(inner.host.ticks_for(limits.deadline));

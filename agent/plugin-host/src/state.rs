@@ -45,14 +45,18 @@ impl State {
         sql: SqlAccess,
         memory_bytes: usize,
         deadline: Instant,
+        seed: Option<&crate::seed::Seed>,
     ) -> Self {
         let stdout = MemoryOutputPipe::new(CAPTURE_BYTES);
         let stderr = MemoryOutputPipe::new(CAPTURE_BYTES);
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        if let Some(seed) = seed {
+            wasi.secure_random(seed.rng());
+        }
+        let wasi = wasi.build();
         Self {
             plugin,
             wasi,

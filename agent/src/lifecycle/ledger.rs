@@ -17,6 +17,8 @@
 
 use std::sync::Arc;
 
+use latchkey_plugin_host::Seed;
+
 use crate::path::SecretPath;
 use crate::providers::Credential;
 use crate::secret::{Fields, SecretString};
@@ -92,6 +94,11 @@ pub struct Entry {
     pub next_attempt_at: Option<i64>,
     /// Why the last attempt failed (no values).
     pub detail: String,
+    /// The randomness step 1 draws from, from the claim until step 1's result is
+    /// recorded: an interrupted step 1 is run again with it, so a provider that
+    /// changed a password in place makes the same password again (see
+    /// [`latchkey_plugin_host::Seed`]).
+    pub seed: Option<Seed>,
     /// The pending credential (steps 2–4).
     pub pending: Option<Credential>,
     /// The previous credential (grace and retiring).
@@ -111,6 +118,7 @@ impl Entry {
             retire_at: None,
             next_attempt_at: None,
             detail: String::new(),
+            seed: Some(Seed::from_bytes(rand::random())),
             pending: None,
             previous: None,
         }
@@ -141,6 +149,9 @@ impl Entry {
         }
         if !self.detail.is_empty() {
             put("detail", self.detail.clone());
+        }
+        if let Some(seed) = &self.seed {
+            put("seed", hex::encode(seed.expose()));
         }
         for (prefix, cred) in [("pending", &self.pending), ("previous", &self.previous)] {
             if let Some(c) = cred {
@@ -186,6 +197,11 @@ impl Entry {
             retire_at: num("retire_at"),
             next_attempt_at: num("next_attempt_at"),
             detail: text("detail").unwrap_or_default(),
+            seed: f.get("seed").and_then(|v| {
+                let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+                hex::decode_to_slice(v.expose(), bytes.as_mut_slice()).ok()?;
+                Some(Seed::from_bytes(*bytes))
+            }),
             pending: cred("pending"),
             previous: cred("previous"),
         })

@@ -213,7 +213,10 @@ impl Engine {
         // Step 1: create.
         let pending = match entry.pending.clone() {
             Some(p) => p,
-            None => match providers.create_pending(path, &current).await {
+            None => match providers
+                .create_pending(path, &current, entry.seed.as_ref())
+                .await
+            {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
                     let detail = format!("step 1 (create) failed: {}: {}", e.code(), e.detail());
@@ -230,6 +233,8 @@ impl Engine {
             },
         };
         entry.pending = Some(pending.clone());
+        // The result is recorded: the randomness that made it is no longer needed.
+        entry.seed = None;
         self.inner.store.journal_put(path, &entry.to_blob()).await?;
 
         // Step 2: publish.
@@ -374,6 +379,8 @@ impl Engine {
     ) -> Result<Outcome, Error> {
         let key = self.ledger_key(path)?;
         let now = unix_now();
+        // A rolled-back step 1 is not replayed: its randomness goes.
+        entry.seed = None;
         if let Some(p) = &pending {
             let current_works = match self.inner.providers.validate(secret).await {
                 Ok(c) => c.valid && c.error.is_none(),
@@ -706,41 +713,51 @@ impl Engine {
         }
         entry.owner = self.inner.node.clone();
         entry.lease_until = self.lease_until();
-        match &journal.pending {
-            None => {
-                let detail = "interrupted in step 1 (create) by a restart".to_owned();
-                self.roll_back(path, &policy, &secret, entry, version, None, detail)
-                    .await?;
-            }
-            Some(p) => {
-                if secret.version != entry.base_version {
-                    // The secret moved on while the rotation was down: roll back.
-                    let detail =
-                        "interrupted by a restart, and the secret changed meanwhile".to_owned();
-                    self.roll_back(
-                        path,
-                        &policy,
-                        &secret,
-                        entry,
-                        version,
-                        Some(p.clone()),
-                        detail,
-                    )
-                    .await?;
-                    return Ok(());
-                }
+        let unchanged = secret.version == entry.base_version;
+        let resumable = match &journal.pending {
+            Some(p) if unchanged => {
                 entry.pending = Some(p.clone());
-                let version = match self.inner.ledger.write(&key, &entry, version).await {
-                    Ok(v) => v,
-                    Err(super::ledger::Error::Lost(_)) => {
-                        return Ok(self.inner.store.journal_remove(path).await?)
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                self.run_steps(path, &policy, &secret, entry, version)
-                    .await?;
+                true
             }
+            None if unchanged && journal.seed.is_some() => {
+                // Step 1 may have changed the credential at the service before the
+                // crash (a password set in place): run it again with the same
+                // randomness, which makes the same credential, and go on from there.
+                tracing::info!(path = %path, "replaying the interrupted step 1 with its recorded randomness");
+                entry.step = Step::Claimed;
+                entry.seed = journal.seed.clone();
+                true
+            }
+            _ => false,
+        };
+        if !resumable {
+            let detail = if unchanged {
+                "interrupted in step 1 (create) by a restart"
+            } else {
+                "interrupted by a restart, and the secret changed meanwhile"
+            };
+            let pending = journal.pending.clone();
+            self.roll_back(
+                path,
+                &policy,
+                &secret,
+                entry,
+                version,
+                pending,
+                detail.into(),
+            )
+            .await?;
+            return Ok(());
         }
+        let version = match self.inner.ledger.write(&key, &entry, version).await {
+            Ok(v) => v,
+            Err(super::ledger::Error::Lost(_)) => {
+                return Ok(self.inner.store.journal_remove(path).await?)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.run_steps(path, &policy, &secret, entry, version)
+            .await?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::postgres::{credential, postgres_toml, roles};
 use super::service::Service;
-use super::staged::plugin_toml_with_grace;
+use super::staged::plugin_toml_with;
 use crate::harness::postgres::PgServer;
 use crate::harness::Agent;
 use crate::openbao::{OpenBao, ROOT_TOKEN};
@@ -106,7 +106,7 @@ async fn a_surviving_agent_retires_the_previous_key_when_the_rotating_one_dies(
     let service = Service::start(ORIGINAL)?;
     let bao = OpenBao::start().await?;
     bao.put_kv("svc/key", json!({ "key": ORIGINAL })).await?;
-    let toml = plugin_toml_with_grace(&service, "4s")?;
+    let toml = plugin_toml_with(&service, "4s", "")?;
     let mut agents = Vec::new();
     for _ in 0..2 {
         agents.push(

@@ -1,6 +1,7 @@
 //! An API-key service for rotation tests, driven by the test guest's `service` mode:
-//! it keeps the set of live keys (`POST /keys` creates one, `DELETE /keys` retires
-//! the key in `x-key`, `GET /check` says whether the key in `x-key` is live), and can
+//! it keeps the set of live keys (`POST /keys` creates one, `PUT /keys` replaces the
+//! key in `x-key` with the one in the body, `DELETE /keys` retires the key in `x-key`,
+//! `GET /check` says whether the key in `x-key` is live), and can
 //! be told to fail or stall a step, or to act on another system mid-step (a write to
 //! OpenBao that makes the agent's next check-and-set lose).
 
@@ -83,6 +84,23 @@ impl Service {
                     i.live.insert(key.clone());
                     i.created.push(key.clone());
                     Reply::json(200, json!({ "key": key }))
+                }
+                ("PUT", "/keys") => {
+                    // A password set in place (like `ALTER ROLE`): the current key
+                    // stops working and the one in the body takes its place.
+                    let Some(new_key) = serde_json::from_slice::<serde_json::Value>(&req.body)
+                        .ok()
+                        .and_then(|v| v["key"].as_str().map(str::to_owned))
+                    else {
+                        return Reply::json(400, json!({"error": "no key in the body"}));
+                    };
+                    let stalled = lock(&state).stall_create.take();
+                    stall(stalled);
+                    let mut i = lock(&state);
+                    i.live.remove(&key);
+                    i.live.insert(new_key.clone());
+                    i.created.push(new_key);
+                    Reply::json(200, json!({}))
                 }
                 ("DELETE", "/keys") => {
                     let mut i = lock(&state);

@@ -2,7 +2,8 @@
 //! at each of the four steps rolls back (the current key keeps working, the audit and
 //! the status say what happened, a signed webhook alert and an SSE event go out), a
 //! later attempt succeeds; and an agent killed with SIGKILL in the middle of a rotation
-//! finishes or rolls it back when it starts again.
+//! finishes it when it starts again, replaying an interrupted step 1 with the same
+//! randomness so a password set in place is not lost.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,11 +21,16 @@ use crate::upstream_agent::{bao_upstream, sync_section, token_auth};
 const ORIGINAL: &str = "key-original";
 
 pub(super) fn plugin_toml(service: &Service) -> anyhow::Result<String> {
-    plugin_toml_with_grace(service, "0s")
+    plugin_toml_with(service, "0s", "")
 }
 
-/// [`plugin_toml`] with the given grace window.
-pub(super) fn plugin_toml_with_grace(service: &Service, grace: &str) -> anyhow::Result<String> {
+/// [`plugin_toml`] with the given grace window and more provider config (`extra`,
+/// e.g. `, in_place = "true"`).
+pub(super) fn plugin_toml_with(
+    service: &Service,
+    grace: &str,
+    extra: &str,
+) -> anyhow::Result<String> {
     let wasm = guest()?;
     Ok(format!(
         r#"
@@ -40,7 +46,7 @@ deadline = "60s"
 [[lifecycle]]
 paths = ["svc/*"]
 plugin = "svc"
-config = {{ mode = "service", service = "{url}" }}
+config = {{ mode = "service", service = "{url}"{extra} }}
 rotate_every = "24h"
 grace = "{grace}"
 retry_after = "1h"
@@ -298,18 +304,28 @@ async fn an_agent_killed_mid_rotation_finishes_or_rolls_it_back_on_restart() -> 
         200
     );
 
-    // Killed in step 1, while the service creates the key: rolled back on restart.
+    // Killed in step 1, while the service creates the key: step 1 runs again on
+    // restart and the rotation finishes. The key the killed request made is unknown
+    // to the agent and stays at the service.
     let stall = service.stall_create();
     crash_during_rotation(&mut agent, stall, "step 1").await?;
-    agent
-        .wait_for_audit("the interrupted step 1 rolled back", |r| {
-            r["op"] == "rotate"
-                && r["outcome"] == "failed"
-                && r["detail"].as_str().is_some_and(|d| d.contains("step 1"))
-        })
-        .await?;
-    assert_eq!(current_key(&agent).await?, ORIGINAL);
-    assert!(service.is_live(ORIGINAL));
+    crate::spawn::wait_until(
+        "the rotation interrupted in step 1 to complete after restart",
+        Duration::from_secs(20),
+        || async { current_key(&agent).await.is_ok_and(|k| k != ORIGINAL) },
+    )
+    .await
+    .with_context(|| agent.logs())?;
+    let first = current_key(&agent).await?;
+    assert!(service.is_live(&first), "the promoted key works");
+    assert_eq!(service.created().len(), 2, "{:?}", service.created());
+    assert_eq!(service.created().last(), Some(&first));
+    crate::spawn::wait_until(
+        "the original key to be retired",
+        Duration::from_secs(10),
+        || async { !service.is_live(ORIGINAL) },
+    )
+    .await?;
 
     // Killed in step 3, while the published pending key is tested: finished on restart.
     let stall = service.stall_check_of_new_key();
@@ -317,7 +333,7 @@ async fn an_agent_killed_mid_rotation_finishes_or_rolls_it_back_on_restart() -> 
     crate::spawn::wait_until(
         "the rotation to complete after restart",
         Duration::from_secs(20),
-        || async { current_key(&agent).await.is_ok_and(|k| k != ORIGINAL) },
+        || async { current_key(&agent).await.is_ok_and(|k| k != first) },
     )
     .await
     .with_context(|| agent.logs())?;
@@ -331,9 +347,48 @@ async fn an_agent_killed_mid_rotation_finishes_or_rolls_it_back_on_restart() -> 
     crate::spawn::wait_until(
         "the old key to be retired",
         Duration::from_secs(10),
-        || async { !service.is_live(ORIGINAL) },
+        || async { !service.is_live(&first) },
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_password_set_in_place_before_a_crash_is_made_again_on_restart() -> anyhow::Result<()> {
+    let service = Service::start(ORIGINAL)?;
+    let mut agent = Agent::builder()
+        .append(&plugin_toml_with(&service, "0s", r#", in_place = "true""#)?)
+        .start()
+        .await?;
+    let written = agent
+        .admin()?
+        .write("svc/key", json!({ "key": ORIGINAL }))
+        .await?;
+    assert_eq!(written.status, 200, "{}", written.body);
+
+    // The service takes the new password as the agent dies, before the agent could
+    // record it: without a replay the agent would keep a password that no longer
+    // works.
+    let stall = service.stall_create();
+    crash_during_rotation(&mut agent, stall, "step 1").await?;
+    crate::spawn::wait_until(
+        "the agent to serve the password the service holds",
+        Duration::from_secs(20),
+        || async {
+            current_key(&agent)
+                .await
+                .is_ok_and(|k| k != ORIGINAL && service.is_live(&k))
+        },
+    )
+    .await
+    .with_context(|| agent.logs())?;
+    let key = current_key(&agent).await?;
+    assert_eq!(
+        service.created(),
+        vec![key.clone(), key],
+        "step 1 ran again with the same randomness and set the same password"
+    );
+    assert!(!service.is_live(ORIGINAL));
     Ok(())
 }
 

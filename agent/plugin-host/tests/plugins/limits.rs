@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use latchkey_plugin_host::{
-    CallError, Credential, LoadError, Operation, ProviderError, SecretString,
+    CallError, Credential, LoadError, Operation, ProviderError, SecretString, Seed,
 };
 
 use crate::support::{basic_spec, config, host, host_with, rust_guest};
@@ -175,6 +175,35 @@ async fn rotation_calls_round_trip_credentials_without_leaking_them() {
         matches!(refused, Err(CallError::NotDeclared { .. })),
         "{refused:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_create_pending_makes_the_same_credential_again() {
+    let t = host();
+    let plugin = t.host.load(basic_spec()).await.unwrap();
+    let create = |seed: [u8; 32]| {
+        let plugin = plugin.clone();
+        async move {
+            plugin
+                .create_pending_seeded(config(&[]), good_key(), Some(Seed::from_bytes(seed)))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let (a, again, other) = (
+        create([1; 32]).await,
+        create([1; 32]).await,
+        create([2; 32]).await,
+    );
+    let key = |c: &Credential| c.field("key").unwrap().expose().to_owned();
+    assert_eq!(key(&a).len(), 32);
+    assert_eq!(
+        key(&a),
+        key(&again),
+        "the same seed replays the same choice"
+    );
+    assert_ne!(key(&a), key(&other));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,9 @@
 //! live keys and can be told to fail any step: `validate` is `GET /check` with the key
 //! in `x-key` (200 valid, 401 not), `create-pending` is `POST /keys` (200 with
 //! `{"key": ...}`), `retire` is `DELETE /keys` with the key in `x-key` (200 or 404).
+//! With `in_place = "true"`, `create-pending` instead makes a password itself (from
+//! the host's randomness) and sets it in place of the current key with `PUT /keys`
+//! (`x-key`: the current key, body `{"key": ...}`), like a database role's password.
 //! Other statuses map to `unavailable` (5xx) or `rejected` (4xx).
 
 use latchkey_plugin_sdk::sql::{Connection, Dialect, Value};
@@ -182,6 +185,19 @@ impl Provider for Basic {
     fn create_pending(cfg: Vec<Field>, current: Credential) -> Result<Credential, ProviderError> {
         if config::get(&cfg, "mode") == Some("service") {
             let base = config::require(&cfg, "service")?;
+            if config::get(&cfg, "in_place") == Some("true") {
+                #[derive(serde::Serialize)]
+                struct NewKey<'a> {
+                    key: &'a str,
+                }
+                let key = secret::password(32);
+                http::put(&format!("{base}/keys"))
+                    .header("x-key", current.require("key")?)
+                    .json(&NewKey { key: &key })?
+                    .send()?
+                    .error_for_status()?;
+                return Ok(Credential::new(&current.kind, [("key", key)]));
+            }
             #[derive(serde::Deserialize)]
             struct Created {
                 key: String,
