@@ -72,15 +72,15 @@ impl State {
         }
     }
 
-    /// Writes what the guest printed to the log, one event per line, tagged with the
-    /// plugin's name. Called once after every call (success or not).
-    /// `text` with every secret value of this call (and `extra`) replaced by
-    /// `[REDACTED]`. Values shorter than 4 bytes are left: they would match by chance.
+    /// `text` with every secret value of this call (and `extra`) replaced, as
+    /// [`scrub`] does.
     pub(crate) fn scrub(&self, text: &str, extra: &[crate::secret::SecretString]) -> String {
         let out = scrub(text.to_owned(), &self.redact);
         scrub(out, extra)
     }
 
+    /// Writes what the guest printed to the log, one event per line, tagged with the
+    /// plugin's name. Called once after every call (success or not).
     pub(crate) fn flush_output(&self, extra: &[crate::secret::SecretString]) {
         for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let bytes = pipe.contents();
@@ -95,16 +95,47 @@ impl State {
     }
 }
 
-/// `text` with every one of `values` replaced by `[REDACTED]`. Values shorter than
-/// 4 bytes are left: they would match by chance.
+/// Values at least this long are scrubbed wherever they appear.
+const SCRUB_ANYWHERE: usize = 8;
+/// Values shorter than this are left alone: they would match by chance.
+const SCRUB_MIN: usize = 4;
+
+/// `text` with every one of `values` replaced by `[REDACTED]`. A value of 8 bytes or
+/// more is replaced wherever it appears. A shorter one (4 to 7 bytes; anything shorter
+/// is left) only where it stands as a word of its own, not inside a longer run of
+/// letters and digits: a client id `intro` must not turn "introspection" into
+/// "[REDACTED]spection", while `k3y!` quoted in an error is still caught.
 pub(crate) fn scrub(mut text: String, values: &[crate::secret::SecretString]) -> String {
     for value in values {
         let v = value.expose();
-        if v.len() >= 4 && text.contains(v) {
-            text = text.replace(v, "[REDACTED]");
+        if v.len() < SCRUB_MIN || !text.contains(v) {
+            continue;
         }
+        text = if v.len() >= SCRUB_ANYWHERE {
+            text.replace(v, "[REDACTED]")
+        } else {
+            replace_standalone(&text, v)
+        };
     }
     text
+}
+
+/// `text` with the occurrences of `v` that are not part of a longer alphanumeric run
+/// replaced by `[REDACTED]`.
+fn replace_standalone(text: &str, v: &str) -> String {
+    let joins = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(v) {
+        let (before, after) = (&rest[..at], &rest[at + v.len()..]);
+        let glued = (joins(v.chars().next()) && joins(before.chars().next_back()))
+            || (joins(v.chars().next_back()) && joins(after.chars().next()));
+        out.push_str(before);
+        out.push_str(if glued { v } else { "[REDACTED]" });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 impl WasiView for State {
@@ -168,5 +199,41 @@ impl ResourceLimiter for Limiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         self.inner.table_growing(current, desired, maximum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretString;
+
+    fn scrubbed(text: &str, values: &[&str]) -> String {
+        let values: Vec<SecretString> = values.iter().map(|v| SecretString::from(*v)).collect();
+        scrub(text.to_owned(), &values)
+    }
+
+    #[test]
+    fn long_values_go_everywhere_short_ones_only_as_words() {
+        assert_eq!(
+            scrubbed(
+                "token=s3cretvalue1&x; again:s3cretvalue1s3cretvalue1",
+                &["s3cretvalue1"]
+            ),
+            "token=[REDACTED]&x; again:[REDACTED][REDACTED]"
+        );
+        assert_eq!(
+            scrubbed("no userinfo or introspection endpoint", &["intro"]),
+            "no userinfo or introspection endpoint"
+        );
+        assert_eq!(
+            scrubbed("client intro refused; 'intro' unknown", &["intro"]),
+            "client [REDACTED] refused; '[REDACTED]' unknown"
+        );
+        assert_eq!(
+            scrubbed("key k3y! rejected", &["k3y!"]),
+            "key [REDACTED] rejected"
+        );
+        assert_eq!(scrubbed("abc is short", &["abc"]), "abc is short");
+        assert_eq!(scrubbed("héllo wörld", &["wörld"]), "héllo [REDACTED]");
     }
 }
