@@ -261,7 +261,15 @@ async fn serve_conn<S>(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "tls handshake refused");
+            match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(refused) if is_certificate_refusal(refused) => {
+                    refuse_certificate(&ctx, refused, cred).await;
+                }
+                _ => tracing::debug!(error = %e, "tls handshake failed"),
+            }
             return;
         }
         Err(_) => {
@@ -270,7 +278,7 @@ async fn serve_conn<S>(
         }
     };
     if let Err(e) = ctx.tls.admit(tls.get_ref().1) {
-        tracing::info!(error = %e, "resumed tls session refused");
+        refuse_certificate(&ctx, &e, cred).await;
         return;
     }
     let identity = {
@@ -314,6 +322,29 @@ async fn serve_conn<S>(
             let _ = watcher.watch(builder.serve_connection(io, svc)).await;
         }
     }
+}
+
+/// Whether a handshake failed because of the client's certificate (revoked, expired,
+/// from another CA, missing), as opposed to a broken or abandoned connection.
+fn is_certificate_refusal(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+    )
+}
+
+/// A connection refused for its certificate: audited as a denied `connect` (with the
+/// uid on the Unix socket) and counted, so a revoked or foreign client that keeps
+/// trying shows up in the audit log and not only in a debug log.
+async fn refuse_certificate(ctx: &Context, refused: &rustls::Error, cred: Option<(u32, u32)>) {
+    tracing::info!(error = %refused, uid = ?cred.map(|c| c.0), "client certificate refused");
+    let mut record = Record::now("(unidentified)".into(), cred.map(|c| c.0), "connect", None);
+    record.outcome = Outcome::Denied;
+    record.status = 0;
+    record.code = Some("certificate_refused");
+    record.detail = Some(refused.to_string().into());
+    ctx.state.metrics.denial("connect");
+    ctx.state.audit.record(record).await;
 }
 
 async fn refuse_identity(

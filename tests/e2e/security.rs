@@ -113,6 +113,22 @@ async fn a_revoked_certificate_is_refused_by_the_running_agent() -> anyhow::Resu
     // Others are not affected.
     let still = agent.client_for(&other)?.read("apps/other/db").await?;
     assert_eq!(still.status, 200, "{}", still.body);
+    // Every refusal is audited, with the uid of the Unix socket's peer.
+    let refusals: Vec<serde_json::Value> = agent
+        .audit_records()?
+        .into_iter()
+        .filter(|r| r["op"] == "connect" && r["code"] == "certificate_refused")
+        .collect();
+    assert!(refusals.len() >= 6, "{refusals:#?}");
+    assert!(
+        refusals.iter().all(|r| r["outcome"] == "denied"
+            && r["detail"].as_str().is_some_and(|d| d.contains("Revoked"))),
+        "{refusals:#?}"
+    );
+    assert!(
+        refusals.iter().any(|r| r["uid"].is_u64()),
+        "the Unix socket's refusals carry the uid: {refusals:#?}"
+    );
 
     // Revoking by certificate file works the same.
     let cert = other.cert.to_string_lossy().into_owned();
