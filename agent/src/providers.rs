@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::audit::{Audit, Outcome, Record};
 use crate::path::SecretPath;
-use crate::secret::{Fields, SecretString};
+use crate::secret::Fields;
 use crate::store::Secret;
 
 /// `[[plugin]]` as written.
@@ -496,10 +496,7 @@ impl Providers {
             let mut fresh = Credential::from_host(&fresh);
             for (name, value) in cred.fields.iter() {
                 if fresh.fields.get(name).is_none() {
-                    fresh.fields.insert(
-                        name.to_owned(),
-                        SecretString::new(value.expose().to_owned()),
-                    );
+                    fresh.fields.insert(name.to_owned(), value.clone());
                 }
             }
             fresh
@@ -534,7 +531,7 @@ impl Credential {
             fields: self
                 .fields
                 .iter()
-                .map(|(k, v)| (k.to_owned(), host::SecretString::new(v.expose().to_owned())))
+                .map(|(k, v)| (k.to_owned(), v.clone()))
                 .collect(),
             expires_at: self.expires_at.and_then(|t| u64::try_from(t).ok()),
         }
@@ -546,7 +543,7 @@ impl Credential {
             fields: cred
                 .fields
                 .iter()
-                .map(|(k, v)| (k.clone(), SecretString::new(v.expose().to_owned())))
+                .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             expires_at: cred.expires_at.and_then(|t| i64::try_from(t).ok()),
         }

@@ -178,7 +178,7 @@ impl Entry {
                 .iter()
                 .filter_map(|(k, v)| {
                     k.strip_prefix(&field_prefix)
-                        .map(|name| (name.to_owned(), SecretString::new(v.expose().to_owned())))
+                        .map(|name| (name.to_owned(), v.clone()))
                 })
                 .collect();
             Some(Credential {
