@@ -337,16 +337,60 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-/// The field values of a credential a call returned, for scrubbing.
-fn wire_secrets<E>(result: &Result<wit::Credential, E>) -> Vec<SecretString> {
-    match result {
-        Ok(c) => c
-            .fields
+/// What an operation answers, made from the guest's wire answer.
+trait Answer: Sized {
+    /// The WIT type the guest returns.
+    type Wire;
+
+    /// The secret values the wire answer carries, for scrubbing.
+    fn wire_secrets(_wire: &Self::Wire) -> Vec<SecretString> {
+        Vec::new()
+    }
+
+    /// The answer, with the guest's text in it scrubbed by `secrets`.
+    fn from_answer(wire: Self::Wire, secrets: &CallSecrets) -> Self;
+}
+
+impl Answer for Validation {
+    type Wire = wit::Validation;
+
+    fn from_answer(v: wit::Validation, secrets: &CallSecrets) -> Self {
+        Validation {
+            valid: v.valid,
+            detail: secrets.scrub(v.detail),
+            permissions: v
+                .permissions
+                .into_iter()
+                .map(|p| Permission {
+                    name: secrets.scrub(p.name),
+                    granted: p.granted,
+                })
+                .collect(),
+            expires_at: v.expires_at,
+        }
+    }
+}
+
+impl Answer for Credential {
+    type Wire = wit::Credential;
+
+    /// The field values of the returned credential.
+    fn wire_secrets(c: &wit::Credential) -> Vec<SecretString> {
+        c.fields
             .iter()
             .map(|f| SecretString::new(f.value.clone()))
-            .collect(),
-        Err(_) => Vec::new(),
+            .collect()
     }
+
+    fn from_answer(c: wit::Credential, _: &CallSecrets) -> Self {
+        Credential::from_wire(c)
+    }
+}
+
+impl Answer for () {
+    type Wire = ();
+
+    fn from_answer((): (), _: &CallSecrets) -> Self {}
 }
 
 fn to_wire_config(config: &[(String, String)]) -> Vec<wit::Field> {
@@ -448,28 +492,8 @@ impl Plugin {
         config: &[(String, String)],
         cred: &Credential,
     ) -> CallResult<Validation> {
-        self.declared(Operation::Validate)?;
-        let wire_config = to_wire_config(config);
-        let wire = cred.to_wire();
-        self.run_redacted(
-            Some(cred),
-            |store, guest| guest.call_validate(store, &wire_config, &wire.0),
-            |_| Vec::new(),
-        )
-        .map(|(r, secrets)| {
-            r.map_err(|e| secrets.error(e)).map(|v| Validation {
-                valid: v.valid,
-                detail: secrets.scrub(v.detail),
-                permissions: v
-                    .permissions
-                    .into_iter()
-                    .map(|p| Permission {
-                        name: secrets.scrub(p.name),
-                        granted: p.granted,
-                    })
-                    .collect(),
-                expires_at: v.expires_at,
-            })
+        self.call_op(Operation::Validate, config, cred, None, |g, s, c, w| {
+            g.call_validate(s, c, w)
         })
     }
 
@@ -509,16 +533,13 @@ impl Plugin {
         current: &Credential,
         seed: Option<&Seed>,
     ) -> CallResult<Credential> {
-        self.declared(Operation::CreatePending)?;
-        let wire_config = to_wire_config(config);
-        let wire = current.to_wire();
-        self.run_seeded(
-            Some(current),
+        self.call_op(
+            Operation::CreatePending,
+            config,
+            current,
             seed,
-            |store, guest| guest.call_create_pending(store, &wire_config, &wire.0),
-            wire_secrets,
+            |g, s, c, w| g.call_create_pending(s, c, w),
         )
-        .map(|(r, secrets)| r.map(Credential::from_wire).map_err(|e| secrets.error(e)))
     }
 
     /// Revokes `previous` at the service.
@@ -537,15 +558,9 @@ impl Plugin {
         config: &[(String, String)],
         previous: &Credential,
     ) -> CallResult<()> {
-        self.declared(Operation::Retire)?;
-        let wire_config = to_wire_config(config);
-        let wire = previous.to_wire();
-        self.run_redacted(
-            Some(previous),
-            |store, guest| guest.call_retire(store, &wire_config, &wire.0),
-            |_| Vec::new(),
-        )
-        .map(|(r, secrets)| r.map_err(|e| secrets.error(e)))
+        self.call_op(Operation::Retire, config, previous, None, |g, s, c, w| {
+            g.call_retire(s, c, w)
+        })
     }
 
     /// Exchanges `cred` for a fresh credential.
@@ -564,15 +579,9 @@ impl Plugin {
         config: &[(String, String)],
         cred: &Credential,
     ) -> CallResult<Credential> {
-        self.declared(Operation::Refresh)?;
-        let wire_config = to_wire_config(config);
-        let wire = cred.to_wire();
-        self.run_redacted(
-            Some(cred),
-            |store, guest| guest.call_refresh(store, &wire_config, &wire.0),
-            wire_secrets,
-        )
-        .map(|(r, secrets)| r.map(Credential::from_wire).map_err(|e| secrets.error(e)))
+        self.call_op(Operation::Refresh, config, cred, None, |g, s, c, w| {
+            g.call_refresh(s, c, w)
+        })
     }
 
     /// Runs one operation with JSON arguments and returns a JSON answer: what
@@ -654,30 +663,52 @@ impl Plugin {
             .map_err(CallError::Join)?
     }
 
+    /// Runs operation `op` on `cred`: checks that the manifest declares it, passes
+    /// `config` and `cred` in wire form to the guest export `call`, and turns the
+    /// guest's answer into `T`, its text and error details scrubbed of the call's
+    /// secrets (see [`Plugin::run_seeded`]).
+    fn call_op<T: Answer>(
+        &self,
+        op: Operation,
+        config: &[(String, String)],
+        cred: &Credential,
+        seed: Option<&Seed>,
+        call: impl FnOnce(
+            &bindings::guest::Guest,
+            &mut Store<State>,
+            &[wit::Field],
+            &wit::Credential,
+        ) -> wasmtime::Result<Result<T::Wire, wit::ProviderError>>,
+    ) -> CallResult<T> {
+        self.declared(op)?;
+        let wire_config = to_wire_config(config);
+        let wire = cred.to_wire();
+        self.run_seeded(
+            Some(cred),
+            seed,
+            |store, guest| call(guest, store, &wire_config, &wire.0),
+            |r| r.as_ref().map(T::wire_secrets).unwrap_or_default(),
+        )
+        .map(|(r, secrets)| {
+            r.map(|w| T::from_answer(w, &secrets))
+                .map_err(|e| secrets.error(e))
+        })
+    }
+
     /// Makes a fresh store and instance, runs `f`, and classifies failures.
     pub(crate) fn run<R>(
         &self,
         f: impl FnOnce(&mut Store<State>, &bindings::guest::Guest) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
-        self.run_redacted(None, f, |_| Vec::new())
+        self.run_seeded(None, None, f, |_| Vec::new())
             .map(|(out, _)| out)
     }
 
     /// [`Plugin::run`] for a call that carries a credential: its values, and the
     /// secret values the call returns (`outputs`), are scrubbed from what the guest
     /// logs or prints. The same values come back as [`CallSecrets`], for scrubbing
-    /// the text the guest returns (details, error messages).
-    pub(crate) fn run_redacted<R>(
-        &self,
-        input: Option<&Credential>,
-        f: impl FnOnce(&mut Store<State>, &bindings::guest::Guest) -> wasmtime::Result<R>,
-        outputs: impl FnOnce(&R) -> Vec<SecretString>,
-    ) -> Result<(R, CallSecrets), CallError> {
-        self.run_seeded(input, None, f, outputs)
-    }
-
-    /// [`Plugin::run_redacted`] with the guest's secure randomness drawn from `seed`
-    /// (from the operating system when `None`).
+    /// the text the guest returns (details, error messages). The guest's secure
+    /// randomness is drawn from `seed` (from the operating system when `None`).
     fn run_seeded<R>(
         &self,
         input: Option<&Credential>,

@@ -653,19 +653,8 @@ impl TransitWrapper {
             serde_json::to_vec(&serde_json::json!({ "plaintext": encoded.as_str() }))
                 .map_err(|_| self.invalid("encrypt request"))?,
         );
-        let api_path = format!("{}/encrypt/{}", self.mount, self.key);
-        let reply = self
-            .bao
-            .call(Method::POST, &api_path, Some(&body), Idempotency::Safe)
-            .await?;
-        if reply.status != StatusCode::OK {
-            return Err(self
-                .bao
-                .unexpected(&format!("transit encrypt with {}", self.key), &reply));
-        }
-        let parsed: Envelope<EncryptData> =
-            serde_json::from_slice(&reply.body).map_err(|_| self.invalid("encrypt response"))?;
-        Ok(parsed.data.ciphertext.into_bytes())
+        let data: EncryptData = self.transit_call("encrypt", &body).await?;
+        Ok(data.ciphertext.into_bytes())
     }
 
     /// Decrypts what [`TransitWrapper::wrap`] returned.
@@ -673,22 +662,33 @@ impl TransitWrapper {
         let ciphertext = std::str::from_utf8(wrapped).map_err(|_| self.invalid("wrapped key"))?;
         let body = serde_json::to_vec(&serde_json::json!({ "ciphertext": ciphertext }))
             .map_err(|_| self.invalid("decrypt request"))?;
-        let api_path = format!("{}/decrypt/{}", self.mount, self.key);
+        let data: DecryptData = self.transit_call("decrypt", &body).await?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.plaintext.expose())
+            .map_err(|_| self.invalid("decrypt response"))?;
+        Ok(SecretBytes::new(bytes))
+    }
+
+    /// `POST {mount}/{op}/{key}` with `body` (`op` is `encrypt` or `decrypt`); the
+    /// `data` of a 200 answer.
+    async fn transit_call<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &str,
+        body: &[u8],
+    ) -> Result<T, Error> {
+        let api_path = format!("{}/{op}/{}", self.mount, self.key);
         let reply = self
             .bao
-            .call(Method::POST, &api_path, Some(&body), Idempotency::Safe)
+            .call(Method::POST, &api_path, Some(body), Idempotency::Safe)
             .await?;
         if reply.status != StatusCode::OK {
             return Err(self
                 .bao
-                .unexpected(&format!("transit decrypt with {}", self.key), &reply));
+                .unexpected(&format!("transit {op} with {}", self.key), &reply));
         }
-        let parsed: Envelope<DecryptData> =
-            serde_json::from_slice(&reply.body).map_err(|_| self.invalid("decrypt response"))?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(parsed.data.plaintext.expose())
-            .map_err(|_| self.invalid("decrypt response"))?;
-        Ok(SecretBytes::new(bytes))
+        let parsed: Envelope<T> = serde_json::from_slice(&reply.body)
+            .map_err(|_| self.invalid(&format!("{op} response")))?;
+        Ok(parsed.data)
     }
 
     fn invalid(&self, what: &str) -> Error {
