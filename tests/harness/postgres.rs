@@ -18,6 +18,8 @@
 //! each server starts on a copy. A server then starts in about 0.25 s (copying the
 //! 39 MB template 0.15 s, start and first login 0.1 s). Dropping the [`PgServer`] asks for a fast shutdown
 //! (SIGINT), kills the server if it has not stopped within 5 s, and deletes its folder.
+//! Servers whose test process died without dropping them are stopped and deleted by
+//! the next test run's first [`PgServer::start`].
 //!
 //! The binaries come from `$LATCHKEY_PG_BINDIR`, or the newest
 //! `/usr/lib/postgresql/<major>/bin` (Debian's layout).
@@ -80,6 +82,8 @@ impl PgServer {
     /// Starts a server on a free loopback port and waits until the admin can log in.
     /// A port taken between picking and binding is retried with another.
     pub(crate) async fn start() -> anyhow::Result<Self> {
+        static REAPED: OnceLock<()> = OnceLock::new();
+        REAPED.get_or_init(reap_orphans);
         let begun = Instant::now();
         let template = tokio::task::spawn_blocking(template)
             .await
@@ -95,7 +99,8 @@ impl PgServer {
     }
 
     async fn start_once(template: &'static Template, begun: Instant) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("latchkey-pg-").tempdir()?;
+        let dir = tempfile::Builder::new().prefix(SERVER_PREFIX).tempdir()?;
+        fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())?;
         // The postgres user must reach its data folder inside this root-owned one.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let data = dir.path().join("data");
@@ -310,6 +315,59 @@ impl Drop for PgServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The prefix of every server's folder in `$TMPDIR`.
+const SERVER_PREFIX: &str = "latchkey-pg-";
+/// The file in a server's folder naming the test process that started it.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Stops the servers of test processes that died without dropping their
+/// [`PgServer`] (killed by a signal or a CI timeout), and deletes their folders. A
+/// server is killed only if its owner is gone and its postmaster's command line names
+/// that server's own data folder, so a reused pid is never hit.
+fn reap_orphans() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_server = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(SERVER_PREFIX));
+        let owner = fs::read_to_string(dir.join(OWNER_FILE))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        let Some(owner) = owner.filter(|_| is_server) else {
+            continue;
+        };
+        if is_running(owner) {
+            continue;
+        }
+        let data = dir.join("data");
+        let postmaster = fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok());
+        if let Some(pid) = postmaster {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let names_ours = String::from_utf8_lossy(&cmdline).contains(&*data.to_string_lossy());
+            if let (true, Some(pid)) = (names_ours, rustix::process::Pid::from_raw(pid)) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie (a killed process nobody has
+/// waited for yet still has its `/proc` entry).
+fn is_running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z')
+    })
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
