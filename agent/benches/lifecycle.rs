@@ -834,7 +834,7 @@ fn report(opts: &Opts, machine: &str, pg: &str, date: &str, rot: &Rotations, idl
          `POST /v1/rotate/{{path}}` by a client with at most *concurrency* requests in \
          flight (one mTLS connection each); {} round(s) per level after one warm-up \
          pass, levels interleaved. `[scheduler] concurrency = {}` (it bounds scheduled \
-         operations; the rotate-now API is bounded by the client), `[[sql]] \
+         and operator rotations alike), `[[sql]] \
          max_connections = {}`.\n",
         opts.roles,
         opts.roles,
