@@ -31,6 +31,9 @@ use crate::identity::{Peer, TrustDomain};
 use crate::policy::Policy;
 use crate::tls::ServerTls;
 
+mod refusals;
+pub use refusals::Refusals;
+
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,6 +65,8 @@ pub struct Context {
     pub policy: Policy,
     /// Connection bounds.
     pub limits: Limits,
+    /// Which certificate refusals get an audit record.
+    pub refusals: Refusals,
 }
 
 /// Bound listeners, ready to serve.
@@ -333,17 +338,27 @@ fn is_certificate_refusal(e: &rustls::Error) -> bool {
     )
 }
 
-/// A connection refused for its certificate: audited as a denied `connect` (with the
-/// uid on the Unix socket) and counted, so a revoked or foreign client that keeps
-/// trying shows up in the audit log and not only in a debug log.
+/// A connection refused for its certificate: counted, and audited as a denied
+/// `connect` (with the uid on the Unix socket), so a revoked or foreign client that
+/// keeps trying shows up in the audit log and not only in a debug log. A client that
+/// retries in a loop gets one record a second ([`Refusals`]).
 async fn refuse_certificate(ctx: &Context, refused: &rustls::Error, cred: Option<(u32, u32)>) {
-    tracing::info!(error = %refused, uid = ?cred.map(|c| c.0), "client certificate refused");
-    let mut record = Record::now("(unidentified)".into(), cred.map(|c| c.0), "connect", None);
+    let uid = cred.map(|c| c.0);
+    let reason = refused.to_string();
+    ctx.state.metrics.denial("connect");
+    let Some(left_out) = ctx.refusals.record(uid, &reason, std::time::Instant::now()) else {
+        return;
+    };
+    tracing::info!(error = %reason, ?uid, "client certificate refused");
+    let mut record = Record::now("(unidentified)".into(), uid, "connect", None);
     record.outcome = Outcome::Denied;
     record.status = 0;
     record.code = Some("certificate_refused");
-    record.detail = Some(refused.to_string().into());
-    ctx.state.metrics.denial("connect");
+    record.detail = Some(if left_out == 0 {
+        reason.into()
+    } else {
+        format!("{reason} (and {left_out} more like it since the last record)").into()
+    });
     ctx.state.audit.record(record).await;
 }
 
