@@ -202,7 +202,7 @@ impl Engine {
         let key = self.ledger_key(path)?;
         let current = Credential::of(secret);
         let providers = Arc::clone(&self.inner.providers);
-        self.mark(
+        self.set_state(
             path,
             policy,
             secret,
@@ -213,24 +213,25 @@ impl Engine {
         // Step 1: create.
         let pending = match entry.pending.clone() {
             Some(p) => p,
-            None => match providers
-                .create_pending(path, &current, entry.seed.as_ref())
-                .await
-            {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    let detail = format!("step 1 (create) failed: {}: {}", e.code(), e.detail());
-                    return self
-                        .roll_back(path, policy, secret, entry, version, None, detail)
-                        .await;
+            None => {
+                let created = match providers
+                    .create_pending(path, &current, entry.seed.as_ref())
+                    .await
+                {
+                    Ok(Ok(p)) => Ok(p),
+                    Ok(Err(e)) => Err(format!("{}: {}", e.code(), e.detail())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match created {
+                    Ok(p) => p,
+                    Err(reason) => {
+                        let detail = format!("step 1 (create) failed: {reason}");
+                        return self
+                            .roll_back(path, policy, secret, entry, version, None, detail)
+                            .await;
+                    }
                 }
-                Err(e) => {
-                    let detail = format!("step 1 (create) failed: {e}");
-                    return self
-                        .roll_back(path, policy, secret, entry, version, None, detail)
-                        .await;
-                }
-            },
+            }
         };
         entry.pending = Some(pending.clone());
         // The result is recorded: the randomness that made it is no longer needed.
@@ -238,7 +239,7 @@ impl Engine {
         self.inner.store.journal_put(path, &entry.to_blob()).await?;
 
         // Step 2: publish.
-        self.mark(
+        self.set_state(
             path,
             policy,
             secret,
@@ -259,7 +260,7 @@ impl Engine {
         self.inner.store.journal_put(path, &entry.to_blob()).await?;
 
         // Step 3: test.
-        self.mark(
+        self.set_state(
             path,
             policy,
             secret,
@@ -283,7 +284,7 @@ impl Engine {
         }
 
         // Step 4: promote.
-        self.mark(path, policy, secret, State::Rotating, "step 4: promoting");
+        self.set_state(path, policy, secret, State::Rotating, "step 4: promoting");
         let promoted = match self.commit(path, &pending, secret.version).await {
             Ok(s) => s,
             Err(e) => match self.promoted_already(path, &pending).await {
@@ -784,17 +785,6 @@ impl Engine {
             while reads.try_join_next().is_some() {}
         }
         while reads.join_next().await.is_some() {}
-    }
-
-    fn mark(
-        &self,
-        path: &SecretPath,
-        policy: &LifecycleSpec,
-        secret: &Secret,
-        state: State,
-        detail: &str,
-    ) {
-        self.set_state(path, policy, secret, state, detail);
     }
 }
 
