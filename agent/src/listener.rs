@@ -350,10 +350,7 @@ async fn refuse_certificate(ctx: &Context, refused: &rustls::Error, cred: Option
         return;
     };
     tracing::info!(error = %reason, ?uid, "client certificate refused");
-    let mut record = Record::now("(unidentified)".into(), uid, "connect", None);
-    record.outcome = Outcome::Denied;
-    record.status = 0;
-    record.code = Some("certificate_refused");
+    let mut record = connect_denied(uid, None, 0, "certificate_refused");
     record.detail = Some(if left_out == 0 {
         reason.into()
     } else {
@@ -373,16 +370,22 @@ async fn refuse_identity(
         "bad_identity",
         format!("client certificate refused: {reason}"),
     );
-    let mut record = Record::now(
-        "(unidentified)".into(),
+    let record = connect_denied(
         cred.map(|c| c.0),
-        "connect",
         Some(req.uri().path()),
+        err.status.as_u16(),
+        err.code,
     );
-    record.outcome = Outcome::Denied;
-    record.status = err.status.as_u16();
-    record.code = Some(err.code);
     ctx.state.metrics.denial("connect");
     ctx.state.audit.record(record).await;
     Ok(err.into_response())
+}
+
+/// The audit record of a connection denied before it had an identity.
+fn connect_denied(uid: Option<u32>, path: Option<&str>, status: u16, code: &'static str) -> Record {
+    let mut record = Record::now("(unidentified)".into(), uid, "connect", path);
+    record.outcome = Outcome::Denied;
+    record.status = status;
+    record.code = Some(code);
+    record
 }
