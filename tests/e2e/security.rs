@@ -1,6 +1,20 @@
 //! Who may connect and what they may read: clients without a certificate, with one
 //! from another CA or a revoked one are refused; the policy keeps apps to their own
 //! secrets, and every denial is in the audit trail.
+//!
+//! The submodules hold one regression test (or a few) per defect found by attacking
+//! the running agent: each fails against the code before its fix.
+
+mod chains;
+mod connections;
+mod denial_audit;
+mod disk;
+mod environment;
+mod files;
+mod revocation;
+mod sandbox;
+mod templates;
+mod tenancy;
 
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
