@@ -19,6 +19,7 @@ pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod events;

@@ -30,6 +30,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::audit::{Audit, Outcome, Record};
 use crate::cache::HotCache;
+use crate::clock::unix_now;
 use crate::events::{Event, Events, Kind};
 use crate::path::{Prefix, SecretPath};
 use crate::providers::{Checked, Credential, LifecycleSpec, Providers};
@@ -207,13 +208,6 @@ impl Plan {
     fn next(&self) -> Option<i64> {
         self.queue.first().map(|(when, _)| *when)
     }
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn secs(d: Duration) -> i64 {

@@ -160,13 +160,6 @@ impl std::fmt::Debug for Syncer {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Syncer {
     /// A syncer over `store`. `state_file` keeps the time of the last good sync.
     pub fn new(
@@ -210,7 +203,7 @@ impl Syncer {
     /// How fresh the cached values are right now.
     pub fn freshness(&self) -> Freshness {
         let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        let now = now_ms();
+        let now = crate::clock::now_ms();
         let age_ms = health
             .last_success_ms
             .map(|t| now.saturating_sub(t).max(0) as u64);
@@ -297,7 +290,7 @@ impl Syncer {
         if health.failing_since_ms.is_some() {
             tracing::info!(upstream = self.upstream.name(), "upstream reachable again");
         }
-        health.last_success_ms = Some(now_ms());
+        health.last_success_ms = Some(crate::clock::now_ms());
         health.failing_since_ms = None;
         health.failures = 0;
         health.confirmed = true;
@@ -318,7 +311,7 @@ impl Syncer {
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         health.failures = health.failures.saturating_add(1);
         if health.failing_since_ms.is_none() {
-            health.failing_since_ms = Some(now_ms());
+            health.failing_since_ms = Some(crate::clock::now_ms());
             if !transient {
                 tracing::error!(upstream = self.upstream.name(), error = %error, "sync refused by the upstream");
             }

@@ -249,10 +249,7 @@ async fn deliver_loop(
 async fn deliver(http: &reqwest::Client, hook: &Webhook, event: &Event, body: Vec<u8>) {
     let mut wait = Duration::from_millis(200);
     for attempt in 1..=hook.max_attempts {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let t = crate::clock::unix_now();
         let sent = http
             .post(hook.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
