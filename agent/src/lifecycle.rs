@@ -29,6 +29,7 @@ use serde::Deserialize;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::audit::{Audit, Outcome, Record};
+use crate::backoff::Backoff;
 use crate::cache::HotCache;
 use crate::clock::unix_now;
 use crate::events::{Event, Events, Kind};
@@ -820,13 +821,11 @@ fn next_due(policy: &LifecycleSpec, secret: &Secret, status: &Status, now: i64) 
     .min()
 }
 
-/// Delay before retry number `failures` (1-based): `base` doubled each time, capped
-/// at an hour, with up to 20% jitter.
+/// Delay in seconds before retry number `failures` (1-based): `base` (at least a
+/// second) doubled each time, capped at an hour, with up to 20% jitter.
 fn backoff(base: Duration, failures: u32) -> i64 {
-    let exp = secs(base).max(1) << failures.saturating_sub(1).min(12);
-    let capped = exp.min(3600);
-    let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=capped / 5);
-    capped + jitter
+    let schedule = Backoff::new(base.max(Duration::from_secs(1)), Duration::from_secs(3600));
+    secs(schedule.delay(failures))
 }
 
 #[cfg(test)]

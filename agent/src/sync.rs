@@ -31,11 +31,15 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify, OnceCell, Semaphore};
 
+use crate::backoff::Backoff;
 use crate::cache::HotCache;
 use crate::events::{Event, Events, Kind};
 use crate::path::{Prefix, SecretPath};
 use crate::store::{self, Secret, Selector, Store};
 use crate::upstream::{self, RemoteSecret, Upstream};
+
+/// The first delay of the poll's retry schedule (before it doubles).
+const POLL_RETRY_BASE: Duration = Duration::from_millis(250);
 
 /// How the sync behaves (`[sync]` in the config).
 #[derive(Debug, Clone)]
@@ -259,7 +263,6 @@ impl Syncer {
     }
 
     fn backoff(&self, error: &Error) -> Duration {
-        use rand::Rng;
         let failures = self
             .health
             .lock()
@@ -270,11 +273,8 @@ impl Syncer {
             .max_backoff
             .min(self.config.poll_interval)
             .max(Duration::from_millis(100));
-        let base = Duration::from_millis(250).saturating_mul(1u32 << failures.min(16));
-        let wait = base.min(cap);
-        // ±25% jitter so many agents do not retry in step.
-        let factor = rand::thread_rng().gen_range(0.75..1.25);
-        let wait = wait.mul_f64(factor);
+        // `failures` counts this one: the first retry waits 500 ms.
+        let wait = Backoff::new(POLL_RETRY_BASE, cap).delay(failures.saturating_add(1));
         tracing::warn!(
             upstream = self.upstream.name(),
             error = %error,

@@ -19,9 +19,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
 
+use crate::backoff::Backoff;
 use crate::events::{Event, Events, Kind};
 use crate::secret::SecretString;
 use crate::upstream::http::{client, HttpSettings};
+
+/// Delays between delivery attempts: 200 ms doubling up to 30 s.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "latchkey-signature";
@@ -247,7 +251,6 @@ async fn deliver_loop(
 }
 
 async fn deliver(http: &reqwest::Client, hook: &Webhook, event: &Event, body: Vec<u8>) {
-    let mut wait = Duration::from_millis(200);
     for attempt in 1..=hook.max_attempts {
         let t = crate::clock::unix_now();
         let sent = http
@@ -270,8 +273,7 @@ async fn deliver(http: &reqwest::Client, hook: &Webhook, event: &Event, body: Ve
             }
         }
         if attempt < hook.max_attempts {
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(30));
+            tokio::time::sleep(RETRY.delay(attempt)).await;
         }
     }
     tracing::error!(
