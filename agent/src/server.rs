@@ -17,6 +17,7 @@ use crate::cache::HotCache;
 use crate::config::Config;
 use crate::crypto::{KekSource, TransitKek};
 use crate::listener::{self, Context};
+use crate::providers::Provider;
 use crate::store::Store;
 use crate::sync::Syncer;
 use crate::tls::ServerTls;
@@ -32,6 +33,9 @@ const CRL_POLL: Duration = Duration::from_secs(1);
 const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 /// How long open requests may finish after a stop signal.
 const DRAIN: Duration = Duration::from_secs(10);
+/// How long the lifecycle engine's operations in flight may take to finish their
+/// step after a stop signal: one plugin call at its default deadline, and the write.
+pub const LIFECYCLE_GRACE: Duration = Duration::from_secs(15);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,7 @@ pub struct Running {
     store: Store,
     writer: crate::audit::Writer,
     state: Arc<State>,
+    engine: Option<(crate::lifecycle::Engine, tokio::task::JoinHandle<()>)>,
     renderer: Option<tokio::task::JoinHandle<()>>,
     /// Held for the agent's lifetime: the CRL watcher stops once this is dropped.
     _tls: Arc<ServerTls>,
@@ -79,9 +84,18 @@ impl Running {
         &self.store
     }
 
-    /// Stops accepting, lets open requests finish, flushes the store and the audit trail.
+    /// Stops accepting, lets the lifecycle engine's operations in flight finish their
+    /// step (for at most [`LIFECYCLE_GRACE`]) and open requests finish, flushes the
+    /// store and the audit trail.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        if let Some((engine, task)) = self.engine {
+            let stopped = engine.shutdown(LIFECYCLE_GRACE).await;
+            if stopped.cut_off > 0 {
+                tracing::warn!(operations = stopped.cut_off, "lifecycle operations cut off by the stop; the next start finishes or rolls them back");
+            }
+            let _ = task.await;
+        }
         let _ = self.task.await;
         if let Some(renderer) = self.renderer {
             let _ = renderer.await;
@@ -184,13 +198,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     });
     let engine = providers.has_rules().then(|| {
         crate::lifecycle::Engine::new(crate::lifecycle::Parts {
-            providers: Arc::clone(&providers),
+            providers: Arc::clone(&providers) as Arc<dyn Provider>,
             store: store.clone(),
             cache: cache.clone(),
             events: events.clone(),
             sync: sync.clone(),
             audit: audit.clone(),
             spec: config.scheduler.clone(),
+            clock: crate::clock::Clock::system(),
         })
     });
     let state = Arc::new(State {
@@ -233,10 +248,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.trust_domain.as_str().into(),
         stop_rx.clone(),
     );
-    if let Some(engine) = &engine {
-        engine.spawn(stop_rx.clone());
+    let engine = engine.map(|engine| {
+        let task = engine.spawn();
         tracing::info!(node = engine.node(), "lifecycle engine running");
-    }
+        (engine, task)
+    });
     // After the webhooks subscribed, so warnings due at start reach them.
     crate::expiry::Expiry::new(
         store.clone(),
@@ -253,6 +269,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         store,
         writer,
         state,
+        engine,
         renderer,
         _tls: tls,
         addresses,
