@@ -191,7 +191,8 @@ struct Payload<'a> {
     agent: &'a str,
 }
 
-/// Starts one delivery task per webhook; they stop when `shutdown` turns true.
+/// Starts one delivery task per webhook; they stop when `shutdown` turns true, after
+/// delivering the events already published.
 pub fn spawn(
     hooks: Vec<Webhook>,
     events: &Events,
@@ -234,20 +235,30 @@ async fn deliver_loop(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        if !hook.wants(event.kind) {
-            continue;
-        }
-        let body = match serde_json::to_vec(&Payload {
-            event: &event,
-            agent: &agent,
-        }) {
-            Ok(b) => b,
-            Err(_) => continue,
-        };
-        deliver(&http, &hook, &event, body).await;
+        send(&http, &hook, &agent, &event).await;
     }
+    // The agent stops the webhooks last: what the rest published before stopping (a
+    // rolled-back rotation's alert) still goes out.
+    loop {
+        match rx.try_recv() {
+            Ok(event) => send(&http, &hook, &agent, &event).await,
+            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Delivers `event` if the hook wants it.
+async fn send(http: &reqwest::Client, hook: &Webhook, agent: &str, event: &Event) {
+    if !hook.wants(event.kind) {
+        return;
+    }
+    let Ok(body) = serde_json::to_vec(&Payload { event, agent }) else {
+        return;
+    };
+    deliver(http, hook, event, body).await;
 }
 
 async fn deliver(http: &reqwest::Client, hook: &Webhook, event: &Event, body: Vec<u8>) {
