@@ -163,3 +163,77 @@ pub(super) async fn status(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use latchkey_plugin_host::{CallError, Operation as Call};
+
+    use super::*;
+    use crate::lifecycle::Refusal;
+
+    fn answered(source: ProviderError) -> Error {
+        Error::Provider(Failure::Answered {
+            plugin: "svc".into(),
+            operation: Call::Refresh,
+            source,
+        })
+    }
+
+    #[test]
+    fn engine_errors_map_to_statuses_and_codes_by_variant() {
+        let cases = [
+            (Error::ShuttingDown, 503, "shutting_down"),
+            (
+                Error::Refused {
+                    path: SecretPath::parse("svc/key").expect("path"),
+                    reason: Refusal::Forbidden {
+                        permission: "withdraw".into(),
+                    },
+                },
+                422,
+                "credential_rejected",
+            ),
+            (
+                answered(ProviderError::Rejected("invalid_grant".into())),
+                422,
+                "credential_rejected",
+            ),
+            (
+                answered(ProviderError::Unavailable("503".into())),
+                502,
+                "provider_unavailable",
+            ),
+            (
+                Error::Provider(Failure::Host {
+                    plugin: "svc".into(),
+                    source: CallError::UnknownOperation,
+                }),
+                502,
+                "plugin_failed",
+            ),
+            (
+                Error::NoPolicy(SecretPath::parse("svc/key").expect("path")),
+                422,
+                "no_provider",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let what = format!("{error:?}");
+            let answer = engine_error(error);
+            assert_eq!(
+                (answer.status.as_u16(), answer.code),
+                (status, code),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejected_refresh_says_what_the_service_said() {
+        let answer = engine_error(answered(ProviderError::Rejected("invalid_grant".into())));
+        assert_eq!(
+            answer.message,
+            "the service rejected the refresh: invalid_grant"
+        );
+    }
+}
