@@ -534,16 +534,20 @@ fn refreshing() -> LifecycleSpec {
     p
 }
 
+/// A bed whose token expires `in_secs` from now and whose first refresh answers `e`.
+async fn token_refresh_answering(in_secs: i64, e: ProviderError) -> Bed {
+    let bed = Bed::new(refreshing()).await;
+    let expires = bed.clock.unix() + in_secs;
+    bed.write(ORIGINAL, Some(expires));
+    bed.fake.then(Operation::Refresh, Reply::Fail(e));
+    bed
+}
+
 #[tokio::test]
 async fn refresh_answers_lead_to_reauth_retry_or_a_stop() {
     // Rejected: reauth-required, one alert, no more scheduled refreshes.
-    let mut bed = Bed::new(refreshing()).await;
-    let expires = bed.clock.unix() + 30;
-    bed.write(ORIGINAL, Some(expires));
-    bed.fake.then(
-        Operation::Refresh,
-        Reply::Fail(ProviderError::Rejected("invalid_grant".into())),
-    );
+    let mut bed =
+        token_refresh_answering(30, ProviderError::Rejected("invalid_grant".into())).await;
     bed.later(Duration::ZERO).await;
     assert_eq!(bed.status().state, State::ReauthRequired);
     assert_eq!(bed.events(), vec![Kind::ReauthRequired]);
@@ -551,15 +555,11 @@ async fn refresh_answers_lead_to_reauth_retry_or_a_stop() {
     assert_eq!(bed.fake.calls(Operation::Refresh), 1);
 
     // Unavailable: retried after its backoff, then refreshed.
-    let mut bed = Bed::new(refreshing()).await;
-    let expires = bed.clock.unix() + 30;
-    bed.write(ORIGINAL, Some(expires));
-    bed.fake.then(
-        Operation::Refresh,
-        Reply::Fail(ProviderError::Unavailable(
-            "token endpoint answered 503".into(),
-        )),
-    );
+    let mut bed = token_refresh_answering(
+        30,
+        ProviderError::Unavailable("token endpoint answered 503".into()),
+    )
+    .await;
     bed.later(Duration::ZERO).await;
     let status = bed.status();
     assert_eq!((status.failures, status.stopped), (1, false));
@@ -570,13 +570,7 @@ async fn refresh_answers_lead_to_reauth_retry_or_a_stop() {
     assert!(bed.events().contains(&Kind::Refreshed));
 
     // A plugin that cannot refresh: not retried on schedule.
-    let bed = Bed::new(refreshing()).await;
-    let expires = bed.clock.unix() + 30;
-    bed.write(ORIGINAL, Some(expires));
-    bed.fake.then(
-        Operation::Refresh,
-        Reply::Fail(ProviderError::Unsupported("refresh".into())),
-    );
+    let bed = token_refresh_answering(30, ProviderError::Unsupported("refresh".into())).await;
     bed.later(Duration::ZERO).await;
     let status = bed.status();
     assert!(status.stopped && status.retry_at.is_none(), "{status:?}");
@@ -586,13 +580,7 @@ async fn refresh_answers_lead_to_reauth_retry_or_a_stop() {
 
 #[tokio::test]
 async fn a_refresh_the_server_rejects_reaches_the_reader_as_the_providers_answer() {
-    let bed = Bed::new(refreshing()).await;
-    let expired = bed.clock.unix() - 5;
-    bed.write(ORIGINAL, Some(expired));
-    bed.fake.then(
-        Operation::Refresh,
-        Reply::Fail(ProviderError::Rejected("invalid_grant".into())),
-    );
+    let bed = token_refresh_answering(-5, ProviderError::Rejected("invalid_grant".into())).await;
     let err = bed
         .engine
         .refresh(&bed.path, true)
