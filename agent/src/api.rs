@@ -501,7 +501,7 @@ async fn validate(state: &State, conn: &Conn, raw: &str) -> Result<Response<Body
             return Err(err);
         }
     };
-    record.code = checked.error.as_deref().map(|_| "provider_error");
+    record.code = checked.undecided().map(|_| "provider_error");
     state.audit.record(record).await;
     Ok(json_response(
         StatusCode::OK,
@@ -513,7 +513,7 @@ async fn validate(state: &State, conn: &Conn, raw: &str) -> Result<Response<Body
             "detail": checked.detail,
             "permissions": checked.permissions,
             "expires_at": checked.expires_at,
-            "error": checked.error,
+            "error": checked.undecided(),
         }),
     ))
 }

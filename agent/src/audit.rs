@@ -70,7 +70,7 @@ impl Record {
     /// A record stamped now.
     pub fn now(peer: Arc<str>, uid: Option<u32>, op: &'static str, path: Option<&str>) -> Self {
         Record {
-            time_ms: now_ms(),
+            time_ms: crate::clock::now_ms(),
             peer,
             uid,
             op,
@@ -82,13 +82,6 @@ impl Record {
             detail: None,
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Why the audit file could not be opened.

@@ -75,15 +75,11 @@ pub struct Event {
 impl Event {
     /// An event stamped now.
     pub fn now(kind: Kind, path: SecretPath, version: Option<u64>) -> Self {
-        let time_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
         Event {
             kind,
             path,
             version,
-            time_ms,
+            time_ms: crate::clock::now_ms(),
         }
     }
 }

@@ -179,10 +179,7 @@ impl Expiry {
                             | tokio::sync::broadcast::error::TryRecvError::Closed)
                     ) {}
                 }
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0);
+                let now = crate::clock::unix_now();
                 // The store is sled: short blocking reads.
                 self = match tokio::task::spawn_blocking(move || {
                     self.check(now);

@@ -71,10 +71,7 @@ impl EnvFallback {
                 },
             );
         }
-        let loaded_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let loaded_at = crate::clock::unix_now();
         EnvFallback { entries, loaded_at }
     }
 

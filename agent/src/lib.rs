@@ -9,16 +9,19 @@
 //! lifecycle: scheduler -> plugin host -> upstream write (check-and-set) -> store -> events
 //! ```
 //!
-//! Shared vocabulary: [`secret`] (values that zeroize and redact) and [`path`]
-//! (validated secret paths). [`server`] assembles the daemon from a [`config::Config`];
+//! Shared vocabulary: [`secret`] (values that zeroize and redact), [`path`]
+//! (validated secret paths), [`clock`] (the one wall clock) and [`backoff`] (the one
+//! retry schedule). [`server`] assembles the daemon from a [`config::Config`];
 //! [`client`] speaks its API; [`cli`] is the command line. [`upstream`] holds the clients of the stores
 //! the agent syncs with (OpenBao/Vault, AWS Secrets Manager).
 
 pub mod api;
 pub mod audit;
+pub mod backoff;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod events;

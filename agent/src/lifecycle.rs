@@ -3,46 +3,65 @@
 //! For each such secret it plans the next thing due — a health check
 //! (`validate_every`), an OAuth refresh before expiry (`refresh_before`), a rotation
 //! (`rotate_every`, `rotate_before_expiry`), retiring the previous credential after a
-//! rotation's grace window — and runs it through the secret's provider plugin, at most
+//! rotation's grace window — and runs it through the secret's provider, at most
 //! `[scheduler] concurrency` at a time (operator rotations included) and one operation
 //! per secret at a time.
 //!
+//! - [`plan`]: the due-time arithmetic (pure: a policy, a secret and its status in, a
+//!   time out) and the time-ordered queue.
+//! - `scheduler`: the loop that runs what is due, and the orderly stop.
 //! - [`rotation`]: the staged four steps (create pending, publish, test, promote) with
 //!   rollback, claimed once across agents through the [`ledger`], and crash recovery
 //!   from the store's journal.
 //! - [`refresh`]: OAuth refresh, before expiry and on the spot when an app reads an
 //!   expired token (concurrent reads share one refresh).
+//! - `validation`: the health check, and the check of a credential an admin is about
+//!   to write.
+//! - [`next`]: the one table from a provider's answer to what the engine does next
+//!   (retry with backoff, roll back and stop, invalid, revoked, reauth-required,
+//!   configuration error), which all of the above follow.
 //! - [`status`]: each credential's state (active, refreshing, rotating, expired,
 //!   invalid, reauth-required, revoked) for the API, the CLI and metrics.
 //!
-//! The plan is a time-ordered set; the loop sleeps until the earliest entry or until a
-//! change to a looked-after secret (an event) asks for a new plan, so thousands of idle
-//! policies cost nothing between their due times. Every operation is audited with its
-//! outcome and publishes an event (rotated, refreshed, validated, invalid,
-//! rotation-failed, reauth-required) that the SSE watchers and webhooks receive.
+//! The engine reaches the plugins only through the [`Provider`] trait and plans by the
+//! time of its [`Clock`]; both come in through [`Parts`], so the state machine is
+//! unit-tested with a scripted provider and a clock moved by hand (`lifecycle/tests.rs`).
+//! A new version of a secret (a promotion, a refresh) is written by one function,
+//! `Engine::commit`. Every operation is audited with its outcome and publishes an
+//! event (rotated, refreshed, validated, invalid, rotation-failed, reauth-required)
+//! that the SSE watchers and webhooks receive.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::audit::{Audit, Outcome, Record};
 use crate::cache::HotCache;
+use crate::clock::Clock;
 use crate::events::{Event, Events, Kind};
-use crate::path::{Prefix, SecretPath};
-use crate::providers::{Checked, Credential, LifecycleSpec, Providers};
-use crate::store::{self, Secret, Selector, Store};
+use crate::path::{PathError, Prefix, SecretPath};
+use crate::providers::{Credential, Failure, LifecycleSpec, Provider};
+use crate::store::{self, Secret, Store};
 use crate::sync::Syncer;
 
 pub mod ledger;
+pub mod next;
+pub mod plan;
 mod refresh;
 mod rotation;
+mod scheduler;
 pub mod status;
+mod validation;
 
 pub use rotation::Outcome as RotationOutcome;
+pub use scheduler::Stopped;
 pub use status::{State, Status};
+pub use validation::{Checked, Refusal};
+
+use plan::Plan;
 
 /// The audit trail's name for the engine.
 const ACTOR: &str = "latchkey:lifecycle";
@@ -96,18 +115,24 @@ pub enum Error {
     /// The secret does not exist.
     #[error("secret {0} not found")]
     NotFound(SecretPath),
-    /// Another operation (here or on another agent) holds the secret.
-    #[error("{0} is busy: {1}")]
-    Busy(SecretPath, String),
-    /// The provider refused (the reason is the provider's, without values).
-    #[error("{0}")]
-    Refused(String),
-    /// The provider or the service could not answer now.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The plugin itself failed: a trap, its deadline, its memory limit.
+    /// The provider does not accept a credential an admin is about to write.
+    #[error("the provider refused the credential for {path}")]
+    Refused {
+        /// The secret.
+        path: SecretPath,
+        /// Why (the provider's words; never values).
+        reason: Refusal,
+    },
+    /// The provider did not give the answer asked for: its `provider-error`, or a
+    /// fault in the plugin host (trap, deadline, memory limit). The engine has acted
+    /// on it as [`next::decide`] says.
     #[error(transparent)]
-    Plugin(#[from] crate::providers::Error),
+    Provider(#[from] Failure),
+    /// The engine is stopping: the operation did not start, or a rotation stopped
+    /// between two steps with its progress journalled (the next start finishes it or
+    /// rolls it back).
+    #[error("the lifecycle engine is shutting down")]
+    ShuttingDown,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -117,12 +142,21 @@ pub enum Error {
     /// The coordination record could not be used.
     #[error(transparent)]
     Ledger(#[from] ledger::Error),
+    /// The coordination record of a secret has no valid path under `ledger_prefix`.
+    #[error("no coordination record path for {path}")]
+    LedgerPath {
+        /// The secret.
+        path: SecretPath,
+        /// Why.
+        #[source]
+        source: PathError,
+    },
 }
 
 /// What the engine needs from the agent.
 pub struct Parts {
-    /// The plugins and rules.
-    pub providers: Arc<Providers>,
+    /// The plugins and rules (the plugin host in the agent, a fake in tests).
+    pub providers: Arc<dyn Provider>,
     /// The encrypted store.
     pub store: Store,
     /// The hot cache (invalidated on local writes).
@@ -135,6 +169,8 @@ pub struct Parts {
     pub audit: Audit,
     /// Settings.
     pub spec: SchedulerSpec,
+    /// The time the plan is made by.
+    pub clock: Clock,
 }
 
 /// The engine. Cheap to clone.
@@ -144,23 +180,27 @@ pub struct Engine {
 }
 
 struct Inner {
-    providers: Arc<Providers>,
+    provider: Arc<dyn Provider>,
     store: Store,
     cache: Arc<HotCache>,
     events: Events,
     sync: Option<Arc<Syncer>>,
     audit: Audit,
     spec: SchedulerSpec,
+    clock: Clock,
     node: String,
     ledger: ledger::Ledger,
     status: status::Table,
     /// One operation per secret at a time.
     locks: Mutex<HashMap<SecretPath, Arc<tokio::sync::Mutex<()>>>>,
+    /// `[scheduler] concurrency`; closed when the engine stops.
     permits: Semaphore,
     /// Bounds concurrent reads of coordination records (`learn_record`).
     reads: Arc<Semaphore>,
     plan: Mutex<Plan>,
     replan: Notify,
+    /// Operations running now, and whether the engine is stopping.
+    running: scheduler::Running,
 }
 
 impl std::fmt::Debug for Engine {
@@ -170,54 +210,6 @@ impl std::fmt::Debug for Engine {
             .field("ledger", &self.inner.ledger)
             .finish_non_exhaustive()
     }
-}
-
-/// Due times, earliest first.
-#[derive(Default)]
-struct Plan {
-    queue: BTreeSet<(i64, SecretPath)>,
-    at: HashMap<SecretPath, i64>,
-}
-
-impl Plan {
-    fn set(&mut self, path: &SecretPath, when: Option<i64>) {
-        if let Some(old) = self.at.remove(path) {
-            self.queue.remove(&(old, path.clone()));
-        }
-        if let Some(when) = when {
-            self.queue.insert((when, path.clone()));
-            self.at.insert(path.clone(), when);
-        }
-    }
-
-    fn pop_due(&mut self, now: i64) -> Vec<SecretPath> {
-        let mut due = Vec::new();
-        while let Some((when, _)) = self.queue.first() {
-            if *when > now {
-                break;
-            }
-            if let Some((_, path)) = self.queue.pop_first() {
-                self.at.remove(&path);
-                due.push(path);
-            }
-        }
-        due
-    }
-
-    fn next(&self) -> Option<i64> {
-        self.queue.first().map(|(when, _)| *when)
-    }
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
 }
 
 /// The node id kept beside the store: made once, reused on every start, so a
@@ -261,19 +253,21 @@ impl Engine {
             inner: Arc::new(Inner {
                 permits: Semaphore::new(parts.spec.concurrency.max(1)),
                 reads: Arc::new(Semaphore::new(parts.spec.concurrency.max(1))),
-                providers: parts.providers,
+                provider: parts.providers,
                 store: parts.store,
                 cache: parts.cache,
                 events: parts.events,
                 sync: parts.sync,
                 audit: parts.audit,
                 spec: parts.spec,
+                clock: parts.clock,
                 node,
                 ledger,
                 status: status::Table::default(),
                 locks: Mutex::new(HashMap::new()),
                 plan: Mutex::new(Plan::default()),
                 replan: Notify::new(),
+                running: scheduler::Running::default(),
             }),
         }
     }
@@ -285,13 +279,13 @@ impl Engine {
 
     /// The policy covering `path`, if any.
     pub fn policy(&self, path: &SecretPath) -> Option<Arc<LifecycleSpec>> {
-        self.inner.providers.policy(path)
+        self.inner.provider.policy(path)
     }
 
     /// Whether reading `secret` must first refresh it: a refresh policy covers it
     /// and it has expired.
     pub fn refreshes_on_read(&self, path: &SecretPath, expires_at: Option<i64>) -> bool {
-        expires_at.is_some_and(|t| t <= unix_now())
+        expires_at.is_some_and(|t| t <= self.now())
             && self
                 .policy(path)
                 .is_some_and(|p| p.refresh_before.is_some())
@@ -312,179 +306,14 @@ impl Engine {
         self.inner.status.counts()
     }
 
-    /// Recovers rotations a crash interrupted, plans every looked-after secret and
-    /// runs until `stop`.
-    pub fn spawn(&self, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-        let engine = self.clone();
-        let mut events = self.inner.events.subscribe();
-        tokio::spawn(async move {
-            engine.recover().await;
-            engine.plan_all();
-            // Open grace windows from before a restart: read in the background, so a
-            // large fleet of policies does not delay the first plan.
-            let learning = engine.clone();
-            tokio::spawn(async move { learning.learn_grace_windows().await });
-            loop {
-                let now = unix_now();
-                let due = lock(&engine.inner.plan).pop_due(now);
-                for path in due {
-                    let engine = engine.clone();
-                    tokio::spawn(async move { engine.tick(path).await });
-                }
-                let sleep_for =
-                    lock(&engine.inner.plan)
-                        .next()
-                        .map_or(Duration::from_secs(3600), |when| {
-                            Duration::from_millis(
-                                u64::try_from((when - unix_now()).max(0) * 1000).unwrap_or(0),
-                            )
-                            .max(Duration::from_millis(200))
-                        });
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    _ = tokio::time::sleep(sleep_for) => {}
-                    _ = engine.inner.replan.notified() => {}
-                    event = events.recv() => engine.on_event(event),
-                }
-            }
-        })
-    }
-
-    fn on_event(&self, event: Result<Event, tokio::sync::broadcast::error::RecvError>) {
-        match event {
-            Ok(e) if matches!(e.kind, Kind::Updated | Kind::Deleted | Kind::Rotated) => {
-                let Some(policy) = self.policy(&e.path) else {
-                    return;
-                };
-                if e.kind == Kind::Deleted {
-                    self.inner.status.remove(&e.path);
-                    lock(&self.inner.plan).set(&e.path, None);
-                    return;
-                }
-                self.plan_path(&e.path);
-                if e.kind == Kind::Updated && rotates(&policy) {
-                    // Maybe another agent's rotation, synced in: learn its grace window.
-                    let engine = self.clone();
-                    let path = e.path.clone();
-                    tokio::spawn(async move {
-                        let Ok(_permit) = engine.inner.reads.acquire().await else {
-                            return;
-                        };
-                        engine.learn_record(&path, &policy).await;
-                    });
-                }
-            }
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.plan_all(),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
-        }
-    }
-
-    /// Plans every looked-after secret in the store.
-    fn plan_all(&self) {
-        if !self.inner.providers.has_rules() {
-            return;
-        }
-        let entries = match self.inner.store.list(&Prefix::all()) {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list the store to plan the lifecycle");
-                return;
-            }
-        };
-        for entry in entries {
-            if !entry
-                .path
-                .as_str()
-                .starts_with(&self.inner.spec.ledger_prefix)
-            {
-                self.plan_path(&entry.path);
-            }
-        }
-    }
-
-    /// Works out when `path` next needs the engine.
-    fn plan_path(&self, path: &SecretPath) {
-        let Some(policy) = self.policy(path) else {
-            return;
-        };
-        let secret = match self.inner.store.get(path, Selector::Current) {
-            Ok(Some(s)) => s,
-            _ => {
-                lock(&self.inner.plan).set(path, None);
-                return;
-            }
-        };
-        let now = unix_now();
-        let when = self.inner.status.update(
-            path,
-            || Status::new(&plugin_name(&policy), secret.version, now),
-            |s| {
-                s.version = secret.version;
-                let when = next_due(&policy, &secret, s, now)
-                    .map(|t| s.not_before.map_or(t, |floor| t.max(floor)));
-                s.next_check_at = when;
-                when
-            },
-        );
-        lock(&self.inner.plan).set(path, when);
-        self.inner.replan.notify_one();
+    /// Unix seconds by the engine's clock.
+    fn now(&self) -> i64 {
+        self.inner.clock.unix()
     }
 
     fn path_lock(&self, path: &SecretPath) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = lock(&self.inner.locks);
         Arc::clone(locks.entry(path.clone()).or_default())
-    }
-
-    /// Runs whatever is due for `path`, then plans it again.
-    async fn tick(&self, path: SecretPath) {
-        let Ok(_permit) = self.inner.permits.acquire().await else {
-            return;
-        };
-        if let Some(policy) = self.policy(&path) {
-            if let Err(e) = self.run_due(&path, &policy).await {
-                tracing::debug!(path = %path, error = %e, "lifecycle step did not complete");
-            }
-        }
-        self.plan_path(&path);
-    }
-
-    async fn run_due(&self, path: &SecretPath, policy: &LifecycleSpec) -> Result<(), Error> {
-        let Some(secret) = self.inner.store.get(path, Selector::Current)? else {
-            return Ok(());
-        };
-        let now = unix_now();
-        if self.inner.store.journal_get(path)?.is_some() {
-            // A rotation this agent could not finish earlier: finish or roll it back.
-            return self.resume(path).await;
-        }
-        let status = self.status_of(path, policy, &secret, now);
-        if status.retire_at.is_some_and(|t| t <= now) {
-            self.finish_grace(path).await?;
-        }
-        if rotation_due(policy, &secret, &status, now) {
-            if let RotationOutcome::Busy { .. } = self.rotate(path, false).await? {
-                // Held elsewhere: look again when its lease may have lapsed.
-                let floor = now + secs(self.inner.spec.lease).clamp(1, 5);
-                self.inner
-                    .status
-                    .update(path, || status.clone(), |s| s.not_before = Some(floor));
-            }
-            return Ok(());
-        }
-        if refresh_due(policy, &secret, &status, now) && status.state != State::ReauthRequired {
-            self.refresh(path, false).await?;
-            return Ok(());
-        }
-        if validation_due(policy, &status, now) {
-            self.validate_now(path).await?;
-        }
-        if secret.expires_at.is_some_and(|t| t <= now)
-            && !matches!(status.state, State::ReauthRequired | State::Invalid)
-        {
-            self.set_state(path, policy, &secret, State::Expired, "past its expiry");
-        }
-        Ok(())
     }
 
     fn status_of(
@@ -496,7 +325,7 @@ impl Engine {
     ) -> Status {
         self.inner.status.update(
             path,
-            || Status::new(&plugin_name(policy), secret.version, now),
+            || Status::new(&policy.plugin, secret.version, now),
             |s| s.clone(),
         )
     }
@@ -509,131 +338,17 @@ impl Engine {
         state: State,
         detail: &str,
     ) {
-        let now = unix_now();
+        let now = self.now();
         self.inner.status.update(
             path,
-            || Status::new(&plugin_name(policy), secret.version, now),
+            || Status::new(&policy.plugin, secret.version, now),
             |s| s.set(state, detail, now),
         );
     }
 
-    /// Validates the current version now (the health check, `latchkey validate` and
-    /// `POST /v1/validate`), records the state and publishes `validated` or `invalid`.
-    pub async fn validate_now(&self, path: &SecretPath) -> Result<Checked, Error> {
-        let policy = self
-            .policy(path)
-            .ok_or_else(|| Error::NoPolicy(path.clone()))?;
-        let secret = self
-            .inner
-            .store
-            .get(path, Selector::Current)?
-            .ok_or_else(|| Error::NotFound(path.clone()))?;
-        let checked = self.inner.providers.validate(&secret).await?;
-        let forbidden = forbidden(&policy, &checked);
-        let now = unix_now();
-        let (state, detail) = match (&checked.error, &forbidden) {
-            (Some(code), _) => (
-                None,
-                format!("validation failed: {code}: {}", checked.detail),
-            ),
-            (None, Some(p)) => (
-                Some(State::Invalid),
-                format!("holds forbidden permission {p}"),
-            ),
-            (None, None) if checked.valid => (Some(State::Active), checked.detail.clone()),
-            (None, None) if checked.rejected => (
-                Some(State::Revoked),
-                format!("the service refused the credential: {}", checked.detail),
-            ),
-            (None, None) => (Some(State::Invalid), checked.detail.clone()),
-        };
-        self.inner.status.update(
-            path,
-            || Status::new(&plugin_name(&policy), secret.version, now),
-            |s| {
-                s.version = secret.version;
-                s.checked_at = Some(now);
-                s.permissions = checked.permissions.clone();
-                match state {
-                    Some(State::Active) => {
-                        s.validated_at = Some(now);
-                        let keep = matches!(s.state, State::Rotating | State::Refreshing);
-                        if !keep {
-                            s.set(State::Active, &detail, now);
-                        }
-                    }
-                    Some(other) => s.set(other, &detail, now),
-                    // Could not tell: keep the state, say why, look again later.
-                    None => s.detail = detail.clone(),
-                }
-            },
-        );
-        if let Some(state) = state {
-            let kind = if state == State::Active {
-                Kind::Validated
-            } else {
-                Kind::Invalid
-            };
-            self.inner
-                .events
-                .publish(Event::now(kind, path.clone(), Some(secret.version)));
-        }
-        self.audit(
-            "validate",
-            path,
-            Some(secret.version),
-            if state == Some(State::Active) {
-                Outcome::Ok
-            } else {
-                Outcome::Failed
-            },
-            &detail,
-        );
-        Ok(checked)
-    }
-
-    /// Checks a credential an admin is about to write, when the policy asks for it
-    /// (`validate_on_write`) or the writer does. `Err(Refused)` carries the reason.
-    pub async fn check_before_write(
-        &self,
-        path: &SecretPath,
-        cred: &Credential,
-        asked: bool,
-    ) -> Result<(), Error> {
-        let Some(policy) = self.policy(path) else {
-            if asked {
-                return Err(Error::NoPolicy(path.clone()));
-            }
-            return Ok(());
-        };
-        if !(asked || policy.validate_on_write) {
-            return Ok(());
-        }
-        let checked = self.inner.providers.validate_credential(path, cred).await?;
-        let refused = match (&checked.error, forbidden(&policy, &checked)) {
-            (Some(code), _) => {
-                return Err(Error::Unavailable(format!(
-                    "the provider could not check the credential: {code}: {}",
-                    checked.detail
-                )))
-            }
-            (None, Some(p)) => Some(format!("the credential holds forbidden permission {p}")),
-            (None, None) if !checked.valid => Some(format!(
-                "the provider rejected the credential: {}",
-                checked.detail
-            )),
-            (None, None) => None,
-        };
-        match refused {
-            Some(reason) => {
-                self.audit("validate-write", path, None, Outcome::Denied, &reason);
-                Err(Error::Refused(reason))
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Writes a new current version: upstream first (with `cas`), then the cache.
+    /// Writes a new current version (a promoted rotation, a refreshed token):
+    /// upstream first (with check-and-set on `cas`), then the store, the cache and the
+    /// event. The engine's only write of a secret.
     async fn commit(
         &self,
         path: &SecretPath,
@@ -676,7 +391,7 @@ impl Engine {
         detail: &str,
         change: impl FnOnce(&mut Status),
     ) {
-        let now = unix_now();
+        let now = self.now();
         self.inner
             .status
             .update(path, || Status::new(plugin, version, now), change);
@@ -712,127 +427,6 @@ impl Engine {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn plugin_name(policy: &LifecycleSpec) -> String {
-    policy.plugin.clone()
-}
-
-/// The first forbidden permission the validation reports as granted.
-fn forbidden(policy: &LifecycleSpec, checked: &Checked) -> Option<String> {
-    checked
-        .permissions
-        .iter()
-        .find(|(name, granted)| {
-            *granted
-                && policy
-                    .forbid_permissions
-                    .iter()
-                    .any(|f| f.eq_ignore_ascii_case(name))
-        })
-        .map(|(name, _)| name.clone())
-}
-
-/// Whether `policy` rotates at all.
-fn rotates(policy: &LifecycleSpec) -> bool {
-    policy.rotate_every.is_some() || policy.rotate_before_expiry.is_some()
-}
-
-fn rotation_due(policy: &LifecycleSpec, secret: &Secret, status: &Status, now: i64) -> bool {
-    rotation_at(policy, secret, status).is_some_and(|t| t <= now)
-}
-
-/// When the next rotation is due: the earlier of `rotate_every` after the last
-/// rotation (or write) and `rotate_before_expiry` before expiry; after failures, not
-/// before the retry time; never after the attempts are used up.
-fn rotation_at(policy: &LifecycleSpec, secret: &Secret, status: &Status) -> Option<i64> {
-    if policy.rotate_every.is_none() && policy.rotate_before_expiry.is_none() {
-        return None;
-    }
-    if status.failures >= policy.max_attempts {
-        return None;
-    }
-    let last = status.rotated_at.unwrap_or(0).max(secret.updated_at);
-    let by_age = policy.rotate_every.map(|every| last + secs(every));
-    let by_expiry = policy
-        .rotate_before_expiry
-        .zip(secret.expires_at)
-        .map(|(before, exp)| exp - secs(before));
-    let due = match (by_age, by_expiry) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b)?,
-    };
-    Some(match status.retry_at {
-        Some(retry) if status.failures > 0 => due.max(retry),
-        _ => due,
-    })
-}
-
-fn refresh_due(policy: &LifecycleSpec, secret: &Secret, status: &Status, now: i64) -> bool {
-    refresh_at(policy, secret, status).is_some_and(|t| t <= now)
-}
-
-/// `refresh_before` ahead of expiry; after failures, not before the retry time.
-fn refresh_at(policy: &LifecycleSpec, secret: &Secret, status: &Status) -> Option<i64> {
-    let due = policy
-        .refresh_before
-        .zip(secret.expires_at)
-        .map(|(before, exp)| exp - secs(before))?;
-    Some(match status.retry_at {
-        Some(retry) if status.failures > 0 => due.max(retry),
-        _ => due,
-    })
-}
-
-fn validation_due(policy: &LifecycleSpec, status: &Status, now: i64) -> bool {
-    validation_at(policy, status).is_some_and(|t| t <= now)
-}
-
-fn validation_at(policy: &LifecycleSpec, status: &Status) -> Option<i64> {
-    let every = secs(policy.validate_every?);
-    Some(match status.checked_at {
-        Some(last) => last + every,
-        // Never validated since start: soon, spread over the first minute so a large
-        // fleet of policies does not hit the services at once.
-        None => status.since + (spread(&status.plugin, status.version) % every.clamp(1, 60)),
-    })
-}
-
-fn spread(plugin: &str, version: u64) -> i64 {
-    let mut h: u64 = 1469598103934665603;
-    for b in plugin.bytes().chain(version.to_le_bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(1099511628211);
-    }
-    i64::try_from(h % 60).unwrap_or(0)
-}
-
-/// The earliest time anything is due for this secret.
-fn next_due(policy: &LifecycleSpec, secret: &Secret, status: &Status, now: i64) -> Option<i64> {
-    let retry = (status.failures > 0 && status.failures < policy.max_attempts)
-        .then_some(status.retry_at)
-        .flatten();
-    [
-        rotation_at(policy, secret, status),
-        (status.state != State::ReauthRequired)
-            .then(|| refresh_at(policy, secret, status))
-            .flatten(),
-        validation_at(policy, status),
-        status.retire_at,
-        retry,
-        secret.expires_at.filter(|t| *t > now),
-    ]
-    .into_iter()
-    .flatten()
-    .min()
-}
-
-/// Delay before retry number `failures` (1-based): `base` doubled each time, capped
-/// at an hour, with up to 20% jitter.
-fn backoff(base: Duration, failures: u32) -> i64 {
-    let exp = secs(base).max(1) << failures.saturating_sub(1).min(12);
-    let capped = exp.min(3600);
-    let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=capped / 5);
-    capped + jitter
 }
 
 #[cfg(test)]

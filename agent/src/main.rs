@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use latchkey::cli::{self, Cli};
 
+/// How long leftover tasks may run once the command is done.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     latchkey::telemetry::init(cli.log_format, cli.log_level.as_deref());
@@ -19,7 +22,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    let outcome = runtime.block_on(cli::run(cli));
+    // Everything the command waits for has ended; what is left (a plugin call stuck
+    // on the blocking pool past the stop's grace) must not hold the exit.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    match outcome {
         Ok(code) => code,
         Err(failure) => {
             report(&failure.error);

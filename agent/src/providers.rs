@@ -7,12 +7,20 @@
 //! decides. Calls run on the host's blocking pool with a deadline and a memory cap,
 //! so a plugin that loops, allocates without end or traps fails that call only,
 //! while the agent keeps serving.
+//!
+//! The lifecycle engine sees all of this through the [`Provider`] trait, which
+//! [`Providers`] implements over the plugin host (the engine's unit tests implement it
+//! with a scripted fake). A call that does not give the answer asked for fails with a
+//! [`Failure`] that keeps the plugin host's typed errors: the plugin's own
+//! `provider-error` ([`host::ProviderError`]) or a host fault ([`host::CallError`]).
+//! What the engine does with each is decided in one place, `lifecycle::next`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use globset::{Glob, GlobMatcher};
 use latchkey_plugin_host as host;
 use serde::Deserialize;
@@ -135,34 +143,187 @@ fn default_retry() -> Duration {
     Duration::from_secs(30)
 }
 
-/// Why the providers could not be set up or a call failed.
+/// Why the providers could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A section is unusable.
-    #[error("{0}")]
-    Config(String),
     /// The plugin host could not start.
-    #[error("cannot start the plugin host: {0}")]
-    Host(String),
-    /// A plugin could not be loaded (digest mismatch, bad component, …).
-    #[error("cannot load plugin {name}: {reason}")]
+    #[error("cannot start the plugin host")]
+    Host(#[source] host::SetupError),
+    /// A plugin's manifest could not be read.
+    #[error("cannot load plugin {name}: manifest {}", path.display())]
+    Manifest {
+        /// The plugin.
+        name: String,
+        /// The manifest file.
+        path: PathBuf,
+        /// Why (boxed: it is large, and rare).
+        #[source]
+        source: Box<host::ManifestError>,
+    },
+    /// A plugin's `deadline` is not a duration.
+    #[error("cannot load plugin {name}: deadline {value:?} is not a duration")]
+    Deadline {
+        /// The plugin.
+        name: String,
+        /// What the config says.
+        value: String,
+    },
+    /// An `allow_networks` entry is not a CIDR.
+    #[error("cannot load plugin {name}: allow_networks {value:?} is not a CIDR")]
+    Network {
+        /// The plugin.
+        name: String,
+        /// The entry.
+        value: String,
+    },
+    /// The host refused the plugin (digest mismatch, bad component, …).
+    #[error("cannot load plugin {name}")]
     Load {
         /// The plugin.
         name: String,
-        /// Why (digest mismatch, compile error, …).
-        reason: String,
+        /// Why.
+        #[source]
+        source: host::LoadError,
     },
+    /// A `[[lifecycle]]` rule names no `[[plugin]]`.
+    #[error("lifecycle[{rule}]: no [[plugin]] named {plugin:?}")]
+    UnknownPlugin {
+        /// The rule's index.
+        rule: usize,
+        /// The name it gives.
+        plugin: String,
+    },
+    /// A `[[lifecycle]]` path pattern does not compile.
+    #[error("lifecycle[{rule}]: pattern {pattern:?}")]
+    Pattern {
+        /// The rule's index.
+        rule: usize,
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        #[source]
+        source: globset::Error,
+    },
+    /// A `[[sql]]` connection names an environment variable that is not set.
+    #[error("sql {name:?}: environment variable {var} is not set")]
+    SqlEnv {
+        /// The connection.
+        name: String,
+        /// The variable.
+        var: String,
+    },
+    /// A `[[sql]]` connection's `url_file` cannot be read.
+    #[error("sql {name:?}: cannot read {}", file.display())]
+    SqlFile {
+        /// The connection.
+        name: String,
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `[[sql]]` connection gives neither or both of `url_env` and `url_file`.
+    #[error("sql {name:?}: give exactly one of url_env and url_file")]
+    SqlSource {
+        /// The connection.
+        name: String,
+    },
+    /// A `[[sql]]` URL of an unknown database.
+    #[error("sql {name:?}: the URL must start with postgres:// or mysql://")]
+    SqlScheme {
+        /// The connection.
+        name: String,
+    },
+}
+
+/// Why a provider call did not give the answer asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
     /// No `[[lifecycle]]` rule covers the path.
     #[error("no plugin looks after {0}")]
     NoProvider(SecretPath),
-    /// The call failed in the host: a trap, the deadline, the memory limit.
-    #[error("plugin {name} failed: {reason}")]
-    Call {
+    /// The plugin answered with its `provider-error` (the plugin's text is in
+    /// [`host::ProviderError::detail`], kept out of `Display`).
+    #[error("plugin {plugin} answered {operation} with {}", source.code())]
+    Answered {
         /// The plugin.
-        name: String,
-        /// Why.
-        reason: String,
+        plugin: String,
+        /// The call.
+        operation: host::Operation,
+        /// The answer.
+        #[source]
+        source: host::ProviderError,
     },
+    /// The call failed in the host: a trap, the deadline, the memory limit.
+    #[error("plugin {plugin} failed")]
+    Host {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        #[source]
+        source: host::CallError,
+    },
+}
+
+impl Failure {
+    /// The plugin's `provider-error`, when it answered with one.
+    pub fn answer(&self) -> Option<&host::ProviderError> {
+        match self {
+            Failure::Answered { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What the lifecycle engine asks of the providers: which policy covers a path, and
+/// the calls of the plugin contract (`wit/provider.wit`). [`Providers`] implements it
+/// over the plugin host; the engine's unit tests use a scripted fake.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The policy of the first rule covering `path`, if any. Called whenever the
+    /// engine plans `path` or starts an operation on it.
+    fn policy(&self, path: &SecretPath) -> Option<Arc<LifecycleSpec>>;
+
+    /// Whether any rule exists. Called when the engine plans every secret at once.
+    fn has_rules(&self) -> bool;
+
+    /// `validate`: whether `cred` works at the service. Called for health checks and
+    /// `latchkey validate` (the current credential), before an admin write that asks
+    /// for it (the candidate), and in rotation step 3 (the pending credential).
+    async fn validate(&self, path: &SecretPath, cred: &Credential) -> Result<Validation, Failure>;
+
+    /// `create-pending`: rotation step 1, a new credential beside `current`, with the
+    /// plugin's randomness drawn from `seed` when given (a replayed step 1 passes the
+    /// seed of the interrupted one).
+    async fn create_pending(
+        &self,
+        path: &SecretPath,
+        current: &Credential,
+        seed: Option<&host::Seed>,
+    ) -> Result<Credential, Failure>;
+
+    /// `retire`: revokes `cred` at the service, after a grace window or when a
+    /// rotation rolls its pending credential back.
+    async fn retire(&self, path: &SecretPath, cred: &Credential) -> Result<(), Failure>;
+
+    /// `refresh`: exchanges `cred` for a fresh one (an OAuth 2 refresh), on schedule
+    /// before expiry or when an app reads an expired token. Fields the provider does
+    /// not return are kept from `cred`.
+    async fn refresh(&self, path: &SecretPath, cred: &Credential) -> Result<Credential, Failure>;
+}
+
+/// The answer of `validate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validation {
+    /// Whether the service accepted the credential.
+    pub valid: bool,
+    /// The provider's explanation (no secrets).
+    pub detail: String,
+    /// Permissions the service reported: name and whether granted.
+    pub permissions: Vec<(String, bool)>,
+    /// Expiry the service reported (unix seconds).
+    pub expires_at: Option<u64>,
 }
 
 struct Rule {
@@ -206,27 +367,6 @@ impl host::AuditSink for AuditBridge {
     }
 }
 
-/// Outcome of a validation.
-#[derive(Debug, serde::Serialize)]
-pub struct Checked {
-    /// The plugin asked.
-    pub plugin: String,
-    /// Whether the service accepted the credential.
-    pub valid: bool,
-    /// The provider's explanation (no secrets).
-    pub detail: String,
-    /// Permissions the service reported: name and whether granted.
-    pub permissions: Vec<(String, bool)>,
-    /// Expiry the service reported (unix seconds).
-    pub expires_at: Option<u64>,
-    /// Set when the provider could not decide (`unavailable`, `denied`, …).
-    pub error: Option<String>,
-    /// The service refused to talk about the credential at all (the provider's
-    /// `rejected`): revoked or deleted there, rather than merely failing a check.
-    #[serde(skip)]
-    pub rejected: bool,
-}
-
 impl Providers {
     /// No plugins.
     pub fn none() -> Self {
@@ -267,7 +407,7 @@ impl Providers {
             audit: Arc::new(AuditBridge(audit)),
             ..host::HostConfig::default()
         })
-        .map_err(|e| Error::Host(host::error_chain(&e)))?;
+        .map_err(Error::Host)?;
         let mut loaded = HashMap::new();
         for spec in plugins {
             let wasm = resolve(&spec.wasm);
@@ -282,25 +422,25 @@ impl Providers {
                     }
                 }
             };
-            let load_err = |reason: String| Error::Load {
-                name: spec.name.clone(),
-                reason,
-            };
-            let manifest = host::Manifest::from_file(&manifest_path).map_err(|e| {
-                load_err(format!(
-                    "manifest {}: {}",
-                    manifest_path.display(),
-                    host::error_chain(&e)
-                ))
-            })?;
-            let deadline = humantime::parse_duration(&spec.deadline)
-                .map_err(|_| load_err(format!("deadline {:?} is not a duration", spec.deadline)))?;
+            let manifest =
+                host::Manifest::from_file(&manifest_path).map_err(|source| Error::Manifest {
+                    name: spec.name.clone(),
+                    path: manifest_path.clone(),
+                    source: Box::new(source),
+                })?;
+            let deadline =
+                humantime::parse_duration(&spec.deadline).map_err(|_| Error::Deadline {
+                    name: spec.name.clone(),
+                    value: spec.deadline.clone(),
+                })?;
             let allowed_networks = spec
                 .allow_networks
                 .iter()
                 .map(|n| {
-                    n.parse::<host::IpNet>()
-                        .map_err(|_| load_err(format!("allow_networks {n:?} is not a CIDR")))
+                    n.parse::<host::IpNet>().map_err(|_| Error::Network {
+                        name: spec.name.clone(),
+                        value: n.clone(),
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let plugin = plugin_host
@@ -320,17 +460,20 @@ impl Providers {
                     },
                 })
                 .await
-                .map_err(|e| load_err(host::error_chain(&e)))?;
+                .map_err(|source| Error::Load {
+                    name: spec.name.clone(),
+                    source,
+                })?;
             tracing::info!(plugin = %spec.name, "plugin ready");
             loaded.insert(spec.name.clone(), plugin);
         }
         let mut compiled = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             if !loaded.contains_key(&rule.plugin) {
-                return Err(Error::Config(format!(
-                    "lifecycle[{i}]: no [[plugin]] named {:?}",
-                    rule.plugin
-                )));
+                return Err(Error::UnknownPlugin {
+                    rule: i,
+                    plugin: rule.plugin.clone(),
+                });
             }
             let matchers = rule
                 .paths
@@ -338,7 +481,11 @@ impl Providers {
                 .map(|p| {
                     Glob::new(p.trim_start_matches('/'))
                         .map(|g| g.compile_matcher())
-                        .map_err(|e| Error::Config(format!("lifecycle[{i}]: pattern {p:?}: {e}")))
+                        .map_err(|source| Error::Pattern {
+                            rule: i,
+                            pattern: p.clone(),
+                            source,
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             compiled.push(Rule {
@@ -360,24 +507,14 @@ impl Providers {
             .find(|r| r.matchers.iter().any(|m| m.is_match(path.as_str())))
     }
 
-    /// The lifecycle policy of the first rule covering `path`.
-    pub fn policy(&self, path: &SecretPath) -> Option<Arc<LifecycleSpec>> {
-        self.rule_for(path).map(|r| Arc::clone(&r.policy))
-    }
-
-    /// Whether any rule exists (the lifecycle engine runs only then).
-    pub fn has_rules(&self) -> bool {
-        !self.rules.is_empty()
-    }
-
-    fn plugin_for(&self, path: &SecretPath) -> Result<(&Rule, &host::Plugin), Error> {
+    fn plugin_for(&self, path: &SecretPath) -> Result<(&Rule, &host::Plugin), Failure> {
         let rule = self
             .rule_for(path)
-            .ok_or_else(|| Error::NoProvider(path.clone()))?;
+            .ok_or_else(|| Failure::NoProvider(path.clone()))?;
         let plugin = self
             .plugins
             .get(&rule.plugin)
-            .ok_or_else(|| Error::NoProvider(path.clone()))?;
+            .ok_or_else(|| Failure::NoProvider(path.clone()))?;
         Ok((rule, plugin))
     }
 
@@ -394,67 +531,61 @@ impl Providers {
         host_cred
     }
 
-    fn call_failed(rule: &Rule, e: &host::CallError) -> Error {
-        Error::Call {
-            name: rule.plugin.clone(),
-            reason: host::error_chain(e),
+    /// Unfolds the host's two layers (host fault outside, plugin answer inside).
+    fn unfold<T>(
+        rule: &Rule,
+        operation: host::Operation,
+        result: host::CallResult<T>,
+    ) -> Result<T, Failure> {
+        match result {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(source)) => Err(Failure::Answered {
+                plugin: rule.plugin.clone(),
+                operation,
+                source,
+            }),
+            Err(source) => Err(Failure::Host {
+                plugin: rule.plugin.clone(),
+                source,
+            }),
         }
     }
+}
 
-    /// Asks the provider looking after `secret` whether it works.
-    pub async fn validate(&self, secret: &Secret) -> Result<Checked, Error> {
-        self.validate_credential(&secret.path, &Credential::of(secret))
-            .await
+#[async_trait]
+impl Provider for Providers {
+    fn policy(&self, path: &SecretPath) -> Option<Arc<LifecycleSpec>> {
+        self.rule_for(path).map(|r| Arc::clone(&r.policy))
     }
 
-    /// Asks the provider looking after `path` whether `cred` works (a candidate not
-    /// stored yet, or a pending credential).
-    pub async fn validate_credential(
-        &self,
-        path: &SecretPath,
-        cred: &Credential,
-    ) -> Result<Checked, Error> {
+    fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    async fn validate(&self, path: &SecretPath, cred: &Credential) -> Result<Validation, Failure> {
         let (rule, plugin) = self.plugin_for(path)?;
         let answer = plugin
             .validate(rule.config.clone(), Self::host_cred(plugin, cred))
-            .await
-            .map_err(|e| Self::call_failed(rule, &e))?;
-        Ok(match answer {
-            Ok(v) => Checked {
-                plugin: rule.plugin.clone(),
-                valid: v.valid,
-                detail: v.detail,
-                permissions: v
-                    .permissions
-                    .into_iter()
-                    .map(|p| (p.name, p.granted))
-                    .collect(),
-                expires_at: v.expires_at,
-                error: None,
-                rejected: false,
-            },
-            Err(e) => Checked {
-                plugin: rule.plugin.clone(),
-                valid: false,
-                detail: e.detail().to_owned(),
-                permissions: Vec::new(),
-                expires_at: None,
-                // `rejected` is an answer (the credential is bad), the rest are not.
-                error: (!matches!(e, host::ProviderError::Rejected(_)))
-                    .then(|| e.code().to_owned()),
-                rejected: matches!(e, host::ProviderError::Rejected(_)),
-            },
+            .await;
+        let v = Self::unfold(rule, host::Operation::Validate, answer)?;
+        Ok(Validation {
+            valid: v.valid,
+            detail: v.detail,
+            permissions: v
+                .permissions
+                .into_iter()
+                .map(|p| (p.name, p.granted))
+                .collect(),
+            expires_at: v.expires_at,
         })
     }
 
-    /// Rotation step 1: the provider creates a new credential beside `current`,
-    /// drawing its randomness from `seed` when given (so the step can be replayed).
-    pub async fn create_pending(
+    async fn create_pending(
         &self,
         path: &SecretPath,
         current: &Credential,
         seed: Option<&host::Seed>,
-    ) -> Result<Result<Credential, host::ProviderError>, Error> {
+    ) -> Result<Credential, Failure> {
         let (rule, plugin) = self.plugin_for(path)?;
         let answer = plugin
             .create_pending_seeded(
@@ -462,45 +593,32 @@ impl Providers {
                 Self::host_cred(plugin, current),
                 seed.cloned(),
             )
-            .await
-            .map_err(|e| Self::call_failed(rule, &e))?;
-        Ok(answer.map(|c| Credential::from_host(&c)))
+            .await;
+        Self::unfold(rule, host::Operation::CreatePending, answer)
+            .map(|c| Credential::from_host(&c))
     }
 
-    /// Revokes `cred` at the service (after the grace window, or on rollback).
-    pub async fn retire(
-        &self,
-        path: &SecretPath,
-        cred: &Credential,
-    ) -> Result<Result<(), host::ProviderError>, Error> {
+    async fn retire(&self, path: &SecretPath, cred: &Credential) -> Result<(), Failure> {
         let (rule, plugin) = self.plugin_for(path)?;
-        plugin
+        let answer = plugin
             .retire(rule.config.clone(), Self::host_cred(plugin, cred))
-            .await
-            .map_err(|e| Self::call_failed(rule, &e))
+            .await;
+        Self::unfold(rule, host::Operation::Retire, answer)
     }
 
-    /// Exchanges `cred` for a fresh one (OAuth 2 refresh). Fields the provider does
-    /// not return are kept from `cred`.
-    pub async fn refresh(
-        &self,
-        path: &SecretPath,
-        cred: &Credential,
-    ) -> Result<Result<Credential, host::ProviderError>, Error> {
+    async fn refresh(&self, path: &SecretPath, cred: &Credential) -> Result<Credential, Failure> {
         let (rule, plugin) = self.plugin_for(path)?;
         let answer = plugin
             .refresh(rule.config.clone(), Self::host_cred(plugin, cred))
-            .await
-            .map_err(|e| Self::call_failed(rule, &e))?;
-        Ok(answer.map(|fresh| {
-            let mut fresh = Credential::from_host(&fresh);
-            for (name, value) in cred.fields.iter() {
-                if fresh.fields.get(name).is_none() {
-                    fresh.fields.insert(name.to_owned(), value.clone());
-                }
+            .await;
+        let fresh = Self::unfold(rule, host::Operation::Refresh, answer)?;
+        let mut fresh = Credential::from_host(&fresh);
+        for (name, value) in cred.fields.iter() {
+            if fresh.fields.get(name).is_none() {
+                fresh.fields.insert(name.to_owned(), value.clone());
             }
-            fresh
-        }))
+        }
+        Ok(fresh)
     }
 }
 
@@ -555,37 +673,31 @@ fn sql_connection(
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<host::SqlConnectionConfig, Error> {
     let url = match (&spec.url_env, &spec.url_file) {
-        (Some(var), None) => std::env::var(var).map_err(|_| {
-            Error::Config(format!(
-                "sql {:?}: environment variable {var} is not set",
-                spec.name
-            ))
+        (Some(var), None) => std::env::var(var).map_err(|_| Error::SqlEnv {
+            name: spec.name.clone(),
+            var: var.clone(),
         })?,
         (None, Some(file)) => std::fs::read_to_string(resolve(file))
-            .map_err(|e| {
-                Error::Config(format!(
-                    "sql {:?}: cannot read {}: {e}",
-                    spec.name,
-                    file.display()
-                ))
+            .map_err(|source| Error::SqlFile {
+                name: spec.name.clone(),
+                file: file.clone(),
+                source,
             })?
             .trim()
             .to_owned(),
         _ => {
-            return Err(Error::Config(format!(
-                "sql {:?}: give exactly one of url_env and url_file",
-                spec.name
-            )))
+            return Err(Error::SqlSource {
+                name: spec.name.clone(),
+            })
         }
     };
     let dialect = match url.split_once("://").map(|(scheme, _)| scheme) {
         Some("postgres" | "postgresql") => host::Dialect::Postgres,
         Some("mysql") => host::Dialect::Mysql,
         _ => {
-            return Err(Error::Config(format!(
-                "sql {:?}: the URL must start with postgres:// or mysql://",
-                spec.name
-            )))
+            return Err(Error::SqlScheme {
+                name: spec.name.clone(),
+            })
         }
     };
     Ok(host::SqlConnectionConfig {

@@ -4,11 +4,21 @@
 //! opened (its data key unwrapped) before any socket is bound, so an agent that
 //! cannot decrypt never accepts a connection; listeners are bound before the ready
 //! line is logged, so anything waiting for that line can connect at once.
+//!
+//! And for a safe stop ([`Running::stop`]): the listeners stop accepting and every
+//! loop stops taking new work; the lifecycle engine lets a rotation in flight finish
+//! its step and journal itself (for at most [`LIFECYCLE_GRACE`]); open requests finish
+//! (for at most [`DRAIN`]); the sync, expiry and render loops end their round; the
+//! webhooks deliver what was published before the stop; only then is the store
+//! flushed and the audit trail closed. Each wait is bounded, so a hung plugin or
+//! upstream cannot keep the agent from exiting; what a cut-off rotation had done is
+//! in its journal, and the next start finishes it or rolls it back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::State;
@@ -17,6 +27,7 @@ use crate::cache::HotCache;
 use crate::config::Config;
 use crate::crypto::{KekSource, TransitKek};
 use crate::listener::{self, Context};
+use crate::providers::Provider;
 use crate::store::Store;
 use crate::sync::Syncer;
 use crate::tls::ServerTls;
@@ -31,7 +42,12 @@ const CRL_POLL: Duration = Duration::from_secs(1);
 /// How often expiry times are checked (also after every write).
 const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 /// How long open requests may finish after a stop signal.
-const DRAIN: Duration = Duration::from_secs(10);
+pub const DRAIN: Duration = Duration::from_secs(10);
+/// How long the lifecycle engine's operations in flight may take to finish their
+/// step after a stop signal: one plugin call at its default deadline, and the write.
+pub const LIFECYCLE_GRACE: Duration = Duration::from_secs(15);
+/// How long the sync, expiry and webhook loops may take to end after a stop signal.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +78,17 @@ pub enum Error {
 /// A started agent: listeners bound, serving in the background.
 pub struct Running {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: JoinHandle<()>,
     store: Store,
     writer: crate::audit::Writer,
     state: Arc<State>,
-    renderer: Option<tokio::task::JoinHandle<()>>,
+    engine: Option<(crate::lifecycle::Engine, JoinHandle<()>)>,
+    sync: Option<JoinHandle<()>>,
+    expiry: JoinHandle<()>,
+    renderer: Option<JoinHandle<()>>,
+    /// Stops the webhooks, last: they deliver what the others published.
+    stop_webhooks: watch::Sender<bool>,
+    webhooks: Vec<JoinHandle<()>>,
     /// Held for the agent's lifetime: the CRL watcher stops once this is dropped.
     _tls: Arc<ServerTls>,
     /// Where it listens (`unix:PATH`, `tcp:ADDR`).
@@ -79,18 +101,48 @@ impl Running {
         &self.store
     }
 
-    /// Stops accepting, lets open requests finish, flushes the store and the audit trail.
+    /// Stops in order (see the module docs): new work, then the lifecycle engine's
+    /// operations in flight, open requests, the background loops and the webhooks, and
+    /// flushes the store and the audit trail last.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        if let Some((engine, task)) = self.engine {
+            let stopped = engine.shutdown(LIFECYCLE_GRACE).await;
+            if stopped.cut_off > 0 {
+                tracing::warn!(operations = stopped.cut_off, "lifecycle operations cut off by the stop; the next start finishes or rolls them back");
+            }
+            join_within("lifecycle", task, BACKGROUND_GRACE).await;
+        }
         let _ = self.task.await;
+        if let Some(sync) = self.sync {
+            join_within("sync", sync, BACKGROUND_GRACE).await;
+        }
+        join_within("expiry", self.expiry, BACKGROUND_GRACE).await;
         if let Some(renderer) = self.renderer {
             let _ = renderer.await;
+        }
+        let _ = self.stop_webhooks.send(true);
+        for hook in self.webhooks {
+            join_within("webhook", hook, BACKGROUND_GRACE).await;
         }
         drop(self.state);
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final store flush failed");
         }
         self.writer.finish().await;
+    }
+}
+
+/// Waits up to `grace` for `task` to end; aborts it after.
+async fn join_within(name: &str, task: JoinHandle<()>, grace: Duration) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(grace, task).await.is_err() {
+        tracing::warn!(
+            task = name,
+            grace_ms = grace.as_millis() as u64,
+            "task did not stop in time; cut off"
+        );
+        abort.abort();
     }
 }
 
@@ -170,6 +222,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let cache = Arc::new(HotCache::new(config.hot_cache_entries));
     let events = crate::events::Events::new();
     let (stop, stop_rx) = watch::channel(false);
+    let mut sync_task = None;
     let sync = upstream.map(|u| {
         let syncer = Syncer::new(
             u.client,
@@ -179,18 +232,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             config.sync.clone(),
             config.store.path.with_extension("sync.json"),
         );
-        syncer.spawn(stop_rx.clone());
+        sync_task = Some(syncer.spawn(stop_rx.clone()));
         syncer
     });
     let engine = providers.has_rules().then(|| {
         crate::lifecycle::Engine::new(crate::lifecycle::Parts {
-            providers: Arc::clone(&providers),
+            providers: Arc::clone(&providers) as Arc<dyn Provider>,
             store: store.clone(),
             cache: cache.clone(),
             events: events.clone(),
             sync: sync.clone(),
             audit: audit.clone(),
             spec: config.scheduler.clone(),
+            clock: crate::clock::Clock::system(),
         })
     });
     let state = Arc::new(State {
@@ -227,18 +281,20 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             stop_rx.clone(),
         )
     });
-    crate::webhook::spawn(
+    let (stop_webhooks, webhooks_rx) = watch::channel(false);
+    let webhooks = crate::webhook::spawn(
         config.webhooks.clone(),
         &state.events,
         config.trust_domain.as_str().into(),
-        stop_rx.clone(),
+        webhooks_rx,
     );
-    if let Some(engine) = &engine {
-        engine.spawn(stop_rx.clone());
+    let engine = engine.map(|engine| {
+        let task = engine.spawn();
         tracing::info!(node = engine.node(), "lifecycle engine running");
-    }
+        (engine, task)
+    });
     // After the webhooks subscribed, so warnings due at start reach them.
-    crate::expiry::Expiry::new(
+    let expiry = crate::expiry::Expiry::new(
         store.clone(),
         state.events.clone(),
         config.store.path.with_extension("expiry.json"),
@@ -253,7 +309,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         store,
         writer,
         state,
+        engine,
+        sync: sync_task,
+        expiry,
         renderer,
+        stop_webhooks,
+        webhooks,
         _tls: tls,
         addresses,
     })

@@ -26,7 +26,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
@@ -416,7 +415,7 @@ impl Store {
         let kind = write.kind.as_deref().unwrap_or(DEFAULT_KIND);
         check_name("kind", kind)?;
         check_fields(path, &write.fields)?;
-        let now = unix_now();
+        let now = crate::clock::unix_now();
         let index_aad = aad(INDEX_AAD, path, None);
         let index_key = &index_aad[INDEX_AAD.len()..];
 
@@ -807,10 +806,4 @@ fn create_private_dir(path: &Path) -> Result<(), Error> {
             path: path.to_owned(),
             source,
         })
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

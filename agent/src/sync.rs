@@ -31,11 +31,15 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify, OnceCell, Semaphore};
 
+use crate::backoff::Backoff;
 use crate::cache::HotCache;
 use crate::events::{Event, Events, Kind};
 use crate::path::{Prefix, SecretPath};
 use crate::store::{self, Secret, Selector, Store};
 use crate::upstream::{self, RemoteSecret, Upstream};
+
+/// The first delay of the poll's retry schedule (before it doubles).
+const POLL_RETRY_BASE: Duration = Duration::from_millis(250);
 
 /// How the sync behaves (`[sync]` in the config).
 #[derive(Debug, Clone)]
@@ -160,13 +164,6 @@ impl std::fmt::Debug for Syncer {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Syncer {
     /// A syncer over `store`. `state_file` keeps the time of the last good sync.
     pub fn new(
@@ -210,7 +207,7 @@ impl Syncer {
     /// How fresh the cached values are right now.
     pub fn freshness(&self) -> Freshness {
         let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        let now = now_ms();
+        let now = crate::clock::now_ms();
         let age_ms = health
             .last_success_ms
             .map(|t| now.saturating_sub(t).max(0) as u64);
@@ -266,7 +263,6 @@ impl Syncer {
     }
 
     fn backoff(&self, error: &Error) -> Duration {
-        use rand::Rng;
         let failures = self
             .health
             .lock()
@@ -277,11 +273,8 @@ impl Syncer {
             .max_backoff
             .min(self.config.poll_interval)
             .max(Duration::from_millis(100));
-        let base = Duration::from_millis(250).saturating_mul(1u32 << failures.min(16));
-        let wait = base.min(cap);
-        // ±25% jitter so many agents do not retry in step.
-        let factor = rand::thread_rng().gen_range(0.75..1.25);
-        let wait = wait.mul_f64(factor);
+        // `failures` counts this one: the first retry waits 500 ms.
+        let wait = Backoff::new(POLL_RETRY_BASE, cap).delay(failures.saturating_add(1));
         tracing::warn!(
             upstream = self.upstream.name(),
             error = %error,
@@ -297,7 +290,7 @@ impl Syncer {
         if health.failing_since_ms.is_some() {
             tracing::info!(upstream = self.upstream.name(), "upstream reachable again");
         }
-        health.last_success_ms = Some(now_ms());
+        health.last_success_ms = Some(crate::clock::now_ms());
         health.failing_since_ms = None;
         health.failures = 0;
         health.confirmed = true;
@@ -318,7 +311,7 @@ impl Syncer {
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         health.failures = health.failures.saturating_add(1);
         if health.failing_since_ms.is_none() {
-            health.failing_since_ms = Some(now_ms());
+            health.failing_since_ms = Some(crate::clock::now_ms());
             if !transient {
                 tracing::error!(upstream = self.upstream.name(), error = %error, "sync refused by the upstream");
             }

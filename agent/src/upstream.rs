@@ -3,8 +3,9 @@
 //! Every backend implements [`Upstream`]: read one secret, list what lies under a
 //! prefix (paths and versions only, so a poll can find what changed without fetching
 //! values), read one secret's version metadata, write with check-and-set, delete.
-//! `sync` drives these calls and retries through [`backoff::retry`], which asks
-//! [`Error::is_transient`]; the cache never talks to an upstream directly.
+//! `sync` drives these calls and, when [`Error::is_transient`] says so, retries them on
+//! the agent's one schedule (`crate::backoff`); the cache never talks to an upstream
+//! directly.
 //!
 //! Backends, each one module in the same order (config, client, trait impl):
 //! [`openbao`] (OpenBao and HashiCorp Vault, KV v2, also [`openbao::TransitWrapper`] for
@@ -24,7 +25,6 @@ use crate::path::{Prefix, SecretPath};
 use crate::secret::Fields;
 
 pub mod aws;
-pub mod backoff;
 pub mod breaker;
 pub mod config;
 pub mod http;

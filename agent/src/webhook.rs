@@ -19,9 +19,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
 
+use crate::backoff::Backoff;
 use crate::events::{Event, Events, Kind};
 use crate::secret::SecretString;
 use crate::upstream::http::{client, HttpSettings};
+
+/// Delays between delivery attempts: 200 ms doubling up to 30 s.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "latchkey-signature";
@@ -187,7 +191,8 @@ struct Payload<'a> {
     agent: &'a str,
 }
 
-/// Starts one delivery task per webhook; they stop when `shutdown` turns true.
+/// Starts one delivery task per webhook; they stop when `shutdown` turns true, after
+/// delivering the events already published.
 pub fn spawn(
     hooks: Vec<Webhook>,
     events: &Events,
@@ -230,29 +235,35 @@ async fn deliver_loop(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        if !hook.wants(event.kind) {
-            continue;
+        send(&http, &hook, &agent, &event).await;
+    }
+    // The agent stops the webhooks last: what the rest published before stopping (a
+    // rolled-back rotation's alert) still goes out.
+    loop {
+        match rx.try_recv() {
+            Ok(event) => send(&http, &hook, &agent, &event).await,
+            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => return,
         }
-        let body = match serde_json::to_vec(&Payload {
-            event: &event,
-            agent: &agent,
-        }) {
-            Ok(b) => b,
-            Err(_) => continue,
-        };
-        deliver(&http, &hook, &event, body).await;
     }
 }
 
+/// Delivers `event` if the hook wants it.
+async fn send(http: &reqwest::Client, hook: &Webhook, agent: &str, event: &Event) {
+    if !hook.wants(event.kind) {
+        return;
+    }
+    let Ok(body) = serde_json::to_vec(&Payload { event, agent }) else {
+        return;
+    };
+    deliver(http, hook, event, body).await;
+}
+
 async fn deliver(http: &reqwest::Client, hook: &Webhook, event: &Event, body: Vec<u8>) {
-    let mut wait = Duration::from_millis(200);
     for attempt in 1..=hook.max_attempts {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let t = crate::clock::unix_now();
         let sent = http
             .post(hook.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -273,8 +284,7 @@ async fn deliver(http: &reqwest::Client, hook: &Webhook, event: &Event, body: Ve
             }
         }
         if attempt < hook.max_attempts {
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(30));
+            tokio::time::sleep(RETRY.delay(attempt)).await;
         }
     }
     tracing::error!(

@@ -2,18 +2,20 @@
 //!
 //! | method | path | answer |
 //! | --- | --- | --- |
-//! | POST | `/v1/rotate/{path}` | 200 `{"outcome":"rotated","version":N}`; 409 busy; 502 rolled back |
+//! | POST | `/v1/rotate/{path}` | 200 `{"outcome":"rotated","version":N}`; 409 busy; 502 rolled back; 503 the agent is stopping |
 //! | POST | `/v1/validate/{path}` | 200 with the provider's answer (also records the state) |
 //! | GET | `/v1/status[?prefix=P]` | every looked-after credential's state |
 //! | GET | `/v1/status/{path}` | one credential's state |
 
 use http::{Response, StatusCode};
+use latchkey_plugin_host::ProviderError;
 
 use super::{authorize, deny, json_response, prefix_param, ApiError, Body, Conn, State};
 use crate::audit::Record;
-use crate::lifecycle::{Engine, Error, RotationOutcome};
+use crate::lifecycle::{next, Engine, Error, RotationOutcome};
 use crate::path::SecretPath;
 use crate::policy::{Decision, Operation};
+use crate::providers::Failure;
 
 fn engine(state: &State) -> Result<&Engine, ApiError> {
     state.engine.as_ref().ok_or_else(|| {
@@ -25,36 +27,45 @@ fn engine(state: &State) -> Result<&Engine, ApiError> {
     })
 }
 
-/// Maps an engine error to an answer; provider reasons are passed on (they never
-/// hold values).
+/// Maps an engine error to an answer, by variant; provider reasons are passed on
+/// (they never hold values).
 pub(super) fn engine_error(e: Error) -> ApiError {
     match e {
-        Error::NoPolicy(p) => ApiError::new(
+        Error::NoPolicy(p) | Error::Provider(Failure::NoProvider(p)) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "no_provider",
             format!("no [[lifecycle]] rule names a plugin for {p}"),
         ),
         Error::NotFound(p) => ApiError::not_found(format_args!("secret {p}")),
-        Error::Busy(p, why) => {
-            ApiError::new(StatusCode::CONFLICT, "busy", format!("{p} is busy: {why}"))
-        }
-        Error::Refused(reason) => ApiError::new(
+        Error::Refused { reason, .. } => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "credential_rejected",
-            reason,
+            reason.to_string(),
         ),
-        Error::Unavailable(reason) => {
-            ApiError::new(StatusCode::BAD_GATEWAY, "provider_unavailable", reason)
+        Error::Provider(Failure::Answered {
+            operation, source, ..
+        }) => match source {
+            ProviderError::Rejected(detail) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "credential_rejected",
+                format!("the service rejected the {operation}: {detail}"),
+            ),
+            other => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "provider_unavailable",
+                format!("{operation} failed: {}", next::describe(&other)),
+            ),
+        },
+        Error::Provider(e @ Failure::Host { .. }) => {
+            let message = latchkey_plugin_host::error_chain(&e);
+            tracing::warn!(error = %message, "plugin call failed");
+            ApiError::new(StatusCode::BAD_GATEWAY, "plugin_failed", message)
         }
-        Error::Plugin(crate::providers::Error::NoProvider(p)) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_provider",
-            format!("no [[lifecycle]] rule names a plugin for {p}"),
+        Error::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the agent is stopping; try again once it is back",
         ),
-        Error::Plugin(e) => {
-            tracing::warn!(error = %e, "plugin call failed");
-            ApiError::new(StatusCode::BAD_GATEWAY, "plugin_failed", e.to_string())
-        }
         other => {
             tracing::warn!(error = %other, "lifecycle operation failed");
             ApiError::new(
@@ -150,5 +161,79 @@ pub(super) async fn status(
                 &serde_json::json!({ "credentials": list }),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use latchkey_plugin_host::{CallError, Operation as Call};
+
+    use super::*;
+    use crate::lifecycle::Refusal;
+
+    fn answered(source: ProviderError) -> Error {
+        Error::Provider(Failure::Answered {
+            plugin: "svc".into(),
+            operation: Call::Refresh,
+            source,
+        })
+    }
+
+    #[test]
+    fn engine_errors_map_to_statuses_and_codes_by_variant() {
+        let cases = [
+            (Error::ShuttingDown, 503, "shutting_down"),
+            (
+                Error::Refused {
+                    path: SecretPath::parse("svc/key").expect("path"),
+                    reason: Refusal::Forbidden {
+                        permission: "withdraw".into(),
+                    },
+                },
+                422,
+                "credential_rejected",
+            ),
+            (
+                answered(ProviderError::Rejected("invalid_grant".into())),
+                422,
+                "credential_rejected",
+            ),
+            (
+                answered(ProviderError::Unavailable("503".into())),
+                502,
+                "provider_unavailable",
+            ),
+            (
+                Error::Provider(Failure::Host {
+                    plugin: "svc".into(),
+                    source: CallError::UnknownOperation,
+                }),
+                502,
+                "plugin_failed",
+            ),
+            (
+                Error::NoPolicy(SecretPath::parse("svc/key").expect("path")),
+                422,
+                "no_provider",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let what = format!("{error:?}");
+            let answer = engine_error(error);
+            assert_eq!(
+                (answer.status.as_u16(), answer.code),
+                (status, code),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejected_refresh_says_what_the_service_said() {
+        let answer = engine_error(answered(ProviderError::Rejected("invalid_grant".into())));
+        assert_eq!(
+            answer.message,
+            "the service rejected the refresh: invalid_grant"
+        );
     }
 }

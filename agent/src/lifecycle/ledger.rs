@@ -39,7 +39,8 @@ pub enum Step {
     Grace,
     /// The previous credential is being retired at the service.
     Retiring,
-    /// The last attempt failed and was rolled back; retried at `next_attempt_at`.
+    /// The last attempt failed and was rolled back; retried at `next_attempt_at`, or
+    /// not on schedule at all when `stopped`.
     Failed,
 }
 
@@ -94,6 +95,10 @@ pub struct Entry {
     pub next_attempt_at: Option<i64>,
     /// Why the last attempt failed (no values).
     pub detail: String,
+    /// The last attempt failed in a way retrying cannot help (the provider's
+    /// `rejected`, `denied`, `unsupported`, `invalid-config`): no agent tries again on
+    /// schedule until the secret changes or an operator rotates it.
+    pub stopped: bool,
     /// The randomness step 1 draws from, from the claim until step 1's result is
     /// recorded: an interrupted step 1 is run again with it, so a provider that
     /// changed a password in place makes the same password again (see
@@ -118,6 +123,7 @@ impl Entry {
             retire_at: None,
             next_attempt_at: None,
             detail: String::new(),
+            stopped: false,
             seed: Some(Seed::from_bytes(rand::random())),
             pending: None,
             previous: None,
@@ -149,6 +155,9 @@ impl Entry {
         }
         if !self.detail.is_empty() {
             put("detail", self.detail.clone());
+        }
+        if self.stopped {
+            put("stopped", "true".to_owned());
         }
         if let Some(seed) = &self.seed {
             put("seed", hex::encode(seed.expose()));
@@ -197,6 +206,7 @@ impl Entry {
             retire_at: num("retire_at"),
             next_attempt_at: num("next_attempt_at"),
             detail: text("detail").unwrap_or_default(),
+            stopped: text("stopped").is_some_and(|v| v == "true"),
             seed: f.get("seed").and_then(|v| {
                 let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
                 hex::decode_to_slice(v.expose(), bytes.as_mut_slice()).ok()?;
@@ -327,6 +337,7 @@ mod tests {
         e.previous = Some(cred("old"));
         e.rotated_at = Some(50);
         e.detail = "step 3: rejected".into();
+        e.stopped = true;
         assert_eq!(Entry::from_fields(&e.to_fields()), Some(e.clone()));
         assert_eq!(Entry::from_blob(&e.to_blob()), Some(e));
     }

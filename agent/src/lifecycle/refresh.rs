@@ -6,10 +6,15 @@
 //! of an expired token cause one refresh at the OAuth server, and all fifty get its
 //! result. The fresh token is written like any change (upstream first, with
 //! check-and-set on the refreshed version); when another agent refreshed first, its
-//! version is fetched instead. A refresh token the server rejects moves the credential
-//! to `reauth-required` and raises an alert.
+//! version is fetched instead. What a failed refresh leads to is [`super::next`]'s to
+//! say: a refresh token the server rejects moves the credential to `reauth-required`
+//! and raises an alert; an unavailable server is retried with backoff; a plugin that
+//! cannot refresh (`denied`, `unsupported`, `invalid-config`) is not retried on
+//! schedule until the secret changes.
 
-use super::{backoff, unix_now, Engine, Error, State, Status};
+use super::next::{self, Answer, Call, Next};
+use super::plan::{backoff, refresh_due};
+use super::{Engine, Error, State, Status};
 use crate::audit::Outcome as AuditOutcome;
 use crate::events::Kind;
 use crate::path::SecretPath;
@@ -20,6 +25,7 @@ impl Engine {
     /// Refreshes `path`. With `on_read`, only if it has expired (the caller waits for
     /// and gets the fresh version); otherwise, only if its refresh is due.
     pub async fn refresh(&self, path: &SecretPath, on_read: bool) -> Result<Secret, Error> {
+        let _op = self.begin()?;
         let policy = self
             .policy(path)
             .ok_or_else(|| Error::NoPolicy(path.clone()))?;
@@ -30,12 +36,12 @@ impl Engine {
             .store
             .get(path, Selector::Current)?
             .ok_or_else(|| Error::NotFound(path.clone()))?;
-        let now = unix_now();
+        let now = self.now();
         let status = self.status_of(path, &policy, &secret, now);
         let still_needed = if on_read {
             secret.expires_at.is_some_and(|t| t <= now)
         } else {
-            super::refresh_due(&policy, &secret, &status, now)
+            refresh_due(&policy, &secret, &status, now)
         };
         if !still_needed {
             return Ok(secret);
@@ -46,40 +52,32 @@ impl Engine {
         self.set_state(path, &policy, &secret, State::Refreshing, "refreshing");
         let answer = self
             .inner
-            .providers
+            .provider
             .refresh(path, &Credential::of(&secret))
             .await;
         let fresh = match answer {
-            Ok(Ok(fresh)) => fresh,
-            Ok(Err(e)) if e.code() == "rejected" => {
-                let detail = format!("the service rejected the refresh: {}", e.detail());
-                self.conclude(
-                    path,
-                    &policy.plugin,
-                    secret.version,
-                    Some(Kind::ReauthRequired),
-                    "refresh",
-                    AuditOutcome::Failed,
-                    &detail,
-                    |s| s.set(State::ReauthRequired, &detail, now),
-                );
-                return Err(Error::Refused(detail));
-            }
-            Ok(Err(e)) => {
-                return Err(self.refresh_failed(
-                    path,
-                    &policy,
-                    &secret,
-                    format!("refresh failed: {}: {}", e.code(), e.detail()),
-                ))
-            }
-            Err(e) => {
-                return Err(self.refresh_failed(
-                    path,
-                    &policy,
-                    &secret,
-                    format!("refresh failed: {e}"),
-                ))
+            Ok(fresh) => fresh,
+            Err(failure) => {
+                let next = next::decide(Call::Refresh, Answer::Failed(&failure));
+                if next == Next::ReauthRequired {
+                    let detail = format!(
+                        "the service rejected the refresh: {}",
+                        failure.answer().map_or("", |e| e.detail())
+                    );
+                    self.conclude(
+                        path,
+                        &policy.plugin,
+                        secret.version,
+                        Some(Kind::ReauthRequired),
+                        "refresh",
+                        AuditOutcome::Failed,
+                        &detail,
+                        |s| s.set(State::ReauthRequired, &detail, now),
+                    );
+                    return Err(failure.into());
+                }
+                let detail = format!("refresh failed: {}", next::describe_failure(&failure));
+                return Err(self.refresh_failed(path, &policy, &secret, next, detail, failure));
             }
         };
         let stored = match self.commit(path, &fresh, secret.version).await {
@@ -96,10 +94,10 @@ impl Engine {
             }
             Err(e) => {
                 let detail = format!("refreshed, but storing the new token failed: {e}");
-                return Err(self.refresh_failed(path, &policy, &secret, detail));
+                return Err(self.refresh_failed(path, &policy, &secret, Next::Retry, detail, e));
             }
         };
-        let now = unix_now();
+        let now = self.now();
         self.conclude(
             path,
             &policy.plugin,
@@ -113,27 +111,39 @@ impl Engine {
                 s.refreshed_at = Some(now);
                 s.failures = 0;
                 s.retry_at = None;
+                s.stopped = false;
                 s.set(State::Active, "refreshed", now);
             },
         );
         Ok(stored)
     }
 
+    /// Records a failed refresh (retried with backoff, or not on schedule at all as
+    /// `next` says) and hands back `error` for the caller.
     fn refresh_failed(
         &self,
         path: &SecretPath,
         policy: &crate::providers::LifecycleSpec,
         secret: &Secret,
+        next: Next,
         detail: String,
+        error: impl Into<Error>,
     ) -> Error {
-        let now = unix_now();
+        let now = self.now();
         let expired = secret.expires_at.is_some_and(|t| t <= now);
+        let retried = next.retries();
+        let detail = if retried {
+            detail
+        } else {
+            format!("{detail}; not retried until the secret changes")
+        };
         self.inner.status.update(
             path,
             || Status::new(&policy.plugin, secret.version, now),
             |s| {
                 s.failures += 1;
-                s.retry_at = Some(now + backoff(policy.retry_after, s.failures));
+                s.retry_at = retried.then(|| now + backoff(policy.retry_after, s.failures));
+                s.stopped = !retried;
                 let state = if expired {
                     State::Expired
                 } else {
@@ -149,7 +159,11 @@ impl Engine {
             AuditOutcome::Failed,
             &detail,
         );
-        tracing::warn!(path = %path, detail = %detail, "refresh failed");
-        Error::Unavailable(detail)
+        if next == Next::ConfigError {
+            tracing::error!(path = %path, plugin = %policy.plugin, detail = %detail, "refresh failed: configuration error");
+        } else {
+            tracing::warn!(path = %path, detail = %detail, "refresh failed");
+        }
+        error.into()
     }
 }

@@ -12,21 +12,29 @@
 //!
 //! After the grace window the provider retires `previous`. A failure at any step rolls
 //! back: the pending credential is retired at the service, `current` is untouched, the
-//! failure is audited and published (`rotation-failed`, which webhooks deliver), and
-//! the rotation is retried with backoff up to `max_attempts`. One exception keeps a
-//! credential from being lost: if the current credential no longer works (a provider
-//! that changes a password in place), the engine keeps the pending credential and
-//! finishes the rotation instead of rolling it back.
+//! failure is audited and published once (`rotation-failed`, which webhooks deliver).
+//! Whether the rotation is tried again is the provider's answer's to say
+//! ([`super::next`]): an `unavailable` service, a pending credential that does not
+//! validate yet, or a lost check-and-set in steps 2 and 4 is retried with backoff up
+//! to `max_attempts`; a `rejected`, `denied`, `unsupported` or `invalid-config`
+//! answer is not (the status says `stopped` until the secret changes or an operator
+//! rotates it), and a `rejected` step 1 also marks the current credential `invalid`.
+//! One exception keeps a credential from being lost: if the current credential no
+//! longer works (a provider that changes a password in place), the engine keeps the
+//! pending credential and finishes the rotation instead of rolling it back.
 //!
-//! The claim, the lease and the steps are recorded in the [`super::ledger`]; see there
-//! for how exactly one agent wins.
+//! When the engine stops mid-rotation, the step in flight finishes and is journalled,
+//! and the rotation stops before the next step ([`Error::ShuttingDown`]); the next
+//! start goes on from there. The claim, the lease and the steps are recorded in the
+//! [`super::ledger`]; see there for how exactly one agent wins.
 
 use std::sync::Arc;
 
 use super::ledger::{Entry, Step};
-use super::{
-    backoff, forbidden, rotates, rotation_due, secs, unix_now, Engine, Error, State, Status,
-};
+use super::next::{self, Answer, Call, Next};
+use super::plan::{backoff, rotates, rotation_due, secs};
+use super::validation;
+use super::{Engine, Error, State, Status};
 use crate::audit::Outcome as AuditOutcome;
 use crate::events::Kind;
 use crate::path::SecretPath;
@@ -58,25 +66,26 @@ pub enum Outcome {
 
 impl Engine {
     fn ledger_key(&self, path: &SecretPath) -> Result<SecretPath, Error> {
-        SecretPath::parse(&format!("{}/{}", self.inner.spec.ledger_prefix, path))
-            .map_err(|e| Error::Refused(format!("ledger path for {path}: {e}")))
+        SecretPath::parse(&format!("{}/{}", self.inner.spec.ledger_prefix, path)).map_err(
+            |source| Error::LedgerPath {
+                path: path.clone(),
+                source,
+            },
+        )
     }
 
     fn lease_until(&self) -> i64 {
-        unix_now() + secs(self.inner.spec.lease)
+        self.now() + secs(self.inner.spec.lease)
     }
 
-    /// An operator's rotation (`POST /v1/rotate`, `latchkey rotate`): forced, and
-    /// counted against `[scheduler] concurrency` like a scheduled one, so a burst of
-    /// commands cannot put more load on a service than the schedule would.
-    pub async fn rotate_now(&self, path: &SecretPath) -> Result<Outcome, Error> {
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Refused("the lifecycle engine is shutting down".into()))?;
-        self.rotate(path, true).await
+    /// Between two steps: whether the engine is stopping, in which case the rotation
+    /// ends here with its progress journalled (the next start goes on from it).
+    fn stop_between_steps(&self, path: &SecretPath, next_step: &str) -> Result<(), Error> {
+        if self.stopping() {
+            tracing::info!(path = %path, next_step, "rotation journalled and stopped for the shutdown");
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
     }
 
     /// Rotates `path` now if it is due (or always, when `forced`), unless another
@@ -93,7 +102,7 @@ impl Engine {
         };
         let key = self.ledger_key(path)?;
         let mut record = self.inner.ledger.read(&key).await?;
-        let now = unix_now();
+        let now = self.now();
         if let Some((_, entry)) = &record {
             if entry.held_by_other(&self.inner.node, now) {
                 return Ok(Outcome::Busy {
@@ -201,7 +210,7 @@ impl Engine {
     ) -> Result<Outcome, Error> {
         let key = self.ledger_key(path)?;
         let current = Credential::of(secret);
-        let providers = Arc::clone(&self.inner.providers);
+        let provider = Arc::clone(&self.inner.provider);
         self.set_state(
             path,
             policy,
@@ -214,20 +223,20 @@ impl Engine {
         let pending = match entry.pending.clone() {
             Some(p) => p,
             None => {
-                let created = match providers
+                match provider
                     .create_pending(path, &current, entry.seed.as_ref())
                     .await
                 {
-                    Ok(Ok(p)) => Ok(p),
-                    Ok(Err(e)) => Err(format!("{}: {}", e.code(), e.detail())),
-                    Err(e) => Err(e.to_string()),
-                };
-                match created {
                     Ok(p) => p,
-                    Err(reason) => {
-                        let detail = format!("step 1 (create) failed: {reason}");
+                    Err(failure) => {
+                        let next = next::decide(Call::Create, Answer::Failed(&failure));
+                        let detail = format!(
+                            "step 1 (create) failed: {}",
+                            next::describe_failure(&failure)
+                        );
+                        let failed = Failed { next, detail };
                         return self
-                            .roll_back(path, policy, secret, entry, version, None, detail)
+                            .roll_back(path, policy, secret, entry, version, None, failed)
                             .await;
                     }
                 }
@@ -237,6 +246,7 @@ impl Engine {
         // The result is recorded: the randomness that made it is no longer needed.
         entry.seed = None;
         self.inner.store.journal_put(path, &entry.to_blob()).await?;
+        self.stop_between_steps(path, "publish")?;
 
         // Step 2: publish.
         self.set_state(
@@ -251,13 +261,14 @@ impl Engine {
         version = match self.inner.ledger.write(&key, &entry, version).await {
             Ok(v) => v,
             Err(e) => {
-                let detail = format!("step 2 (publish) failed: {e}");
+                let failed = Failed::retried(format!("step 2 (publish) failed: {e}"));
                 return self
-                    .roll_back(path, policy, secret, entry, version, Some(pending), detail)
+                    .roll_back(path, policy, secret, entry, version, Some(pending), failed)
                     .await;
             }
         };
         self.inner.store.journal_put(path, &entry.to_blob()).await?;
+        self.stop_between_steps(path, "test")?;
 
         // Step 3: test.
         self.set_state(
@@ -267,21 +278,25 @@ impl Engine {
             State::Rotating,
             "step 3: testing the pending credential",
         );
-        let refused = match providers.validate_credential(path, &pending).await {
-            Ok(c) => match (&c.error, forbidden(policy, &c)) {
-                (Some(code), _) => Some(format!("{code}: {}", c.detail)),
-                (None, Some(p)) => Some(format!("holds forbidden permission {p}")),
-                (None, None) if !c.valid => Some(format!("rejected: {}", c.detail)),
-                (None, None) => None,
-            },
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(reason) = refused {
-            let detail = format!("step 3 (test) failed: {reason}");
+        let tested = provider.validate(path, &pending).await;
+        let next = next::decide(Call::Test, validation::answer(policy, &tested));
+        if next != Next::Proceed {
+            let reason = match &tested {
+                Ok(v) => match validation::forbidden(policy, v) {
+                    Some(p) => format!("holds forbidden permission {p}"),
+                    None => format!("rejected: {}", v.detail),
+                },
+                Err(failure) => next::describe_failure(failure),
+            };
+            let failed = Failed {
+                next,
+                detail: format!("step 3 (test) failed: {reason}"),
+            };
             return self
-                .roll_back(path, policy, secret, entry, version, Some(pending), detail)
+                .roll_back(path, policy, secret, entry, version, Some(pending), failed)
                 .await;
         }
+        self.stop_between_steps(path, "promote")?;
 
         // Step 4: promote.
         self.set_state(path, policy, secret, State::Rotating, "step 4: promoting");
@@ -290,9 +305,9 @@ impl Engine {
             Err(e) => match self.promoted_already(path, &pending).await {
                 Some(s) => s,
                 None => {
-                    let detail = format!("step 4 (promote) failed: {e}");
+                    let failed = Failed::retried(format!("step 4 (promote) failed: {e}"));
                     return self
-                        .roll_back(path, policy, secret, entry, version, Some(pending), detail)
+                        .roll_back(path, policy, secret, entry, version, Some(pending), failed)
                         .await;
                 }
             },
@@ -312,7 +327,7 @@ impl Engine {
         version: u64,
     ) -> Result<Outcome, Error> {
         let key = self.ledger_key(path)?;
-        let now = unix_now();
+        let now = self.now();
         let grace = policy.grace.map_or(0, secs);
         entry.step = Step::Grace;
         entry.previous = Some(previous);
@@ -350,6 +365,7 @@ impl Engine {
                 s.rotated_at = Some(now);
                 s.failures = 0;
                 s.retry_at = None;
+                s.stopped = false;
                 s.retire_at = Some(now + grace);
                 s.set(State::Active, &detail, now);
             },
@@ -366,7 +382,8 @@ impl Engine {
     }
 
     /// Rolls a failed rotation back (or, if the current credential no longer works,
-    /// keeps the pending one to finish later).
+    /// keeps the pending one to finish later), and records whether and when it is
+    /// tried again, as `failed.next` says.
     #[allow(clippy::too_many_arguments)]
     async fn roll_back(
         &self,
@@ -376,17 +393,18 @@ impl Engine {
         mut entry: Entry,
         version: u64,
         pending: Option<Credential>,
-        detail: String,
+        failed: Failed,
     ) -> Result<Outcome, Error> {
+        let Failed { next, detail } = failed;
         let key = self.ledger_key(path)?;
-        let now = unix_now();
+        let now = self.now();
         // A rolled-back step 1 is not replayed: its randomness goes.
         entry.seed = None;
         if let Some(p) = &pending {
-            let current_works = match self.inner.providers.validate(secret).await {
-                Ok(c) => c.valid && c.error.is_none(),
-                Err(_) => false,
-            };
+            let current_works = matches!(
+                self.inner.provider.validate(path, &Credential::of(secret)).await,
+                Ok(v) if v.valid
+            );
             if !current_works {
                 // Rolling back would leave no working credential: keep the pending one
                 // (journal and record) and finish the rotation on the next attempt.
@@ -416,22 +434,38 @@ impl Engine {
                 .await;
         }
         entry.attempts += 1;
-        let retry = now + backoff(policy.retry_after, entry.attempts);
-        let gave_up = entry.attempts >= policy.max_attempts;
-        let detail = if gave_up {
-            format!("{detail}; giving up after {} attempts", entry.attempts)
-        } else {
-            detail
+        let retried = next.retries();
+        let retry = retried.then(|| now + backoff(policy.retry_after, entry.attempts));
+        let detail = match next {
+            _ if retried && entry.attempts >= policy.max_attempts => {
+                format!("{detail}; giving up after {} attempts", entry.attempts)
+            }
+            _ if retried => detail,
+            Next::Invalid => {
+                format!("{detail}; not retried: the service refused the current credential")
+            }
+            Next::ConfigError => {
+                format!("{detail}; not retried: the plugin or its configuration must change")
+            }
+            _ => {
+                format!("{detail}; not retried until the secret changes or an operator rotates it")
+            }
         };
         entry.step = Step::Failed;
         entry.pending = None;
-        entry.next_attempt_at = Some(retry);
+        entry.next_attempt_at = retry;
+        entry.stopped = !retried;
         entry.detail = detail.clone();
         entry.lease_until = now;
         if let Err(e) = self.inner.ledger.write(&key, &entry, version).await {
             tracing::warn!(path = %path, error = %e, "cannot record the rolled-back rotation; its lease will lapse");
         }
         self.inner.store.journal_remove(path).await?;
+        let state = if next == Next::Invalid {
+            State::Invalid
+        } else {
+            State::Active
+        };
         self.conclude(
             path,
             &policy.plugin,
@@ -442,26 +476,29 @@ impl Engine {
             &detail,
             |s| {
                 s.failures = entry.attempts;
-                s.retry_at = Some(retry);
-                s.set(State::Active, &detail, now);
+                s.retry_at = retry;
+                s.stopped = !retried;
+                s.set(state, &detail, now);
             },
         );
-        tracing::warn!(path = %path, detail = %detail, "rotation rolled back");
+        if next == Next::ConfigError {
+            tracing::error!(path = %path, plugin = %policy.plugin, detail = %detail, "rotation rolled back: configuration error");
+        } else {
+            tracing::warn!(path = %path, detail = %detail, "rotation rolled back");
+        }
         Ok(Outcome::RolledBack { detail })
     }
 
     async fn retire_quietly(&self, path: &SecretPath, cred: &Credential, what: &str) {
-        match self.inner.providers.retire(path, cred).await {
-            Ok(Ok(())) => {
+        match self.inner.provider.retire(path, cred).await {
+            Ok(()) => {
                 self.audit("retire", path, None, AuditOutcome::Ok, what);
             }
-            Ok(Err(e)) => {
-                let detail = format!("retiring the {what} failed: {}: {}", e.code(), e.detail());
-                tracing::warn!(path = %path, detail = %detail);
-                self.audit("retire", path, None, AuditOutcome::Failed, &detail);
-            }
-            Err(e) => {
-                let detail = format!("retiring the {what} failed: {e}");
+            Err(failure) => {
+                let detail = format!(
+                    "retiring the {what} failed: {}",
+                    next::describe_failure(&failure)
+                );
                 tracing::warn!(path = %path, detail = %detail);
                 self.audit("retire", path, None, AuditOutcome::Failed, &detail);
             }
@@ -491,7 +528,7 @@ impl Engine {
         };
         let key = self.ledger_key(path)?;
         let record = self.inner.ledger.read(&key).await?;
-        let now = unix_now();
+        let now = self.now();
         if let Some(later) = record
             .as_ref()
             .and_then(|(_, entry)| self.grace_look_at(entry))
@@ -537,7 +574,7 @@ impl Engine {
             return;
         };
         let look_at = self.grace_look_at(&entry);
-        let now = unix_now();
+        let now = self.now();
         self.inner.status.update(
             path,
             || Status::new(&policy.plugin, entry.base_version, now),
@@ -550,6 +587,9 @@ impl Engine {
                     s.failures = entry.attempts;
                     s.retry_at = entry.next_attempt_at;
                     s.detail = entry.detail.clone();
+                    // A failure not to be retried holds only for the version it was
+                    // about.
+                    s.stopped = entry.stopped && entry.base_version == s.version;
                 }
             },
         );
@@ -562,7 +602,7 @@ impl Engine {
         key: &SecretPath,
         record: Option<(u64, Entry)>,
     ) -> Result<(), Error> {
-        let now = unix_now();
+        let now = self.now();
         let Some((version, mut entry)) = record else {
             self.inner
                 .status
@@ -593,20 +633,22 @@ impl Engine {
             Err(super::ledger::Error::Lost(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let result = self.inner.providers.retire(path, &previous).await;
-        let (ok, detail) = match result {
-            Ok(Ok(())) => (true, "retired the previous credential".to_owned()),
-            Ok(Err(e)) => (
-                false,
-                format!(
-                    "retiring the previous credential failed: {}: {}",
-                    e.code(),
-                    e.detail()
-                ),
+        let retired = self.inner.provider.retire(path, &previous).await;
+        let next = match &retired {
+            Ok(()) => Next::Proceed,
+            Err(failure) => next::decide(Call::Retire, Answer::Failed(failure)),
+        };
+        let ok = next == Next::Proceed;
+        let detail = match &retired {
+            Ok(()) => "retired the previous credential".to_owned(),
+            Err(failure) if next.retries() => format!(
+                "retiring the previous credential failed: {}",
+                next::describe_failure(failure)
             ),
-            Err(e) => (
-                false,
-                format!("retiring the previous credential failed: {e}"),
+            // Kept in the record: the next rotation tries it again first.
+            Err(failure) => format!(
+                "retiring the previous credential failed: {}; not retried until the next rotation",
+                next::describe_failure(failure)
             ),
         };
         let policy_retry = self
@@ -618,9 +660,9 @@ impl Engine {
             entry.retire_at = None;
         } else {
             entry.step = Step::Grace;
-            entry.retire_at = Some(now + backoff(policy_retry, 1));
+            entry.retire_at = next.retries().then(|| now + backoff(policy_retry, 1));
         }
-        entry.lease_until = unix_now();
+        entry.lease_until = self.now();
         if let Err(e) = self.inner.ledger.write(key, &entry, version).await {
             tracing::warn!(path = %path, error = %e, "cannot record the retirement");
         }
@@ -645,7 +687,7 @@ impl Engine {
     }
 
     /// At start: finishes or rolls back every rotation this agent's journal says was
-    /// in flight, and learns open grace windows from the coordination records.
+    /// in flight (cut off by a crash, or stopped between steps by a shutdown).
     pub(super) async fn recover(&self) {
         let paths = match self.inner.store.journal_paths() {
             Ok(p) => p,
@@ -655,6 +697,9 @@ impl Engine {
             }
         };
         for path in paths {
+            let Ok(_op) = self.begin() else {
+                return;
+            };
             if let Err(e) = self.resume(&path).await {
                 tracing::error!(path = %path, error = %e, "cannot recover the interrupted rotation; will retry");
             }
@@ -680,7 +725,7 @@ impl Engine {
         };
         let key = self.ledger_key(path)?;
         let record = self.inner.ledger.read(&key).await?;
-        let now = unix_now();
+        let now = self.now();
         tracing::info!(path = %path, "recovering an interrupted rotation");
         let Some((version, mut entry)) = record else {
             // The claim never reached the record: nothing was published.
@@ -745,7 +790,7 @@ impl Engine {
                 entry,
                 version,
                 pending,
-                detail.into(),
+                Failed::retried(detail.into()),
             )
             .await?;
             return Ok(());
@@ -796,4 +841,21 @@ fn same(a: &crate::secret::Fields, b: &crate::secret::Fields) -> bool {
 
 fn same_fields(a: &Credential, b: &Credential) -> bool {
     same(&a.fields, &b.fields)
+}
+
+/// A failed step: what the engine does next, and the words for status and audit.
+struct Failed {
+    next: Next,
+    detail: String,
+}
+
+impl Failed {
+    /// A failure of the engine's own (a lost check-and-set, an interrupted step):
+    /// retried with backoff.
+    fn retried(detail: String) -> Self {
+        Failed {
+            next: Next::Retry,
+            detail,
+        }
+    }
 }

@@ -90,6 +90,12 @@ pub struct Status {
     /// When a failed rotation or refresh is tried again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<i64>,
+    /// The last rotation or refresh failed in a way retrying cannot help (the
+    /// provider said `rejected`, `denied`, `unsupported` or `invalid-config`): it is
+    /// not tried again on schedule until a new version is written or an operator
+    /// rotates.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
     /// When the previous credential is retired (during a grace window).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retire_at: Option<i64>,
@@ -115,6 +121,7 @@ impl Status {
             failures: 0,
             next_check_at: None,
             retry_at: None,
+            stopped: false,
             retire_at: None,
             permissions: Vec::new(),
         }

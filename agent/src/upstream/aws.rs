@@ -690,9 +690,7 @@ fn version_number(version_id: &str, created: Option<&DateTime>) -> u64 {
 
 /// The number of the next version we write after `current`.
 fn next_version(current: u64) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now = u64::try_from(crate::clock::now_ms()).unwrap_or(0);
     current.saturating_add(1).max(now.saturating_mul(1000))
 }
 

@@ -1,12 +1,14 @@
 //! The lifecycle engine end to end: staged rotation with failures injected at each
-//! step, a crash (SIGKILL) in the middle of a rotation, a scheduled rotation of a real
-//! PostgreSQL role checked with real logins, three agents sharing one OpenBao, and
-//! OAuth refresh of an expired token under 50 concurrent reads.
+//! step, a crash (SIGKILL) and a stop (SIGTERM) in the middle of a rotation, a
+//! scheduled rotation of a real PostgreSQL role checked with real logins, three agents
+//! sharing one OpenBao, and OAuth refresh of an expired token under 50 concurrent
+//! reads.
 
 mod fleet;
 mod oauth;
 mod postgres;
 mod service;
+mod shutdown;
 mod staged;
 mod write;
 

@@ -25,6 +25,7 @@ struct Inner {
     created: Vec<String>,
     retired: Vec<String>,
     fail_create: u32,
+    reject_create: u32,
     fail_check_new: u32,
     on_create: Option<Hook>,
     on_check_new: Option<Hook>,
@@ -78,6 +79,10 @@ impl Service {
                     if i.fail_create > 0 {
                         i.fail_create -= 1;
                         return Reply::json(503, json!({"error": "injected failure"}));
+                    }
+                    if i.reject_create > 0 {
+                        i.reject_create -= 1;
+                        return Reply::json(403, json!({"error": "injected refusal"}));
                     }
                     i.next += 1;
                     let key = format!("key-{}-{}", i.next, std::process::id());
@@ -178,6 +183,11 @@ impl Service {
     /// Fails the next `n` key creations with 503 (rotation step 1).
     pub(crate) fn fail_create(&self, n: u32) {
         lock(&self.inner).fail_create = n;
+    }
+
+    /// Refuses the next `n` key creations with 403 (the guest answers `rejected`).
+    pub(crate) fn reject_create(&self, n: u32) {
+        lock(&self.inner).reject_create = n;
     }
 
     /// Rejects the next `n` checks of keys created here (rotation step 3).

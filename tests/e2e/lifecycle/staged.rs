@@ -18,7 +18,7 @@ use crate::harness::{Agent, Via};
 use crate::openbao::{OpenBao, ROOT_TOKEN};
 use crate::upstream_agent::{bao_upstream, sync_section, token_auth};
 
-const ORIGINAL: &str = "key-original";
+pub(super) const ORIGINAL: &str = "key-original";
 
 pub(super) fn plugin_toml(service: &Service) -> anyhow::Result<String> {
     plugin_toml_with(service, "0s", "")
@@ -60,7 +60,18 @@ max_attempts = 10
     ))
 }
 
-async fn current_key(agent: &Agent) -> anyhow::Result<String> {
+/// An agent configured with `toml` whose `svc/key` holds [`ORIGINAL`].
+pub(super) async fn agent_with_key(toml: &str) -> anyhow::Result<Agent> {
+    let agent = Agent::builder().append(toml).start().await?;
+    let written = agent
+        .admin()?
+        .write("svc/key", json!({ "key": ORIGINAL }))
+        .await?;
+    anyhow::ensure!(written.status == 200, "write svc/key: {}", written.body);
+    Ok(agent)
+}
+
+pub(super) async fn current_key(agent: &Agent) -> anyhow::Result<String> {
     let answer = agent.admin()?.read("svc/key").await?;
     if answer.status != 200 {
         bail!("read svc/key: {} {}", answer.status, answer.body);
@@ -270,6 +281,50 @@ async fn a_rotation_failing_at_each_step_rolls_back_and_a_later_attempt_succeeds
     Ok(())
 }
 
+#[tokio::test]
+async fn a_rejected_step_1_is_not_retried_and_an_unavailable_one_is() -> anyhow::Result<()> {
+    let service = Service::start(ORIGINAL)?;
+    let agent = agent_with_key(&plugin_toml(&service)?).await?;
+    let events = watch(&agent, "svc/").await?;
+
+    // The service refuses: rolled back, the credential marked, nothing planned again.
+    service.reject_create(1);
+    let (code, text) = rotate(&agent).await?;
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("step 1") && text.contains("rejected"),
+        "{text}"
+    );
+    assert_eq!(current_key(&agent).await?, ORIGINAL);
+    let status = super::status(&agent, "svc/key").await?;
+    assert_eq!(status["state"], "invalid", "{status}");
+    assert_eq!(status["stopped"], true, "{status}");
+    assert!(
+        status.get("retry_at").is_none(),
+        "no retry planned: {status}"
+    );
+    crate::spawn::wait_until(
+        "one rotation-failed event",
+        Duration::from_secs(10),
+        || async {
+            let seen = events.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            seen.iter().filter(|e| *e == "rotation-failed").count() == 1
+        },
+    )
+    .await?;
+
+    // The service is unavailable: rolled back, and retried after `retry_after`.
+    service.fail_create(1);
+    let (code, text) = rotate(&agent).await?;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("unavailable"), "{text}");
+    let status = super::status(&agent, "svc/key").await?;
+    assert!(status.get("stopped").is_none(), "{status}");
+    assert!(status["retry_at"].is_i64(), "a retry is planned: {status}");
+    assert_eq!(service.created().len(), 0);
+    Ok(())
+}
+
 /// Starts `latchkey rotate svc/key`, waits until the service holds the stalled
 /// request of `step`, kills the agent with SIGKILL, lets the service answer, and
 /// starts the agent again on the same folder.
@@ -356,15 +411,8 @@ async fn an_agent_killed_mid_rotation_finishes_or_rolls_it_back_on_restart() -> 
 #[tokio::test]
 async fn a_password_set_in_place_before_a_crash_is_made_again_on_restart() -> anyhow::Result<()> {
     let service = Service::start(ORIGINAL)?;
-    let mut agent = Agent::builder()
-        .append(&plugin_toml_with(&service, "0s", r#", in_place = "true""#)?)
-        .start()
-        .await?;
-    let written = agent
-        .admin()?
-        .write("svc/key", json!({ "key": ORIGINAL }))
-        .await?;
-    assert_eq!(written.status, 200, "{}", written.body);
+    let mut agent =
+        agent_with_key(&plugin_toml_with(&service, "0s", r#", in_place = "true""#)?).await?;
 
     // The service takes the new password as the agent dies, before the agent could
     // record it: without a replay the agent would keep a password that no longer
@@ -393,7 +441,7 @@ async fn a_password_set_in_place_before_a_crash_is_made_again_on_restart() -> an
 }
 
 /// Runs `latchkey rotate PATH` against `agent`'s folder in the background.
-fn rotate_in_background(
+pub(super) fn rotate_in_background(
     agent: &Agent,
     path: &'static str,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<std::process::Output>>> {
