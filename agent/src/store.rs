@@ -855,22 +855,17 @@ impl Inner {
         }
     }
 
-    /// Reports that sled could not read something, and persists the report.
+    /// Reports that sled could not read something. The report reaches the state file
+    /// with the next flush (the one at shutdown included).
     fn unreadable(&self, path: Option<&SecretPath>, e: sled::Error) -> Error {
         let problem = Problem::Unreadable {
             path: path.map(|p| p.as_str().to_owned()),
             detail: e.to_string(),
         };
-        let ledger = {
-            let mut ledger = self.ledger();
-            ledger.report(problem.clone()).then(|| ledger.clone())
-        };
-        if let Some(ledger) = ledger {
+        if self.ledger().report(problem.clone()) {
             tracing::error!(store = %self.dir.display(), problem = %problem, "store damaged");
             self.damaged.store(true, Ordering::Relaxed);
-            if let Err(e) = ledger::write(&self.dir, &self.key, &ledger) {
-                tracing::error!(error = %e, "cannot record the problem in the state file");
-            }
+            self.written.fetch_add(1, Ordering::SeqCst);
         }
         Error::Storage(e)
     }

@@ -50,11 +50,7 @@ pub(super) fn to_format_2(
             .ok()
             .and_then(|plain| IndexEntry::decode(plain.expose()));
         let Some(mut entry) = entry else {
-            (&quarantine, trees.index).transaction(|(q, index)| {
-                q.insert([b"index\0".as_slice(), &old_key].concat(), raw.clone())?;
-                index.remove(old_key.clone())?;
-                Ok(())
-            })?;
+            set_aside(&quarantine, trees.index, b"index\0", &old_key, &raw)?;
             problems.push(quarantined(&path, "its index entry"));
             continue;
         };
@@ -95,11 +91,7 @@ pub(super) fn to_format_2(
         let Some((path, _)) = v1_record_parts(&old_key) else {
             continue;
         };
-        (&quarantine, trees.records).transaction(|(q, records)| {
-            q.insert([b"record\0".as_slice(), &old_key].concat(), sealed.clone())?;
-            records.remove(old_key.clone())?;
-            Ok(())
-        })?;
+        set_aside(&quarantine, trees.records, b"record\0", &old_key, &sealed)?;
         problems.push(quarantined(&path, "a record"));
     }
 
@@ -149,6 +141,22 @@ pub(super) fn to_format_2(
     }
     ledger::write(dir, key, &ledger)?;
     tracing::info!(store = %dir.display(), secrets = moved, "store moved to format 2: no path is kept in clear");
+    Ok(())
+}
+
+/// Moves one item from `tree` into the quarantine, under `kind` and its old key.
+fn set_aside(
+    quarantine: &sled::Tree,
+    tree: &sled::Tree,
+    kind: &[u8],
+    key: &[u8],
+    value: &[u8],
+) -> Result<(), Error> {
+    (quarantine, tree).transaction(|(q, tree)| {
+        q.insert([kind, key].concat(), value)?;
+        tree.remove(key)?;
+        Ok(())
+    })?;
     Ok(())
 }
 

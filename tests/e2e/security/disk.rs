@@ -103,6 +103,29 @@ fn assert_named(agent: &Agent, problem: &Value, missing: &[usize]) {
     assert!(!logs.contains("value-"), "no value in the log:\n{logs}");
 }
 
+/// Flips a byte of the victim's record in sled's log, as a failing disk would. Its
+/// sealed bytes are read from a copy: opening the agent's own files would make sled
+/// write a snapshot past the damage.
+async fn damage_the_victim(agent: &Agent) -> anyhow::Result<()> {
+    let copy = Store::open_copy(agent).await?;
+    let sealed = copy.value(&name(VICTIM), 1)?;
+    copy.close()?;
+    flip_in_log(agent, &sealed)?;
+    Ok(())
+}
+
+/// The agent serves what survived, and names as lost every secret it does not serve.
+async fn assert_every_loss_reported(agent: &Agent) -> anyhow::Result<()> {
+    let missing = unserved(agent).await?;
+    assert!(
+        !missing.is_empty() && missing.iter().all(|i| *i >= VICTIM),
+        "sled drops the log from the damage on: {missing:?}"
+    );
+    let health = agent.admin()?.health().await?;
+    assert_named(agent, &lost_writes(&health), &missing);
+    Ok(())
+}
+
 async fn metric(agent: &Agent, name: &str) -> anyhow::Result<f64> {
     let text = agent.admin()?.get("/metrics").await?.body;
     Ok(text
@@ -117,21 +140,10 @@ async fn r11_a_flipped_byte_in_the_log_loses_nothing_silently() -> anyhow::Resul
     let mut agent = Agent::builder().start().await?;
     write_secrets(&agent).await?;
     assert!(agent.stop().await?.success());
-    // The victim's sealed bytes, read from a copy: opening the agent's own files would
-    // make sled write a snapshot past the damage.
-    let copy = Store::open_copy(&agent).await?;
-    let sealed = copy.value(&name(VICTIM), 1)?;
-    copy.close()?;
-    flip_in_log(&agent, &sealed)?;
+    damage_the_victim(&agent).await?;
 
     agent.start().await?;
-    let missing = unserved(&agent).await?;
-    assert!(
-        !missing.is_empty() && missing.iter().all(|i| *i >= VICTIM),
-        "sled drops the log from the damage on: {missing:?}"
-    );
-    let health = agent.admin()?.health().await?;
-    assert_named(&agent, &lost_writes(&health), &missing);
+    assert_every_loss_reported(&agent).await?;
     assert_eq!(metric(&agent, "latchkey_store_problems").await?, 1.0);
     // An app sees that the store is damaged, not which paths.
     let web = agent.client_for(&agent.issue_cert("web", None).await?)?;
@@ -168,10 +180,7 @@ async fn r11_a_flipped_byte_below_the_snapshot_is_refused_then_recovered_with_a_
     // A restart: sled's snapshot now covers every write.
     agent.restart().await?;
     assert!(agent.stop().await?.success());
-    let copy = Store::open_copy(&agent).await?;
-    let sealed = copy.value(&name(VICTIM), 1)?;
-    copy.close()?;
-    flip_in_log(&agent, &sealed)?;
+    damage_the_victim(&agent).await?;
 
     // sled cannot recover without dropping what its snapshot recorded: the agent
     // refuses to start, naming the folder and the way out.
@@ -211,14 +220,7 @@ async fn r11_a_flipped_byte_below_the_snapshot_is_refused_then_recovered_with_a_
     assert!(kept, "a copy of the damaged folder is kept");
 
     agent.start().await?;
-    let missing = unserved(&agent).await?;
-    assert!(
-        !missing.is_empty() && missing.iter().all(|i| *i >= VICTIM),
-        "{missing:?}"
-    );
-    let health = agent.admin()?.health().await?;
-    assert_named(&agent, &lost_writes(&health), &missing);
-    Ok(())
+    assert_every_loss_reported(&agent).await
 }
 
 #[tokio::test]
