@@ -14,6 +14,7 @@
 //! | POST | `/v1/rotate/{path}` | admin: rotate now ([`lifecycle`]) |
 //! | GET | `/v1/status[/{path}][?prefix=P]` | admin: lifecycle states |
 //! | GET | `/metrics` | admin: Prometheus text |
+//! | POST | `/v1/store/acknowledge` | admin: forget the store's reported problems |
 //! | GET | `/v1/health`, `/v1/whoami` | any authenticated peer |
 //!
 //! Each request: parse and check the path, ask `policy`, serve from the hot cache or
@@ -21,6 +22,7 @@
 
 pub mod body;
 pub mod error;
+pub mod exact;
 mod lifecycle;
 mod watch;
 
@@ -49,6 +51,8 @@ pub use error::ApiError;
 /// The end of every secret read's body. The cached part stops before it, so a
 /// response can say whether it is stale without copying the cached bytes.
 const FRESH_TAIL: &[u8] = b",\"stale\":false}";
+/// The tail while the store reports damage: what is served may not be all there is.
+const DAMAGED_TAIL: &[u8] = b",\"stale\":false,\"store_damaged\":true}";
 
 const SECRETS: &str = "/v1/secrets";
 
@@ -165,10 +169,8 @@ where
         };
     }
     match (req.method(), path) {
-        (&Method::GET, "/v1/health") => Ok(json_response(
-            StatusCode::OK,
-            &serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }),
-        )),
+        (&Method::GET, "/v1/health") => Ok(health(state, conn)),
+        (&Method::POST, "/v1/store/acknowledge") => acknowledge(state, conn).await,
         (&Method::GET, "/v1/whoami") => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({
@@ -182,7 +184,7 @@ where
         (&Method::POST, "/v1/sync") => sync_now(state, conn).await,
         (&Method::GET, "/metrics") => metrics(state, conn).await,
         (_, "/metrics") => Err(ApiError::method_not_allowed("GET")),
-        (_, "/v1/sync") => Err(ApiError::method_not_allowed("POST")),
+        (_, "/v1/sync" | "/v1/store/acknowledge") => Err(ApiError::method_not_allowed("POST")),
         (_, "/v1/health" | "/v1/whoami" | "/v1/watch") => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -335,7 +337,7 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
                 updated_at: state.fallback.loaded_at,
                 expires_at: None,
             };
-            let body = Bytes::from_owner(render(&stand_in)?);
+            let body = render(&stand_in)?;
             return Ok((secret_response(body, tail), Some(0)));
         }
         return Err(ApiError::not_found(format_args!("secret {path}")));
@@ -348,7 +350,7 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
             .map_err(lifecycle::engine_error)?,
         _ => secret,
     };
-    let body = Bytes::from_owner(render(&secret)?);
+    let body = render(&secret)?;
     if is_current {
         state.cache.insert_if_unchanged(
             path.clone(),
@@ -380,8 +382,18 @@ async fn lookup(
 /// The end of a read's body: whether the value may be out of date, and how long ago
 /// it was last confirmed with the upstream. Past the grace period, reads fail.
 fn freshness_tail(state: &State) -> Result<Bytes, ApiError> {
+    let damaged = state.store.is_damaged();
     let Some(sync) = &state.sync else {
-        return Ok(Bytes::from_static(FRESH_TAIL));
+        return Ok(Bytes::from_static(if damaged {
+            DAMAGED_TAIL
+        } else {
+            FRESH_TAIL
+        }));
+    };
+    let mark = if damaged {
+        ",\"store_damaged\":true"
+    } else {
+        ""
     };
     let (stale, age) = match sync.freshness() {
         Freshness::Fresh { age_seconds } => (false, age_seconds),
@@ -398,8 +410,8 @@ fn freshness_tail(state: &State) -> Result<Bytes, ApiError> {
         }
     };
     Ok(Bytes::from(match age {
-        Some(age) => format!(",\"stale\":{stale},\"age_seconds\":{age}}}"),
-        None => format!(",\"stale\":{stale},\"age_seconds\":null}}"),
+        Some(age) => format!(",\"stale\":{stale},\"age_seconds\":{age}{mark}}}"),
+        None => format!(",\"stale\":{stale},\"age_seconds\":null{mark}}}"),
     }))
 }
 
@@ -447,6 +459,63 @@ fn shared_sync_error(e: &crate::sync::Error) -> ApiError {
     }
 }
 
+/// `GET /v1/health`: 200 `{"status":"ok"}`, or 503 `{"status":"damaged"}` while the
+/// store reports problems: their kinds for every peer, and their messages (which name
+/// paths) for admin peers only.
+fn health(state: &State, conn: &Conn) -> Response<Body> {
+    let version = env!("CARGO_PKG_VERSION");
+    if !state.store.is_damaged() {
+        return json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ok", "version": version }),
+        );
+    }
+    let admin = conn.policy.allows_any(Operation::Admin);
+    let problems: Vec<serde_json::Value> = state
+        .store
+        .problems()
+        .iter()
+        .map(|p| {
+            let mut shown = serde_json::to_value(p).unwrap_or_default();
+            match shown.as_object_mut() {
+                Some(fields) if admin => {
+                    fields.insert("message".into(), p.to_string().into());
+                }
+                Some(fields) => fields.retain(|k, _| k == "kind"),
+                None => {}
+            }
+            shown
+        })
+        .collect();
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({
+            "status": "damaged",
+            "version": version,
+            "store": { "problems": problems },
+        }),
+    )
+}
+
+/// `POST /v1/store/acknowledge`: an operator has dealt with the store's problems;
+/// health answers ok again. Audited.
+async fn acknowledge(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {
+    if !conn.policy.allows_any(Operation::Admin) {
+        let err = ApiError::forbidden("acknowledge", "the store's problems");
+        deny(state, conn, Operation::Admin, "store", &err).await;
+        return Err(err);
+    }
+    let cleared = state.store.acknowledge_problems().await?;
+    tracing::warn!(peer = %conn.peer.id, problems = cleared, "store problems acknowledged");
+    let mut record = Record::now(conn.peer.id.clone(), conn.peer.uid, "acknowledge", None);
+    record.outcome = Outcome::Ok;
+    state.audit.record(record).await;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "acknowledged": cleared }),
+    ))
+}
+
 async fn metrics(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {
     if !conn.policy.allows_any(Operation::Admin) {
         let err = ApiError::forbidden("read", "metrics");
@@ -456,6 +525,7 @@ async fn metrics(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError>
     if let Some(engine) = &state.engine {
         state.metrics.lifecycle(&engine.state_counts());
     }
+    state.metrics.store_problems(state.store.problems().len());
     let text = state.metrics.render(
         state.store.len(),
         state.sync.as_ref().map(|s| s.freshness()),
@@ -554,7 +624,9 @@ struct SecretView<'a> {
     expires_at: Option<String>,
 }
 
-fn render(secret: &Secret) -> Result<SecretBytes, ApiError> {
+/// The body of a read without its closing brace (the per-request tail closes it), in
+/// a zeroizing buffer of exactly its length.
+fn render(secret: &Secret) -> Result<Bytes, ApiError> {
     let view = SecretView {
         path: secret.path.as_str(),
         version: secret.version,
@@ -565,22 +637,13 @@ fn render(secret: &Secret) -> Result<SecretBytes, ApiError> {
         updated_at: rfc3339(secret.updated_at),
         expires_at: secret.expires_at.map(rfc3339),
     };
-    // Sized up front so the buffer holding values is never reallocated (a reallocation
+    // Exactly sized, so the buffer holding values is never reallocated (a reallocation
     // would leave a copy behind that nothing zeroizes).
-    let estimate: usize = 512
-        + secret
-            .fields
-            .iter()
-            .map(|(k, v)| 2 * (k.len() + v.len()) + 16)
-            .sum::<usize>()
-            * 3;
-    let mut buf = Vec::with_capacity(estimate);
-    serde_json::to_writer(&mut buf, &view).map_err(|_| ApiError::internal())?;
-    // Drop the closing brace: the per-request tail closes the object.
-    if buf.pop() != Some(b'}') {
+    let body = Bytes::from_owner(exact::to_secret_bytes(&view).map_err(|_| ApiError::internal())?);
+    if body.last() != Some(&b'}') {
         return Err(ApiError::internal());
     }
-    Ok(SecretBytes::new(buf))
+    Ok(body.slice(..body.len() - 1))
 }
 
 /// Unix seconds as RFC 3339 (UTC).

@@ -17,6 +17,7 @@ mod lifecycle;
 mod plugin;
 mod render;
 mod secrets;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,6 +96,20 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Run a program with secrets in its environment; restart or signal it when they change.
     Exec(exec::ExecArgs),
+    /// Look after the local store while the agent is stopped.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+}
+
+impl Command {
+    /// Whether this command runs the agent or opens its store, and so creates files
+    /// that must be private to it (the caller sets the umask before any thread starts).
+    pub fn keeps_files(&self) -> bool {
+        matches!(
+            self,
+            Command::Run { .. } | Command::Dev(_) | Command::Store(_)
+        )
+    }
 }
 
 /// A failure with the exit code it maps to.
@@ -152,5 +167,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Plugin(cmd) => plugin::run(cmd).await,
         Command::Render(args) => render::run(args).await,
         Command::Exec(args) => exec::run(args).await,
+        Command::Store(cmd) => store::run(cmd).await,
     }
 }

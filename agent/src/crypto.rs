@@ -7,6 +7,9 @@
 //! file or an environment variable) today, OpenBao/Vault Transit later. Rotating the
 //! key-encryption key rewraps one data key instead of re-encrypting every value.
 //!
+//! A [`Tagger`] derived from the data key turns names into keyed tags, so the store's
+//! database keys do not show secret paths in clear.
+//!
 //! This module knows nothing about paths or sled; `store` decides what the associated
 //! data is and where sealed bytes live. Errors here never carry key bytes or plaintext.
 
@@ -14,10 +17,12 @@ use std::path::PathBuf;
 
 mod envelope;
 mod kek;
+mod tag;
 mod transit;
 
 pub use envelope::{DataKey, DATA_KEY_LEN, SEALED_OVERHEAD};
 pub use kek::{KekSource, KeyWrapper, LocalKek, KEK_LEN};
+pub use tag::{Tagger, TAG_LEN};
 pub use transit::TransitKek;
 
 /// What went wrong while sealing, opening, wrapping or loading a key.

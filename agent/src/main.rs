@@ -11,6 +11,12 @@ const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.keeps_files() {
+        // Before any thread exists, and for good: every file the agent creates (sled
+        // makes its own, from its own threads) gets no group or other bits; files that
+        // must be wider set their mode explicitly.
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    }
     latchkey::telemetry::init(cli.log_format, cli.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

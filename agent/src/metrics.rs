@@ -45,6 +45,7 @@ pub struct Metrics {
     cache_hits: Counter,
     cache_misses: Counter,
     integrity_errors: Counter,
+    store_problems: Gauge,
     secrets: Gauge,
     upstream_stale: Gauge,
     upstream_age: Gauge,
@@ -66,6 +67,7 @@ impl Metrics {
         let cache_hits = Counter::default();
         let cache_misses = Counter::default();
         let integrity_errors = Counter::default();
+        let store_problems = Gauge::default();
         let secrets = Gauge::default();
         let upstream_stale = Gauge::default();
         let upstream_age = Gauge::default();
@@ -100,6 +102,11 @@ impl Metrics {
             "Records that failed their integrity check",
             integrity_errors.clone(),
         );
+        registry.register(
+            "store_problems",
+            "Problems the store found in itself and not yet acknowledged (lost writes, unreadable pages, a missing state file); see /v1/health",
+            store_problems.clone(),
+        );
         registry.register("secrets", "Secrets held in the store", secrets.clone());
         registry.register(
             "upstream_stale",
@@ -118,6 +125,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             integrity_errors,
+            store_problems,
             secrets,
             upstream_stale,
             upstream_age,
@@ -160,6 +168,12 @@ impl Metrics {
     /// Counts a record that failed its integrity check.
     pub fn integrity_error(&self) {
         self.integrity_errors.inc();
+    }
+
+    /// Sets the store problems gauge (called when scraped).
+    pub fn store_problems(&self, problems: usize) {
+        self.store_problems
+            .set(i64::try_from(problems).unwrap_or(i64::MAX));
     }
 
     /// The text exposition, with state gauges read now.
@@ -208,6 +222,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("latchkey_secrets 3"), "{text}");
+        assert!(text.contains("latchkey_store_problems 0"), "{text}");
         assert!(text.contains("latchkey_upstream_stale 1"), "{text}");
         assert!(
             text.contains("latchkey_upstream_last_sync_age_seconds 12"),

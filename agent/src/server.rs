@@ -186,16 +186,18 @@ struct Upstreams {
     transit: Option<TransitKek>,
 }
 
-/// Opens everything and starts serving.
-pub async fn start(config: Config) -> Result<Running, Error> {
+/// Opens the store named by the config with its key-encryption key, and nothing else
+/// (for `latchkey store`, with the agent stopped).
+pub async fn open_store(config: &Config) -> Result<Store, Error> {
     let upstream = match &config.upstream {
         Some(u) => connect_upstream(u, &config.sync).await?,
         None => None,
     };
-    let store = match (
-        &config.kek,
-        upstream.as_ref().and_then(|u| u.transit.as_ref()),
-    ) {
+    open_with(config, upstream.as_ref()).await
+}
+
+async fn open_with(config: &Config, upstream: Option<&Upstreams>) -> Result<Store, Error> {
+    match (&config.kek, upstream.and_then(|u| u.transit.as_ref())) {
         (KekSource::Transit, Some(transit)) => Store::open(&config.store, transit).await,
         (KekSource::Transit, None) => return Err(Error::Kek(crypto::Error::TransitNeedsUpstream)),
         (source, _) => {
@@ -203,7 +205,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             Store::open(&config.store, kek.as_ref()).await
         }
     }
-    .map_err(Error::Store)?;
+    .map_err(Error::Store)
+}
+
+/// Opens everything and starts serving.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    let upstream = match &config.upstream {
+        Some(u) => connect_upstream(u, &config.sync).await?,
+        None => None,
+    };
+    let store = open_with(&config, upstream.as_ref()).await?;
     let tls = Arc::new(ServerTls::load(&config.tls).map_err(Error::Tls)?);
     if config.tls.crl.is_some() {
         tls.clone().spawn_crl_watcher(CRL_POLL);

@@ -1,31 +1,37 @@
 //! The local encrypted store: versioned, labelled secrets in sled, sealed at rest.
 //!
 //! This is where the cache's cold layer and the embedded upstream keep their data.
-//! Four sled trees:
+//! Four sled trees (keys and associated data in `store/layout.rs`):
 //!
-//! - `meta`: the store's data key, wrapped by the key-encryption key, and that key's id.
-//! - `index`: one sealed index entry (`store/record.rs`) per path (versions kept, labels,
-//!   per-version kind and expiry). Key: the path bytes. Associated data:
-//!   `b"latchkey/index/v1\0" + path`.
-//! - `records`: one sealed record per version (fields, kind, timestamps). Key: path
-//!   bytes, `0x00`, version as u64 big-endian. Associated data:
-//!   `b"latchkey/record/v1\0" + key`.
+//! - `meta`: the store's data key, wrapped by the key-encryption key, and that key's
+//!   id; the format number; the sealed counters of changes and secrets
+//!   (`store/ledger.rs`).
+//! - `index`: one sealed index entry (`store/record.rs`) per path: the path, its epoch,
+//!   the versions kept, labels, per-version kind and expiry.
+//! - `records`: one sealed record per version (fields, kind, timestamps).
 //! - `journal`: the lifecycle engine's crash journal (`store/journal.rs`): one sealed
-//!   blob per secret with a rotation in flight. Key: the path bytes. Associated data:
-//!   `b"latchkey/journal/v1\0" + path`.
+//!   blob per secret with a rotation in flight.
 //!
-//! Binding the path and version as associated data makes every value tamper-evident: a
-//! record moved to another path or version, truncated or altered fails to open with
-//! [`Error::Integrity`] for that secret only. The store does not detect a whole index
-//! entry being rolled back to an older sealed copy of itself.
+//! No key shows a path: keys are HMAC tags of the path under a key derived from the
+//! data key. Binding the tag, version and the path's epoch as associated data makes
+//! every value tamper-evident: a record moved to another path or version, copied back
+//! after the path was deleted and written again, truncated or altered fails to open
+//! with [`Error::Integrity`] for that secret only. The store does not detect a whole
+//! index entry being rolled back to an older sealed copy of itself.
 //!
-//! `put`, `delete` and `set_label` each run as one sled transaction over `index` and
-//! `records`. Nothing here flushes on its own: callers [`Store::flush`] before they
-//! acknowledge a write. No value ever appears in an error or a log line.
+//! Every change also counts itself, in the same transaction, in the sealed counters;
+//! each flush then replaces a sealed state file beside sled's files
+//! (`store/ledger.rs`). At open the two are compared (`store/check.rs`), so writes that
+//! sled lost (its recovery drops the log after a bad checksum) are reported by name
+//! ([`Store::problems`]) instead of vanishing.
+//!
+//! `put`, `delete` and `set_label` each run as one sled transaction over `meta`,
+//! `index` and `records`. Nothing here flushes on its own: callers [`Store::flush`]
+//! before they acknowledge a write. No value ever appears in an error or a log line.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
@@ -35,11 +41,22 @@ use crate::crypto::{self, DataKey, KeyWrapper};
 use crate::path::{Prefix, SecretPath};
 use crate::secret::Fields;
 
+mod check;
+mod files;
+mod health;
 mod journal;
+pub mod layout;
+mod ledger;
+mod migrate;
 mod record;
 #[cfg(test)]
 mod tests;
 
+pub use health::{Missing, Op, Problem, StateFileReason};
+pub use ledger::STATE_FILE;
+
+use layout::{Layout, PathTag};
+use ledger::{Counters, Ledger};
 use record::IndexEntry;
 
 /// Versions kept per secret unless configured otherwise.
@@ -55,14 +72,20 @@ pub const MAX_FIELD_NAME_LEN: usize = 256;
 /// Largest total of field names and values in one version, in bytes (1 MiB).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
-const INDEX_AAD: &[u8] = b"latchkey/index/v1\0";
-const RECORD_AAD: &[u8] = b"latchkey/record/v1\0";
-const META_TREE: &str = "meta";
-const INDEX_TREE: &str = "index";
-const RECORDS_TREE: &str = "records";
-const JOURNAL_TREE: &str = "journal";
-const META_DEK: &[u8] = b"dek";
+/// The sled trees.
+pub const META_TREE: &str = "meta";
+/// See [`META_TREE`].
+pub const INDEX_TREE: &str = "index";
+/// See [`META_TREE`].
+pub const RECORDS_TREE: &str = "records";
+/// See [`META_TREE`].
+pub const JOURNAL_TREE: &str = "journal";
+/// The `meta` key of the wrapped data key.
+pub const META_DEK: &[u8] = b"dek";
 const META_KEK_ID: &[u8] = b"kek_id";
+/// The `meta` key of the format number: absent before format 2.
+const META_FORMAT: &[u8] = b"format";
+const FORMAT: &[u8] = b"2";
 /// How often `get` looks again when a concurrent `put` pruned the version it resolved.
 const READ_ATTEMPTS: usize = 4;
 
@@ -209,6 +232,42 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// sled refused to open its files because its log is damaged where it cannot
+    /// recover without dropping data it had recorded as stable.
+    #[error(
+        "the store {} is damaged: sled cannot recover {}/db without dropping acknowledged writes, \
+         so the agent does not open it; `latchkey store recover --config FILE` keeps a copy \
+         of the damaged folder, opens what can be recovered and reports what was lost",
+        path.display(), path.display()
+    )]
+    Damaged {
+        /// The store directory.
+        path: PathBuf,
+        /// What sled said.
+        #[source]
+        source: sled::Error,
+    },
+    /// The sealed counters of the store did not open inside a change.
+    #[error("the store's sealed counters failed their integrity check")]
+    CountersUnreadable,
+    /// The state file could not be written.
+    #[error("cannot write the store's state file {}", path.display())]
+    StateFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of the store folder could not be checked or made private.
+    #[error("cannot make {} private to the agent", path.display())]
+    FileMode {
+        /// The file.
+        path: PathBuf,
+        /// The I/O cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// sled failed.
     #[error("storage error")]
     Storage(#[from] sled::Error),
@@ -228,12 +287,18 @@ impl Error {
     /// A stable, machine-readable code for API responses and metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Integrity { .. } | Self::MissingDataKey { .. } => "integrity_error",
+            Self::Integrity { .. }
+            | Self::MissingDataKey { .. }
+            | Self::Damaged { .. }
+            | Self::CountersUnreadable => "integrity_error",
             Self::Conflict { .. } => "conflict",
             Self::Invalid(_) => "invalid",
             Self::NotFound { .. } => "not_found",
             Self::KeyUnwrap { .. } => "key_unwrap_failed",
-            Self::Storage(_) | Self::CreateDir { .. } => "storage_error",
+            Self::Storage(_)
+            | Self::CreateDir { .. }
+            | Self::StateFile { .. }
+            | Self::FileMode { .. } => "storage_error",
             Self::Crypto(_) => "crypto_error",
         }
     }
@@ -268,6 +333,7 @@ struct Inner {
     records: sled::Tree,
     journal: sled::Tree,
     key: DataKey,
+    layout: Layout,
     max_versions: usize,
     /// Number of secrets: counted once at open, then kept by `put` and `delete`
     /// (sled's `len` is a full scan). Signed so a racing decrement never wraps.
@@ -277,6 +343,10 @@ struct Inner {
     flushed: AtomicU64,
     /// Serializes flushes (group commit).
     flusher: tokio::sync::Mutex<()>,
+    /// Recent changes and known problems: what the state file holds.
+    ledger: Mutex<Ledger>,
+    /// Whether any problem is known (read on every response).
+    damaged: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -291,23 +361,34 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the store. The first open makes a data key, wraps it with
     /// `kek` and flushes it; later opens unwrap it, and a different key-encryption key
-    /// fails with [`Error::KeyUnwrap`]. Blocks while sled recovers its log: call at
-    /// startup.
+    /// fails with [`Error::KeyUnwrap`]. A store written before format 2 is migrated.
+    /// The store is then checked against its state file: problems found are logged and
+    /// kept ([`Store::problems`]), and the store opens anyway, serving what it holds.
+    /// Blocks while sled recovers its log: call at startup.
     pub async fn open(cfg: &StoreConfig, kek: &dyn KeyWrapper) -> Result<Store, Error> {
         if cfg.max_versions == 0 {
             return Err(Error::Invalid("max_versions must be at least 1".into()));
         }
         create_private_dir(&cfg.path)?;
+        files::make_private(&cfg.path)?;
         let db = sled::Config::new()
             .path(&cfg.path)
             .cache_capacity(cfg.cache_capacity_bytes)
             .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Corruption { .. } => Error::Damaged {
+                    path: cfg.path.clone(),
+                    source: e,
+                },
+                e => Error::Storage(e),
+            })?;
         let meta = db.open_tree(META_TREE)?;
         let index = db.open_tree(INDEX_TREE)?;
         let records = db.open_tree(RECORDS_TREE)?;
         let journal = db.open_tree(JOURNAL_TREE)?;
 
+        let format = meta.get(META_FORMAT)?;
         let key = match (meta.get(META_DEK)?, meta.get(META_KEK_ID)?) {
             (Some(wrapped), Some(id)) => {
                 let unwrap_err = |source| Error::KeyUnwrap {
@@ -322,7 +403,11 @@ impl Store {
                 let key = DataKey::generate();
                 let wrapped = kek.wrap(&key.to_wrappable()).await.map_err(Error::Crypto)?;
                 save_wrapped_key(&meta, wrapped, kek.id())?;
+                meta.insert(ledger::STATE_KEY, Counters::default().seal(&key)?)?;
                 // Nothing may be sealed under a key that a crash could lose.
+                db.flush()?;
+                ledger::write(&cfg.path, &key, &Ledger::default())?;
+                meta.insert(META_FORMAT, FORMAT)?;
                 db.flush()?;
                 key
             }
@@ -332,8 +417,27 @@ impl Store {
                 })
             }
         };
+        let layout = Layout::new(&key);
+        let trees = Trees {
+            db: &db,
+            meta: &meta,
+            index: &index,
+            records: &records,
+            journal: &journal,
+        };
+        if format.as_deref() != Some(FORMAT) {
+            migrate::to_format_2(&trees, &key, &layout, &cfg.path)?;
+            meta.insert(META_FORMAT, FORMAT)?;
+            db.flush()?;
+        }
+        let found = check::at_open(&trees, &key, &cfg.path)?;
+        for problem in &found.ledger.problems {
+            tracing::error!(store = %cfg.path.display(), problem = %problem, "store damaged");
+        }
+        ledger::write(&cfg.path, &key, &found.ledger)?;
 
-        let count = isize::try_from(index.len()).unwrap_or(isize::MAX);
+        let count = isize::try_from(found.secrets).unwrap_or(isize::MAX);
+        let damaged = !found.ledger.problems.is_empty();
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: cfg.path.clone(),
@@ -343,11 +447,14 @@ impl Store {
                 records,
                 journal,
                 key,
+                layout,
                 max_versions: cfg.max_versions,
                 count: AtomicIsize::new(count),
                 written: AtomicU64::new(0),
                 flushed: AtomicU64::new(0),
                 flusher: tokio::sync::Mutex::new(()),
+                ledger: Mutex::new(found.ledger),
+                damaged: AtomicBool::new(damaged),
             }),
         })
     }
@@ -356,29 +463,33 @@ impl Store {
     /// `Ok(None)` when the secret, the version or the label does not exist.
     pub fn get(&self, path: &SecretPath, sel: Selector) -> Result<Option<Secret>, Error> {
         let inner = &*self.inner;
-        let index_aad = aad(INDEX_AAD, path, None);
-        let index_key = &index_aad[INDEX_AAD.len()..];
+        let tag = inner.layout.tag(path);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(raw_entry) = inner.index.get(index_key)? else {
+            let Some(raw_entry) = inner.read(&inner.index, tag.key(), path, None)? else {
                 return Ok(None);
             };
-            let entry = inner.open_index(path, &index_aad, &raw_entry)?;
+            let entry = inner.open_index(path, &tag, &raw_entry)?;
             let Some(version) = entry.resolve(&sel) else {
                 return Ok(None);
             };
-            let record_aad = aad(RECORD_AAD, path, Some(version));
-            match inner.records.get(&record_aad[RECORD_AAD.len()..])? {
+            match inner.read(
+                &inner.records,
+                &tag.record_key(version),
+                path,
+                Some(version),
+            )? {
                 Some(raw) => {
                     return inner
-                        .open_record(path, version, &record_aad, &raw, &entry)
+                        .open_record(path, &tag, version, &raw, &entry)
                         .map(Some)
                 }
                 None => {
                     // A concurrent put may have pruned the version between the two reads;
                     // if the index moved on, resolve again. Otherwise the record is gone.
-                    let moved = inner.index.get(index_key)?.as_ref() != Some(&raw_entry);
+                    let now = inner.read(&inner.index, tag.key(), path, None)?;
+                    let moved = now.as_ref() != Some(&raw_entry);
                     if !(moved && attempt < READ_ATTEMPTS) {
                         return Err(Error::Integrity {
                             path: path.clone(),
@@ -416,13 +527,12 @@ impl Store {
         check_name("kind", kind)?;
         check_fields(path, &write.fields)?;
         let now = crate::clock::unix_now();
-        let index_aad = aad(INDEX_AAD, path, None);
-        let index_key = &index_aad[INDEX_AAD.len()..];
+        let tag = inner.layout.tag(path);
 
-        let (entry, version, created) =
-            (&inner.index, &inner.records).transaction(|(index, records)| {
-                let old = match index.get(index_key)? {
-                    Some(raw) => Some(inner.open_index(path, &index_aad, &raw).map_err(abort)?),
+        let (entry, version, created, counters) = (&inner.meta, &inner.index, &inner.records)
+            .transaction(|(meta, index, records)| {
+                let old = match index.get(tag.key())? {
+                    Some(raw) => Some(inner.open_index(path, &tag, &raw).map_err(abort)?),
                     None => None,
                 };
                 let current = old.as_ref().map_or(0, IndexEntry::current);
@@ -436,7 +546,7 @@ impl Store {
                     }
                 }
                 let created = old.is_none();
-                let mut entry = old.unwrap_or_else(|| IndexEntry::new(now));
+                let mut entry = old.unwrap_or_else(|| IndexEntry::new(path.as_str(), now));
                 if let Some(forced) = forced {
                     if forced < entry.next_version || forced == 0 {
                         return Err(abort(Error::Conflict {
@@ -456,21 +566,21 @@ impl Store {
                     &write.fields,
                 )
                 .ok_or_else(|| abort(Error::Invalid(format!("secret {path} is too large"))))?;
-                let record_aad = aad(RECORD_AAD, path, Some(version));
                 let sealed = inner
                     .key
-                    .seal(&record_aad, &plain)
+                    .seal(&tag.record_aad(version, entry.epoch), &plain)
                     .map_err(|e| abort(Error::Crypto(e)))?;
-                records.insert(&record_aad[RECORD_AAD.len()..], sealed)?;
+                records.insert(&tag.record_key(version)[..], sealed)?;
                 let pruned = entry.prune(inner.max_versions);
-                inner.save_index(index, records, path, &index_aad, &entry, &pruned)?;
-                Ok((entry, version, created))
+                inner.save_index(index, records, &tag, &entry, &pruned)?;
+                let counters = Counters::bump(meta, &inner.key, i64::from(created))?;
+                Ok((entry, version, created, counters))
             })?;
 
         if created {
             inner.count.fetch_add(1, Ordering::Relaxed);
         }
-        inner.written.fetch_add(1, Ordering::SeqCst);
+        inner.committed(counters, path, Op::Write { version });
         Ok(Secret {
             path: path.clone(),
             version,
@@ -488,68 +598,58 @@ impl Store {
     /// cleared and written again. Returns whether the secret existed.
     pub fn delete(&self, path: &SecretPath) -> Result<bool, Error> {
         let inner = &*self.inner;
-        let index_aad = aad(INDEX_AAD, path, None);
-        let index_key = &index_aad[INDEX_AAD.len()..];
+        let tag = inner.layout.tag(path);
         // The records on disk now, found without the index: covers an unreadable entry.
-        let mut record_prefix = Vec::with_capacity(path.as_str().len() + 1);
-        record_prefix.extend_from_slice(path.as_str().as_bytes());
-        record_prefix.push(0);
         let on_disk = inner
             .records
-            .scan_prefix(&record_prefix)
+            .scan_prefix(tag.key())
             .keys()
             .collect::<Result<Vec<_>, _>>()?;
 
-        let existed = (&inner.index, &inner.records).transaction(|(index, records)| {
-            for key in &on_disk {
-                records.remove(key.clone())?;
-            }
-            let Some(raw) = index.remove(index_key)? else {
-                return Ok(false);
-            };
-            // Versions written after the scan above are known only to the entry.
-            if let Ok(entry) = inner.open_index(path, &index_aad, &raw) {
-                for meta in &entry.versions {
-                    let record_aad = aad(RECORD_AAD, path, Some(meta.version));
-                    records.remove(&record_aad[RECORD_AAD.len()..])?;
+        let counters =
+            (&inner.meta, &inner.index, &inner.records).transaction(|(meta, index, records)| {
+                for key in &on_disk {
+                    records.remove(key.clone())?;
                 }
-            }
-            Ok(true)
-        })?;
+                let Some(raw) = index.remove(tag.key())? else {
+                    return Ok(None);
+                };
+                // Versions written after the scan above are known only to the entry.
+                if let Ok(entry) = inner.open_index(path, &tag, &raw) {
+                    for meta in &entry.versions {
+                        records.remove(&tag.record_key(meta.version)[..])?;
+                    }
+                }
+                Ok(Some(Counters::bump(meta, &inner.key, -1)?))
+            })?;
 
-        if existed {
-            inner.count.fetch_sub(1, Ordering::Relaxed);
-        }
-        inner.written.fetch_add(1, Ordering::SeqCst);
-        Ok(existed)
+        let Some(counters) = counters else {
+            return Ok(false);
+        };
+        inner.count.fetch_sub(1, Ordering::Relaxed);
+        inner.committed(counters, path, Op::Delete);
+        Ok(true)
     }
 
     /// Lists the secrets under `prefix`, in path order, from the index alone: no record
-    /// is read or opened. An index entry that fails its integrity check is left out and
-    /// logged, so one damaged secret does not hide the others.
+    /// is read or opened. Keys are tags, so every index entry is opened to learn its
+    /// path. An entry that fails its integrity check is left out and logged, so one
+    /// damaged secret does not hide the others.
     pub fn list(&self, prefix: &Prefix) -> Result<Vec<Entry>, Error> {
         let inner = &*self.inner;
         let mut out = Vec::new();
-        for item in inner.index.scan_prefix(prefix.as_str().as_bytes()) {
-            let (key, raw) = item?;
-            let Some(path) = std::str::from_utf8(&key)
-                .ok()
-                .and_then(|s| SecretPath::parse(s).ok())
-            else {
-                tracing::warn!(store = %inner.dir.display(), "index key that is not a valid path skipped in listing");
+        for item in inner.index.iter() {
+            let (key, raw) = item.map_err(|e| inner.unreadable(None, e))?;
+            let Some(entry) = inner.open_index_at(&key, &raw) else {
+                tracing::warn!(store = %inner.dir.display(), "index entry that fails its integrity check skipped in listing");
+                continue;
+            };
+            let Ok(path) = SecretPath::parse(&entry.path) else {
                 continue;
             };
             if !prefix.matches(&path) {
                 continue;
             }
-            let index_aad = aad(INDEX_AAD, &path, None);
-            let entry = match inner.open_index(&path, &index_aad, &raw) {
-                Ok(entry) => entry,
-                Err(error) => {
-                    tracing::warn!(path = %path, code = error.code(), error = %error, "index entry skipped in listing");
-                    continue;
-                }
-            };
             let current = entry.current();
             if let Some(meta) = entry.meta(current) {
                 out.push(Entry {
@@ -561,6 +661,7 @@ impl Store {
                 });
             }
         }
+        out.sort_by(|a, b| a.path.as_str().cmp(b.path.as_str()));
         Ok(out)
     }
 
@@ -581,34 +682,41 @@ impl Store {
                 record::LABEL_CURRENT
             )));
         }
-        let index_aad = aad(INDEX_AAD, path, None);
-        let index_key = &index_aad[INDEX_AAD.len()..];
-        (&inner.index, &inner.records).transaction(|(index, records)| {
-            let Some(raw) = index.get(index_key)? else {
-                return Err(abort(Error::NotFound {
-                    path: path.clone(),
-                    version: None,
-                }));
-            };
-            let mut entry = inner.open_index(path, &index_aad, &raw).map_err(abort)?;
-            match version {
-                Some(v) if entry.meta(v).is_none() => {
+        let tag = inner.layout.tag(path);
+        let counters =
+            (&inner.meta, &inner.index, &inner.records).transaction(|(meta, index, records)| {
+                let Some(raw) = index.get(tag.key())? else {
                     return Err(abort(Error::NotFound {
                         path: path.clone(),
-                        version: Some(v),
-                    }))
+                        version: None,
+                    }));
+                };
+                let mut entry = inner.open_index(path, &tag, &raw).map_err(abort)?;
+                match version {
+                    Some(v) if entry.meta(v).is_none() => {
+                        return Err(abort(Error::NotFound {
+                            path: path.clone(),
+                            version: Some(v),
+                        }))
+                    }
+                    Some(v) => {
+                        entry.labels.insert(label.to_owned(), v);
+                    }
+                    None => {
+                        entry.labels.remove(label);
+                    }
                 }
-                Some(v) => {
-                    entry.labels.insert(label.to_owned(), v);
-                }
-                None => {
-                    entry.labels.remove(label);
-                }
-            }
-            let pruned = entry.prune(inner.max_versions);
-            inner.save_index(index, records, path, &index_aad, &entry, &pruned)
-        })?;
-        inner.written.fetch_add(1, Ordering::SeqCst);
+                let pruned = entry.prune(inner.max_versions);
+                inner.save_index(index, records, &tag, &entry, &pruned)?;
+                Counters::bump(meta, &inner.key, 0)
+            })?;
+        inner.committed(
+            counters,
+            path,
+            Op::Label {
+                label: label.to_owned(),
+            },
+        );
         Ok(())
     }
 
@@ -626,7 +734,8 @@ impl Store {
         self.flush().await
     }
 
-    /// Makes every write so far durable. Callers flush before acknowledging a write.
+    /// Makes every write so far durable, then records it in the state file. Callers
+    /// flush before acknowledging a write.
     ///
     /// Group commit: one flush runs at a time on the blocking pool, and a caller whose
     /// writes a finished flush already covered returns at once, so many concurrent
@@ -643,10 +752,15 @@ impl Store {
             return Ok(());
         }
         let covers = inner.written.load(Ordering::SeqCst);
-        let db = inner.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|_| Error::Invalid("the flush task failed".into()))??;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // Taken before sled flushes: every change it counts is in this flush.
+            let ledger = store.inner.ledger().clone();
+            store.inner.db.flush()?;
+            ledger::write(&store.inner.dir, &store.inner.key, &ledger)
+        })
+        .await
+        .map_err(|_| Error::Invalid("the flush task failed".into()))??;
         inner.flushed.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }
@@ -665,28 +779,127 @@ impl Store {
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
+
+    /// Whether any problem is known: one atomic load, for every response.
+    pub fn is_damaged(&self) -> bool {
+        self.inner.damaged.load(Ordering::Relaxed)
+    }
+
+    /// The problems found and not yet acknowledged.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.inner.ledger().problems.clone()
+    }
+
+    /// Forgets the problems known now (an operator has dealt with them) and records
+    /// that in the state file. Returns how many there were.
+    pub async fn acknowledge_problems(&self) -> Result<usize, Error> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let inner = &store.inner;
+            let _one_at_a_time = inner.flusher.blocking_lock();
+            let (cleared, ledger) = {
+                let mut ledger = inner.ledger();
+                let cleared = std::mem::take(&mut ledger.problems).len();
+                inner.damaged.store(false, Ordering::Relaxed);
+                (cleared, ledger.clone())
+            };
+            inner.db.flush()?;
+            ledger::write(&inner.dir, &inner.key, &ledger)?;
+            Ok(cleared)
+        })
+        .await
+        .map_err(|_| Error::Invalid("the flush task failed".into()))?
+    }
+}
+
+/// The trees of an open database, for the modules that work on all of them.
+struct Trees<'a> {
+    db: &'a sled::Db,
+    meta: &'a sled::Tree,
+    index: &'a sled::Tree,
+    records: &'a sled::Tree,
+    journal: &'a sled::Tree,
 }
 
 impl Inner {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a change committed: note it for the state file and for `flush`.
+    fn committed(&self, counters: Counters, path: &SecretPath, op: Op) {
+        self.ledger().record(counters, path.as_str(), op);
+        self.written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Reads `key` from `tree`; a page sled cannot read is that secret's integrity
+    /// error, and a problem of the store.
+    fn read(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        path: &SecretPath,
+        version: Option<u64>,
+    ) -> Result<Option<sled::IVec>, Error> {
+        match tree.get(key) {
+            Ok(v) => Ok(v),
+            Err(e @ sled::Error::Corruption { .. }) => {
+                self.unreadable(Some(path), e);
+                Err(Error::Integrity {
+                    path: path.clone(),
+                    version,
+                })
+            }
+            Err(e) => Err(Error::Storage(e)),
+        }
+    }
+
+    /// Reports that sled could not read something. The report reaches the state file
+    /// with the next flush (the one at shutdown included).
+    fn unreadable(&self, path: Option<&SecretPath>, e: sled::Error) -> Error {
+        let problem = Problem::Unreadable {
+            path: path.map(|p| p.as_str().to_owned()),
+            detail: e.to_string(),
+        };
+        if self.ledger().report(problem.clone()) {
+            tracing::error!(store = %self.dir.display(), problem = %problem, "store damaged");
+            self.damaged.store(true, Ordering::Relaxed);
+            self.written.fetch_add(1, Ordering::SeqCst);
+        }
+        Error::Storage(e)
+    }
+
     fn open_index(
         &self,
         path: &SecretPath,
-        index_aad: &[u8],
+        tag: &PathTag,
         raw: &[u8],
     ) -> Result<IndexEntry, Error> {
         let integrity = || Error::Integrity {
             path: path.clone(),
             version: None,
         };
-        let plain = self.key.open(index_aad, raw).map_err(|_| integrity())?;
-        IndexEntry::decode(plain.expose()).ok_or_else(integrity)
+        let plain = self
+            .key
+            .open(&tag.index_aad(), raw)
+            .map_err(|_| integrity())?;
+        IndexEntry::decode(plain.expose())
+            .filter(|e| e.path == path.as_str())
+            .ok_or_else(integrity)
+    }
+
+    /// Opens the index entry stored under `key`, whatever its path.
+    fn open_index_at(&self, key: &[u8], raw: &[u8]) -> Option<IndexEntry> {
+        let tag = PathTag(key.try_into().ok()?);
+        let plain = self.key.open(&tag.index_aad(), raw).ok()?;
+        IndexEntry::decode(plain.expose())
     }
 
     fn open_record(
         &self,
         path: &SecretPath,
+        tag: &PathTag,
         version: u64,
-        record_aad: &[u8],
         raw: &[u8],
         entry: &IndexEntry,
     ) -> Result<Secret, Error> {
@@ -694,7 +907,10 @@ impl Inner {
             path: path.clone(),
             version: Some(version),
         };
-        let plain = self.key.open(record_aad, raw).map_err(|_| integrity())?;
+        let plain = self
+            .key
+            .open(&tag.record_aad(version, entry.epoch), raw)
+            .map_err(|_| integrity())?;
         let record = record::decode_record(plain.expose()).ok_or_else(integrity)?;
         Ok(Secret {
             path: path.clone(),
@@ -713,27 +929,25 @@ impl Inner {
         &self,
         index: &TransactionalTree,
         records: &TransactionalTree,
-        path: &SecretPath,
-        index_aad: &[u8],
+        tag: &PathTag,
         entry: &IndexEntry,
         pruned: &[u64],
     ) -> TxResult<()> {
         for v in pruned {
-            let record_aad = aad(RECORD_AAD, path, Some(*v));
-            records.remove(&record_aad[RECORD_AAD.len()..])?;
+            records.remove(&tag.record_key(*v)[..])?;
         }
-        let plain = entry.encode().map_err(|_| {
-            abort(Error::Invalid(format!(
-                "cannot encode the index entry of {path}"
-            )))
-        })?;
-        let sealed = self
-            .key
-            .seal(index_aad, &plain)
-            .map_err(|e| abort(Error::Crypto(e)))?;
-        index.insert(&index_aad[INDEX_AAD.len()..], sealed)?;
+        let sealed = seal_index(&self.key, tag, entry).map_err(abort)?;
+        index.insert(tag.key(), sealed)?;
         Ok(())
     }
+}
+
+/// The sealed bytes of an index entry.
+fn seal_index(key: &DataKey, tag: &PathTag, entry: &IndexEntry) -> Result<Vec<u8>, Error> {
+    let plain = entry
+        .encode()
+        .map_err(|_| Error::Invalid(format!("cannot encode the index entry of {}", entry.path)))?;
+    key.seal(&tag.index_aad(), &plain).map_err(Error::Crypto)
 }
 
 /// Stores the wrapped data key and its KEK id together (one atomic batch).
@@ -743,20 +957,6 @@ fn save_wrapped_key(meta: &sled::Tree, wrapped: Vec<u8>, kek_id: &str) -> Result
     batch.insert(META_KEK_ID, kek_id.as_bytes());
     meta.apply_batch(batch)?;
     Ok(())
-}
-
-/// `domain ++ path [++ 0x00 ++ version BE]`: the associated data, whose tail after
-/// `domain` is the sled key. One allocation for both.
-fn aad(domain: &[u8], path: &SecretPath, version: Option<u64>) -> Vec<u8> {
-    let path = path.as_str().as_bytes();
-    let mut buf = Vec::with_capacity(domain.len() + path.len() + 9);
-    buf.extend_from_slice(domain);
-    buf.extend_from_slice(path);
-    if let Some(v) = version {
-        buf.push(0);
-        buf.extend_from_slice(&v.to_be_bytes());
-    }
-    buf
 }
 
 /// Kinds and labels: `[a-z0-9_.-]{1,64}`.

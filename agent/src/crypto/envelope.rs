@@ -67,6 +67,11 @@ impl DataKey {
         Self { key, cipher }
     }
 
+    /// Lends the raw key bytes to `f`, to derive another key from them ([`super::Tagger`]).
+    pub(super) fn with_key_bytes(&self, f: impl FnOnce(&[u8])) {
+        f(&self.key[..]);
+    }
+
     /// The raw key bytes, to be handed to a [`super::KeyWrapper`] and nowhere else.
     pub fn to_wrappable(&self) -> SecretBytes {
         SecretBytes::new(self.key.to_vec())

@@ -19,9 +19,19 @@ pub(super) const LABEL_CURRENT: &str = "current";
 pub(super) const LABEL_PREVIOUS: &str = "previous";
 
 /// Versions, labels and metadata of one secret; the value of the `index` tree.
+///
+/// `path` and `epoch` are absent from entries written before format 2 (they were
+/// implied by the key); the migration fills them in.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct IndexEntry {
+    /// The secret's path: the `index` key is only a tag of it.
+    #[serde(default)]
+    pub(super) path: String,
+    /// Drawn at random when the entry is created, bound into every record's associated
+    /// data: a record sealed before a delete does not open after the path is reused.
+    #[serde(default)]
+    pub(super) epoch: u64,
     /// Versions kept, ascending by number.
     pub(super) versions: Vec<VersionMeta>,
     /// Label name -> version; always holds [`LABEL_CURRENT`].
@@ -43,9 +53,11 @@ pub(super) struct VersionMeta {
 }
 
 impl IndexEntry {
-    /// The entry of a secret that has no version yet.
-    pub(super) fn new(created_at: i64) -> Self {
+    /// The entry of a secret that has no version yet, with a fresh epoch.
+    pub(super) fn new(path: &str, created_at: i64) -> Self {
         Self {
+            path: path.to_owned(),
+            epoch: rand::random(),
             versions: Vec::new(),
             labels: BTreeMap::new(),
             next_version: 1,
@@ -332,7 +344,7 @@ mod tests {
 
     #[test]
     fn push_moves_current_to_previous_and_prune_keeps_labelled() {
-        let mut e = IndexEntry::new(5);
+        let mut e = IndexEntry::new("a", 5);
         for _ in 0..4 {
             e.push_version("generic", 1, None);
         }
@@ -348,7 +360,7 @@ mod tests {
 
     #[test]
     fn index_entry_round_trips_and_rejects_inconsistency() {
-        let mut e = IndexEntry::new(5);
+        let mut e = IndexEntry::new("a", 5);
         e.push_version("generic", 1, Some(9));
         let bytes = e.encode().expect("encodes");
         assert_eq!(IndexEntry::decode(&bytes), Some(e.clone()));
@@ -356,6 +368,6 @@ mod tests {
         dangling.labels.insert("pending".into(), 7);
         assert!(IndexEntry::decode(&dangling.encode().expect("encodes")).is_none());
         assert!(IndexEntry::decode(b"{not json").is_none());
-        assert!(IndexEntry::decode(&IndexEntry::new(1).encode().expect("encodes")).is_none());
+        assert!(IndexEntry::decode(&IndexEntry::new("a", 1).encode().expect("encodes")).is_none());
     }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::crypto::LocalKek;
+use crate::crypto::{KeyWrapper, LocalKek};
 use crate::secret::SecretString;
 
 const VALUE: &str = "hunter2-very-secret-value";
@@ -41,6 +41,20 @@ impl Fixture {
             .expect("store opens")
     }
 
+    /// The layout of the store's keys (the store must have been dropped).
+    async fn layout(&self) -> Layout {
+        let db = sled::open(&self.cfg.path).expect("raw sled open");
+        let wrapped = db
+            .open_tree(META_TREE)
+            .expect("meta")
+            .get(META_DEK)
+            .expect("get")
+            .expect("dek");
+        drop(db);
+        let dek = self.kek.unwrap(&wrapped).await.expect("unwrap");
+        Layout::new(&DataKey::from_secret(&dek).expect("dek"))
+    }
+
     /// Runs `f` on the raw sled database; the store must have been dropped.
     fn with_raw_db(&self, f: impl FnOnce(&sled::Db)) {
         let db = sled::open(&self.cfg.path).expect("raw sled open");
@@ -75,11 +89,12 @@ fn password(secret: &Secret) -> &str {
         .expose()
 }
 
-fn record_key(path: &str, version: u64) -> Vec<u8> {
-    let mut key = path.as_bytes().to_vec();
-    key.push(0);
-    key.extend_from_slice(&version.to_be_bytes());
-    key
+fn record_key(layout: &Layout, path: &str, version: u64) -> Vec<u8> {
+    layout.tag(&p(path)).record_key(version).to_vec()
+}
+
+fn index_key(layout: &Layout, path: &str) -> Vec<u8> {
+    layout.tag(&p(path)).key().to_vec()
 }
 
 #[tokio::test]
@@ -241,11 +256,12 @@ async fn versions_are_pruned_but_labelled_versions_kept() {
     assert_eq!(kept, vec![6, 7, 8]);
     store.flush().await.expect("flush");
     drop(store);
+    let layout = fx.layout().await;
     fx.with_raw_db(|db| {
         let records = db.open_tree(RECORDS_TREE).expect("records");
         assert_eq!(records.len(), 3);
         assert!(records
-            .get(record_key("rotating/key", 1))
+            .get(record_key(&layout, "rotating/key", 1))
             .expect("get")
             .is_none());
     });
@@ -373,10 +389,11 @@ async fn list_by_prefix_reads_only_the_index() {
     store.flush().await.expect("flush");
     drop(store);
     // Corrupt one record's value: listing must not notice.
+    let layout = fx.layout().await;
     fx.with_raw_db(|db| {
         let records = db.open_tree(RECORDS_TREE).expect("records");
         records
-            .insert(record_key("billing/db", 2), b"garbage".to_vec())
+            .insert(record_key(&layout, "billing/db", 2), b"garbage".to_vec())
             .expect("corrupt");
     });
     let store = fx.open().await;
@@ -420,9 +437,10 @@ async fn flipped_byte_in_a_record_fails_only_that_secret() {
     store.put(&p("bystander"), write("fine")).expect("put");
     store.flush().await.expect("flush");
     drop(store);
+    let layout = fx.layout().await;
     fx.with_raw_db(|db| {
         let records = db.open_tree(RECORDS_TREE).expect("records");
-        let key = record_key("victim", 1);
+        let key = record_key(&layout, "victim", 1);
         let mut value = records.get(&key).expect("get").expect("record").to_vec();
         let mid = value.len() / 2;
         value[mid] ^= 0x40;
@@ -458,9 +476,10 @@ async fn truncated_record_fails_integrity() {
     store.put(&p("victim"), write(VALUE)).expect("put");
     store.flush().await.expect("flush");
     drop(store);
+    let layout = fx.layout().await;
     fx.with_raw_db(|db| {
         let records = db.open_tree(RECORDS_TREE).expect("records");
-        let key = record_key("victim", 1);
+        let key = record_key(&layout, "victim", 1);
         let value = records.get(&key).expect("get").expect("record");
         records
             .insert(key, &value[..value.len() - 1])
@@ -486,6 +505,7 @@ async fn swapped_records_fail_integrity() {
     store.put(&p("c"), write("value-c2")).expect("put");
     store.flush().await.expect("flush");
     drop(store);
+    let layout = fx.layout().await;
     fx.with_raw_db(|db| {
         let records = db.open_tree(RECORDS_TREE).expect("records");
         let swap = |x: Vec<u8>, y: Vec<u8>| {
@@ -495,8 +515,8 @@ async fn swapped_records_fail_integrity() {
             records.insert(y, vx).expect("insert");
         };
         // Between paths, and between versions of one path.
-        swap(record_key("a", 1), record_key("b", 1));
-        swap(record_key("c", 1), record_key("c", 2));
+        swap(record_key(&layout, "a", 1), record_key(&layout, "b", 1));
+        swap(record_key(&layout, "c", 1), record_key(&layout, "c", 2));
     });
     let store = fx.open().await;
     for (path, version) in [("a", 1), ("b", 1), ("c", 1), ("c", 2)] {
@@ -521,13 +541,19 @@ async fn swapped_or_garbage_index_entries_fail_integrity() {
     }
     store.flush().await.expect("flush");
     drop(store);
+    let layout = fx.layout().await;
     fx.with_raw_db(|db| {
         let index = db.open_tree(INDEX_TREE).expect("index");
-        let va = index.get(b"a").expect("get").expect("a");
-        let vb = index.get(b"b").expect("get").expect("b");
-        index.insert(b"a", vb).expect("insert");
-        index.insert(b"b", va).expect("insert");
-        index.insert(b"c", &b"\x01short"[..]).expect("insert");
+        let (a, b, c) = (
+            index_key(&layout, "a"),
+            index_key(&layout, "b"),
+            index_key(&layout, "c"),
+        );
+        let va = index.get(&a).expect("get").expect("a");
+        let vb = index.get(&b).expect("get").expect("b");
+        index.insert(&a, vb).expect("insert");
+        index.insert(&b, va).expect("insert");
+        index.insert(&c, &b"\x01short"[..]).expect("insert");
     });
     let store = fx.open().await;
     for path in ["a", "b", "c"] {
@@ -898,4 +924,211 @@ async fn put_at_keeps_the_given_version_and_refuses_older_ones() {
         .expect("get")
         .expect("some");
     assert_eq!(got.version, 7);
+}
+
+/// Replaces sled's own files (not the state file) in `to` with those of `from`.
+fn copy_sled_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(to).expect("read_dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() && entry.file_name() != STATE_FILE {
+            std::fs::remove_file(entry.path()).expect("remove");
+        }
+    }
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name();
+        if name == STATE_FILE || entry.file_type().expect("type").is_dir() {
+            continue;
+        }
+        std::fs::copy(entry.path(), to.join(&name)).expect("copy");
+    }
+}
+
+#[tokio::test]
+async fn a_record_copied_back_after_delete_and_recreate_does_not_open() {
+    let fx = Fixture::new();
+    let store = fx.open().await;
+    let path = p("apps/key");
+    store.put(&path, write("revoked-old-key")).expect("put");
+    let tag = store.inner.layout.tag(&path);
+    let old = store
+        .inner
+        .records
+        .get(tag.record_key(1))
+        .expect("get")
+        .expect("sealed v1");
+    assert!(store.delete(&path).expect("delete"));
+    assert_eq!(store.put(&path, write("new-key")).expect("put").version, 1);
+    store.flush().await.expect("flush");
+    drop(store);
+    // The old sealed v1 is put back in the new v1's place, the agent stopped.
+    fx.with_raw_db(|db| {
+        db.open_tree(RECORDS_TREE)
+            .expect("records")
+            .insert(tag.record_key(1), old)
+            .expect("replay");
+    });
+    let store = fx.open().await;
+    assert!(
+        matches!(
+            store.get(&path, Selector::Current),
+            Err(Error::Integrity {
+                version: Some(1),
+                ..
+            })
+        ),
+        "the replayed record must not open"
+    );
+}
+
+#[tokio::test]
+async fn writes_lost_by_the_database_are_reported_by_name_and_kept_until_acknowledged() {
+    let fx = Fixture::new();
+    let store = fx.open().await;
+    store.put(&p("kept"), write("one")).expect("put");
+    store.put(&p("gone/a"), write("two")).expect("put");
+    store.flush().await.expect("flush");
+    drop(store);
+    let old = fx.cfg.path.with_extension("old");
+    copy_sled_files(&fx.cfg.path, &old);
+
+    let store = fx.open().await;
+    store.put(&p("gone/a"), write("three")).expect("put");
+    store.put(&p("gone/b"), write("four")).expect("put");
+    assert!(store.delete(&p("kept")).expect("delete"));
+    store.flush().await.expect("flush");
+    assert!(!store.is_damaged());
+    drop(store);
+    // The database goes back to before the last three changes; the state file stays.
+    copy_sled_files(&old, &fx.cfg.path);
+
+    let store = fx.open().await;
+    assert!(store.is_damaged());
+    let problems = store.problems();
+    let [Problem::LostWrites {
+        expected_generation: 5,
+        found_generation: 2,
+        missing,
+        unnamed: 0,
+    }] = problems.as_slice()
+    else {
+        panic!("expected three lost writes, got {problems:?}");
+    };
+    let named: Vec<String> = missing
+        .iter()
+        .map(|m| format!("{} {:?}", m.path, m.op))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            "gone/a Write { version: 2 }",
+            "gone/b Write { version: 1 }",
+            "kept Delete"
+        ]
+    );
+    let shown = problems[0].to_string();
+    assert!(shown.contains("3 acknowledged change(s)"), "{shown}");
+    assert!(
+        shown.contains("gone/a v2") && shown.contains("delete of kept"),
+        "{shown}"
+    );
+    // What the database still holds is served.
+    let kept = store
+        .get(&p("kept"), Selector::Current)
+        .expect("get")
+        .expect("kept");
+    assert_eq!(password(&kept), "one");
+    // The report survives a restart, even with new writes in between...
+    store.put(&p("gone/b"), write("rewritten")).expect("put");
+    store.flush().await.expect("flush");
+    drop(store);
+    let store = fx.open().await;
+    assert_eq!(store.problems(), problems, "kept across a restart");
+    // ...until acknowledged.
+    assert_eq!(store.acknowledge_problems().await.expect("ack"), 1);
+    assert!(!store.is_damaged());
+    drop(store);
+    let store = fx.open().await;
+    assert!(store.problems().is_empty(), "{:?}", store.problems());
+}
+
+#[tokio::test]
+async fn a_missing_or_tampered_state_file_and_a_wrong_count_are_reported() {
+    let fx = Fixture::new();
+    let store = fx.open().await;
+    store.put(&p("a"), write(VALUE)).expect("put");
+    store.put(&p("b"), write(VALUE)).expect("put");
+    store.flush().await.expect("flush");
+    drop(store);
+    let state = fx.cfg.path.join(STATE_FILE);
+    std::fs::remove_file(&state).expect("remove");
+    let store = fx.open().await;
+    assert_eq!(
+        store.problems(),
+        [Problem::StateFile {
+            reason: StateFileReason::Missing
+        }]
+    );
+    assert_eq!(store.acknowledge_problems().await.expect("ack"), 1);
+    drop(store);
+
+    let mut raw = std::fs::read(&state).expect("read");
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    std::fs::write(&state, raw).expect("tamper");
+    let layout = fx.layout().await;
+    fx.with_raw_db(|db| {
+        db.open_tree(INDEX_TREE)
+            .expect("index")
+            .remove(index_key(&layout, "b"))
+            .expect("remove");
+    });
+    let store = fx.open().await;
+    assert_eq!(
+        store.problems(),
+        [
+            Problem::StateFile {
+                reason: StateFileReason::Unreadable
+            },
+            Problem::CountMismatch {
+                expected: 2,
+                found: 1
+            },
+        ]
+    );
+    assert_eq!(store.len(), 1);
+}
+
+#[tokio::test]
+async fn no_path_and_no_value_is_in_clear_in_the_store_folder() {
+    let fx = Fixture::new();
+    let store = fx.open().await;
+    let path = p("billing/postgres-main");
+    store.put(&path, write(VALUE)).expect("put");
+    store.set_label(&path, "pending", Some(1)).expect("label");
+    store
+        .journal_put(&path, b"journal-blob")
+        .await
+        .expect("journal");
+    store.flush().await.expect("flush");
+    drop(store);
+    let _ = fx.open().await;
+    let mut files = 0;
+    for entry in std::fs::read_dir(&fx.cfg.path).expect("read_dir") {
+        let entry = entry.expect("entry");
+        if !entry.file_type().expect("type").is_file() {
+            continue;
+        }
+        files += 1;
+        let bytes = std::fs::read(entry.path()).expect("read");
+        for needle in ["postgres-main", VALUE, "pending"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} in clear in {}",
+                entry.path().display()
+            );
+        }
+    }
+    assert!(files >= 3, "db, conf, state file");
 }
