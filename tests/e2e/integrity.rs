@@ -29,8 +29,13 @@ fn assert_integrity_error(answer: &Answer, path: &str, plaintext: &str) {
 
 fn assert_no_panic(agent: &Agent) {
     let logs = agent.logs();
-    assert!(!logs.contains("panicked"), "the agent panicked:\n{logs}");
-    assert!(agent.is_running(), "the agent died:\n{logs}");
+    let panics: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("panicked"))
+        .take(20)
+        .collect();
+    assert!(panics.is_empty(), "the agent panicked: {panics:#?}");
+    assert!(agent.is_running(), "the agent died (its log follows)");
 }
 
 #[tokio::test]

@@ -54,26 +54,30 @@ impl Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
+                .timeout(crate::harness::pace::scaled(Duration::from_secs(10)))
                 .build()?,
         };
         let probe = format!("{}/moto-api/", moto.endpoint);
         let client = moto.client.clone();
-        let ready =
-            wait_until("moto", Duration::from_secs(60), || {
-                let client = client.clone();
-                let probe = probe.clone();
-                async move {
-                    matches!(client.get(&probe).send().await, Ok(r) if r.status().as_u16() < 500)
-                }
-            })
-            .await;
+        // A server that could not bind its port exits (and another test's server may
+        // answer on that port): stop waiting as soon as ours is gone.
+        let mut exited = None;
+        let child = &mut moto.child;
+        let ready = wait_until("moto", Duration::from_secs(60), || {
+            if exited.is_none() {
+                exited = child.try_wait().ok().flatten();
+            }
+            let gone = exited.is_some();
+            let request = client.get(&probe).send();
+            async move { gone || matches!(request.await, Ok(r) if r.status().as_u16() < 500) }
+        })
+        .await;
+        if let Some(status) = exited.or_else(|| moto.child.try_wait().ok().flatten()) {
+            bail!("moto_server exited early: {status}");
+        }
         if let Err(e) = ready {
             let _ = moto.child.start_kill();
             return Err(e);
-        }
-        if let Ok(Some(status)) = moto.child.try_wait() {
-            bail!("moto_server exited early: {status}");
         }
         Ok(moto)
     }
