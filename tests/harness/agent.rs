@@ -636,10 +636,22 @@ impl Agent {
         what: &str,
         matches: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
+        self.wait_for_audit_within(what, AUDIT_DEADLINE, matches)
+            .await
+    }
+
+    /// [`Agent::wait_for_audit`] for a record of something the agent does later on its
+    /// own (a retirement after a grace window): waits up to `deadline` (scaled).
+    pub(crate) async fn wait_for_audit_within(
+        &self,
+        what: &str,
+        deadline: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let matches = &matches;
         let found = eventually(
             &format!("an audit record: {what}"),
-            AUDIT_DEADLINE,
+            deadline,
             || async move { self.audit_records().ok()?.into_iter().find(|r| matches(r)) },
         )
         .await;

@@ -49,6 +49,13 @@ pub(crate) fn scaled(deadline: Duration) -> Duration {
     deadline.mul_f64(factor())
 }
 
+/// `deadline` stretched by [`factor`] as a config duration, rounded up to whole
+/// seconds (`"6s"`): for windows the agent itself waits out, such as a grace window
+/// the test must act within.
+pub(crate) fn scaled_setting(deadline: Duration) -> String {
+    format!("{}s", scaled(deadline).as_secs_f64().ceil())
+}
+
 /// The factor and its source, for failure messages: `×1.0 (measured: …)`.
 pub(crate) fn describe() -> String {
     let pace = pace();
