@@ -97,6 +97,36 @@ where
     }
 }
 
+/// Checks that `holds` stays true throughout `window` (scaled by [`pace`]), failing
+/// as soon as it is not. Only for "X must not happen while Y lasts" where the agent
+/// offers no event saying it is past the point where X would have happened; wait for
+/// such an event with [`eventually`] wherever there is one.
+pub(crate) async fn holds_for<F, Fut>(
+    what: &str,
+    window: Duration,
+    mut holds: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let scaled = pace::scaled(window);
+    let start = tokio::time::Instant::now();
+    loop {
+        if !holds().await {
+            bail!(
+                "expected {what} for {scaled:.1?} ({window:?} {}), but not after {:.1?}",
+                pace::describe(),
+                start.elapsed()
+            );
+        }
+        if start.elapsed() >= scaled {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Runs `work` for at most `deadline` (scaled by [`pace`]); the error names `what`.
 pub(crate) async fn within<T>(
     what: &str,
