@@ -28,12 +28,7 @@ fn assert_integrity_error(answer: &Answer, path: &str, plaintext: &str) {
 }
 
 fn assert_no_panic(agent: &Agent) {
-    let logs = agent.logs();
-    let panics: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("panicked"))
-        .take(20)
-        .collect();
+    let panics = agent.log_lines_with("panicked");
     assert!(panics.is_empty(), "the agent panicked: {panics:#?}");
     assert!(agent.is_running(), "the agent died (its log follows)");
 }

@@ -423,12 +423,7 @@ async fn malformed_requests_get_clear_4xx_answers_and_write_nothing() -> anyhow:
         assert_eq!(admin.read(path).await?.status, 404, "{path} exists");
     }
     assert_eq!(admin.health().await?.status, 200);
-    let logs = agent.logs();
-    let panics: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("panicked"))
-        .take(20)
-        .collect();
+    let panics = agent.log_lines_with("panicked");
     assert!(panics.is_empty(), "the agent panicked: {panics:#?}");
     Ok(())
 }

@@ -602,6 +602,17 @@ impl Agent {
         self.log_tail()
     }
 
+    /// The first 20 lines of the agent's log that contain `needle`: what a failure
+    /// message shows of lines that should not be there (`"panicked"`).
+    pub(crate) fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .take(20)
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Everything the agent wrote to stderr (its log) and stdout, over all its runs: for
     /// searching. A failure message shows [`Agent::log_tail`] instead.
     pub(crate) fn logs(&self) -> String {
