@@ -1,10 +1,16 @@
 //! Starts a real `moto_server` (PyPI `moto[server]`) on a loopback port the test
 //! picked, waits until it answers, and kills it on drop.
 //!
+//! It runs through `moto-server.py`, which corrects one answer to what AWS sends:
+//! moto dates every version in ListSecretVersionIds at the time of the call, so a
+//! version someone else wrote would change number (the agent numbers it by its
+//! creation time) whenever two calls fall in different seconds.
+//!
 //! [`Moto::call`] speaks the Secrets Manager JSON protocol directly, so tests create
 //! and inspect secrets without the client under test. moto does not check request
 //! signatures; the `Authorization` header only tells it the region.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -42,7 +48,9 @@ impl Moto {
     #[allow(clippy::disallowed_methods)]
     async fn spawn_once() -> anyhow::Result<Self> {
         let port = free_port()?;
-        let child = Command::new(tool("moto_server"))
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/moto-server.py");
+        let child = Command::new(tool("python3"))
+            .arg(&script)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
