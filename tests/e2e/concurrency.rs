@@ -28,15 +28,18 @@ async fn concurrent_puts_all_complete_and_land() -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>(versions)
         });
     }
-    let all = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut all = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            all.extend(done??);
-        }
-        Ok::<_, anyhow::Error>(all)
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("concurrent writes did not finish within 60 s (lock-up)"))??;
+    let all = crate::harness::within(
+        "the concurrent writes to finish (a lock-up if not)",
+        Duration::from_secs(60),
+        async {
+            let mut all = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                all.extend(done??);
+            }
+            Ok::<_, anyhow::Error>(all)
+        },
+    )
+    .await??;
     assert_eq!(all.len(), 160);
     // 8 secrets, 20 writes each: every version 1..=20 handed out exactly once per path.
     let listed = agent.admin()?.list("load/").await?;

@@ -51,9 +51,12 @@ async fn curl(args: &[&str], stdin: Option<&str>) -> anyhow::Result<Curl> {
         let mut input = child.stdin.take().context("no stdin")?;
         input.write_all(text.as_bytes()).await?;
     }
-    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .context("curl hung")??;
+    let out = crate::harness::within(
+        "curl to finish",
+        Duration::from_secs(20),
+        child.wait_with_output(),
+    )
+    .await??;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
     Ok(Curl {

@@ -7,12 +7,14 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::json;
+use tokio::io::AsyncReadExt as _;
 
-use crate::harness::{binary, eventually, Agent};
+use crate::harness::{binary, eventually, within, Agent};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -47,6 +49,53 @@ async fn wait_lines(path: &Path, n: usize, what: &str) -> anyhow::Result<Vec<Str
         (l.len() >= n).then_some(l)
     })
     .await
+}
+
+/// What `latchkey exec` logs (at `debug`) when a change reaches it that no value the
+/// child received is part of: proof that it has handled that change and all before.
+const IGNORED: &str = "a watched secret changed, but no value the child received did";
+
+/// `latchkey exec`'s stderr (its log), collected as it is written.
+struct ExecLog {
+    text: Arc<Mutex<String>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl ExecLog {
+    fn follow(exec: &mut tokio::process::Child) -> anyhow::Result<Self> {
+        let mut stderr = exec.stderr.take().context("no stderr pipe")?;
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&text);
+        let reader = tokio::spawn(async move {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut chunk).await {
+                let mut text = sink.lock().unwrap_or_else(|e| e.into_inner());
+                text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+        Ok(Self { text, reader })
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until `line` has been logged `n` times.
+    async fn wait_for(&self, line: &str, n: usize, what: &str) -> anyhow::Result<()> {
+        eventually(what, WAIT, || async move {
+            (self.text().matches(line).count() >= n).then_some(())
+        })
+        .await
+        .with_context(|| format!("latchkey exec's log:\n{}", self.text()))
+    }
+
+    /// Everything it wrote, once it has exited.
+    async fn finish(self) -> anyhow::Result<String> {
+        let Self { text, reader } = self;
+        reader.await?;
+        let text = text.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(text)
+    }
 }
 
 fn term(child: &tokio::process::Child) -> anyhow::Result<()> {
@@ -117,7 +166,7 @@ async fn exec_forwards_sigterm_and_passes_the_code_back() -> anyhow::Result<()> 
     let mut exec = spawn_exec(&agent, &["--env", "V=apps/x#v", "--", "sh", "-c", &script])?;
     wait_lines(&ready, 1, "the child to start").await?;
     term(&exec)?;
-    let status = tokio::time::timeout(WAIT, exec.wait()).await??;
+    let status = within("exec to exit", WAIT, exec.wait()).await??;
     assert_eq!(status.code(), Some(3));
     assert_eq!(read_lines(&got), ["term"]);
 
@@ -157,18 +206,22 @@ async fn exec_restarts_only_when_a_value_it_received_changed() -> anyhow::Result
             &script,
         ],
     )?;
+    let log = ExecLog::follow(&mut exec)?;
     let first = wait_lines(&starts, 1, "the first start").await?;
     assert!(first[0].ends_with(" pw-1"), "{first:?}");
 
     // Not restarted: another secret changes; a field the child does not use changes.
+    // Changes reach exec in order, so once it has logged that the second one changed
+    // nothing it passed on, it has handled the first too.
     admin.write("apps/unrelated", json!({"v": "2"})).await?;
     admin
         .write("apps/db", json!({"password": "pw-1", "note": "b"}))
         .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    log.wait_for(IGNORED, 1, "exec to handle the changes it does not use")
+        .await?;
     assert_eq!(
-        read_lines(&starts).len(),
-        1,
+        read_lines(&starts),
+        first,
         "restarted without a change it uses"
     );
 
@@ -183,17 +236,18 @@ async fn exec_restarts_only_when_a_value_it_received_changed() -> anyhow::Result
         after[1].split(' ').next(),
         "a new process"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(read_lines(&starts).len(), 2, "restarted once");
+    // Restarted once: a later change is handled, and still two starts.
+    admin
+        .write("apps/db", json!({"password": "pw-2", "note": "c"}))
+        .await?;
+    log.wait_for(IGNORED, 2, "exec to handle a change after the restart")
+        .await?;
+    assert_eq!(read_lines(&starts), after, "restarted once");
 
     term(&exec)?;
-    let status = tokio::time::timeout(WAIT, exec.wait()).await??;
+    let status = within("exec to exit", WAIT, exec.wait()).await??;
     assert_eq!(status.code(), Some(0));
-    let mut stderr = String::new();
-    if let Some(mut e) = exec.stderr.take() {
-        use tokio::io::AsyncReadExt;
-        e.read_to_string(&mut stderr).await?;
-    }
+    let stderr = log.finish().await?;
     assert!(
         !stderr.contains("pw-1") && !stderr.contains("pw-2"),
         "{stderr}"
@@ -241,7 +295,7 @@ async fn exec_signals_the_child_when_its_rendered_file_changes() -> anyhow::Resu
         "{lines:?}"
     );
     term(&exec)?;
-    let status = tokio::time::timeout(WAIT, exec.wait()).await??;
+    let status = within("exec to exit", WAIT, exec.wait()).await??;
     assert_eq!(status.code(), Some(128 + 15));
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! too many headers. Each gets a clear 4xx with a stable `error.code`, nothing is
 //! written, nothing is echoed back, and the agent keeps serving.
 
+use anyhow::Context as _;
 use serde_json::json;
 
 use crate::harness::raw::{self, RawReply};
@@ -422,8 +423,8 @@ async fn malformed_requests_get_clear_4xx_answers_and_write_nothing() -> anyhow:
         assert_eq!(admin.read(path).await?.status, 404, "{path} exists");
     }
     assert_eq!(admin.health().await?.status, 200);
-    let logs = agent.logs();
-    assert!(!logs.contains("panicked"), "{logs}");
+    let panics = agent.log_lines_with("panicked");
+    assert!(panics.is_empty(), "the agent panicked: {panics:#?}");
     Ok(())
 }
 
@@ -525,17 +526,15 @@ async fn clients_that_stall_are_cut_off_while_others_are_served() -> anyhow::Res
         others,
     );
     others?;
-    let (took, _) = no_handshake?;
-    assert!(took < wait, "a silent connection was held for {took:?}");
-    let (took, sent) = half_head?;
-    assert!(took < wait, "half a request head was held for {took:?}");
+    // `until_closed` fails past `wait` (scaled by the pace): each was cut off in time.
+    no_handshake.context("a silent connection")?;
+    let (_, sent) = half_head.context("half a request head")?;
     let sent = String::from_utf8_lossy(&sent).into_owned();
     assert!(
         sent.is_empty() || sent.starts_with("HTTP/1.1 408"),
         "{sent}"
     );
-    let (took, sent) = half_body?;
-    assert!(took < wait, "half a body was held for {took:?}");
+    let (_, sent) = half_body.context("half a body")?;
     let sent = String::from_utf8_lossy(&sent).into_owned();
     assert!(
         sent.is_empty() || sent.starts_with("HTTP/1.1 408"),

@@ -38,9 +38,8 @@ async fn psql(conn: &[&str], sql: &str, env: &[(&str, &Path)]) -> anyhow::Result
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
-        .await
-        .context("psql timed out")?
+    let out = crate::harness::within("psql to finish", Duration::from_secs(20), cmd.output())
+        .await?
         .context("cannot run psql")?;
     if !out.status.success() {
         bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -149,7 +148,8 @@ async fn postgres_credential_is_rendered_rotated_and_used_by_psql() -> anyhow::R
 }
 
 async fn postgres_flow(role: &Role, pw1: &str) -> anyhow::Result<()> {
-    let mut agent = Agent::builder().start().await?;
+    // At debug the renderer logs each template a pass left unchanged.
+    let mut agent = Agent::builder().log_level("debug").start().await?;
     let admin = agent.admin()?;
     admin
         .write("db/app", json!({"username": role.name, "password": pw1}))
@@ -220,14 +220,29 @@ mode = "0640"
     })
     .await?;
 
-    // An unrelated change and a restart re-render nothing and run no action.
+    // An unrelated change and a restart re-render nothing and run no action: the
+    // pass at start and the pass after a write of the same values both find the two
+    // templates unchanged (and would have run the action before saying so).
     let modified = std::fs::metadata(&pgpass)?.modified()?;
     admin.write("db/other", json!({"password": "x"})).await?;
-    agent.restart().await?;
+    let stopped = agent.stop().await?;
+    assert!(
+        stopped.success(),
+        "the agent did not stop cleanly: {stopped}"
+    );
+    let unchanged = |agent: &Agent| agent.logs().matches("template unchanged").count();
+    let before = unchanged(&agent);
+    agent.start().await?;
+    let admin = agent.admin()?;
     admin
         .write("db/app", json!({"username": role.name, "password": pw2}))
         .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually(
+        "two passes to find both templates unchanged",
+        WAIT,
+        || async { (unchanged(&agent) >= before + 4).then_some(()) },
+    )
+    .await?;
     assert_eq!(lines(&counter), 2, "on_change ran without a content change");
     assert_eq!(std::fs::metadata(&pgpass)?.modified()?, modified);
     let logs = agent.logs();
@@ -496,7 +511,7 @@ async fn render_command_keeps_files_current_as_a_client() -> anyhow::Result<()> 
     let pid = render.id().context("render exited")?;
     let pid = rustix::process::Pid::from_raw(pid as i32).context("pid")?;
     rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-    let status = tokio::time::timeout(WAIT, render.wait()).await??;
+    let status = crate::harness::within("render to exit", WAIT, render.wait()).await??;
     assert!(status.success(), "{status}");
     Ok(())
 }

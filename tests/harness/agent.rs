@@ -1,14 +1,17 @@
 //! The agent under test: a temp folder made by `latchkey init`, the `latchkey run`
 //! process serving it (stdout and stderr captured to files), and the CLI pointed at it.
 //!
-//! The process is killed when the [`Agent`] is dropped; if the test is failing at
-//! that point, the end of the agent's log is printed to help find out why.
+//! The process is killed when the [`Agent`] is dropped, and the end of its log is
+//! printed then (the test runner shows it only when the test fails): the last
+//! [`TAIL_LINES`](super::logs::TAIL_LINES) lines, never all of it, with the path of
+//! the whole file. The folder is deleted unless `LATCHKEY_KEEP_TEST_DIRS=1`.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,9 +23,10 @@ use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
 
 use super::api::Api;
-use super::{binary, eventually, free_port};
+use super::{binary, eventually, free_port, logs, within};
 
-/// How long the agent may take to answer its first health check.
+/// How long the agent may take to answer its first health check (scaled by the
+/// machine's pace, like every deadline here: see `harness::pace`).
 const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the agent may take to exit after SIGTERM.
 const STOP_DEADLINE: Duration = Duration::from_secs(20);
@@ -30,6 +34,8 @@ const STOP_DEADLINE: Duration = Duration::from_secs(20);
 const CLI_DEADLINE: Duration = Duration::from_secs(30);
 /// How long an audit record may take to reach the file.
 const AUDIT_DEADLINE: Duration = Duration::from_secs(5);
+/// Third-party targets stay at this level when a bare `debug` or `trace` is asked for.
+const THIRD_PARTY_LEVEL: &str = "info";
 
 /// Variables the binary reads; removed from every child so the developer's shell
 /// cannot change what a test does.
@@ -127,9 +133,20 @@ impl AgentBuilder {
         self
     }
 
-    /// `--log-level` for the agent, e.g. `trace`.
+    /// `--log-level` for the agent. A bare `debug` or `trace` applies to latchkey's own
+    /// targets (`latchkey`, `latchkey_plugin_host`, …) while every other crate stays at
+    /// `info`: at `trace`, Cranelift and wasmtime alone log about a gigabyte compiling
+    /// one guest, and sled, hyper and rustls megabytes more. Anything else (`warn`, or
+    /// directives) is passed as written; [`AgentBuilder::log_filter`] for all crates.
     pub(crate) fn log_level(mut self, level: &str) -> Self {
-        self.log_level = Some(level.to_owned());
+        self.log_level = Some(own_targets_at(level));
+        self
+    }
+
+    /// `--log-level` exactly as given (RUST_LOG syntax), third-party crates included:
+    /// `.log_filter("trace")` logs everything wasmtime does.
+    pub(crate) fn log_filter(mut self, directives: &str) -> Self {
+        self.log_level = Some(directives.to_owned());
         self
     }
 
@@ -167,10 +184,7 @@ impl AgentBuilder {
     /// `latchkey run` and waits until it answers `/v1/health` over mTLS.
     pub(crate) async fn start(self) -> anyhow::Result<Agent> {
         let bin = binary()?;
-        let root = tempfile::Builder::new()
-            .prefix("latchkey-e2e-")
-            .tempdir()
-            .context("cannot create a temp folder")?;
+        let root = logs::tempdir("latchkey-e2e-")?;
         let dir = root.path().join("agent");
         let tcp = if self.tcp {
             Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
@@ -192,6 +206,7 @@ impl AgentBuilder {
             run_flags,
             run_env: self.env.clone(),
             child: Mutex::new(None),
+            log_shown: AtomicBool::new(false),
         };
         let mut init: Vec<OsString> = vec!["init".into(), "--dir".into(), agent.dir.clone().into()];
         if let Some(addr) = tcp {
@@ -215,6 +230,15 @@ impl AgentBuilder {
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         agent.start().await?;
         Ok(agent)
+    }
+}
+
+/// `trace` → `info,latchkey=trace`; see [`AgentBuilder::log_level`].
+fn own_targets_at(level: &str) -> String {
+    if level.eq_ignore_ascii_case("trace") || level.eq_ignore_ascii_case("debug") {
+        format!("{THIRD_PARTY_LEVEL},latchkey={level}")
+    } else {
+        level.to_owned()
     }
 }
 
@@ -248,6 +272,8 @@ pub(crate) struct Agent {
     run_flags: Vec<String>,
     run_env: Vec<(String, String)>,
     child: Mutex<Option<Child>>,
+    /// Whether a failure message carried the end of the log already.
+    log_shown: AtomicBool,
 }
 
 impl Agent {
@@ -452,7 +478,7 @@ impl Agent {
             .await
             .and_then(|r| r);
             if let Err(e) = result {
-                return Err(e.context(format!("agent log:\n{}", self.logs())));
+                return Err(e.context(self.log_tail_for_failure()));
             }
         }
         Ok(())
@@ -500,8 +526,8 @@ impl Agent {
         let status = self.stop().await?;
         if !status.success() {
             bail!(
-                "the agent did not stop cleanly ({status}); log:\n{}",
-                self.logs()
+                "the agent did not stop cleanly ({status})\n{}",
+                self.log_tail_for_failure()
             );
         }
         self.start().await
@@ -553,7 +579,44 @@ impl Agent {
             .with_context(|| format!("cannot open {}", path.display()))
     }
 
-    /// Everything the agent wrote to stderr (its log) and stdout, over all its runs.
+    /// The agent's log file (its stderr, over all its runs).
+    pub(crate) fn log_path(&self) -> PathBuf {
+        self.root.path().join("agent.stderr")
+    }
+
+    /// The end of the agent's log (and of its stdout, if it wrote any), with the path
+    /// of the whole file: what a failure message shows. Never the whole log.
+    pub(crate) fn log_tail(&self) -> String {
+        let mut text = logs::tail(&self.log_path());
+        if text.is_empty() {
+            text = format!(
+                "--- the agent's log is empty: {}\n",
+                logs::whereabouts(&self.log_path())
+            );
+        }
+        text.push_str(&logs::tail(&self.root.path().join("agent.stdout")));
+        text
+    }
+
+    /// [`Agent::log_tail`], remembered so that dropping the agent does not print it again.
+    fn log_tail_for_failure(&self) -> String {
+        self.log_shown.store(true, Ordering::Relaxed);
+        self.log_tail()
+    }
+
+    /// The first 20 lines of the agent's log that contain `needle`: what a failure
+    /// message shows of lines that should not be there (`"panicked"`).
+    pub(crate) fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .take(20)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Everything the agent wrote to stderr (its log) and stdout, over all its runs: for
+    /// searching. A failure message shows [`Agent::log_tail`] instead.
     pub(crate) fn logs(&self) -> String {
         let mut text = String::new();
         for name in ["agent.stderr", "agent.stdout"] {
@@ -586,33 +649,39 @@ impl Agent {
         what: &str,
         matches: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
+        self.wait_for_audit_within(what, AUDIT_DEADLINE, matches)
+            .await
+    }
+
+    /// [`Agent::wait_for_audit`] for a record of something the agent does later on its
+    /// own (a retirement after a grace window): waits up to `deadline` (scaled).
+    pub(crate) async fn wait_for_audit_within(
+        &self,
+        what: &str,
+        deadline: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let matches = &matches;
         let found = eventually(
             &format!("an audit record: {what}"),
-            AUDIT_DEADLINE,
+            deadline,
             || async move { self.audit_records().ok()?.into_iter().find(|r| matches(r)) },
         )
         .await;
-        found.with_context(|| format!("audit file:\n{}", self.audit_text()))
+        found.with_context(|| logs::tail(&self.dir.join("audit.log")))
     }
 }
 
 impl Drop for Agent {
+    // Printed to the test's captured output: shown only when the test fails.
+    #[allow(clippy::print_stderr)]
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() {
-            print_log_tail(&self.logs());
+        if self.log_shown.load(Ordering::Relaxed) {
+            eprintln!("--- agent log: {}", logs::whereabouts(&self.log_path()));
+        } else {
+            eprint!("{}", self.log_tail());
         }
-    }
-}
-
-#[allow(clippy::print_stderr)]
-fn print_log_tail(logs: &str) {
-    let lines: Vec<&str> = logs.lines().collect();
-    let from = lines.len().saturating_sub(80);
-    eprintln!("--- last lines of the agent's log ---");
-    for line in &lines[from..] {
-        eprintln!("{line}");
     }
 }
 
@@ -697,10 +766,13 @@ impl CliCall<'_> {
                 .context("cannot write stdin")?;
             drop(input);
         }
-        let output = tokio::time::timeout(CLI_DEADLINE, child.wait_with_output())
-            .await
-            .with_context(|| format!("latchkey {shown}: still running after {CLI_DEADLINE:?}"))?
-            .with_context(|| format!("latchkey {shown}"))?;
+        let output = within(
+            &format!("latchkey {shown} to finish"),
+            CLI_DEADLINE,
+            child.wait_with_output(),
+        )
+        .await?
+        .with_context(|| format!("latchkey {shown}"))?;
         Ok(CliOutput {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

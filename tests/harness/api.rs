@@ -10,7 +10,7 @@ use latchkey::client::{encode_query_value, Client};
 use latchkey::secret::SecretBytes;
 use serde_json::{json, Value};
 
-/// The longest a single request may take before the test fails.
+/// The longest a single request may take before the test fails (scaled by the pace).
 const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
 
 /// One answer from the agent.
@@ -79,12 +79,12 @@ impl Api {
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Answer> {
         let what = format!("{method} {uri} to {}", self.client.endpoint());
-        let reply = tokio::time::timeout(
+        let reply = super::within(
+            &format!("an answer to {what}"),
             REQUEST_DEADLINE,
             self.client.request(method, uri, body.map(SecretBytes::new)),
         )
-        .await
-        .with_context(|| format!("{what}: no answer within {REQUEST_DEADLINE:?}"))?
+        .await?
         .with_context(|| what.clone())?;
         Ok(Answer {
             status: reply.status,

@@ -4,7 +4,9 @@
 //! documented response shape. Every request is also recorded for later assertions.
 //!
 //! The fixture runs on its own thread and runtime, so a test may block on a
-//! `latchkey plugin call` child process while the fixture answers it.
+//! `latchkey plugin call` child process while the fixture answers it. Each request's
+//! handler runs on a blocking thread of its own: like a real service, a fixture that
+//! holds one request (a test stalling a step) still answers the others.
 //!
 //! ```ignore
 //! let api = Fixture::start(|req| {
@@ -156,11 +158,23 @@ impl Fixture {
                                 let recorded = Arc::clone(&recorded);
                                 async move {
                                     let seen = read(req).await;
-                                    let reply = handler(&seen);
-                                    recorded
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .push(seen);
+                                    let handled = tokio::task::spawn_blocking(move || {
+                                        let reply = handler(&seen);
+                                        (seen, reply)
+                                    })
+                                    .await;
+                                    let reply = match handled {
+                                        Ok((seen, reply)) => {
+                                            recorded
+                                                .lock()
+                                                .unwrap_or_else(|e| e.into_inner())
+                                                .push(seen);
+                                            reply
+                                        }
+                                        Err(_) => {
+                                            Reply::text(500, "the fixture's handler panicked")
+                                        }
+                                    };
                                     Ok::<_, Infallible>(respond(reply))
                                 }
                             });

@@ -18,13 +18,19 @@
 //! - [`postgres`]: a private PostgreSQL server with scram password auth (the machine's trusts every login).
 //! - [`wasm`]: the test guest and the first-party providers, built once, and `latchkey plugin call`.
 //! - [`oauth_server`]: the real `oauth2-mock-server`, with exact token-request counts.
+//! - [`pace`]: how much slower than the reference machine this one is; every deadline
+//!   here ([`eventually`] and the agent's, the servers' and the CLI's) is scaled by it.
+//! - [`logs`]: the end of a log for a failure message (never all of it), and the temp
+//!   folders that `LATCHKEY_KEEP_TEST_DIRS=1` keeps.
 
 pub(crate) mod agent;
 pub(crate) mod api;
 pub(crate) mod disk;
 pub(crate) mod fixture;
 pub(crate) mod foreign;
+pub(crate) mod logs;
 pub(crate) mod oauth_server;
+pub(crate) mod pace;
 pub(crate) mod postgres;
 pub(crate) mod raw;
 pub(crate) mod wasm;
@@ -67,7 +73,8 @@ pub(crate) fn binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// Polls `check` until it returns `Some`, or fails after `deadline` naming `what`.
+/// Polls `check` until it returns `Some`, or fails after `deadline` (scaled by
+/// [`pace`]) naming `what`.
 pub(crate) async fn eventually<T, F, Fut>(
     what: &str,
     deadline: Duration,
@@ -77,16 +84,68 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    let scaled = pace::scaled(deadline);
     let start = tokio::time::Instant::now();
     loop {
         if let Some(value) = check().await {
             return Ok(value);
         }
-        if start.elapsed() >= deadline {
-            bail!("timed out after {deadline:?} waiting for {what}");
+        if start.elapsed() >= scaled {
+            bail!("{}", timed_out(what, deadline));
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Checks that `holds` stays true throughout `window` (scaled by [`pace`]), failing
+/// as soon as it is not. Only for "X must not happen while Y lasts" where the agent
+/// offers no event saying it is past the point where X would have happened; wait for
+/// such an event with [`eventually`] wherever there is one.
+pub(crate) async fn holds_for<F, Fut>(
+    what: &str,
+    window: Duration,
+    mut holds: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let scaled = pace::scaled(window);
+    let start = tokio::time::Instant::now();
+    loop {
+        if !holds().await {
+            bail!(
+                "expected {what} for {scaled:.1?} ({window:?} {}), but not after {:.1?}",
+                pace::describe(),
+                start.elapsed()
+            );
+        }
+        if start.elapsed() >= scaled {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Runs `work` for at most `deadline` (scaled by [`pace`]); the error names `what`.
+pub(crate) async fn within<T>(
+    what: &str,
+    deadline: Duration,
+    work: impl Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(pace::scaled(deadline), work)
+        .await
+        .map_err(|_| anyhow::anyhow!("{}", timed_out(what, deadline)))
+}
+
+/// `timed out after 45.0s (30s ×1.5 (…)) waiting for WHAT`: what a deadline that
+/// passed says, with how it was scaled.
+pub(crate) fn timed_out(what: &str, deadline: Duration) -> String {
+    format!(
+        "timed out after {:.1?} ({deadline:?} {}) waiting for {what}",
+        pace::scaled(deadline),
+        pace::describe()
+    )
 }
 
 /// A loopback port nobody listens on right now (bound, read and released).

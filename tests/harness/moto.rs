@@ -1,10 +1,16 @@
 //! Starts a real `moto_server` (PyPI `moto[server]`) on a loopback port the test
 //! picked, waits until it answers, and kills it on drop.
 //!
+//! It runs through `moto-server.py`, which corrects one answer to what AWS sends:
+//! moto dates every version in ListSecretVersionIds at the time of the call, so a
+//! version someone else wrote would change number (the agent numbers it by its
+//! creation time) whenever two calls fall in different seconds.
+//!
 //! [`Moto::call`] speaks the Secrets Manager JSON protocol directly, so tests create
 //! and inspect secrets without the client under test. moto does not check request
 //! signatures; the `Authorization` header only tells it the region.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -42,7 +48,9 @@ impl Moto {
     #[allow(clippy::disallowed_methods)]
     async fn spawn_once() -> anyhow::Result<Self> {
         let port = free_port()?;
-        let child = Command::new(tool("moto_server"))
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("harness/moto-server.py");
+        let child = Command::new(tool("python3"))
+            .arg(&script)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -54,26 +62,30 @@ impl Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
+                .timeout(crate::harness::pace::scaled(Duration::from_secs(10)))
                 .build()?,
         };
         let probe = format!("{}/moto-api/", moto.endpoint);
         let client = moto.client.clone();
-        let ready =
-            wait_until("moto", Duration::from_secs(60), || {
-                let client = client.clone();
-                let probe = probe.clone();
-                async move {
-                    matches!(client.get(&probe).send().await, Ok(r) if r.status().as_u16() < 500)
-                }
-            })
-            .await;
+        // A server that could not bind its port exits (and another test's server may
+        // answer on that port): stop waiting as soon as ours is gone.
+        let mut exited = None;
+        let child = &mut moto.child;
+        let ready = wait_until("moto", Duration::from_secs(60), || {
+            if exited.is_none() {
+                exited = child.try_wait().ok().flatten();
+            }
+            let gone = exited.is_some();
+            let request = client.get(&probe).send();
+            async move { gone || matches!(request.await, Ok(r) if r.status().as_u16() < 500) }
+        })
+        .await;
+        if let Some(status) = exited.or_else(|| moto.child.try_wait().ok().flatten()) {
+            bail!("moto_server exited early: {status}");
+        }
         if let Err(e) = ready {
             let _ = moto.child.start_kill();
             return Err(e);
-        }
-        if let Ok(Some(status)) = moto.child.try_wait() {
-            bail!("moto_server exited early: {status}");
         }
         Ok(moto)
     }

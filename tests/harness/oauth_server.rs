@@ -122,10 +122,13 @@ impl OAuthServer {
             .context("start node (oauth2-mock-server)")?;
         let stdout = child.stdout.take().context("no stdout from node")?;
         let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(START_TIMEOUT, lines.next_line())
-            .await
-            .context("oauth2-mock-server did not start in time")?
-            .context("read oauth2-mock-server's output")?;
+        let first = crate::harness::within(
+            "oauth2-mock-server to listen",
+            START_TIMEOUT,
+            lines.next_line(),
+        )
+        .await?
+        .context("read oauth2-mock-server's output")?;
         let Some(line) = first else {
             bail!(
                 "oauth2-mock-server exited before listening: {:?}",
@@ -140,7 +143,7 @@ impl OAuthServer {
             .and_then(|p| u16::try_from(p).ok())
             .with_context(|| format!("no port in {line}"))?;
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(crate::harness::pace::scaled(Duration::from_secs(10)))
             .build()?;
         Ok(OAuthServer {
             _child: child,

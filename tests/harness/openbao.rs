@@ -83,7 +83,8 @@ impl BaoApi {
         ca_file: Option<&Path>,
         token: &str,
     ) -> anyhow::Result<Self> {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let mut builder = reqwest::Client::builder()
+            .timeout(crate::harness::pace::scaled(Duration::from_secs(10)));
         if let Some(ca) = ca_file {
             let pem = std::fs::read(ca)?;
             builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
@@ -106,7 +107,7 @@ impl BaoApi {
     }
 
     /// Polls `sys/health` until it answers with a status `ready` accepts (`|_| true`:
-    /// any answer, the server listens), failing after 30 s.
+    /// any answer, the server listens), failing after 30 s (scaled by the pace).
     pub(crate) async fn wait_health(
         &self,
         what: &str,
@@ -122,20 +123,33 @@ impl BaoApi {
     }
 
     /// Waits until the server `child` runs answers `sys/health` as `ready` accepts
-    /// (killing it if it never does), and fails if it has exited.
+    /// (killing it if it never does), and fails as soon as it has exited: a server
+    /// that could not bind its port exits, and another test's server may hold that
+    /// port and answer in its place.
     pub(crate) async fn wait_started(
         &self,
         child: &mut Child,
         what: &str,
         ready: impl Fn(u16) -> bool,
     ) -> anyhow::Result<()> {
-        self.wait_health(what, ready).await.inspect_err(|_| {
-            let _ = child.start_kill();
-        })?;
-        if let Ok(Some(status)) = child.try_wait() {
+        let health = format!("{}/v1/sys/health", self.address);
+        let ready = &ready;
+        let mut exited = None;
+        let waited = wait_until(what, Duration::from_secs(30), || {
+            if exited.is_none() {
+                exited = child.try_wait().ok().flatten();
+            }
+            let gone = exited.is_some();
+            let request = self.client.get(&health).send();
+            async move { gone || matches!(request.await, Ok(r) if ready(r.status().as_u16())) }
+        })
+        .await;
+        if let Some(status) = exited.or_else(|| child.try_wait().ok().flatten()) {
             bail!("bao exited early: {status}");
         }
-        Ok(())
+        waited.inspect_err(|_| {
+            let _ = child.start_kill();
+        })
     }
 
     /// Calls `/v1/{path}` with `token` (none: unauthenticated); returns the status

@@ -17,9 +17,11 @@
 //! template in `$TMPDIR/latchkey-e2e-pg-<major>-<uid>/` (reused by later test runs) and
 //! each server starts on a copy. A server then starts in about 0.25 s (copying the
 //! 39 MB template 0.15 s, start and first login 0.1 s). Dropping the [`PgServer`] asks for a fast shutdown
-//! (SIGINT), kills the server if it has not stopped within 5 s, and deletes its folder.
-//! Servers whose test process died without dropping them are stopped and deleted by
-//! the next test run's first [`PgServer::start`].
+//! (SIGINT), kills the server if it has not stopped within 5 s, and deletes its folder
+//! (kept with `LATCHKEY_KEEP_TEST_DIRS=1`, with its `server.log`). Servers whose test
+//! process died without dropping them are stopped (and their folders deleted, unless
+//! kept) by the next test process's first [`PgServer::start`]. Deadlines are scaled by
+//! the machine's pace (`harness::pace`); failures show the end of the server's log.
 //!
 //! The binaries come from `$LATCHKEY_PG_BINDIR`, or the newest
 //! `/usr/lib/postgresql/<major>/bin` (Debian's layout).
@@ -53,7 +55,7 @@ use anyhow::{anyhow, bail, Context as _};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::Connection as _;
 
-/// How long a server may take to accept its first login.
+/// How long a server may take to accept its first login (scaled by the pace).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a fast shutdown may take before the server is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,7 +101,7 @@ impl PgServer {
     }
 
     async fn start_once(template: &'static Template, begun: Instant) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix(SERVER_PREFIX).tempdir()?;
+        let dir = super::logs::tempdir(SERVER_PREFIX)?;
         fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())?;
         // The postgres user must reach its data folder inside this root-owned one.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
@@ -160,10 +162,10 @@ impl PgServer {
     /// (same template, same password) may hold the port if two picked it at once, so
     /// the data folder it reports must be ours.
     async fn wait_ready(&mut self, data: &Path) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + super::pace::scaled(START_TIMEOUT);
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("postgres exited with {status}:\n{}", self.log());
+                bail!("postgres exited with {status}\n{}", self.log_tail());
             }
             match PgConnection::connect_with(&self.admin_options()).await {
                 Ok(mut conn) => {
@@ -180,8 +182,9 @@ impl PgServer {
                 }
                 Err(e) if Instant::now() >= deadline => {
                     bail!(
-                        "postgres did not accept logins within {START_TIMEOUT:?} ({e}):\n{}",
-                        self.log()
+                        "{} (last error: {e})\n{}",
+                        super::timed_out("postgres to accept logins", START_TIMEOUT),
+                        self.log_tail()
                     )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
@@ -290,6 +293,11 @@ impl PgServer {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The end of the server's log with its path, for failure messages.
+    pub(crate) fn log_tail(&self) -> String {
+        super::logs::tail(&self.log_path)
+    }
+
     /// The statements the server logged, in order (`log_statement=ddl`: role and
     /// schema changes), without the log line prefix.
     pub(crate) fn statements(&self) -> Vec<String> {
@@ -305,7 +313,7 @@ impl Drop for PgServer {
         // SIGINT = fast shutdown: ends sessions, checkpoints, exits.
         let pid = rustix::process::Pid::from_child(&self.child);
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + super::pace::scaled(STOP_TIMEOUT);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
@@ -356,7 +364,9 @@ fn reap_orphans() {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
-        let _ = fs::remove_dir_all(&dir);
+        if !super::logs::keep_dirs() {
+            let _ = fs::remove_dir_all(&dir);
+        }
     }
 }
 

@@ -99,9 +99,7 @@ pub(crate) async fn exchange(
             }
         }
     };
-    tokio::time::timeout(DEADLINE, work)
-        .await
-        .map_err(|_| anyhow!("no answer from {endpoint} within {DEADLINE:?}"))?
+    super::within(&format!("an answer from {endpoint}"), DEADLINE, work).await?
 }
 
 async fn talk<S>(mut stream: S, request: &[u8]) -> anyhow::Result<RawReply>
@@ -195,7 +193,7 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Connects (with TLS when `tls` is given), sends `partial` and then nothing more,
-/// and waits up to `wait` for the agent to close the connection. Returns how long
+/// and waits up to `wait` (scaled by the pace) for the agent to close the connection. Returns how long
 /// that took and whatever the agent sent before closing.
 pub(crate) async fn until_closed(
     endpoint: &Endpoint,
@@ -234,8 +232,6 @@ pub(crate) async fn until_closed(
             }
         }
     };
-    tokio::time::timeout(wait, read_all)
-        .await
-        .map_err(|_| anyhow!("the agent still held the connection after {wait:?}"))?;
+    super::within("the agent to close the connection", wait, read_all).await?;
     Ok((started.elapsed(), received))
 }

@@ -48,7 +48,8 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Polls `check` every 100 ms until it returns `true`, failing after `deadline`.
+/// Polls `check` every 100 ms until it returns `true`, failing after `deadline`
+/// (scaled by the machine's pace, see `harness::pace`).
 pub(crate) async fn wait_until<F, Fut>(
     what: &str,
     deadline: Duration,
@@ -58,13 +59,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    let scaled = crate::harness::pace::scaled(deadline);
     let start = Instant::now();
     loop {
         if check().await {
             return Ok(());
         }
-        if start.elapsed() > deadline {
-            bail!("{what} not ready after {deadline:?}");
+        if start.elapsed() > scaled {
+            bail!("{}", crate::harness::timed_out(what, deadline));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -151,9 +151,28 @@ mod tests {
         let mut c = Child::spawn(&sh("sleep 30"), &env).expect("spawn");
         let status = c.stop(Duration::from_secs(5)).await.expect("stop");
         assert_eq!(exit_code(status), 128 + 15);
-        let mut c = Child::spawn(&sh("trap '' TERM; sleep 30"), &env).expect("spawn");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // `exec`: the ignored SIGTERM carries over, and no grandchild outlives the test.
+        let mut c = Child::spawn(&sh("trap '' TERM; exec sleep 30"), &env).expect("spawn");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ignores_sigterm(c.pid()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not start ignoring SIGTERM within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let status = c.stop(Duration::from_millis(200)).await.expect("stop");
         assert_eq!(exit_code(status), 128 + 9);
+    }
+
+    /// Whether process `pid` ignores SIGTERM: bit 15 of `SigIgn` in its `/proc` status.
+    fn ignores_sigterm(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+            .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
     }
 }

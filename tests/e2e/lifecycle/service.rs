@@ -22,6 +22,8 @@ pub(crate) type Hook = Box<dyn FnMut() + Send>;
 struct Inner {
     live: BTreeSet<String>,
     next: u64,
+    /// Key creations that reached the service (counted before any stall).
+    begun: u32,
     created: Vec<String>,
     retired: Vec<String>,
     fail_create: u32,
@@ -69,6 +71,7 @@ impl Service {
                 ("POST", "/keys") => {
                     let (hook, stalled) = {
                         let mut i = lock(&state);
+                        i.begun += 1;
                         (i.on_create.take(), i.stall_create.take())
                     };
                     stall(stalled);
@@ -99,7 +102,11 @@ impl Service {
                     else {
                         return Reply::json(400, json!({"error": "no key in the body"}));
                     };
-                    let stalled = lock(&state).stall_create.take();
+                    let stalled = {
+                        let mut i = lock(&state);
+                        i.begun += 1;
+                        i.stall_create.take()
+                    };
                     stall(stalled);
                     let mut i = lock(&state);
                     i.live.remove(&key);
@@ -161,6 +168,12 @@ impl Service {
     /// Whether `key` is live.
     pub(crate) fn is_live(&self, key: &str) -> bool {
         lock(&self.inner).live.contains(key)
+    }
+
+    /// Key creations that have reached the service so far, answered or not (a
+    /// stalled one counts).
+    pub(crate) fn creations_begun(&self) -> u32 {
+        lock(&self.inner).begun
     }
 
     /// Keys created so far.

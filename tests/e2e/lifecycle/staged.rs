@@ -156,10 +156,13 @@ async fn expect_rolled_back(
         "{status}"
     );
     // A signed alert reaches the webhook.
-    let got = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
-        .await
-        .context("no rotation-failed webhook within 10s")?
-        .context("webhook receiver closed")?;
+    let got = crate::harness::within(
+        "the rotation-failed webhook",
+        Duration::from_secs(10),
+        hooks.recv(),
+    )
+    .await?
+    .context("webhook receiver closed")?;
     crate::webhook::verify(&got.signature, &got.body)?;
     let body: Value = serde_json::from_slice(&got.body)?;
     assert_eq!(body["kind"], "rotation-failed", "{body}");
@@ -334,7 +337,8 @@ async fn crash_during_rotation(
     step: &str,
 ) -> anyhow::Result<()> {
     let cli = rotate_in_background(agent, "svc/key")?;
-    tokio::task::spawn_blocking(move || reached.recv_timeout(Duration::from_secs(30)))
+    let deadline = crate::harness::pace::scaled(Duration::from_secs(30));
+    tokio::task::spawn_blocking(move || reached.recv_timeout(deadline))
         .await?
         .with_context(|| format!("the rotation never reached {step}"))?;
     agent.sigkill().await?;
@@ -369,8 +373,7 @@ async fn an_agent_killed_mid_rotation_finishes_or_rolls_it_back_on_restart() -> 
         Duration::from_secs(20),
         || async { current_key(&agent).await.is_ok_and(|k| k != ORIGINAL) },
     )
-    .await
-    .with_context(|| agent.logs())?;
+    .await?;
     let first = current_key(&agent).await?;
     assert!(service.is_live(&first), "the promoted key works");
     assert_eq!(service.created().len(), 2, "{:?}", service.created());
@@ -390,8 +393,7 @@ async fn an_agent_killed_mid_rotation_finishes_or_rolls_it_back_on_restart() -> 
         Duration::from_secs(20),
         || async { current_key(&agent).await.is_ok_and(|k| k != first) },
     )
-    .await
-    .with_context(|| agent.logs())?;
+    .await?;
     let new_key = current_key(&agent).await?;
     assert!(service.is_live(&new_key), "the promoted key works");
     assert_eq!(
@@ -428,8 +430,7 @@ async fn a_password_set_in_place_before_a_crash_is_made_again_on_restart() -> an
                 .is_ok_and(|k| k != ORIGINAL && service.is_live(&k))
         },
     )
-    .await
-    .with_context(|| agent.logs())?;
+    .await?;
     let key = current_key(&agent).await?;
     assert_eq!(
         service.created(),
@@ -474,14 +475,25 @@ async fn operator_rotations_count_against_the_scheduler_concurrency() -> anyhow:
 
     let (reached, release) = service.stall_create();
     let first = rotate_in_background(&agent, "svc/a")?;
-    tokio::task::spawn_blocking(move || reached.recv_timeout(Duration::from_secs(30)))
+    let deadline = crate::harness::pace::scaled(Duration::from_secs(30));
+    tokio::task::spawn_blocking(move || reached.recv_timeout(deadline))
         .await?
         .context("the first rotation never reached the service")?;
     let second = rotate_in_background(&agent, "svc/b")?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The second rotation waits for the only permit, which the stalled first one holds.
+    // Nothing says "waiting", so watch a window: its key creation must not reach the
+    // service (which answers other requests while one is stalled), and the command
+    // must still be waiting at the end.
+    crate::harness::holds_for(
+        "no second key creation at the service while the only permit is held",
+        Duration::from_millis(1500),
+        || async { service.creations_begun() == 1 },
+    )
+    .await?;
     assert!(
-        service.created().is_empty(),
-        "the second rotation reached the service while the only permit was held"
+        !second.is_finished(),
+        "the second rotation ended while the first held the only permit: {:?}",
+        second.await?
     );
 
     let _ = release.send(());

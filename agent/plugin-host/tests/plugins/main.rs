@@ -8,5 +8,10 @@
 mod languages;
 mod limits;
 mod network;
+// How much slower than the reference machine this one is, shared with the end-to-end
+// harness: time bounds here are scaled by it.
+#[path = "../../../../tests/harness/pace.rs"]
+#[allow(dead_code)] // not every helper is used here
+mod pace;
 mod sql;
 mod support;

@@ -40,7 +40,9 @@ pub(crate) fn rust_guest() -> &'static Path {
 
 fn build_rust_guest() -> Result<PathBuf> {
     let _guard = BUILD_LOCK.lock();
-    let target_dir = scratch().join("wasm-guests");
+    // The end-to-end harness (tests/harness/wasm.rs) builds the same guest with the
+    // same settings into this folder: one build serves both suites.
+    let target_dir = scratch().join("e2e-wasm");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace_root())
@@ -141,7 +143,8 @@ fn build_example(lang: &str) -> Result<PathBuf> {
         tools.join("node/node_modules/.bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let tmp = out.with_extension("partial");
+    // Unique per process: two test processes may build the same example at once.
+    let tmp = out.with_extension(format!("{}.partial", std::process::id()));
     let status = match lang {
         "python" => Command::new(tools.join("venv/bin/componentize-py"))
             .current_dir(&src)
