@@ -2,7 +2,8 @@
 //!
 //! The server side ([`ServerTls`]) is what the listener accepts with: TLS 1.3 only, the
 //! `ring` provider, ALPN `http/1.1`, and a client certificate that is **required** and
-//! must chain to our CA and not be on our CRL. Revocation takes effect without a
+//! must be issued directly by our CA (no intermediate, whatever the client presents)
+//! and not be on our CRL. Revocation takes effect without a
 //! restart: the client-certificate verifier is a thin wrapper around a
 //! [`WebPkiClientVerifier`] held in an [`ArcSwap`], and [`ServerTls::reload_crl`] (or
 //! the polling task from [`ServerTls::spawn_crl_watcher`]) swaps in a verifier built
@@ -408,15 +409,19 @@ impl ClientCertVerifier for ReloadingVerifier {
         &self.hints
     }
 
+    /// Verifies `end_entity` alone, as issued directly by one of the roots: the
+    /// intermediates a client presents are never used to build a path. webpki does not
+    /// enforce a root's path length, so an intermediate CA signed by our CA (by
+    /// mistake, or with a stolen CA key and no CRL naming it) could otherwise vouch for
+    /// any identity; and without a CRL no revocation check would catch it. A client that
+    /// sends its issuer along anyway (a redundant copy of the root) is still accepted.
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
+        _intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .load()
-            .verify_client_cert(end_entity, intermediates, now)
+        self.inner.load().verify_client_cert(end_entity, &[], now)
     }
 
     fn verify_tls12_signature(
