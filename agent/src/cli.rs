@@ -151,7 +151,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Dev(args) => dev::run(args).await,
         Command::Check { config } => {
-            crate::config::Config::load(&config)?;
+            let loaded = crate::config::Config::load(&config)?;
+            for warning in loaded.warnings() {
+                eprintln!("warning: {}: {warning}", config.display());
+            }
             println!("{}: ok", config.display());
             Ok(ExitCode::SUCCESS)
         }

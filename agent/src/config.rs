@@ -144,6 +144,12 @@ impl Config {
         Self::from_toml(path, &text)
     }
 
+    /// What is allowed but probably not meant (`latchkey check` prints these; `run`
+    /// logs them): each names its key.
+    pub fn warnings(&self) -> Vec<String> {
+        self.policy.warnings()
+    }
+
     /// Parses and validates TOML text; `path` names the file and anchors relative paths.
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, Error> {
         let raw: file::FileConfig = toml::from_str(text).map_err(|e| Error::Parse {

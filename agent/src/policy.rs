@@ -16,6 +16,13 @@
 //! operations = ["read"]
 //! ```
 //!
+//! A path pattern binds the caller's whole name, so tenant and non-tenant apps of the
+//! same name never meet: `{app}` in a pattern without `{tenant}` matches only apps
+//! outside any tenant (`.../app/a`, never `.../tenant/t/app/a`), and a pattern with
+//! `{tenant}` matches only tenant apps. [`Policy::warnings`] names rules that use
+//! `{app}` alone while their identity pattern also matches tenant apps (those rules
+//! grant tenant apps nothing through that path).
+//!
 //! The rules that apply to a peer are picked once per connection
 //! ([`Policy::for_peer`]); each request then costs a walk over a few segments and no
 //! allocation.
@@ -124,7 +131,12 @@ enum Seg {
 
 /// A compiled segment pattern.
 #[derive(Debug, Clone)]
-struct Pattern(Box<[Seg]>);
+struct Pattern {
+    segs: Box<[Seg]>,
+    /// Whether `{tenant}` appears: then `{app}` is the app within that tenant;
+    /// otherwise `{app}` names a non-tenant app only.
+    binds_tenant: bool,
+}
 
 impl Pattern {
     fn compile(text: &str, allow_placeholders: bool) -> Result<Self, RuleError> {
@@ -153,11 +165,39 @@ impl Pattern {
             };
             segs.push(seg);
         }
-        Ok(Pattern(segs.into()))
+        Ok(Pattern {
+            binds_tenant: segs.contains(&Seg::Tenant),
+            segs: segs.into(),
+        })
+    }
+
+    fn uses_app(&self) -> bool {
+        self.segs.contains(&Seg::App)
     }
 
     fn matches<'a>(&self, mut path: impl Iterator<Item = &'a str> + Clone, peer: &Peer) -> bool {
-        match_segs(&self.0, &mut path, peer)
+        match_segs(&self.segs, &mut path, &self.bind(peer))
+    }
+
+    /// The names the placeholders of this pattern stand for, for `peer`.
+    fn bind<'p>(&self, peer: &'p Peer) -> Names<'p> {
+        let tenant = peer.tenant.as_deref();
+        Names {
+            // `{app}` alone is a non-tenant app's name; a tenant app has none here.
+            app: peer
+                .app
+                .as_deref()
+                .filter(|_| self.binds_tenant || tenant.is_none()),
+            tenant,
+        }
+    }
+
+    /// Whether this (identity) pattern matches some id of the shape
+    /// `spiffe://<any>/tenant/<any>/app/<any>`.
+    fn could_match_tenant_app(&self) -> bool {
+        use Shape::{Any, Lit};
+        let shape = [Lit("spiffe:"), Lit(""), Any, Lit("tenant"), Any, Lit("app"), Any];
+        intersects(&self.segs, &shape)
     }
 
     /// Whether some path under `prefix` could match (used to filter list results early).
@@ -166,13 +206,14 @@ impl Pattern {
         if text.is_empty() {
             return true;
         }
-        let mut segs = self.0.iter();
+        let names = self.bind(peer);
+        let mut segs = self.segs.iter();
         for part in text.split('/') {
             match segs.next() {
                 None => return false,
                 Some(Seg::Many) => return true,
                 Some(seg) => {
-                    if !seg_matches(seg, part, peer) {
+                    if !seg_matches(seg, part, &names) {
                         return false;
                     }
                 }
@@ -202,17 +243,53 @@ fn glob_matches(pieces: &[Box<str>], s: &str) -> bool {
     remaining.ends_with(&**last)
 }
 
-fn seg_matches(seg: &Seg, s: &str, peer: &Peer) -> bool {
+/// What `{app}` and `{tenant}` stand for in one pattern, for one peer (`None`: the
+/// placeholder matches nothing).
+struct Names<'p> {
+    app: Option<&'p str>,
+    tenant: Option<&'p str>,
+}
+
+fn seg_matches(seg: &Seg, s: &str, names: &Names<'_>) -> bool {
     match seg {
         Seg::Literal(l) => **l == *s,
         Seg::Glob(pieces) => glob_matches(pieces, s),
         Seg::One | Seg::Many => true,
-        Seg::App => peer.app.as_deref() == Some(s),
-        Seg::Tenant => peer.tenant.as_deref() == Some(s),
+        Seg::App => names.app == Some(s),
+        Seg::Tenant => names.tenant == Some(s),
     }
 }
 
-fn match_segs<'a, I>(pattern: &[Seg], path: &mut I, peer: &Peer) -> bool
+/// A segment of an id shape: a fixed text, or any one segment.
+#[derive(Clone, Copy)]
+enum Shape {
+    Lit(&'static str),
+    Any,
+}
+
+/// Whether some concrete id matches both `pattern` and `shape`.
+fn intersects(pattern: &[Seg], shape: &[Shape]) -> bool {
+    let Some((first, rest)) = pattern.split_first() else {
+        return shape.is_empty();
+    };
+    if *first == Seg::Many {
+        return (0..=shape.len()).any(|skip| intersects(rest, &shape[skip..]));
+    }
+    let Some((s, shape_rest)) = shape.split_first() else {
+        return false;
+    };
+    let meets = match (first, s) {
+        (_, Shape::Any) => true,
+        (Seg::Literal(l), Shape::Lit(t)) => **l == **t,
+        (Seg::Glob(pieces), Shape::Lit(t)) => glob_matches(pieces, t),
+        (Seg::One | Seg::Many, Shape::Lit(_)) => true,
+        // Identity patterns have no placeholders.
+        (Seg::App | Seg::Tenant, Shape::Lit(_)) => false,
+    };
+    meets && intersects(rest, shape_rest)
+}
+
+fn match_segs<'a, I>(pattern: &[Seg], path: &mut I, names: &Names<'_>) -> bool
 where
     I: Iterator<Item = &'a str> + Clone,
 {
@@ -226,7 +303,7 @@ where
         // Try every split point: `**` takes zero, one, two … segments.
         let mut probe = path.clone();
         loop {
-            if match_segs(rest, &mut probe.clone(), peer) {
+            if match_segs(rest, &mut probe.clone(), names) {
                 return true;
             }
             if probe.next().is_none() {
@@ -235,7 +312,7 @@ where
         }
     }
     match path.next() {
-        Some(s) if seg_matches(first, s, peer) => match_segs(rest, path, peer),
+        Some(s) if seg_matches(first, s, names) => match_segs(rest, path, names),
         _ => false,
     }
 }
@@ -281,6 +358,25 @@ impl Rule {
     fn applies_to(&self, peer: &Peer) -> bool {
         self.identity.matches(peer.id.split('/'), peer)
     }
+
+    /// What in this rule probably does not do what its author meant.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.identity.could_match_tenant_app() {
+            for (p, text) in self.paths.iter().zip(&self.spec.paths) {
+                if p.uses_app() && !p.binds_tenant {
+                    out.push(format!(
+                        "path {text:?} uses {{app}} without {{tenant}} while identity {:?} \
+                         also matches tenant apps: {{app}} alone names non-tenant apps only, \
+                         so it grants tenant apps nothing; add a path with \
+                         tenants/{{tenant}}/... for them",
+                        self.spec.identity
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Every rule.
@@ -295,6 +391,15 @@ impl Policy {
         Self {
             rules: rules.into(),
         }
+    }
+
+    /// Warnings about the rules, each prefixed `policy[i]: ` (see [`Rule::warnings`]).
+    pub fn warnings(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.warnings().into_iter().map(move |w| format!("policy[{i}]: {w}")))
+            .collect()
     }
 
     /// The rules that apply to `peer`, picked once per connection.
@@ -445,6 +550,92 @@ mod tests {
             pp.check(&p, Operation::Read, &path("tenants/acme/apps/api/db")),
             Decision::Deny
         );
+    }
+
+    /// Issue 11, item 4: every identity kind against every placeholder combination,
+    /// under a rule whose identity pattern matches all of them.
+    #[test]
+    fn r11_placeholders_never_let_tenant_and_non_tenant_apps_meet() {
+        let policy = Policy::new(vec![rule(
+            "spiffe://td/**",
+            &[
+                "byapp/{app}/**",
+                "bytenant/{tenant}/**",
+                "both/{tenant}/{app}/**",
+            ],
+            &["read"],
+        )]);
+        let plain_a = peer("spiffe://td/app/a");
+        let tenant_a = peer("spiffe://td/tenant/t/app/a");
+        let other_tenant_a = peer("spiffe://td/tenant/u/app/a");
+        let tenant_named_a = peer("spiffe://td/tenant/a/app/a");
+        let admin = peer("spiffe://td/admin/a");
+        let cases: &[(&Peer, &str, Decision)] = &[
+            // {app} alone: non-tenant apps only.
+            (&plain_a, "byapp/a/x", Decision::Allow),
+            (&plain_a, "byapp/b/x", Decision::Deny),
+            (&tenant_a, "byapp/a/x", Decision::Deny),
+            (&tenant_named_a, "byapp/a/x", Decision::Deny),
+            (&admin, "byapp/a/x", Decision::Deny),
+            // {tenant} alone: tenant apps of that tenant only.
+            (&plain_a, "bytenant/a/x", Decision::Deny),
+            (&tenant_a, "bytenant/t/x", Decision::Allow),
+            (&tenant_a, "bytenant/u/x", Decision::Deny),
+            (&other_tenant_a, "bytenant/t/x", Decision::Deny),
+            (&admin, "bytenant/a/x", Decision::Deny),
+            // Both: the app within its tenant.
+            (&tenant_a, "both/t/a/x", Decision::Allow),
+            (&tenant_a, "both/u/a/x", Decision::Deny),
+            (&tenant_a, "both/t/b/x", Decision::Deny),
+            (&other_tenant_a, "both/t/a/x", Decision::Deny),
+            (&other_tenant_a, "both/u/a/x", Decision::Allow),
+            (&plain_a, "both/a/a/x", Decision::Deny),
+            (&admin, "both/a/a/x", Decision::Deny),
+        ];
+        for (n, (p, target, expected)) in cases.iter().enumerate() {
+            let pp = policy.for_peer(p);
+            assert_eq!(
+                pp.check(p, Operation::Read, &path(target)),
+                *expected,
+                "case {n}: {} reading {target}",
+                p.id
+            );
+        }
+        // Listing follows the same binding.
+        let pp = policy.for_peer(&tenant_a);
+        assert!(!pp.may_list_under(&tenant_a, &Prefix::parse("byapp/a/").expect("prefix")));
+        let pp = policy.for_peer(&plain_a);
+        assert!(pp.may_list_under(&plain_a, &Prefix::parse("byapp/a/").expect("prefix")));
+    }
+
+    #[test]
+    fn r11_app_without_tenant_under_an_identity_matching_tenant_apps_warns() {
+        let warns = |identity: &str, paths: &[&str]| rule(identity, paths, &["read"]).warnings();
+        for identity in [
+            "spiffe://td/**",
+            "spiffe://*/tenant/*/app/*",
+            "spiffe://td/tenant/acme/app/**",
+            "spiffe://td/*/acme/**",
+        ] {
+            let w = warns(identity, &["byapp/{app}/**"]);
+            assert_eq!(w.len(), 1, "{identity}: {w:?}");
+            assert!(w[0].contains("byapp/{app}/**"), "{w:?}");
+            assert!(
+                warns(identity, &["t/{tenant}/{app}/**", "shared/**"]).is_empty(),
+                "{identity}"
+            );
+        }
+        // Identity patterns that only match non-tenant apps are fine.
+        for identity in ["spiffe://td/app/*", "spiffe://td/app/web", "spiffe://td/*/*"] {
+            assert!(warns(identity, &["byapp/{app}/**"]).is_empty(), "{identity}");
+        }
+        let policy = Policy::new(vec![
+            rule("spiffe://td/app/*", &["apps/{app}/**"], &["read"]),
+            rule("spiffe://td/**", &["byapp/{app}/**"], &["read"]),
+        ]);
+        let all = policy.warnings();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(all[0].starts_with("policy[1]: "), "{all:?}");
     }
 
     #[test]

@@ -210,6 +210,9 @@ async fn open_with(config: &Config, upstream: Option<&Upstreams>) -> Result<Stor
 
 /// Opens everything and starts serving.
 pub async fn start(config: Config) -> Result<Running, Error> {
+    for warning in config.warnings() {
+        tracing::warn!(config = %config.source.display(), "{warning}");
+    }
     let upstream = match &config.upstream {
         Some(u) => connect_upstream(u, &config.sync).await?,
         None => None,
