@@ -264,7 +264,7 @@ async fn deny(state: &State, conn: &Conn, op: Operation, what: &str, err: &ApiEr
     record.status = err.status.as_u16();
     record.code = Some(err.code);
     state.metrics.denial(op.as_str());
-    state.audit.record(record).await;
+    state.audit.record_denial(record).await;
 }
 
 type Answer = (Response<Body>, Option<u64>);

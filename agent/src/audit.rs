@@ -6,6 +6,12 @@
 //! one. Requests hand records to a bounded channel and a single writer thread appends
 //! them in batches, so the request path does no file I/O; when the channel is full the request
 //! waits rather than drop a record. Denials are also logged at `warn`.
+//!
+//! Denials go through [`Audit::record_denial`], which coalesces a client's repeated
+//! denials into one record a second with a `count` ([`coalesce`]), so a client in a
+//! loop cannot flood the trail (or the log).
+
+mod coalesce;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +70,10 @@ pub struct Record {
     /// reason). Never a value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<Box<str>>,
+    /// How many like events this record stands for, when more than this one (repeated
+    /// denials, coalesced); absent means one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl Record {
@@ -80,6 +90,7 @@ impl Record {
             code: None,
             version: None,
             detail: None,
+            count: None,
         }
     }
 }
@@ -98,6 +109,7 @@ pub struct Error {
 pub struct Audit {
     tx: mpsc::Sender<Record>,
     reads: bool,
+    denials: Arc<coalesce::Coalescer>,
 }
 
 /// The writer thread; [`Writer::finish`] waits until every record is on disk.
@@ -129,11 +141,28 @@ impl Audit {
             .map_err(err)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let owned = path.to_owned();
+        let denials = Arc::new(coalesce::Coalescer::default());
+        let held = denials.clone();
         let thread = std::thread::Builder::new()
             .name("latchkey-audit".into())
-            .spawn(move || write_loop(file, rx, owned))
+            .spawn(move || write_loop(file, rx, owned, &held))
             .map_err(err)?;
-        Ok((Audit { tx, reads }, Writer(thread)))
+        tokio::spawn(flush_held(tx.downgrade(), denials.clone()));
+        Ok((
+            Audit {
+                tx,
+                reads,
+                denials,
+            },
+            Writer(thread),
+        ))
+    }
+
+    /// Records a denial, coalescing a client's repeats (see [`coalesce`]).
+    pub async fn record_denial(&self, record: Record) {
+        for record in self.denials.admit(record, std::time::Instant::now()) {
+            self.record(record).await;
+        }
     }
 
     /// Whether successful reads are recorded.
@@ -151,6 +180,7 @@ impl Audit {
                 op = record.op,
                 path = record.path.as_deref().unwrap_or(""),
                 code = record.code.unwrap_or(""),
+                count = record.count.unwrap_or(1),
                 "denied"
             );
         }
@@ -198,7 +228,12 @@ impl Audit {
 /// record. After each flush the thread waits [`LINGER`] so that a burst of records
 /// shares one `write(2)` and senders rarely have to wake it; when the queue is empty
 /// it parks until the next record.
-fn write_loop(file: std::fs::File, mut rx: mpsc::Receiver<Record>, path: PathBuf) {
+fn write_loop(
+    file: std::fs::File,
+    mut rx: mpsc::Receiver<Record>,
+    path: PathBuf,
+    held: &coalesce::Coalescer,
+) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
     let mut line = Vec::with_capacity(256);
     let mut write = |out: &mut std::io::BufWriter<std::fs::File>, record: &Record| {
@@ -221,7 +256,34 @@ fn write_loop(file: std::fs::File, mut rx: mpsc::Receiver<Record>, path: PathBuf
         }
         std::thread::sleep(LINGER);
     }
+    // Every handle is gone: what the coalescer still holds is written last.
+    for record in held.drain() {
+        write(&mut out, &record);
+    }
     let _ = out.flush();
+}
+
+/// Writes the coalesced denials whose window closed, every window, until the last
+/// [`Audit`] handle is dropped (the writer thread then writes what is left).
+async fn flush_held(tx: mpsc::WeakSender<Record>, denials: Arc<coalesce::Coalescer>) {
+    let mut tick = tokio::time::interval(coalesce::WINDOW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Upgrade first: once the channel is closed, the writer thread drains the rest.
+        let Some(tx) = tx.upgrade() else {
+            return;
+        };
+        let due = denials.due(std::time::Instant::now());
+        let audit = Audit {
+            tx,
+            reads: false,
+            denials: denials.clone(),
+        };
+        for record in due {
+            audit.record(record).await;
+        }
+    }
 }
 
 #[cfg(test)]

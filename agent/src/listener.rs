@@ -31,8 +31,6 @@ use crate::identity::{Peer, TrustDomain};
 use crate::policy::Policy;
 use crate::tls::ServerTls;
 
-mod refusals;
-pub use refusals::Refusals;
 
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +63,6 @@ pub struct Context {
     pub policy: Policy,
     /// Connection bounds.
     pub limits: Limits,
-    /// Which certificate refusals get an audit record.
-    pub refusals: Refusals,
 }
 
 /// Bound listeners, ready to serve.
@@ -341,22 +337,16 @@ fn is_certificate_refusal(e: &rustls::Error) -> bool {
 /// A connection refused for its certificate: counted, and audited as a denied
 /// `connect` (with the uid on the Unix socket), so a revoked or foreign client that
 /// keeps trying shows up in the audit log and not only in a debug log. A client that
-/// retries in a loop gets one record a second ([`Refusals`]).
+/// retries in a loop gets one record a second per reason, with a count
+/// ([`Audit::record_denial`](crate::audit::Audit::record_denial)).
 async fn refuse_certificate(ctx: &Context, refused: &rustls::Error, cred: Option<(u32, u32)>) {
     let uid = cred.map(|c| c.0);
     let reason = refused.to_string();
     ctx.state.metrics.denial("connect");
-    let Some(left_out) = ctx.refusals.record(uid, &reason, std::time::Instant::now()) else {
-        return;
-    };
-    tracing::info!(error = %reason, ?uid, "client certificate refused");
+    tracing::debug!(error = %reason, ?uid, "client certificate refused");
     let mut record = connect_denied(uid, None, 0, "certificate_refused");
-    record.detail = Some(if left_out == 0 {
-        reason.into()
-    } else {
-        format!("{reason} (and {left_out} more like it since the last record)").into()
-    });
-    ctx.state.audit.record(record).await;
+    record.detail = Some(reason.into());
+    ctx.state.audit.record_denial(record).await;
 }
 
 async fn refuse_identity(
@@ -377,7 +367,7 @@ async fn refuse_identity(
         err.code,
     );
     ctx.state.metrics.denial("connect");
-    ctx.state.audit.record(record).await;
+    ctx.state.audit.record_denial(record).await;
     Ok(err.into_response())
 }
 

@@ -285,7 +285,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         trust_domain: config.trust_domain.clone(),
         policy: config.policy.clone(),
         limits: config.limits.clone(),
-        refusals: listener::Refusals::default(),
     });
     let renderer = (!config.templates.is_empty()).then(|| {
         crate::render::spawn(
