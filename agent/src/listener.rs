@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -87,7 +87,8 @@ impl Bound {
     }
 }
 
-/// Binds the configured socket (mode set before anyone is served) and TCP address.
+/// Binds the configured socket (created with its final mode, see [`bind_unix`]) and
+/// TCP address.
 pub async fn bind(listen: &crate::config::Listen) -> Result<Bound, Error> {
     let unix = match &listen.socket {
         Some(path) => Some((bind_unix(path, listen.socket_mode).await?, path.clone())),
@@ -107,16 +108,27 @@ pub async fn bind(listen: &crate::config::Listen) -> Result<Bound, Error> {
     Ok(Bound { unix, tcp })
 }
 
+/// Binds the socket so that it appears at `path` with its final mode, never wider or
+/// narrower for a moment: it is bound inside a fresh folder only the agent can enter
+/// (0700, in the socket's own folder so a setgid group carries over), given its mode
+/// there, and renamed into place, which also replaces a stale socket atomically.
 async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, Error> {
     let err = |source| Error::Bind {
         what: path.display().to_string(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(err)?;
-        }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&dir)
+            .map_err(err)?;
+        // Widen past the umask so the socket's group can reach the socket.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).map_err(err)?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -128,10 +140,29 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, Error> {
         if UnixStream::connect(path).await.is_ok() {
             return Err(Error::InUse(path.to_owned()));
         }
-        std::fs::remove_file(path).map_err(err)?;
     }
-    let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    let name = path.file_name().unwrap_or(std::ffi::OsStr::new("socket"));
+    let staging = dir.join(format!(
+        ".{}.bind-{}-{:016x}",
+        name.to_string_lossy(),
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    // `create`, not `create_dir_all`: fails on anything already there, link or not.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(err)?;
+    let bound = (|| {
+        let inside = staging.join(name);
+        let listener = UnixListener::bind(&inside)?;
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&inside, path)?;
+        Ok(listener)
+    })();
+    let cleaned = std::fs::remove_dir_all(&staging);
+    let listener = bound.map_err(err)?;
+    cleaned.map_err(err)?;
     Ok(listener)
 }
 
