@@ -24,7 +24,7 @@ pub mod body;
 pub mod error;
 pub mod exact;
 mod lifecycle;
-mod watch;
+pub mod watch;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -81,6 +81,8 @@ pub struct State {
     pub max_body_bytes: usize,
     /// Deadline for receiving a body.
     pub body_timeout: Duration,
+    /// Watch streams open per identity.
+    pub watchers: Arc<watch::Watchers>,
 }
 
 /// One authenticated connection: who, and which rules apply to them.

@@ -76,8 +76,19 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time allowed to receive a request's body.
     pub body_timeout: Duration,
-    /// Most concurrent connections.
+    /// Most concurrent connections past their handshake.
     pub max_connections: usize,
+    /// Most connections in their TLS handshake at once; a new one past that cuts the
+    /// oldest, so stalled handshakes cannot keep others out.
+    pub max_handshakes: usize,
+    /// Most connections of one identity at once.
+    pub max_connections_per_identity: usize,
+    /// Most connections (handshakes included) of one Unix-socket peer uid at once.
+    pub max_connections_per_uid: usize,
+    /// Most watch streams of one identity at once.
+    pub max_watchers_per_identity: usize,
+    /// Longest life of one connection (also never past its certificate's expiry).
+    pub max_connection_age: Duration,
 }
 
 /// Where audit records go.
@@ -282,6 +293,15 @@ fn validate(
         header_timeout: duration("limits.header_timeout", &l.header_timeout, problems),
         body_timeout: duration("limits.body_timeout", &l.body_timeout, problems),
         max_connections: l.max_connections,
+        max_handshakes: l.max_handshakes,
+        max_connections_per_identity: l.max_connections_per_identity,
+        max_connections_per_uid: l.max_connections_per_uid,
+        max_watchers_per_identity: l.max_watchers_per_identity,
+        max_connection_age: duration(
+            "limits.max_connection_age",
+            &l.max_connection_age,
+            problems,
+        ),
     };
     if limits.max_body_bytes == 0 || limits.max_body_bytes > 16 * 1024 * 1024 {
         problems.push("limits.max_body_bytes: must be 1..=16777216".to_owned());
@@ -289,8 +309,19 @@ fn validate(
     if !(8..=1024).contains(&limits.max_headers) {
         problems.push("limits.max_headers: must be 8..=1024".to_owned());
     }
-    if limits.max_connections == 0 {
-        problems.push("limits.max_connections: must be at least 1".to_owned());
+    for (key, value) in [
+        ("max_connections", limits.max_connections),
+        ("max_handshakes", limits.max_handshakes),
+        (
+            "max_connections_per_identity",
+            limits.max_connections_per_identity,
+        ),
+        ("max_connections_per_uid", limits.max_connections_per_uid),
+        ("max_watchers_per_identity", limits.max_watchers_per_identity),
+    ] {
+        if value == 0 {
+            problems.push(format!("limits.{key}: must be at least 1"));
+        }
     }
 
     let audit = Audit {

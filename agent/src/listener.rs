@@ -1,9 +1,12 @@
 //! Accepts connections on the Unix socket and the loopback TCP port, completes the
 //! mTLS handshake, works out the peer, and hands each request to [`crate::api`].
 //!
-//! Everything a client could hold open is bounded: the number of connections, the
-//! time to finish the handshake, the time to send headers, the number and size of
-//! headers (hyper), and the time to send a body (`api`). A connection whose
+//! Everything a client could hold open is bounded: connections in their handshake, in
+//! total, per identity and per Unix-socket uid ([`budget`]), the time to finish the
+//! handshake, the time to send headers, the number and size of headers (hyper), the
+//! time to send a body (`api`), watch streams per identity (`api::watch`) and the age
+//! of a connection. After each CRL change, open connections whose certificate is now
+//! refused are cut. A connection whose
 //! certificate is valid but carries no usable identity gets `403 bad_identity` on every
 //! request, and each is audited.
 
@@ -13,15 +16,15 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, ApiError, Body, Conn, State};
@@ -30,6 +33,9 @@ use crate::config::Limits;
 use crate::identity::{Peer, TrustDomain};
 use crate::policy::Policy;
 use crate::tls::ServerTls;
+
+mod budget;
+use budget::{Budget, Established, Handshake, Sizes};
 
 
 /// Why a listener could not be set up.
@@ -172,46 +178,74 @@ pub async fn serve(
     bound: Bound,
     ctx: Arc<Context>,
     mut shutdown: watch::Receiver<bool>,
-    drain: std::time::Duration,
+    drain: Duration,
 ) {
-    let graceful = Arc::new(GracefulShutdown::new());
-    let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let budget = Budget::new(Sizes {
+        handshakes: ctx.limits.max_handshakes,
+        connections: ctx.limits.max_connections,
+        per_identity: ctx.limits.max_connections_per_identity,
+        per_uid: ctx.limits.max_connections_per_uid,
+    });
+    // Every connection task holds a clone; the drain waits until all are dropped.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    let serving = Serving {
+        ctx: ctx.clone(),
+        budget: budget.clone(),
+        open,
+        shutdown: shutdown.clone(),
+        drain,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     let socket_path = bound.unix.as_ref().map(|(_, p)| p.clone());
     if let Some((listener, _)) = bound.unix {
-        tasks.spawn(accept_loop(
-            UnixAccept(listener),
-            ctx.clone(),
-            slots.clone(),
-            graceful.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(accept_loop(UnixAccept(listener), serving.clone()));
     }
     if let Some(listener) = bound.tcp {
-        tasks.spawn(accept_loop(
-            TcpAccept(listener),
-            ctx.clone(),
-            slots.clone(),
-            graceful.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(accept_loop(TcpAccept(listener), serving.clone()));
     }
+    drop(serving);
+    let revocations = tokio::spawn(cut_revoked(ctx.clone(), budget, shutdown.clone()));
     let _ = shutdown.wait_for(|stop| *stop).await;
     while tasks.join_next().await.is_some() {}
+    let _ = revocations.await;
     if let Some(path) = socket_path {
         let _ = std::fs::remove_file(path);
     }
-    match Arc::try_unwrap(graceful) {
-        Ok(graceful) => {
-            if tokio::time::timeout(drain, graceful.shutdown())
-                .await
-                .is_err()
-            {
-                tracing::warn!("connections still open after the drain time; closing them");
-            }
-        }
-        Err(_) => tracing::warn!("listener tasks still hold the shutdown handle"),
+    if tokio::time::timeout(drain, all_closed.recv()).await.is_err() {
+        tracing::warn!("connections still open after the drain time; closing them");
     }
+}
+
+/// After each CRL change, cuts the established connections whose certificate no
+/// longer passes (revoked, or expired since): keep-alive connections and watch
+/// streams alike, not only new handshakes.
+async fn cut_revoked(ctx: Arc<Context>, budget: Arc<Budget>, mut shutdown: watch::Receiver<bool>) {
+    let mut reloads = ctx.tls.reloads();
+    loop {
+        tokio::select! {
+            changed = reloads.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let cut = budget.cut_if(|cert| ctx.tls.still_valid(cert).is_err());
+        if cut > 0 {
+            tracing::info!(connections = cut, "cut connections whose certificate is now refused");
+        }
+    }
+}
+
+/// What every accept loop and connection task shares.
+#[derive(Clone)]
+struct Serving {
+    ctx: Arc<Context>,
+    budget: Arc<Budget>,
+    /// Held by every connection task, so the drain knows when all are gone.
+    open: mpsc::Sender<()>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
 }
 
 /// The uid and gid of a Unix-socket peer.
@@ -243,21 +277,12 @@ impl Accept for TcpAccept {
     }
 }
 
-async fn accept_loop<A: Accept>(
-    listener: A,
-    ctx: Arc<Context>,
-    slots: Arc<Semaphore>,
-    graceful: Arc<GracefulShutdown>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Accepts without waiting on any budget: a full handshake budget cuts its oldest
+/// handshake, and the other budgets refuse the connection that is over them, so
+/// what one client holds never stalls the accept of another's.
+async fn accept_loop<A: Accept>(listener: A, serving: Serving) {
+    let mut shutdown = serving.shutdown.clone();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => return,
@@ -267,30 +292,48 @@ async fn accept_loop<A: Accept>(
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let ctx = ctx.clone();
-        let watcher = graceful.watcher();
+        let uid_slot = match cred {
+            Some((uid, _)) => match serving.budget.peer_uid(uid) {
+                Some(slot) => Some(slot),
+                None => {
+                    drop(stream);
+                    let ctx = serving.ctx.clone();
+                    tokio::spawn(async move {
+                        refuse_busy(&ctx, Some(uid), None, "too_many_connections_for_uid").await;
+                    });
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let handshake = serving.budget.handshake();
+        let serving = serving.clone();
         tokio::spawn(async move {
-            serve_conn(stream, cred, ctx, watcher).await;
-            drop(permit);
+            serve_conn(stream, cred, handshake, &serving).await;
+            drop(uid_slot);
+            drop(serving);
         });
     }
 }
 
-async fn serve_conn<S>(
-    stream: S,
-    cred: Option<(u32, u32)>,
-    ctx: Arc<Context>,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
+async fn serve_conn<S>(stream: S, cred: Option<(u32, u32)>, handshake: Handshake, serving: &Serving)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let tls = match tokio::time::timeout(ctx.limits.handshake_timeout, ctx.acceptor.accept(stream))
-        .await
-    {
+    let ctx = &serving.ctx;
+    let accepted = tokio::select! {
+        accepted = tokio::time::timeout(ctx.limits.handshake_timeout, ctx.acceptor.accept(stream)) => accepted,
+        _ = handshake.cut() => {
+            tracing::debug!("tls handshake cut: the handshake budget is full and it was the oldest");
+            return;
+        }
+    };
+    drop(handshake);
+    let tls = match accepted {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             match e
@@ -298,7 +341,7 @@ async fn serve_conn<S>(
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
             {
                 Some(refused) if is_certificate_refusal(refused) => {
-                    refuse_certificate(&ctx, refused, cred).await;
+                    refuse_certificate(ctx, refused, cred).await;
                 }
                 _ => tracing::debug!(error = %e, "tls handshake failed"),
             }
@@ -310,18 +353,39 @@ async fn serve_conn<S>(
         }
     };
     if let Err(e) = ctx.tls.admit(tls.get_ref().1) {
-        refuse_certificate(&ctx, &e, cred).await;
+        refuse_certificate(ctx, &e, cred).await;
         return;
     }
-    let identity = {
-        let (_, session) = tls.get_ref();
-        match session.peer_certificates().and_then(|c| c.first()) {
-            Some(cert) => {
-                Peer::from_certificate(cert.as_ref(), &ctx.trust_domain).map_err(|e| e.to_string())
-            }
-            None => Err("no client certificate".to_owned()),
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned());
+    let identity = match &leaf {
+        Some(cert) => {
+            Peer::from_certificate(cert.as_ref(), &ctx.trust_domain).map_err(|e| e.to_string())
+        }
+        None => Err("no client certificate".to_owned()),
+    };
+    let uid = cred.map(|c| c.0);
+    let who: Arc<str> = match &identity {
+        Ok(peer) => peer.id.clone(),
+        Err(_) => UNIDENTIFIED.into(),
+    };
+    let slot = match serving.budget.establish(who.clone(), leaf.clone()) {
+        Ok(slot) => slot,
+        Err(full) => {
+            refuse_busy(ctx, uid, Some(who), full.code()).await;
+            return;
         }
     };
+    // Closed gracefully at its age limit, and never served past its certificate's
+    // expiry.
+    let mut lifetime = ctx.limits.max_connection_age;
+    if let Some(left) = leaf.as_ref().and_then(|c| valid_for(c.as_ref())) {
+        lifetime = lifetime.min(left);
+    }
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -342,7 +406,7 @@ async fn serve_conn<S>(
             let svc = service_fn(move |req: Request<Incoming>| {
                 api::handle(state.clone(), conn.clone(), req)
             });
-            let _ = watcher.watch(builder.serve_connection(io, svc)).await;
+            run_conn(builder.serve_connection(io, svc), &slot, lifetime, serving).await;
         }
         Err(reason) => {
             tracing::debug!(reason = %reason, "client certificate carries no usable identity");
@@ -351,10 +415,79 @@ async fn serve_conn<S>(
             let svc = service_fn(move |req: Request<Incoming>| {
                 refuse_identity(ctx.clone(), reason.clone(), cred, req)
             });
-            let _ = watcher.watch(builder.serve_connection(io, svc)).await;
+            run_conn(builder.serve_connection(io, svc), &slot, lifetime, serving).await;
         }
     }
 }
+
+/// How long after a graceful close starts the connection is cut anyway (a watch
+/// stream never ends by itself).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Drives one HTTP connection until it ends, is cut for its certificate, reaches
+/// `lifetime` (then closes gracefully: the request in flight finishes, for at most
+/// [`CLOSE_GRACE`]), or the listener stops (the same, for at most the drain time).
+async fn run_conn<I, S>(
+    conn: hyper::server::conn::http1::Connection<I, S>,
+    slot: &Established,
+    lifetime: Duration,
+    serving: &Serving,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut shutdown = serving.shutdown.clone();
+    tokio::pin!(conn);
+    let deadline = tokio::time::sleep(lifetime);
+    tokio::pin!(deadline);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = slot.cut() => {
+                tracing::info!("connection cut: its client certificate is no longer accepted");
+                return;
+            }
+            _ = &mut deadline => {
+                if closing {
+                    return;
+                }
+                tracing::debug!("connection reached its lifetime; closing");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                deadline.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            _ = shutdown.wait_for(|stop| *stop), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                deadline.as_mut().reset(tokio::time::Instant::now() + serving.drain);
+            }
+        }
+    }
+}
+
+/// How long a certificate (DER) is still valid, if it parses and is.
+fn valid_for(der: &[u8]) -> Option<Duration> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let left = cert.validity().not_after.timestamp() - crate::clock::now_ms() / 1000;
+    u64::try_from(left).ok().map(Duration::from_secs)
+}
+
+/// A connection refused because its client holds its share of a budget: counted
+/// and audited (coalesced per client, like every denial).
+async fn refuse_busy(ctx: &Context, uid: Option<u32>, who: Option<Arc<str>>, code: &'static str) {
+    ctx.state.metrics.denial("connect");
+    tracing::debug!(?uid, code, "connection refused: over its budget");
+    let mut record = connect_denied(uid, None, 0, code);
+    if let Some(who) = who {
+        record.peer = who;
+    }
+    ctx.state.audit.record_denial(record).await;
+}
+
+/// The peer name of connections without a usable identity.
+const UNIDENTIFIED: &str = "(unidentified)";
 
 /// Whether a handshake failed because of the client's certificate (revoked, expired,
 /// from another CA, missing), as opposed to a broken or abandoned connection.
@@ -404,7 +537,7 @@ async fn refuse_identity(
 
 /// The audit record of a connection denied before it had an identity.
 fn connect_denied(uid: Option<u32>, path: Option<&str>, status: u16, code: &'static str) -> Record {
-    let mut record = Record::now("(unidentified)".into(), uid, "connect", path);
+    let mut record = Record::now(UNIDENTIFIED.into(), uid, "connect", path);
     record.outcome = Outcome::Denied;
     record.status = status;
     record.code = Some(code);

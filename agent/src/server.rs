@@ -275,6 +275,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         providers,
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: config.limits.body_timeout,
+        watchers: crate::api::watch::Watchers::new(config.limits.max_watchers_per_identity),
     });
     let bound = listener::bind(&config.listen).await?;
     let addresses = bound.describe();

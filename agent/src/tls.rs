@@ -152,6 +152,8 @@ pub struct ServerTls {
     config: Arc<ServerConfig>,
     /// The CRL bytes the current verifier was built from; the lock also serializes reloads.
     crl: Mutex<Option<Vec<u8>>>,
+    /// Counts CRL changes, so live connections can be checked again.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -214,7 +216,22 @@ impl ServerTls {
             sessions,
             config: Arc::new(config),
             crl: Mutex::new(crl_bytes),
+            reloads: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Changes each time a reload put a new CRL in place: whoever holds connections
+    /// checks their certificates again ([`ServerTls::still_valid`]).
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    /// Whether a client certificate accepted earlier still passes now, against the
+    /// current CRL (and its validity period).
+    pub fn still_valid(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        self.verifier
+            .verify_client_cert(end_entity, &[], UnixTime::now())
+            .map(|_| ())
     }
 
     /// The rustls server config to accept with (e.g. `tokio_rustls::TlsAcceptor::from`).
@@ -267,6 +284,7 @@ impl ServerTls {
         // check; make every client do a full handshake against the new CRL.
         self.sessions.clear();
         *current = Some(bytes);
+        self.reloads.send_modify(|n| *n += 1);
         Ok(true)
     }
 

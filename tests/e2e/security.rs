@@ -19,13 +19,75 @@ mod tenancy;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use latchkey::client::Endpoint;
+use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tokio_rustls::TlsConnector;
 
-use crate::harness::{eventually, foreign, raw, Agent, Via};
+use crate::harness::{eventually, foreign, raw, within, Agent, Identity, Via};
 
 /// How long a revocation may take to reach a running agent (it polls the CRL every
 /// second).
 const REVOCATION_DEADLINE: Duration = Duration::from_secs(5);
+
+/// One HTTP/1.1 connection, kept alive, that never reconnects by itself.
+struct KeepAlive {
+    sender: Mutex<SendRequest<Empty<Bytes>>>,
+}
+
+impl KeepAlive {
+    async fn open(agent: &Agent, identity: &Identity, via: Via) -> anyhow::Result<Self> {
+        let connector = TlsConnector::from(agent.tls_for(identity)?);
+        let name = ServerName::try_from("localhost")?.to_owned();
+        let sender = match agent.endpoint(via)? {
+            Endpoint::Unix(path) => {
+                let tls = connector
+                    .connect(name, tokio::net::UnixStream::connect(path).await?)
+                    .await?;
+                handshake(tls).await?
+            }
+            Endpoint::Tcp(addr) => {
+                let tls = connector
+                    .connect(name, tokio::net::TcpStream::connect(addr).await?)
+                    .await?;
+                handshake(tls).await?
+            }
+        };
+        Ok(Self {
+            sender: Mutex::new(sender),
+        })
+    }
+
+    /// `GET uri` on this connection: the status, or an error once it is closed.
+    async fn get(&self, uri: &str) -> anyhow::Result<u16> {
+        let mut sender = self.sender.lock().await;
+        sender.ready().await.context("the connection is closed")?;
+        let req = http::Request::get(uri)
+            .header(http::header::HOST, "localhost")
+            .body(Empty::new())?;
+        let res = within("an answer", Duration::from_secs(10), sender.send_request(req))
+            .await?
+            .context("the request failed")?;
+        let status = res.status().as_u16();
+        res.into_body().collect().await?;
+        Ok(status)
+    }
+}
+
+async fn handshake<S>(io: S) -> anyhow::Result<SendRequest<Empty<Bytes>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
 
 #[tokio::test]
 async fn a_client_without_a_certificate_is_refused() -> anyhow::Result<()> {

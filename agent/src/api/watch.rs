@@ -5,18 +5,75 @@
 //! never a value, and only for paths the caller may read or list. A watcher that
 //! falls behind gets a `lagged` event and should re-read what it uses. A comment
 //! line every 15 seconds keeps idle connections and proxies alive.
+//!
+//! One identity holds at most `limits.max_watchers_per_identity` streams at once
+//! ([`Watchers`]); past that a watch gets `429 too_many_watchers`, so one app cannot
+//! take every connection the agent has for itself.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response};
+use http::{header, HeaderValue, Response, StatusCode};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{deny, ApiError, Body, Conn, State};
 use crate::policy::{Decision, Operation};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Watch streams open per identity, each at most the configured number.
+#[derive(Debug)]
+pub struct Watchers {
+    max: usize,
+    held: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+impl Watchers {
+    /// At most `max` streams per identity.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn take(self: &Arc<Self>, identity: &Arc<str>) -> Option<WatchSlot> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(identity.clone()).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(WatchSlot {
+            watchers: self.clone(),
+            identity: identity.clone(),
+        })
+    }
+}
+
+/// One open stream; given back when the stream ends.
+struct WatchSlot {
+    watchers: Arc<Watchers>,
+    identity: Arc<str>,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .watchers
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.identity) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.identity);
+            }
+        }
+    }
+}
 
 pub(super) async fn watch(
     state: &Arc<State>,
@@ -30,10 +87,23 @@ pub(super) async fn watch(
         deny(state, conn, Operation::List, prefix.as_str(), &err).await;
         return Err(err);
     }
+    let Some(slot) = state.watchers.take(&conn.peer.id) else {
+        let err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_watchers",
+            format!(
+                "this identity holds {} watch streams already",
+                state.watchers.max
+            ),
+        );
+        deny(state, conn, Operation::List, prefix.as_str(), &err).await;
+        return Err(err);
+    };
     let mut rx = state.events.subscribe();
     let (tx, body) = Body::channel(16);
     let conn = conn.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let hello = format!(": watching {:?}\n\n", prefix.as_str());
         if tx.send(Bytes::from(hello)).await.is_err() {
             return;

@@ -165,7 +165,12 @@ max_headers = 64
 handshake_timeout = "5s"
 header_timeout = "5s"
 body_timeout = "10s"
-max_connections = 1024
+max_connections = 1024      # past the handshake, all clients together
+max_handshakes = 256        # in the TLS handshake at once; more cut the oldest
+max_connections_per_identity = 64
+max_connections_per_uid = 256   # Unix socket peers, handshakes included
+max_watchers_per_identity = 32
+max_connection_age = "1h"   # then closed; never past the client certificate's expiry
 
 [audit]
 path = "audit.log"          # JSON lines: who, what, which path, outcome; never values

@@ -178,9 +178,24 @@ pub struct LimitsSection {
     /// Deadline for a request's body.
     #[serde(default = "default_10s")]
     pub body_timeout: String,
-    /// Most concurrent connections.
+    /// Most concurrent connections past their handshake.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections still in their TLS handshake; past that the oldest is cut.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Most connections of one identity at once.
+    #[serde(default = "default_max_per_identity")]
+    pub max_connections_per_identity: usize,
+    /// Most connections of one Unix-socket peer uid at once (handshakes included).
+    #[serde(default = "default_max_per_uid")]
+    pub max_connections_per_uid: usize,
+    /// Most watch streams of one identity at once.
+    #[serde(default = "default_max_watchers")]
+    pub max_watchers_per_identity: usize,
+    /// Longest life of one connection; then it is closed (gracefully).
+    #[serde(default = "default_connection_age")]
+    pub max_connection_age: String,
 }
 
 impl Default for LimitsSection {
@@ -192,6 +207,11 @@ impl Default for LimitsSection {
             header_timeout: default_5s(),
             body_timeout: default_10s(),
             max_connections: default_max_connections(),
+            max_handshakes: default_max_handshakes(),
+            max_connections_per_identity: default_max_per_identity(),
+            max_connections_per_uid: default_max_per_uid(),
+            max_watchers_per_identity: default_max_watchers(),
+            max_connection_age: default_connection_age(),
         }
     }
 }
@@ -243,6 +263,21 @@ fn default_10s() -> String {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_handshakes() -> usize {
+    256
+}
+fn default_max_per_identity() -> usize {
+    64
+}
+fn default_max_per_uid() -> usize {
+    256
+}
+fn default_max_watchers() -> usize {
+    32
+}
+fn default_connection_age() -> String {
+    "1h".to_owned()
 }
 fn default_audit_path() -> PathBuf {
     PathBuf::from("audit.log")
