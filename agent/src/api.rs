@@ -241,7 +241,15 @@ where
                 record.code = Some(e.code);
             }
         }
-        state.audit.record(record).await;
+        // A failed read changes nothing: a client reading missing paths in a loop is
+        // coalesced like a denied one. Writes, and damaged records (each path
+        // matters), are recorded one by one.
+        let repeatable = matches!(&result, Err(e) if e.code != "integrity_error");
+        if op == Operation::Read && repeatable {
+            state.audit.record_coalesced(record).await;
+        } else {
+            state.audit.record(record).await;
+        }
     }
     result.map(|(res, _)| res)
 }
@@ -266,7 +274,7 @@ async fn deny(state: &State, conn: &Conn, op: Operation, what: &str, err: &ApiEr
     record.status = err.status.as_u16();
     record.code = Some(err.code);
     state.metrics.denial(op.as_str());
-    state.audit.record_denial(record).await;
+    state.audit.record_coalesced(record).await;
 }
 
 type Answer = (Response<Body>, Option<u64>);

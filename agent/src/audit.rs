@@ -7,9 +7,9 @@
 //! them in batches, so the request path does no file I/O; when the channel is full the request
 //! waits rather than drop a record. Denials are also logged at `warn`.
 //!
-//! Denials go through [`Audit::record_denial`], which coalesces a client's repeated
-//! denials into one record a second with a `count` ([`coalesce`]), so a client in a
-//! loop cannot flood the trail (or the log).
+//! Denials and failed reads go through [`Audit::record_coalesced`], which coalesces a
+//! client's repeats into one record a second with a `count` ([`coalesce`]), so a
+//! client in a loop cannot flood the trail (or the log).
 
 mod coalesce;
 
@@ -158,8 +158,9 @@ impl Audit {
         ))
     }
 
-    /// Records a denial, coalescing a client's repeats (see [`coalesce`]).
-    pub async fn record_denial(&self, record: Record) {
+    /// Records what a client can cause in a loop (a denial, a failed read), coalescing
+    /// its repeats (see [`coalesce`]).
+    pub async fn record_coalesced(&self, record: Record) {
         for record in self.denials.admit(record, std::time::Instant::now()) {
             self.record(record).await;
         }

@@ -191,7 +191,7 @@ pub async fn serve(
     let serving = Serving {
         ctx: ctx.clone(),
         budget: budget.clone(),
-        open,
+        _open: open,
         shutdown: shutdown.clone(),
         drain,
     };
@@ -243,7 +243,7 @@ struct Serving {
     ctx: Arc<Context>,
     budget: Arc<Budget>,
     /// Held by every connection task, so the drain knows when all are gone.
-    open: mpsc::Sender<()>,
+    _open: mpsc::Sender<()>,
     shutdown: watch::Receiver<bool>,
     drain: Duration,
 }
@@ -483,7 +483,7 @@ async fn refuse_busy(ctx: &Context, uid: Option<u32>, who: Option<Arc<str>>, cod
     if let Some(who) = who {
         record.peer = who;
     }
-    ctx.state.audit.record_denial(record).await;
+    ctx.state.audit.record_coalesced(record).await;
 }
 
 /// The peer name of connections without a usable identity.
@@ -502,7 +502,7 @@ fn is_certificate_refusal(e: &rustls::Error) -> bool {
 /// `connect` (with the uid on the Unix socket), so a revoked or foreign client that
 /// keeps trying shows up in the audit log and not only in a debug log. A client that
 /// retries in a loop gets one record a second per reason, with a count
-/// ([`Audit::record_denial`](crate::audit::Audit::record_denial)).
+/// ([`Audit::record_coalesced`](crate::audit::Audit::record_coalesced)).
 async fn refuse_certificate(ctx: &Context, refused: &rustls::Error, cred: Option<(u32, u32)>) {
     let uid = cred.map(|c| c.0);
     let reason = refused.to_string();
@@ -510,7 +510,7 @@ async fn refuse_certificate(ctx: &Context, refused: &rustls::Error, cred: Option
     tracing::debug!(error = %reason, ?uid, "client certificate refused");
     let mut record = connect_denied(uid, None, 0, "certificate_refused");
     record.detail = Some(reason.into());
-    ctx.state.audit.record_denial(record).await;
+    ctx.state.audit.record_coalesced(record).await;
 }
 
 async fn refuse_identity(
@@ -531,7 +531,7 @@ async fn refuse_identity(
         err.code,
     );
     ctx.state.metrics.denial("connect");
-    ctx.state.audit.record_denial(record).await;
+    ctx.state.audit.record_coalesced(record).await;
     Ok(err.into_response())
 }
 

@@ -1,6 +1,7 @@
-//! Keeps the audit trail readable when a client repeats a denied request in a loop.
+//! Keeps the audit trail readable when a client repeats a denied (or failing) request
+//! in a loop.
 //!
-//! Denials are grouped by who (identity and uid), what (operation, code and detail,
+//! Denials (and failed reads) are grouped by who (identity and uid), what (operation, code and detail,
 //! but not the path, so varying it does not help) and a one-second window. The first
 //! denial of a group is written at once; the ones after it in the same window are held
 //! back and written as one record, the last of them, whose `count` says how many it
