@@ -59,6 +59,8 @@ pub struct Listen {
     pub socket: Option<PathBuf>,
     /// Mode bits for the socket file.
     pub socket_mode: u32,
+    /// Group of the socket file; the agent's own (or the folder's, if setgid) if unset.
+    pub socket_group: Option<u32>,
     /// Loopback TCP address, if any.
     pub tcp: Option<SocketAddr>,
 }
@@ -237,6 +239,13 @@ fn validate(
             0o660
         }
     };
+    let socket_group = raw.listen.socket_group.as_deref().and_then(|g| {
+        let gid = crate::render::spec::lookup_id("/etc/group", g);
+        if gid.is_none() {
+            problems.push(format!("listen.socket_group: no group {g:?}"));
+        }
+        gid
+    });
     let tcp = match raw.listen.tcp.as_deref() {
         None => None,
         Some(text) => match text.parse::<SocketAddr>() {
@@ -434,6 +443,7 @@ fn validate(
         listen: Listen {
             socket,
             socket_mode,
+            socket_group,
             tcp,
         },
         tls,

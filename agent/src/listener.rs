@@ -97,7 +97,10 @@ impl Bound {
 /// TCP address.
 pub async fn bind(listen: &crate::config::Listen) -> Result<Bound, Error> {
     let unix = match &listen.socket {
-        Some(path) => Some((bind_unix(path, listen.socket_mode).await?, path.clone())),
+        Some(path) => Some((
+            bind_unix(path, listen.socket_mode, listen.socket_group).await?,
+            path.clone(),
+        )),
         None => None,
     };
     let tcp = match listen.tcp {
@@ -117,8 +120,9 @@ pub async fn bind(listen: &crate::config::Listen) -> Result<Bound, Error> {
 /// Binds the socket so that it appears at `path` with its final mode, never wider or
 /// narrower for a moment: it is bound inside a fresh folder only the agent can enter
 /// (0700, in the socket's own folder so a setgid group carries over), given its mode
-/// there, and renamed into place, which also replaces a stale socket atomically.
-async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, Error> {
+/// there (and its group, if configured), and renamed into place, which also replaces
+/// a stale socket atomically.
+async fn bind_unix(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, Error> {
     let err = |source| Error::Bind {
         what: path.display().to_string(),
         source,
@@ -162,6 +166,9 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, Error> {
     let bound = (|| {
         let inside = staging.join(name);
         let listener = UnixListener::bind(&inside)?;
+        if let Some(gid) = group {
+            rustix::fs::chown(&inside, None, Some(rustix::fs::Gid::from_raw(gid)))?;
+        }
         std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&inside, path)?;
         Ok(listener)

@@ -143,6 +143,7 @@ trust_domain = "{td}"
 # Unix socket for local apps; its mode leaves nothing for others.
 socket = "run/latchkey.sock"
 socket_mode = "0660"
+# socket_group = "apps"     # group of the socket (default: the agent's own)
 # Loopback TCP listener, also mTLS (TLS 1.3, client certificate required).
 {tcp_line}
 

@@ -119,6 +119,8 @@ pub struct ListenSection {
     /// Octal mode of the socket file; no bits for others.
     #[serde(default = "default_socket_mode")]
     pub socket_mode: String,
+    /// Group of the socket file (name or number), for the group bits of its mode.
+    pub socket_group: Option<String>,
     /// Loopback `ip:port`.
     pub tcp: Option<String>,
     /// Permit a non-loopback TCP address (off: a sidecar serves its own host).

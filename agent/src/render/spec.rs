@@ -271,7 +271,7 @@ fn action(base: &Path, a: &ActionSection) -> Result<Action, String> {
 }
 
 /// Resolves a user or group name (or a number) through `/etc/passwd` / `/etc/group`.
-fn lookup_id(db: &str, name: &str) -> Option<u32> {
+pub(crate) fn lookup_id(db: &str, name: &str) -> Option<u32> {
     if let Ok(id) = name.parse::<u32>() {
         return Some(id);
     }

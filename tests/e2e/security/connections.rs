@@ -160,7 +160,19 @@ enum Stalled {
 #[tokio::test]
 async fn r12_the_socket_appears_with_its_final_mode_and_is_never_chmodded_in_place(
 ) -> anyhow::Result<()> {
-    let mut agent = Agent::builder().start().await?;
+    // As root, a group the agent is not in: it must be set before the socket appears.
+    let group = if rustix::process::geteuid().is_root() {
+        4242
+    } else {
+        rustix::process::getegid().as_raw()
+    };
+    let mut agent = Agent::builder()
+        .setting(
+            "socket_mode",
+            &format!("\"0660\"\nsocket_group = \"{group}\""),
+        )
+        .start()
+        .await?;
     assert!(agent.stop().await?.success());
     let socket = agent.socket();
     let run = socket.parent().map(ToOwned::to_owned).unwrap_or_default();
@@ -202,7 +214,7 @@ async fn r12_the_socket_appears_with_its_final_mode_and_is_never_chmodded_in_pla
     let meta = std::fs::symlink_metadata(&socket)?;
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o7777, 0o660, "the configured mode");
-    assert_eq!(meta.gid(), std::fs::metadata(agent.dir())?.gid());
+    assert_eq!(meta.gid(), group, "the configured group");
     // Nothing of the private bind folder is left behind.
     let left: Vec<String> = std::fs::read_dir(&run)?
         .filter_map(Result::ok)
