@@ -563,7 +563,7 @@ mod tests {
                 "bytenant/{tenant}/**",
                 "both/{tenant}/{app}/**",
             ],
-            &["read"],
+            &["read", "list"],
         )]);
         let plain_a = peer("spiffe://td/app/a");
         let tenant_a = peer("spiffe://td/tenant/t/app/a");

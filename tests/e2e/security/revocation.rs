@@ -8,19 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use latchkey::client::Endpoint;
-use rustls::pki_types::ServerName;
+use anyhow::bail;
+use http_body_util::BodyExt;
 use serde_json::json;
-use tokio::sync::Mutex;
-use tokio_rustls::TlsConnector;
 
-use super::REVOCATION_DEADLINE;
-use crate::harness::{eventually, within, Agent, Identity, Via};
+use super::{KeepAlive, REVOCATION_DEADLINE};
+use crate::harness::{eventually, within, Agent, Via};
 
 #[tokio::test]
 async fn r11_revocation_cuts_keep_alive_connections_and_watch_streams_opened_before_it(
