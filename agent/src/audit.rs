@@ -148,14 +148,7 @@ impl Audit {
             .spawn(move || write_loop(file, rx, owned, &held))
             .map_err(err)?;
         tokio::spawn(flush_held(tx.downgrade(), denials.clone()));
-        Ok((
-            Audit {
-                tx,
-                reads,
-                denials,
-            },
-            Writer(thread),
-        ))
+        Ok((Audit { tx, reads, denials }, Writer(thread)))
     }
 
     /// Records what a client can cause in a loop (a denial, a failed read), coalescing

@@ -306,11 +306,7 @@ fn validate(
         max_connections_per_identity: l.max_connections_per_identity,
         max_connections_per_uid: l.max_connections_per_uid,
         max_watchers_per_identity: l.max_watchers_per_identity,
-        max_connection_age: duration(
-            "limits.max_connection_age",
-            &l.max_connection_age,
-            problems,
-        ),
+        max_connection_age: duration("limits.max_connection_age", &l.max_connection_age, problems),
     };
     if limits.max_body_bytes == 0 || limits.max_body_bytes > 16 * 1024 * 1024 {
         problems.push("limits.max_body_bytes: must be 1..=16777216".to_owned());
@@ -326,7 +322,10 @@ fn validate(
             limits.max_connections_per_identity,
         ),
         ("max_connections_per_uid", limits.max_connections_per_uid),
-        ("max_watchers_per_identity", limits.max_watchers_per_identity),
+        (
+            "max_watchers_per_identity",
+            limits.max_watchers_per_identity,
+        ),
     ] {
         if value == 0 {
             problems.push(format!("limits.{key}: must be at least 1"));

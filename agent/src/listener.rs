@@ -37,7 +37,6 @@ use crate::tls::ServerTls;
 mod budget;
 use budget::{Budget, Established, Handshake, Sizes};
 
-
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -218,7 +217,10 @@ pub async fn serve(
     if let Some(path) = socket_path {
         let _ = std::fs::remove_file(path);
     }
-    if tokio::time::timeout(drain, all_closed.recv()).await.is_err() {
+    if tokio::time::timeout(drain, all_closed.recv())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after the drain time; closing them");
     }
 }
@@ -239,7 +241,10 @@ async fn cut_revoked(ctx: Arc<Context>, budget: Arc<Budget>, mut shutdown: watch
         }
         let cut = budget.cut_if(|cert| ctx.tls.still_valid(cert).is_err());
         if cut > 0 {
-            tracing::info!(connections = cut, "cut connections whose certificate is now refused");
+            tracing::info!(
+                connections = cut,
+                "cut connections whose certificate is now refused"
+            );
         }
     }
 }

@@ -196,7 +196,15 @@ impl Pattern {
     /// `spiffe://<any>/tenant/<any>/app/<any>`.
     fn could_match_tenant_app(&self) -> bool {
         use Shape::{Any, Lit};
-        let shape = [Lit("spiffe:"), Lit(""), Any, Lit("tenant"), Any, Lit("app"), Any];
+        let shape = [
+            Lit("spiffe:"),
+            Lit(""),
+            Any,
+            Lit("tenant"),
+            Any,
+            Lit("app"),
+            Any,
+        ];
         intersects(&self.segs, &shape)
     }
 
@@ -398,7 +406,11 @@ impl Policy {
         self.rules
             .iter()
             .enumerate()
-            .flat_map(|(i, r)| r.warnings().into_iter().map(move |w| format!("policy[{i}]: {w}")))
+            .flat_map(|(i, r)| {
+                r.warnings()
+                    .into_iter()
+                    .map(move |w| format!("policy[{i}]: {w}"))
+            })
             .collect()
     }
 
@@ -626,8 +638,15 @@ mod tests {
             );
         }
         // Identity patterns that only match non-tenant apps are fine.
-        for identity in ["spiffe://td/app/*", "spiffe://td/app/web", "spiffe://td/*/*"] {
-            assert!(warns(identity, &["byapp/{app}/**"]).is_empty(), "{identity}");
+        for identity in [
+            "spiffe://td/app/*",
+            "spiffe://td/app/web",
+            "spiffe://td/*/*",
+        ] {
+            assert!(
+                warns(identity, &["byapp/{app}/**"]).is_empty(),
+                "{identity}"
+            );
         }
         let policy = Policy::new(vec![
             rule("spiffe://td/app/*", &["apps/{app}/**"], &["read"]),

@@ -71,9 +71,13 @@ impl KeepAlive {
         let req = http::Request::get(uri)
             .header(http::header::HOST, "localhost")
             .body(Empty::new())?;
-        let res = within("an answer", Duration::from_secs(10), sender.send_request(req))
-            .await?
-            .context("the request failed")?;
+        let res = within(
+            "an answer",
+            Duration::from_secs(10),
+            sender.send_request(req),
+        )
+        .await?
+        .context("the request failed")?;
         let status = res.status().as_u16();
         res.into_body().collect().await?;
         Ok(status)

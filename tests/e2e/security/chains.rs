@@ -23,7 +23,10 @@ async fn r11_a_leaf_from_an_intermediate_signed_by_the_agents_ca_is_refused_with
     let mut agent = Agent::builder().tcp().start().await?;
     agent
         .admin()?
-        .write("apps/web/db", json!({"password": "intermediate-must-not-see"}))
+        .write(
+            "apps/web/db",
+            json!({"password": "intermediate-must-not-see"}),
+        )
         .await?;
     assert!(agent.stop().await?.success());
     let config = std::fs::read_to_string(agent.config_path())?;

@@ -99,7 +99,9 @@ async fn r11_one_app_at_its_caps_does_not_slow_another() -> anyhow::Result<()> {
     // And many connections that never finish their handshake, on both listeners.
     let mut stalled = Vec::new();
     for _ in 0..STALLED {
-        stalled.push(Stalled::Unix(tokio::net::UnixStream::connect(agent.socket()).await?));
+        stalled.push(Stalled::Unix(
+            tokio::net::UnixStream::connect(agent.socket()).await?,
+        ));
         let addr = agent
             .tcp_addr()
             .ok_or_else(|| anyhow::anyhow!("no tcp listener"))?;
@@ -134,14 +136,18 @@ async fn r11_one_app_at_its_caps_does_not_slow_another() -> anyhow::Result<()> {
 
     // Once the hog lets go, its slots come back.
     drop((watchers, held, stalled));
-    eventually("the hog's slots to come back", Duration::from_secs(10), || {
-        let agent = &agent;
-        let hog = &hog;
-        async move {
-            let conn = KeepAlive::open(agent, hog, Via::Socket).await.ok()?;
-            (conn.get("/v1/secrets/apps/hog/db").await.ok()? == 200).then_some(())
-        }
-    })
+    eventually(
+        "the hog's slots to come back",
+        Duration::from_secs(10),
+        || {
+            let agent = &agent;
+            let hog = &hog;
+            async move {
+                let conn = KeepAlive::open(agent, hog, Via::Socket).await.ok()?;
+                (conn.get("/v1/secrets/apps/hog/db").await.ok()? == 200).then_some(())
+            }
+        },
+    )
     .await?;
     Ok(())
 }
@@ -213,7 +219,11 @@ async fn r12_the_socket_appears_with_its_final_mode_and_is_never_chmodded_in_pla
     );
     let meta = std::fs::symlink_metadata(&socket)?;
     assert!(meta.file_type().is_socket());
-    assert_eq!(meta.permissions().mode() & 0o7777, 0o660, "the configured mode");
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o660,
+        "the configured mode"
+    );
     assert_eq!(meta.gid(), group, "the configured group");
     // Nothing of the private bind folder is left behind.
     let left: Vec<String> = std::fs::read_dir(&run)?

@@ -107,11 +107,17 @@ async fn r11_thousands_of_denials_make_a_few_records_whose_counts_add_up() -> an
         "{records} records for {OUTSIDE} refused identities in {took:?} (at most {bound})"
     );
     // Every record still says who, what and why; a summary holds one of its paths.
-    let all: Vec<Value> = agent.audit_records()?.into_iter().filter(forbidden).collect();
+    let all: Vec<Value> = agent
+        .audit_records()?
+        .into_iter()
+        .filter(forbidden)
+        .collect();
     assert!(
         all.iter().all(|r| r["op"] == "read"
             && r["status"] == 403
-            && r["path"].as_str().is_some_and(|p| p.starts_with("apps/b/secret"))),
+            && r["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("apps/b/secret"))),
         "{all:#?}"
     );
     // The metric counts every denial.

@@ -20,13 +20,20 @@ async fn r11_revocation_cuts_keep_alive_connections_and_watch_streams_opened_bef
 ) -> anyhow::Result<()> {
     let agent = Agent::builder().tcp().start().await?;
     let admin = agent.admin()?;
-    admin.write("apps/web/db", json!({"password": "pw"})).await?;
-    admin.write("apps/other/db", json!({"password": "pw"})).await?;
+    admin
+        .write("apps/web/db", json!({"password": "pw"}))
+        .await?;
+    admin
+        .write("apps/other/db", json!({"password": "pw"}))
+        .await?;
     let web = agent.issue_cert("web", None).await?;
     let other = agent.issue_cert("other", None).await?;
 
     let kept: Vec<(Via, KeepAlive)> = vec![
-        (Via::Socket, KeepAlive::open(&agent, &web, Via::Socket).await?),
+        (
+            Via::Socket,
+            KeepAlive::open(&agent, &web, Via::Socket).await?,
+        ),
         (Via::Tcp, KeepAlive::open(&agent, &web, Via::Tcp).await?),
     ];
     for (via, conn) in &kept {
@@ -42,21 +49,27 @@ async fn r11_revocation_cuts_keep_alive_connections_and_watch_streams_opened_bef
         .await
         .map_err(|e| anyhow::anyhow!("watch: {e}"))?;
     assert_eq!(status, 200);
-    admin.write("apps/web/db", json!({"password": "pw2"})).await?;
+    admin
+        .write("apps/web/db", json!({"password": "pw2"}))
+        .await?;
     let mut text = String::new();
-    within("the event before the revocation", Duration::from_secs(10), async {
-        while !text.contains("event: updated") {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        text.push_str(&String::from_utf8_lossy(data));
+    within(
+        "the event before the revocation",
+        Duration::from_secs(10),
+        async {
+            while !text.contains("event: updated") {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            text.push_str(&String::from_utf8_lossy(data));
+                        }
                     }
+                    _ => bail!("the stream ended early: {text}"),
                 }
-                _ => bail!("the stream ended early: {text}"),
             }
-        }
-        anyhow::Ok(())
-    })
+            anyhow::Ok(())
+        },
+    )
     .await??;
 
     agent.revoke(&web).await?;
@@ -71,18 +84,29 @@ async fn r11_revocation_cuts_keep_alive_connections_and_watch_streams_opened_bef
         eventually(
             &format!("the keep-alive connection over {via:?} to be cut"),
             REVOCATION_DEADLINE,
-            || async move { conn.get("/v1/secrets/apps/web/db").await.is_err().then_some(()) },
+            || async move {
+                conn.get("/v1/secrets/apps/web/db")
+                    .await
+                    .is_err()
+                    .then_some(())
+            },
         )
         .await?;
     }
     eventually("the watch stream to be cut", REVOCATION_DEADLINE, || {
         let ended = stream_ended.clone();
-        async move { ended.load(std::sync::atomic::Ordering::SeqCst).then_some(()) }
+        async move {
+            ended
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then_some(())
+        }
     })
     .await?;
     // Another app's connection opened before the revocation is not affected.
     assert_eq!(bystander.get("/v1/secrets/apps/other/db").await?, 200);
-    assert!(agent.logs().contains("cut connections whose certificate is now refused"));
+    assert!(agent
+        .logs()
+        .contains("cut connections whose certificate is now refused"));
     Ok(())
 }
 
@@ -100,19 +124,29 @@ async fn r11_a_connection_is_closed_at_its_age_limit() -> anyhow::Result<()> {
     let conn = &KeepAlive::open(&agent, &web, Via::Socket).await?;
     let opened = tokio::time::Instant::now();
     // Kept busy, so no idle timeout can be what closes it.
-    eventually("the connection to reach its age limit", Duration::from_secs(15), || async move {
-        match conn.get("/v1/secrets/apps/web/db").await {
-            Ok(status) => {
-                assert_eq!(status, 200, "every request before the close is served");
-                None
+    eventually(
+        "the connection to reach its age limit",
+        Duration::from_secs(15),
+        || async move {
+            match conn.get("/v1/secrets/apps/web/db").await {
+                Ok(status) => {
+                    assert_eq!(status, 200, "every request before the close is served");
+                    None
+                }
+                Err(_) => Some(()),
             }
-            Err(_) => Some(()),
-        }
-    })
+        },
+    )
     .await?;
     let lived = opened.elapsed();
-    assert!(lived >= Duration::from_millis(1500), "closed after {lived:?}");
+    assert!(
+        lived >= Duration::from_millis(1500),
+        "closed after {lived:?}"
+    );
     // A new connection is served as before.
-    assert_eq!(agent.client_for(&web)?.read("apps/web/db").await?.status, 200);
+    assert_eq!(
+        agent.client_for(&web)?.read("apps/web/db").await?.status,
+        200
+    );
     Ok(())
 }

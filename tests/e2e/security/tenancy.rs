@@ -44,7 +44,12 @@ async fn r11_a_tenant_app_does_not_read_the_subtree_of_the_non_tenant_app_of_its
         if status == 200 {
             assert_eq!(answer.field("v").as_deref(), Some(path));
         } else {
-            assert_eq!(answer.code().as_deref(), Some("forbidden"), "{}", answer.body);
+            assert_eq!(
+                answer.code().as_deref(),
+                Some("forbidden"),
+                "{}",
+                answer.body
+            );
         }
     }
     // `latchkey check` says so about the rule.
@@ -56,7 +61,9 @@ async fn r11_a_tenant_app_does_not_read_the_subtree_of_the_non_tenant_app_of_its
         .success()?;
     assert!(
         check.stderr.contains("warning:")
-            && check.stderr.contains("\"byapp/{app}/**\" uses {app} without {tenant}"),
+            && check
+                .stderr
+                .contains("\"byapp/{app}/**\" uses {app} without {tenant}"),
         "{check:?}"
     );
     assert!(
