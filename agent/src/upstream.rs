@@ -102,8 +102,11 @@ pub trait Upstream: Send + Sync {
 
     /// Writes a new version and returns its number.
     ///
-    /// Called by the admin API (a put) and by rotation (publishing a pending
-    /// credential), always before the cache is updated. `cas: Some(v)` writes only if
+    /// Called through [`Upstream::put`] by `sync`'s commit (an admin put, a rotation's
+    /// promotion, a refresh), always before the store and the cache are updated, and
+    /// by the lifecycle's coordination records (a rotation publishing its pending
+    /// credential).
+    /// `cas: Some(v)` writes only if
     /// the current version is `v` (`Some(0)`: only if the secret does not exist) and
     /// fails with [`Error::Conflict`] otherwise; `None` writes unconditionally.
     async fn write(
