@@ -37,13 +37,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{Audit, Outcome, Record};
 use crate::cache::{Cached, HotCache};
-use crate::events::{Event, Events, Kind};
+use crate::events::Events;
 use crate::identity::Peer;
 use crate::path::{Prefix, SecretPath};
 use crate::policy::{Decision, Operation, PeerPolicy};
 use crate::secret::{Fields, SecretBytes};
 use crate::store::{self, Secret, Selector, Store};
-use crate::sync::{Freshness, Syncer};
+use crate::sync::{Change, Committed, Freshness, Syncer};
 
 pub use body::Body;
 pub use error::ApiError;
@@ -67,8 +67,9 @@ pub struct State {
     pub audit: Audit,
     /// Change notifications.
     pub events: Events,
-    /// The upstream sync, when the agent caches an upstream.
-    pub sync: Option<Arc<Syncer>>,
+    /// The upstream sync (the store itself without an `[upstream]`): every write and
+    /// delete goes through its commit.
+    pub sync: Arc<Syncer>,
     /// Environment variables served for missing secrets.
     pub fallback: crate::fallback::EnvFallback,
     /// Counters and gauges for `/metrics`.
@@ -327,13 +328,9 @@ async fn read(state: &State, path: &SecretPath, query: Option<&str>) -> Result<A
     let seen = state.cache.generation();
     let is_current = matches!(selector, Selector::Current);
     let mut secret = lookup(state, path, selector.clone()).await?;
-    if secret.is_none() && is_current {
-        if let Some(sync) = &state.sync {
-            // A miss: ask the upstream once (shared with concurrent misses).
-            if sync.fetch(path).await.map_err(sync_error)? {
-                secret = lookup(state, path, selector).await?;
-            }
-        }
+    // A miss: ask the upstream once (shared with concurrent misses).
+    if secret.is_none() && is_current && state.sync.fetch(path).await.map_err(sync_error)? {
+        secret = lookup(state, path, selector).await?;
     }
     let Some(secret) = secret else {
         if let Some(fields) = is_current.then(|| state.fallback.get(path)).flatten() {
@@ -380,20 +377,18 @@ async fn lookup(
     path: &SecretPath,
     selector: Selector,
 ) -> Result<Option<Secret>, ApiError> {
-    let store = state.store.clone();
     let path = path.clone();
-    Ok(
-        tokio::task::spawn_blocking(move || store.get(&path, selector))
-            .await
-            .map_err(|_| ApiError::internal())??,
-    )
+    Ok(state
+        .store
+        .blocking(move |store| store.get(&path, selector))
+        .await?)
 }
 
 /// The end of a read's body: whether the value may be out of date, and how long ago
 /// it was last confirmed with the upstream. Past the grace period, reads fail.
 fn freshness_tail(state: &State) -> Result<Bytes, ApiError> {
     let damaged = state.store.is_damaged();
-    let Some(sync) = &state.sync else {
+    let Some(freshness) = state.sync.freshness() else {
         return Ok(Bytes::from_static(if damaged {
             DAMAGED_TAIL
         } else {
@@ -405,7 +400,7 @@ fn freshness_tail(state: &State) -> Result<Bytes, ApiError> {
     } else {
         ""
     };
-    let (stale, age) = match sync.freshness() {
+    let (stale, age) = match freshness {
         Freshness::Fresh { age_seconds } => (false, age_seconds),
         Freshness::Stale { age_seconds } => (true, age_seconds),
         Freshness::Expired { age_seconds } => {
@@ -414,7 +409,7 @@ fn freshness_tail(state: &State) -> Result<Bytes, ApiError> {
                 "upstream_unavailable",
                 format!(
                     "upstream {} has been unreachable past the grace period; last good sync {age_seconds}s ago",
-                    sync.upstream_name()
+                    state.sync.upstream_name()
                 ),
             ))
         }
@@ -430,7 +425,7 @@ fn freshness_tail(state: &State) -> Result<Bytes, ApiError> {
 fn sync_error(e: crate::sync::Error) -> ApiError {
     use crate::upstream::Error as U;
     match e {
-        crate::sync::Error::Store(e) => e.into(),
+        crate::sync::Error::Store(e) | crate::sync::Error::Upstream(U::Store(e)) => e.into(),
         crate::sync::Error::Shared(shared) => match Arc::try_unwrap(shared) {
             Ok(e) => sync_error(e),
             Err(shared) => shared_sync_error(&shared),
@@ -536,10 +531,9 @@ async fn metrics(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError>
         state.metrics.lifecycle(&engine.state_counts());
     }
     state.metrics.store_problems(state.store.problems().len());
-    let text = state.metrics.render(
-        state.store.len(),
-        state.sync.as_ref().map(|s| s.freshness()),
-    );
+    let text = state
+        .metrics
+        .render(state.store.len(), state.sync.freshness());
     let mut res = Response::new(Body::full(text));
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -604,14 +598,14 @@ async fn sync_now(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError
         deny(state, conn, Operation::Admin, "sync", &err).await;
         return Err(err);
     }
-    let Some(sync) = &state.sync else {
+    if state.sync.is_local() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "no_upstream",
             "this agent has no upstream; its embedded store is the source of truth",
         ));
-    };
-    let report = sync.poll().await.map_err(sync_error)?;
+    }
+    let report = state.sync.poll().await.map_err(sync_error)?;
     let mut record = Record::now(conn.peer.id.clone(), conn.peer.uid, "sync", None);
     record.outcome = Outcome::Ok;
     state.audit.record(record).await;
@@ -764,24 +758,15 @@ where
         }
         None => {}
     }
-    let secret = match &state.sync {
-        // Upstream first; the syncer stores, flushes, invalidates and publishes.
-        Some(sync) => sync.write(path, write).await.map_err(sync_error)?,
-        None => {
-            let store = state.store.clone();
-            let target = path.clone();
-            let secret = tokio::task::spawn_blocking(move || store.put(&target, write))
-                .await
-                .map_err(|_| ApiError::internal())??;
-            state.cache.invalidate(path);
-            state.store.flush().await?;
-            state.events.publish(Event::now(
-                Kind::Updated,
-                path.clone(),
-                Some(secret.version),
-            ));
-            secret
-        }
+    // Upstream first; the commit stores, flushes, invalidates and publishes.
+    let secret = match state
+        .sync
+        .commit(path, Change::Write(write))
+        .await
+        .map_err(sync_error)?
+    {
+        Committed::Written(secret) => secret,
+        Committed::Deleted { .. } => return Err(ApiError::internal()),
     };
     let res = json_response(
         StatusCode::OK,
@@ -880,29 +865,19 @@ where
 }
 
 async fn delete(state: &State, path: &SecretPath) -> Result<Answer, ApiError> {
-    if let Some(sync) = &state.sync {
-        sync.delete(path).await.map_err(sync_error)?;
-        return Ok((
-            json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "path": path.as_str(), "deleted": true }),
-            ),
-            None,
-        ));
-    }
-    let store = state.store.clone();
-    let target = path.clone();
-    let existed = tokio::task::spawn_blocking(move || store.delete(&target))
+    let committed = state
+        .sync
+        .commit(path, Change::Delete)
         .await
-        .map_err(|_| ApiError::internal())??;
-    state.cache.invalidate(path);
-    if !existed {
+        .map_err(sync_error)?;
+    if matches!(
+        committed,
+        Committed::Deleted {
+            existed: Some(false)
+        }
+    ) {
         return Err(ApiError::not_found(format_args!("secret {path}")));
     }
-    state.store.flush().await?;
-    state
-        .events
-        .publish(Event::now(Kind::Deleted, path.clone(), None));
     Ok((
         json_response(
             StatusCode::OK,
@@ -928,11 +903,8 @@ async fn list(state: &State, conn: &Conn, query: Option<&str>) -> Result<Respons
         deny(state, conn, Operation::List, prefix.as_str(), &err).await;
         return Err(err);
     }
-    let store = state.store.clone();
     let scan = prefix.clone();
-    let entries = tokio::task::spawn_blocking(move || store.list(&scan))
-        .await
-        .map_err(|_| ApiError::internal())??;
+    let entries = state.store.blocking(move |store| store.list(&scan)).await?;
     let visible: Vec<ListEntry<'_>> = entries
         .iter()
         .filter(|e| conn.policy.check(&conn.peer, Operation::List, &e.path) == Decision::Allow)

@@ -5,15 +5,22 @@
 //! ```text
 //! request:   listener (UDS/TCP + rustls mTLS) -> identity (cert SAN, peer uid) -> policy
 //!            -> cache (moka hot set) -> store (sled, sealed records) -> api response (+ audit)
-//! sync:      upstream -> crypto (seal) -> store -> events
-//! lifecycle: scheduler -> plugin host -> upstream write (check-and-set) -> store -> events
+//! sync:      upstream (OpenBao/Vault, AWS, or the local store) -> crypto (seal) -> store -> events
+//! lifecycle: scheduler -> plugin host -> sync commit (upstream check-and-set) -> store -> events
 //! ```
+//!
+//! Every change of a secret — an API write or delete (and so the CLI's and `latchkey
+//! import`'s), a lifecycle promotion or refresh, what a poll or a miss pulls — goes
+//! through one function, [`sync::Syncer::commit`] and its second half, in one
+//! documented order: upstream check-and-set, store write, flush, hot-cache
+//! invalidation, event. There is always an upstream: without an `[upstream]` it is the
+//! store itself ([`upstream::local`]).
 //!
 //! Shared vocabulary: [`secret`] (values that zeroize and redact), [`path`]
 //! (validated secret paths), [`clock`] (the one wall clock) and [`backoff`] (the one
 //! retry schedule). [`server`] assembles the daemon from a [`config::Config`];
-//! [`client`] speaks its API; [`cli`] is the command line. [`upstream`] holds the clients of the stores
-//! the agent syncs with (OpenBao/Vault, AWS Secrets Manager).
+//! [`client`] speaks its API; [`cli`] is the command line. [`upstream`] holds the
+//! stores the agent syncs with (OpenBao/Vault, AWS Secrets Manager, the local store).
 
 pub mod api;
 pub mod audit;

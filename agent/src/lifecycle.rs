@@ -27,7 +27,8 @@
 //! time of its [`Clock`]; both come in through [`Parts`], so the state machine is
 //! unit-tested with a scripted provider and a clock moved by hand (`lifecycle/tests.rs`).
 //! A new version of a secret (a promotion, a refresh) is written by one function,
-//! `Engine::commit`. Every operation is audited with its outcome and publishes an
+//! `Engine::commit`, which hands it to the sync's commit ([`crate::sync::Syncer::commit`]),
+//! like every other write of the agent. Every operation is audited with its outcome and publishes an
 //! event (rotated, refreshed, validated, invalid, rotation-failed, reauth-required)
 //! that the SSE watchers and webhooks receive.
 
@@ -39,13 +40,12 @@ use serde::Deserialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::audit::{Audit, Outcome, Record};
-use crate::cache::HotCache;
 use crate::clock::Clock;
 use crate::events::{Event, Events, Kind};
 use crate::path::{PathError, Prefix, SecretPath};
 use crate::providers::{Credential, Failure, LifecycleSpec, Provider};
 use crate::store::{self, Secret, Store};
-use crate::sync::Syncer;
+use crate::sync::{Change, Committed, Syncer};
 
 pub mod ledger;
 pub mod next;
@@ -159,12 +159,11 @@ pub struct Parts {
     pub providers: Arc<dyn Provider>,
     /// The encrypted store.
     pub store: Store,
-    /// The hot cache (invalidated on local writes).
-    pub cache: Arc<HotCache>,
     /// The event bus.
     pub events: Events,
-    /// The upstream sync, when there is an upstream.
-    pub sync: Option<Arc<Syncer>>,
+    /// The upstream sync (the store itself without an `[upstream]`), through whose
+    /// commit the engine writes.
+    pub sync: Arc<Syncer>,
     /// The audit trail.
     pub audit: Audit,
     /// Settings.
@@ -182,9 +181,8 @@ pub struct Engine {
 struct Inner {
     provider: Arc<dyn Provider>,
     store: Store,
-    cache: Arc<HotCache>,
     events: Events,
-    sync: Option<Arc<Syncer>>,
+    sync: Arc<Syncer>,
     audit: Audit,
     spec: SchedulerSpec,
     clock: Clock,
@@ -245,17 +243,13 @@ impl Engine {
     /// Builds the engine (nothing runs until [`Engine::spawn`]).
     pub fn new(parts: Parts) -> Engine {
         let node = node_id(&parts.spec, &parts.store);
-        let ledger = match &parts.sync {
-            Some(sync) => ledger::Ledger::Upstream(sync.upstream()),
-            None => ledger::Ledger::Local(parts.store.clone()),
-        };
+        let ledger = ledger::Ledger::new(parts.sync.upstream());
         Engine {
             inner: Arc::new(Inner {
                 permits: Semaphore::new(parts.spec.concurrency.max(1)),
                 reads: Arc::new(Semaphore::new(parts.spec.concurrency.max(1))),
                 provider: parts.providers,
                 store: parts.store,
-                cache: parts.cache,
                 events: parts.events,
                 sync: parts.sync,
                 audit: parts.audit,
@@ -346,9 +340,9 @@ impl Engine {
         );
     }
 
-    /// Writes a new current version (a promoted rotation, a refreshed token):
-    /// upstream first (with check-and-set on `cas`), then the store, the cache and the
-    /// event. The engine's only write of a secret.
+    /// Writes a new current version (a promoted rotation, a refreshed token) through
+    /// the sync's commit: upstream first (with check-and-set on `cas`), then the store,
+    /// the cache and the event. The engine's only write of a secret.
     async fn commit(
         &self,
         path: &SecretPath,
@@ -361,19 +355,9 @@ impl Engine {
             expires_at: cred.expires_at,
             cas: Some(cas),
         };
-        match &self.inner.sync {
-            Some(sync) => Ok(sync.write(path, write).await?),
-            None => {
-                let secret = self.inner.store.put(path, write)?;
-                self.inner.store.flush().await?;
-                self.inner.cache.invalidate(path);
-                self.inner.events.publish(Event::now(
-                    Kind::Updated,
-                    path.clone(),
-                    Some(secret.version),
-                ));
-                Ok(secret)
-            }
+        match self.inner.sync.commit(path, Change::Write(write)).await? {
+            Committed::Written(secret) => Ok(secret),
+            Committed::Deleted { .. } => Err(Error::NotFound(path.clone())),
         }
     }
 

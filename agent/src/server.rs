@@ -236,24 +236,29 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let cache = Arc::new(HotCache::new(config.hot_cache_entries));
     let events = crate::events::Events::new();
     let (stop, stop_rx) = watch::channel(false);
-    let mut sync_task = None;
-    let sync = upstream.map(|u| {
-        let syncer = Syncer::new(
+    // There is always an upstream: without one, the store itself.
+    let sync = match upstream {
+        Some(u) => Syncer::new(
             u.client,
             store.clone(),
             cache.clone(),
             events.clone(),
             config.sync.clone(),
             config.store.path.with_extension("sync.json"),
-        );
-        sync_task = Some(syncer.spawn(stop_rx.clone()));
-        syncer
-    });
+        ),
+        None => Syncer::over_store(
+            config.upstream.as_ref().map_or("local", |u| u.name()),
+            store.clone(),
+            cache.clone(),
+            events.clone(),
+            config.sync.clone(),
+        ),
+    };
+    let sync_task = sync.spawn(stop_rx.clone());
     let engine = providers.has_rules().then(|| {
         crate::lifecycle::Engine::new(crate::lifecycle::Parts {
             providers: Arc::clone(&providers) as Arc<dyn Provider>,
             store: store.clone(),
-            cache: cache.clone(),
             events: events.clone(),
             sync: sync.clone(),
             audit: audit.clone(),

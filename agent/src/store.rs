@@ -20,7 +20,7 @@
 //! index entry being rolled back to an older sealed copy of itself.
 //!
 //! Every change also counts itself, in the same transaction, in the sealed counters;
-//! each flush then replaces a sealed state file beside sled's files
+//! each flush then appends the counts to a sealed state file beside sled's files
 //! (`store/ledger.rs`). At open the two are compared (`store/check.rs`), so writes that
 //! sled lost (its recovery drops the log after a bad checksum) are reported by name
 //! ([`Store::problems`]) instead of vanishing.
@@ -56,7 +56,7 @@ pub use health::{Missing, Op, Problem, StateFileReason};
 pub use ledger::STATE_FILE;
 
 use layout::{Layout, PathTag};
-use ledger::{Counters, Ledger};
+use ledger::{Counters, Ledger, StateFile};
 use record::IndexEntry;
 
 /// Versions kept per secret unless configured otherwise.
@@ -345,6 +345,9 @@ struct Inner {
     flusher: tokio::sync::Mutex<()>,
     /// Recent changes and known problems: what the state file holds.
     ledger: Mutex<Ledger>,
+    /// The state file, open for appends; `None` after a failed write, so the next
+    /// flush replaces it whole. Only touched by a flush (under `flusher`).
+    state_file: Mutex<Option<StateFile>>,
     /// Whether any problem is known (read on every response).
     damaged: AtomicBool,
 }
@@ -434,7 +437,7 @@ impl Store {
         for problem in &found.ledger.problems {
             tracing::error!(store = %cfg.path.display(), problem = %problem, "store damaged");
         }
-        ledger::write(&cfg.path, &key, &found.ledger)?;
+        let state_file = StateFile::create(&cfg.path, &key, &found.ledger)?;
 
         let count = isize::try_from(found.secrets).unwrap_or(isize::MAX);
         let damaged = !found.ledger.problems.is_empty();
@@ -454,6 +457,7 @@ impl Store {
                 flushed: AtomicU64::new(0),
                 flusher: tokio::sync::Mutex::new(()),
                 ledger: Mutex::new(found.ledger),
+                state_file: Mutex::new(Some(state_file)),
                 damaged: AtomicBool::new(damaged),
             }),
         })
@@ -752,17 +756,21 @@ impl Store {
             return Ok(());
         }
         let covers = inner.written.load(Ordering::SeqCst);
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
+        self.blocking(|store| {
             // Taken before sled flushes: every change it counts is in this flush.
             let ledger = store.inner.ledger().clone();
             store.inner.db.flush()?;
-            ledger::write(&store.inner.dir, &store.inner.key, &ledger)
+            store.inner.save_state(&ledger)
         })
-        .await
-        .map_err(|_| Error::Invalid("the flush task failed".into()))??;
+        .await?;
         inner.flushed.fetch_max(covers, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Whether every change committed so far is covered by a finished flush.
+    #[cfg(test)]
+    pub(crate) fn is_flushed(&self) -> bool {
+        self.inner.flushed.load(Ordering::SeqCst) >= self.inner.written.load(Ordering::SeqCst)
     }
 
     /// Number of secrets (a counter, not a scan).
@@ -793,8 +801,7 @@ impl Store {
     /// Forgets the problems known now (an operator has dealt with them) and records
     /// that in the state file. Returns how many there were.
     pub async fn acknowledge_problems(&self) -> Result<usize, Error> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
+        self.blocking(|store| {
             let inner = &store.inner;
             let _one_at_a_time = inner.flusher.blocking_lock();
             let (cleared, ledger) = {
@@ -804,11 +811,23 @@ impl Store {
                 (cleared, ledger.clone())
             };
             inner.db.flush()?;
-            ledger::write(&inner.dir, &inner.key, &ledger)?;
+            inner.save_state(&ledger)?;
             Ok(cleared)
         })
         .await
-        .map_err(|_| Error::Invalid("the flush task failed".into()))?
+    }
+
+    /// Runs `f` on the blocking pool with a handle to this store: the one way async
+    /// code calls into sled, whose reads and writes block on disk I/O and locks.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, Error> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|_| Error::Invalid("a store task failed".into()))?
     }
 }
 
@@ -824,6 +843,23 @@ struct Trees<'a> {
 impl Inner {
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the state file up to `ledger` after sled flushed: one appended frame, or
+    /// the whole file after an earlier write failed. Called with `flusher` held.
+    fn save_state(&self, ledger: &Ledger) -> Result<(), Error> {
+        let mut slot = self.state_file.lock().unwrap_or_else(|e| e.into_inner());
+        let saved = match slot.as_mut() {
+            Some(file) => file.append(&self.dir, &self.key, ledger),
+            None => StateFile::create(&self.dir, &self.key, ledger).map(|file| {
+                *slot = Some(file);
+            }),
+        };
+        if saved.is_err() {
+            // Whatever part of a frame reached the file is replaced next time.
+            *slot = None;
+        }
+        saved
     }
 
     /// After a change committed: note it for the state file and for `flush`.

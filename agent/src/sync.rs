@@ -1,7 +1,31 @@
-//! Keeps the local store in step with the upstream, and keeps serving when it is down.
+//! Keeps the local store in step with the upstream, keeps serving when it is down, and
+//! owns every write.
 //!
 //! The upstream is the source of truth; the store is an encrypted copy that apps read
-//! from. [`Syncer`] owns every conversation with the upstream:
+//! from. There is always an upstream: without an `[upstream]` it is the store itself
+//! ([`crate::upstream::local`]), which has nothing to poll and is never stale.
+//! [`Syncer`] owns every conversation with the upstream and every change of the store:
+//!
+//! - **Commit.** Every write and delete of a secret — the API's (and so the CLI's and
+//!   `latchkey import`'s), the lifecycle engine's promotions and refreshes, and what
+//!   polls and misses pull — goes through [`Syncer::commit`] (the agent's own changes)
+//!   and its second half `land` (changes the upstream already holds), in one order:
+//!
+//!   1. **upstream check-and-set** ([`Upstream::put`] / [`Upstream::delete`]; for the
+//!      local backend this is the store's own transaction and flush). A lost
+//!      check-and-set is a conflict, never a silent overwrite; nothing below happens.
+//!   2. **store write** of the version the upstream assigned, on the blocking pool.
+//!   3. **flush**: the write is durable (group commit: concurrent writers share one).
+//!   4. **cache invalidation** of the path, also when the flush failed (the store
+//!      already serves the new value; reads in flight cannot re-insert the old one,
+//!      `HotCache::insert_if_unchanged`).
+//!   5. **event**, only after the flush succeeded.
+//!
+//!   So a write is acknowledged (the call returns `Ok`) only once it is durable; a
+//!   read that starts after the acknowledgement never gets an older value from the
+//!   hot cache; and a subscriber that reads on an event finds the new value. A poll
+//!   lands its changes in batches: one store task, one flush, then the invalidations
+//!   and the events.
 //!
 //! - **Pull.** At start (in the background: serving never waits for the upstream) and
 //!   then every `poll_interval`, or at once on [`Syncer::sync_now`], it lists each
@@ -11,8 +35,6 @@
 //!   misses for the same path share that one request (single-flight). Cached paths
 //!   outside every prefix (from misses or writes) are checked one by one on each
 //!   poll, so they follow the upstream too.
-//! - **Writes.** Admin writes and deletes go upstream first (check-and-set), then to the
-//!   store; a lost check-and-set is a conflict, never a silent overwrite.
 //! - **Outages.** A failed poll is retried with exponential backoff and jitter. Until
 //!   the grace period has passed since the last good sync, reads are served from the
 //!   store marked `stale`; after it, reads fail with `upstream_unavailable`. After a
@@ -23,6 +45,8 @@
 //!   serves from its cache at once and still knows how old that cache is.
 //! - **Budget.** One semaphore bounds concurrent upstream calls from polls, misses and
 //!   writes together, so a large sync cannot flood the upstream.
+//! - **Blocking.** Every store call made here runs on the blocking pool through
+//!   [`Store::blocking`], the one convention for calling sled from async code.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -40,6 +64,16 @@ use crate::upstream::{self, RemoteSecret, Upstream};
 
 /// The first delay of the poll's retry schedule (before it doubles).
 const POLL_RETRY_BASE: Duration = Duration::from_millis(250);
+/// Most pulled changes a poll lands at once (one store task, one flush).
+const LAND_BATCH: usize = 64;
+
+/// How many of `landed` deleted a secret the store held.
+fn deletions(landed: &[Landed]) -> usize {
+    landed
+        .iter()
+        .filter(|l| l.changed && matches!(l.committed, Committed::Deleted { .. }))
+        .count()
+}
 
 /// How the sync behaves (`[sync]` in the config).
 #[derive(Debug, Clone)]
@@ -55,6 +89,20 @@ pub struct SyncConfig {
     pub concurrency: usize,
     /// Longest wait between retries while the upstream fails.
     pub max_backoff: Duration,
+}
+
+#[cfg(test)]
+impl SyncConfig {
+    /// Everything pulled, a 30 s poll, a five-minute grace period.
+    pub(crate) fn for_test() -> Self {
+        SyncConfig {
+            prefixes: vec![Prefix::all()],
+            poll_interval: Duration::from_secs(30),
+            grace: Duration::from_secs(300),
+            concurrency: 4,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Why a sync operation failed.
@@ -193,6 +241,20 @@ impl Syncer {
         })
     }
 
+    /// A syncer whose upstream is `store` itself ([`crate::upstream::local`]), named
+    /// `name`: what the agent runs without an `[upstream]`, and what tests use.
+    pub fn over_store(
+        name: &str,
+        store: Store,
+        cache: Arc<HotCache>,
+        events: Events,
+        config: SyncConfig,
+    ) -> Arc<Self> {
+        let upstream = Arc::new(crate::upstream::local::Local::new(name, store.clone()));
+        let state_file = store.dir().with_extension("sync.json");
+        Syncer::new(upstream, store, cache, events, config, state_file)
+    }
+
     /// The upstream itself, for the lifecycle engine's coordination records and
     /// re-reads (calls made through it bypass the sync's concurrency budget).
     pub fn upstream(&self) -> Arc<dyn Upstream> {
@@ -204,8 +266,22 @@ impl Syncer {
         self.upstream.name()
     }
 
-    /// How fresh the cached values are right now.
-    pub fn freshness(&self) -> Freshness {
+    /// Whether the upstream is the agent's own store (no `[upstream]`, or `kind =
+    /// "local"`): nothing to poll, nothing ever stale.
+    pub fn is_local(&self) -> bool {
+        self.upstream.is_local()
+    }
+
+    /// How fresh the cached values are right now; `None` when the upstream is the
+    /// store itself, which is always current.
+    pub fn freshness(&self) -> Option<Freshness> {
+        if self.is_local() {
+            return None;
+        }
+        Some(self.remote_freshness())
+    }
+
+    fn remote_freshness(&self) -> Freshness {
         let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let now = crate::clock::now_ms();
         let age_ms = health
@@ -231,13 +307,17 @@ impl Syncer {
     }
 
     /// Runs polls until `shutdown` turns true: first at once, then every poll interval,
-    /// or sooner with backoff after a failure, or when woken.
+    /// or sooner with backoff after a failure, or when woken. Nothing runs (`None`)
+    /// when the upstream is the store itself.
     pub fn spawn(
         self: &Arc<Self>,
         mut shutdown: watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if self.is_local() {
+            return None;
+        }
         let this = self.clone();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             loop {
                 let wait = match this.poll().await {
                     Ok(report) => {
@@ -259,7 +339,7 @@ impl Syncer {
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 }
             }
-        })
+        }))
     }
 
     fn backoff(&self, error: &Error) -> Duration {
@@ -344,15 +424,14 @@ impl Syncer {
                 self.upstream.list(prefix).await?
             };
             report.listed += remote.len();
-            let store = self.store.clone();
             let scan = prefix.clone();
-            let local: HashMap<SecretPath, u64> =
-                tokio::task::spawn_blocking(move || store.list(&scan))
-                    .await
-                    .map_err(|_| Error::Store(store::Error::Invalid("list task failed".into())))??
-                    .into_iter()
-                    .map(|e| (e.path, e.current_version))
-                    .collect();
+            let local: HashMap<SecretPath, u64> = self
+                .store
+                .blocking(move |store| store.list(&scan))
+                .await?
+                .into_iter()
+                .map(|e| (e.path, e.current_version))
+                .collect();
             let mut seen = HashSet::with_capacity(remote.len());
             let mut fetches = tokio::task::JoinSet::new();
             for meta in remote {
@@ -367,18 +446,18 @@ impl Syncer {
                     (meta.path.clone(), upstream.read(&meta.path).await)
                 });
             }
+            let mut batch = Vec::new();
             while let Some(joined) = fetches.join_next().await {
                 let Ok((path, result)) = joined else { continue };
                 match result {
                     Ok(Some(remote)) => {
-                        self.keep(remote)?;
+                        batch.push(Landing::Pulled(remote));
                         report.fetched += 1;
                     }
-                    Ok(None) => {
-                        if self.drop_local(&path)? {
-                            report.deleted += 1;
-                        }
-                    }
+                    Ok(None) => batch.push(Landing::Gone {
+                        path,
+                        upstream: None,
+                    }),
                     // The upstream answered but refused this one secret: that says
                     // nothing about its health, so the poll goes on without it.
                     Err(e) if !e.is_transient() => {
@@ -394,12 +473,20 @@ impl Syncer {
                         first_error.get_or_insert(e);
                     }
                 }
-            }
-            for path in local.keys().filter(|p| !seen.contains(*p)) {
-                if self.drop_local(path)? {
-                    report.deleted += 1;
+                if batch.len() >= LAND_BATCH {
+                    report.deleted += deletions(&self.land(std::mem::take(&mut batch)).await?);
                 }
             }
+            batch.extend(
+                local
+                    .keys()
+                    .filter(|p| !seen.contains(*p))
+                    .map(|path| Landing::Gone {
+                        path: path.clone(),
+                        upstream: None,
+                    }),
+            );
+            report.deleted += deletions(&self.land(batch).await?);
         }
         match self.poll_strays(report).await {
             Err(Error::Upstream(e)) => {
@@ -407,9 +494,6 @@ impl Syncer {
             }
             Err(e) => return Err(e),
             Ok(()) => {}
-        }
-        if report.fetched + report.deleted > 0 {
-            self.store.flush().await?;
         }
         match first_error {
             Some(e) => Err(e.into()),
@@ -447,17 +531,14 @@ impl Syncer {
         let paths: Vec<SecretPath> = match known {
             Some(set) => set.into_iter().collect(),
             None => {
-                let store = self.store.clone();
-                let found: HashSet<SecretPath> =
-                    tokio::task::spawn_blocking(move || store.list(&Prefix::all()))
-                        .await
-                        .map_err(|_| {
-                            Error::Store(store::Error::Invalid("list task failed".into()))
-                        })??
-                        .into_iter()
-                        .map(|e| e.path)
-                        .filter(|p| !self.covered(p))
-                        .collect();
+                let found: HashSet<SecretPath> = self
+                    .store
+                    .blocking(|store| store.list(&Prefix::all()))
+                    .await?
+                    .into_iter()
+                    .map(|e| e.path)
+                    .filter(|p| !self.covered(p))
+                    .collect();
                 let mut strays = self.strays.lock().unwrap_or_else(|e| e.into_inner());
                 strays.get_or_insert_with(HashSet::new).extend(found);
                 strays.iter().flatten().cloned().collect()
@@ -465,8 +546,17 @@ impl Syncer {
         };
         let mut gone = Vec::new();
         let mut checks = tokio::task::JoinSet::new();
-        for path in paths {
-            let Some(local) = self.store.get(&path, Selector::Current)? else {
+        let locals = self
+            .store
+            .blocking(move |store| {
+                paths
+                    .into_iter()
+                    .map(|path| Ok((store.get(&path, Selector::Current)?, path)))
+                    .collect::<Result<Vec<_>, store::Error>>()
+            })
+            .await?;
+        for (local, path) in locals {
+            let Some(local) = local else {
                 gone.push(path);
                 continue;
             };
@@ -484,16 +574,18 @@ impl Syncer {
             });
         }
         let mut first_error = None;
+        let mut batch = Vec::new();
         while let Some(joined) = checks.join_next().await {
             match joined {
                 Ok(Ok(Some((_, Some(remote))))) => {
-                    self.keep(remote)?;
+                    batch.push(Landing::Pulled(remote));
                     report.fetched += 1;
                 }
                 Ok(Ok(Some((path, None)))) => {
-                    if self.drop_local(&path)? {
-                        report.deleted += 1;
-                    }
+                    batch.push(Landing::Gone {
+                        path: path.clone(),
+                        upstream: None,
+                    });
                     gone.push(path);
                 }
                 Ok(Ok(None)) | Err(_) => {}
@@ -503,6 +595,7 @@ impl Syncer {
                 }
             }
         }
+        report.deleted += deletions(&self.land(batch).await?);
         if let Some(set) = self
             .strays
             .lock()
@@ -516,49 +609,13 @@ impl Syncer {
         first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 
-    /// Stores an upstream version, replacing the local copy. A version below the local
-    /// one means the secret was recreated upstream: the local copy is replaced whole.
-    fn keep(&self, remote: RemoteSecret) -> Result<Secret, Error> {
-        let kind = match self.store.get(&remote.path, Selector::Current) {
-            Ok(Some(local)) if local.version == remote.version => return Ok(local),
-            Ok(Some(local)) => Some(local.kind),
-            _ => None,
-        };
-        let write = || store::Write {
-            fields: remote.fields.clone(),
-            kind: kind.clone(),
-            expires_at: None,
-            cas: None,
-        };
-        let stored = match self.store.put_at(&remote.path, remote.version, write()) {
-            Err(store::Error::Conflict { .. }) => {
-                self.store.delete(&remote.path)?;
-                self.store.put_at(&remote.path, remote.version, write())?
-            }
-            other => other?,
-        };
-        self.cache.invalidate(&remote.path);
-        self.events.publish(Event::now(
-            Kind::Updated,
-            remote.path.clone(),
-            Some(stored.version),
-        ));
-        Ok(stored)
-    }
-
-    fn drop_local(&self, path: &SecretPath) -> Result<bool, Error> {
-        let existed = self.store.delete(path)?;
-        self.cache.invalidate(path);
-        if existed {
-            self.events
-                .publish(Event::now(Kind::Deleted, path.clone(), None));
-        }
-        Ok(existed)
-    }
-
     /// Fills a cache miss from the upstream; concurrent misses for one path share one
     /// request. Returns whether the upstream has the secret (it is then in the store).
+    /// With the local upstream a miss in the store is final: `Ok(false)` at once.
     pub async fn fetch(&self, path: &SecretPath) -> Result<bool, Error> {
+        if self.upstream.is_local() {
+            return Ok(false);
+        }
         let cell = {
             let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
             misses.entry(path.clone()).or_default().clone()
@@ -572,8 +629,7 @@ impl Syncer {
                     };
                     match remote {
                         Some(remote) => {
-                            self.keep(remote)?;
-                            self.store.flush().await?;
+                            self.land(vec![Landing::Pulled(remote)]).await?;
                             self.note_stray(path);
                             Ok(true)
                         }
@@ -594,48 +650,214 @@ impl Syncer {
         result.map_err(Error::Shared)
     }
 
-    /// Writes upstream first (with the write's check-and-set), then stores the
-    /// version the upstream assigned.
-    pub async fn write(&self, path: &SecretPath, write: store::Write) -> Result<Secret, Error> {
-        let version = {
+    /// Writes or deletes one secret for the agent (the API, the CLI through it, the
+    /// lifecycle engine): the only way a change the agent makes reaches the store.
+    ///
+    /// Upstream first, with the write's check-and-set; then the store holds the
+    /// version the upstream assigned, durably, the hot cache has forgotten the path
+    /// and the event is out (the order in the module doc). `Ok` is the acknowledgement.
+    pub async fn commit(&self, path: &SecretPath, change: Change) -> Result<Committed, Error> {
+        let landing = {
             let _permit = self.budget.acquire().await;
-            self.upstream.write(path, &write.fields, write.cas).await?
-        };
-        let local = store::Write { cas: None, ..write };
-        let stored = match self.store.put_at(path, version, local.clone()) {
-            Ok(stored) => stored,
-            // A poll already pulled this very version (or a newer one): keep that.
-            Err(store::Error::Conflict { current, .. }) if current >= version => self
-                .store
-                .get(path, Selector::Version(version))?
-                .ok_or_else(|| {
-                    store::Error::Invalid(format!("version {version} of {path} vanished"))
-                })?,
-            Err(store::Error::Conflict { .. }) => {
-                self.store.delete(path)?;
-                self.store.put_at(path, version, local)?
+            match change {
+                Change::Write(write) => {
+                    let version = self.upstream.put(path, &write).await?;
+                    Landing::Written {
+                        path: path.clone(),
+                        version,
+                        write,
+                    }
+                }
+                Change::Delete => Landing::Gone {
+                    path: path.clone(),
+                    upstream: self.upstream.delete(path).await?,
+                },
             }
-            Err(e) => return Err(e.into()),
         };
-        self.store.flush().await?;
-        self.cache.invalidate(path);
+        let landed = self.land(vec![landing]).await?;
         self.note_stray(path);
-        self.events.publish(Event::now(
-            Kind::Updated,
-            path.clone(),
-            Some(stored.version),
-        ));
-        Ok(stored)
+        landed
+            .into_iter()
+            .next()
+            .map(|l| l.committed)
+            .ok_or_else(|| Error::Store(store::Error::Invalid("the commit landed nothing".into())))
     }
 
-    /// Deletes upstream first, then locally. Returns whether it existed locally.
-    pub async fn delete(&self, path: &SecretPath) -> Result<bool, Error> {
-        {
-            let _permit = self.budget.acquire().await;
-            self.upstream.delete(path).await?;
+    /// Steps 2 to 5 of the commit for changes the upstream already holds: the store
+    /// writes (one blocking task for the batch), one flush, then each changed path's
+    /// invalidation and event. A store error stops the batch; what landed before it is
+    /// flushed, invalidated and published, then the error is returned.
+    async fn land(&self, batch: Vec<Landing>) -> Result<Vec<Landed>, Error> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        let existed = self.drop_local(path)?;
-        self.store.flush().await?;
-        Ok(existed)
+        let (landed, failed) = self
+            .store
+            .blocking(move |store| {
+                let mut landed = Vec::with_capacity(batch.len());
+                for landing in batch {
+                    match landing.apply(store) {
+                        Ok(l) => landed.push(l),
+                        Err(e) => return Ok((landed, Some(e))),
+                    }
+                }
+                Ok((landed, None))
+            })
+            .await?;
+        let flushed = if landed.iter().any(|l| l.changed) {
+            self.store.flush().await
+        } else {
+            Ok(())
+        };
+        for l in landed.iter().filter(|l| l.changed) {
+            self.cache.invalidate(&l.path);
+        }
+        flushed?;
+        for l in landed.iter().filter(|l| l.changed) {
+            let event = match &l.committed {
+                Committed::Written(secret) => {
+                    Event::now(Kind::Updated, l.path.clone(), Some(secret.version))
+                }
+                Committed::Deleted {
+                    existed: Some(true),
+                } => Event::now(Kind::Deleted, l.path.clone(), None),
+                Committed::Deleted { .. } => continue,
+            };
+            self.events.publish(event);
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(landed),
+        }
     }
 }
+
+/// A change the agent makes to one secret ([`Syncer::commit`]).
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A new version; `cas` in the write is checked upstream.
+    Write(store::Write),
+    /// The secret and all its versions go.
+    Delete,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone)]
+pub enum Committed {
+    /// The version now stored (as the upstream numbered it).
+    Written(Secret),
+    /// The secret is gone. `existed`: whether it existed, when the upstream or the
+    /// store could tell (`Some(false)`: neither had it).
+    Deleted {
+        /// See above.
+        existed: Option<bool>,
+    },
+}
+
+/// A change the upstream already holds, for the store to take.
+enum Landing {
+    /// Pulled from the upstream (a poll, a miss): replaces the local copy. A version
+    /// below the local one means the secret was recreated upstream: the local copy is
+    /// replaced whole.
+    Pulled(RemoteSecret),
+    /// Written upstream by the agent, which numbered it `version`.
+    Written {
+        path: SecretPath,
+        version: u64,
+        write: store::Write,
+    },
+    /// Gone upstream; `upstream` is whether it existed there, when known.
+    Gone {
+        path: SecretPath,
+        upstream: Option<bool>,
+    },
+}
+
+/// One landing's outcome.
+struct Landed {
+    path: SecretPath,
+    /// Whether the store changed (a pulled version it already had did not).
+    changed: bool,
+    committed: Committed,
+}
+
+impl Landing {
+    /// Step 2: the store write. Runs on the blocking pool.
+    fn apply(self, store: &Store) -> Result<Landed, store::Error> {
+        match self {
+            Landing::Pulled(remote) => {
+                let kind = match store.get(&remote.path, Selector::Current) {
+                    Ok(Some(local)) if local.version == remote.version => {
+                        return Ok(Landed {
+                            path: remote.path,
+                            changed: false,
+                            committed: Committed::Written(local),
+                        })
+                    }
+                    Ok(Some(local)) => Some(local.kind),
+                    _ => None,
+                };
+                let write = || store::Write {
+                    fields: remote.fields.clone(),
+                    kind: kind.clone(),
+                    expires_at: None,
+                    cas: None,
+                };
+                let stored = match store.put_at(&remote.path, remote.version, write()) {
+                    Err(store::Error::Conflict { .. }) => {
+                        store.delete(&remote.path)?;
+                        store.put_at(&remote.path, remote.version, write())?
+                    }
+                    other => other?,
+                };
+                Ok(Landed {
+                    path: remote.path,
+                    changed: true,
+                    committed: Committed::Written(stored),
+                })
+            }
+            Landing::Written {
+                path,
+                version,
+                write,
+            } => {
+                let local = store::Write { cas: None, ..write };
+                let stored = match store.put_at(&path, version, local.clone()) {
+                    Ok(stored) => stored,
+                    // A poll already pulled this very version (or a newer one), or the
+                    // upstream is this store (the local backend): keep that.
+                    Err(store::Error::Conflict { current, .. }) if current >= version => store
+                        .get(&path, Selector::Version(version))?
+                        .ok_or_else(|| {
+                            store::Error::Invalid(format!("version {version} of {path} vanished"))
+                        })?,
+                    Err(store::Error::Conflict { .. }) => {
+                        store.delete(&path)?;
+                        store.put_at(&path, version, local)?
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok(Landed {
+                    path,
+                    changed: true,
+                    committed: Committed::Written(stored),
+                })
+            }
+            Landing::Gone { path, upstream } => {
+                let existed = if store.delete(&path)? {
+                    Some(true)
+                } else {
+                    upstream
+                };
+                Ok(Landed {
+                    path,
+                    changed: existed == Some(true),
+                    committed: Committed::Deleted { existed },
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -9,7 +9,9 @@
 //!
 //! Backends, each one module in the same order (config, client, trait impl):
 //! [`openbao`] (OpenBao and HashiCorp Vault, KV v2, also [`openbao::TransitWrapper`] for
-//! key wrapping) and [`aws`] (AWS Secrets Manager through the official SDK). Azure Key
+//! key wrapping), [`aws`] (AWS Secrets Manager through the official SDK) and [`local`]
+//! (the agent's own sealed store: the upstream when none is configured, so there is
+//! always one, and every write takes the same path through `sync`). Azure Key
 //! Vault or GCP Secret Manager would be one more module here plus one [`config`]
 //! variant. [`http`] builds the one shared HTTP client; [`breaker`] is the per-address
 //! circuit breaker; [`template`] maps agent paths to remote names (with a tenant).
@@ -23,11 +25,13 @@ use async_trait::async_trait;
 
 use crate::path::{Prefix, SecretPath};
 use crate::secret::Fields;
+use crate::store;
 
 pub mod aws;
 pub mod breaker;
 pub mod config;
 pub mod http;
+pub mod local;
 pub mod openbao;
 pub mod template;
 
@@ -69,6 +73,13 @@ pub trait Upstream: Send + Sync {
     /// A short name for logs, metrics and errors (the config's `name`).
     fn name(&self) -> &str;
 
+    /// Whether this upstream is the agent's own store ([`local`]). Asked by `sync`:
+    /// nothing changes it behind the agent's back, so there is nothing to poll, a
+    /// miss in the store is a miss, and what the store serves is never stale.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Fetches the current version of one secret with its values.
     ///
     /// Called by `sync` for each path whose version changed since the last poll, on a
@@ -91,8 +102,11 @@ pub trait Upstream: Send + Sync {
 
     /// Writes a new version and returns its number.
     ///
-    /// Called by the admin API (a put) and by rotation (publishing a pending
-    /// credential), always before the cache is updated. `cas: Some(v)` writes only if
+    /// Called through [`Upstream::put`] by `sync`'s commit (an admin put, a rotation's
+    /// promotion, a refresh), always before the store and the cache are updated, and
+    /// by the lifecycle's coordination records (a rotation publishing its pending
+    /// credential).
+    /// `cas: Some(v)` writes only if
     /// the current version is `v` (`Some(0)`: only if the secret does not exist) and
     /// fails with [`Error::Conflict`] otherwise; `None` writes unconditionally.
     async fn write(
@@ -102,10 +116,22 @@ pub trait Upstream: Send + Sync {
         cas: Option<u64>,
     ) -> Result<u64, Error>;
 
-    /// Deletes a secret and all its versions. Deleting a missing secret succeeds.
+    /// Writes a new version from a whole [`store::Write`] and returns its number.
     ///
-    /// Called by the admin API's delete, before the cached copy is dropped.
-    async fn delete(&self, path: &SecretPath) -> Result<(), Error>;
+    /// What `sync`'s commit calls, first, for every write the agent makes. The remote
+    /// backends keep the fields and honour `cas` ([`Upstream::write`], the default);
+    /// the kind and the expiry live in the agent's store, which [`local`] is, so it
+    /// keeps them too. Returns once the upstream holds the version durably.
+    async fn put(&self, path: &SecretPath, write: &store::Write) -> Result<u64, Error> {
+        self.write(path, &write.fields, write.cas).await
+    }
+
+    /// Deletes a secret and all its versions. Deleting a missing secret succeeds.
+    /// Returns whether the secret existed, when the backend can tell (`None`: it
+    /// cannot; [`local`] can).
+    ///
+    /// Called by `sync`'s commit for every delete, before the cached copy is dropped.
+    async fn delete(&self, path: &SecretPath) -> Result<Option<bool>, Error>;
 }
 
 /// Why an upstream call failed. Messages name the upstream, address and path; they
@@ -176,6 +202,10 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// The agent's own store failed, as the [`local`] upstream. Carries the store's
+    /// error whole, so callers answer exactly as they would for the store.
+    #[error(transparent)]
+    Store(#[from] store::Error),
     /// The upstream's configuration cannot work (bad address, unreadable CA file).
     #[error("upstream {upstream}: bad configuration: {reason}")]
     Config {
@@ -198,7 +228,10 @@ impl Error {
 
     /// Whether this is a lost check-and-set (the admin API answers 409).
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::Conflict { .. })
+        matches!(
+            self,
+            Self::Conflict { .. } | Self::Store(store::Error::Conflict { .. })
+        )
     }
 }
 

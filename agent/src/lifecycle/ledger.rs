@@ -3,8 +3,8 @@
 //! crash.
 //!
 //! Each secret under a rotation policy has one coordination record at
-//! `{ledger_prefix}/{path}` in the upstream (or in the embedded store when there is no
-//! upstream). It is an ordinary secret whose fields hold the [`Entry`]: the step
+//! `{ledger_prefix}/{path}` in the upstream (the embedded store when no other is
+//! configured). It is an ordinary secret whose fields hold the [`Entry`]: the step
 //! reached, the owner and its lease, the version being rotated, and — between the
 //! steps that need them — the pending and previous credentials. Every change is a
 //! check-and-set write on the record's version: two agents claiming the same rotation
@@ -22,7 +22,7 @@ use latchkey_plugin_host::Seed;
 use crate::path::SecretPath;
 use crate::providers::Credential;
 use crate::secret::{Fields, SecretString};
-use crate::store::{self, Selector, Store};
+use crate::store;
 use crate::upstream::{self, Upstream};
 
 /// How far a rotation got.
@@ -248,33 +248,35 @@ pub enum Error {
     Foreign(SecretPath),
 }
 
-/// The records' home: the upstream, or the embedded store.
+/// The records' home: the upstream (the embedded store when there is no other).
+///
+/// Records are written with the upstream's own check-and-set, not through the sync's
+/// commit: they coordinate agents and are not served to apps, so they raise no event
+/// and, with a remote upstream, are not copied into the store.
 #[derive(Clone)]
-pub enum Ledger {
-    /// Shared by every agent of the upstream.
-    Upstream(Arc<dyn Upstream>),
-    /// This agent only.
-    Local(Store),
+pub struct Ledger {
+    upstream: Arc<dyn Upstream>,
 }
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Ledger::Upstream(u) => write!(f, "Ledger::Upstream({})", u.name()),
-            Ledger::Local(_) => f.write_str("Ledger::Local"),
-        }
+        write!(f, "Ledger({})", self.upstream.name())
     }
 }
 
 impl Ledger {
+    /// The records kept in `upstream`.
+    pub fn new(upstream: Arc<dyn Upstream>) -> Self {
+        Ledger { upstream }
+    }
+
     /// The record and its version (for the next check-and-set), if any.
     pub async fn read(&self, key: &SecretPath) -> Result<Option<(u64, Entry)>, Error> {
-        let found = match self {
-            Ledger::Upstream(u) => u.read(key).await?.map(|r| (r.version, r.fields)),
-            Ledger::Local(s) => s
-                .get(key, Selector::Current)?
-                .map(|secret| (secret.version, secret.fields)),
-        };
+        let found = self
+            .upstream
+            .read(key)
+            .await?
+            .map(|r| (r.version, r.fields));
         match found {
             None => Ok(None),
             Some((version, fields)) => Entry::from_fields(&fields)
@@ -284,33 +286,24 @@ impl Ledger {
     }
 
     /// Writes `entry` if the record is still at `cas` (0: must not exist); returns the
-    /// new version.
+    /// new version once the upstream holds it durably.
     pub async fn write(&self, key: &SecretPath, entry: &Entry, cas: u64) -> Result<u64, Error> {
-        let fields = entry.to_fields();
-        match self {
-            Ledger::Upstream(u) => match u.write(key, &fields, Some(cas)).await {
-                Ok(v) => Ok(v),
-                Err(e) if e.is_conflict() => Err(Error::Lost(key.clone())),
-                Err(e) => Err(e.into()),
-            },
-            Ledger::Local(s) => {
-                let write = store::Write {
-                    fields,
-                    kind: Some("latchkey.lifecycle".to_owned()),
-                    expires_at: None,
-                    cas: Some(cas),
-                };
-                let stored = match s.put(key, write) {
-                    Ok(stored) => stored,
-                    Err(store::Error::Conflict { .. }) => return Err(Error::Lost(key.clone())),
-                    Err(e) => return Err(e.into()),
-                };
-                s.flush().await?;
-                Ok(stored.version)
-            }
+        let write = store::Write {
+            fields: entry.to_fields(),
+            kind: Some(RECORD_KIND.to_owned()),
+            expires_at: None,
+            cas: Some(cas),
+        };
+        match self.upstream.put(key, &write).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_conflict() => Err(Error::Lost(key.clone())),
+            Err(e) => Err(e.into()),
         }
     }
 }
+
+/// The kind a coordination record is stored with.
+const RECORD_KIND: &str = "latchkey.lifecycle";
 
 #[cfg(test)]
 mod tests {

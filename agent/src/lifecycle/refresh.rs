@@ -84,9 +84,7 @@ impl Engine {
             Ok(s) => s,
             Err(Error::Sync(e)) if e.upstream().is_some_and(|u| u.is_conflict()) => {
                 // Another agent refreshed first: serve its token.
-                if let Some(sync) = &self.inner.sync {
-                    sync.fetch(path).await?;
-                }
+                self.inner.sync.fetch(path).await?;
                 self.inner
                     .store
                     .get(path, Selector::Current)?

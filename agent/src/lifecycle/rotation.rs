@@ -120,7 +120,8 @@ impl Engine {
             .get(path, Selector::Current)?
             .ok_or_else(|| Error::NotFound(path.clone()))?;
         // Rotate what the upstream holds now, not a stale copy.
-        if let Some(sync) = &self.inner.sync {
+        {
+            let sync = &self.inner.sync;
             match sync
                 .upstream()
                 .metadata(path)
@@ -508,7 +509,8 @@ impl Engine {
     /// Whether the secret's current version (upstream first) already holds `pending`:
     /// a promotion whose answer was lost. Returns the local copy if so.
     async fn promoted_already(&self, path: &SecretPath, pending: &Credential) -> Option<Secret> {
-        if let Some(sync) = &self.inner.sync {
+        {
+            let sync = &self.inner.sync;
             let remote = sync.upstream().read(path).await.ok()??;
             if !same(&remote.fields, &pending.fields) {
                 return None;

@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, Semaphore};
 use super::plan::tests::policy;
 use super::validation::forbidden;
 use super::*;
+use crate::cache::HotCache;
 use crate::crypto::LocalKek;
 use crate::providers::Validation;
 use crate::secret::{Fields, SecretString};
@@ -219,9 +220,14 @@ impl Bed {
         let engine = Engine::new(Parts {
             providers: Arc::clone(&fake) as Arc<dyn Provider>,
             store: store.clone(),
-            cache: Arc::new(HotCache::new(16)),
             events: events.clone(),
-            sync: None,
+            sync: crate::sync::Syncer::over_store(
+                "local",
+                store.clone(),
+                Arc::new(HotCache::new(16)),
+                events.clone(),
+                crate::sync::SyncConfig::for_test(),
+            ),
             audit,
             spec: SchedulerSpec::default(),
             clock: clock.clone(),

@@ -636,7 +636,7 @@ impl Upstream for AwsSecretsManager {
         Ok(next)
     }
 
-    async fn delete(&self, path: &SecretPath) -> Result<(), Error> {
+    async fn delete(&self, path: &SecretPath) -> Result<Option<bool>, Error> {
         let name = self.secret_name(path)?;
         let mut request = self.client.delete_secret().secret_id(&name);
         request = if self.recovery_window_days == 0 {
@@ -645,12 +645,12 @@ impl Upstream for AwsSecretsManager {
             request.recovery_window_in_days(self.recovery_window_days)
         };
         match request.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(()),
+            Ok(_) => Ok(None),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
             Err(e) if e.code() == Some("InvalidRequestException") => {
                 // Already scheduled for deletion: nothing left to do.
                 if self.describe(&name).await?.deleted {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(self.sdk_error(&format!("delete {path}"), e))
                 }

@@ -600,7 +600,7 @@ impl Upstream for OpenBao {
         }
     }
 
-    async fn delete(&self, path: &SecretPath) -> Result<(), Error> {
+    async fn delete(&self, path: &SecretPath) -> Result<Option<bool>, Error> {
         let remote = self.inner.template.remote(path);
         let reply = self
             .call(
@@ -611,7 +611,7 @@ impl Upstream for OpenBao {
             )
             .await?;
         match reply.status {
-            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
+            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(None),
             _ => Err(self.unexpected(&format!("delete {path}"), &reply)),
         }
     }
