@@ -145,7 +145,7 @@ async fn r7_an_ipv4_mapped_allowed_network_does_not_open_loopback() -> anyhow::R
     let allowed = validate(&agent, "sandbox/loopback", "k").await?;
     assert_eq!(allowed.status, 200, "{}", allowed.body);
     assert_eq!(allowed.json()["error"], "unavailable", "{}", allowed.body);
-    assert_eq!(open.accepted(), 1, "{}", allowed.body);
+    assert!(open.accepted() >= 1, "no connection was made: {}", allowed.body);
 
     let panics = agent.log_lines_with("panicked");
     assert!(panics.is_empty(), "{panics:#?}");

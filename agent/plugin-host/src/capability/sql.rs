@@ -35,6 +35,7 @@ use futures_util::TryStreamExt;
 use serde::Deserialize;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use futures_util::future::BoxFuture;
 use sqlx::{Column, ConnectOptions, Connection, Either, Executor, Row};
 
 use crate::audit::{AuditEvent, AuditSink, Capability, DenyReason};
@@ -166,8 +167,10 @@ fn pool(conn: &NamedConnection) -> Result<&Pool, SqlError> {
                         PgPoolOptions::new()
                             .max_connections(size)
                             .acquire_timeout(acquire)
-                            .after_connect(|c, _| Box::pin(pin_postgres(c)))
-                            .after_release(|c, _| Box::pin(repin(pin_postgres(c))))
+                            .after_connect(|c, _| pin_postgres(c))
+                            .after_release(|c, _| {
+                                Box::pin(async move { Ok(pin_postgres(c).await.is_ok()) })
+                            })
                             .connect_lazy_with(o.disable_statement_logging()),
                     )
                 })
@@ -178,8 +181,11 @@ fn pool(conn: &NamedConnection) -> Result<&Pool, SqlError> {
                         MySqlPoolOptions::new()
                             .max_connections(size)
                             .acquire_timeout(acquire)
-                            .after_connect(|c, _| Box::pin(pin_mysql(c)))
-                            .after_release(|c, _| Box::pin(repin(pin_mysql(c))))
+                            .after_connect(|c, _| pin_mysql(c))
+                            // A connection that cannot be pinned again is closed.
+                            .after_release(|c, _| {
+                                Box::pin(async move { Ok(pin_mysql(c).await.is_ok()) })
+                            })
                             .connect_lazy_with(
                                 o.charset(MYSQL_CHARSET)
                                     .set_names(true)
@@ -199,14 +205,20 @@ const MYSQL_CHARSET: &str = "utf8mb4";
 
 /// Pins `client_encoding` (sqlx asks for UTF8 at startup; a DSN's `options` or an
 /// earlier call's `SET` could change it).
-async fn pin_postgres(c: &mut PgConnection) -> Result<(), sqlx::Error> {
-    c.execute("SET client_encoding TO 'UTF8'").await?;
-    Ok(())
+fn pin_postgres(c: &mut PgConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        c.execute("SET client_encoding TO 'UTF8'").await?;
+        Ok(())
+    })
 }
 
 /// Pins the connection character set and turns `NO_BACKSLASH_ESCAPES` off, then
 /// checks that both hold: [`quote_literal`] escapes backslashes.
-async fn pin_mysql(c: &mut MySqlConnection) -> Result<(), sqlx::Error> {
+fn pin_mysql(c: &mut MySqlConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(pin_mysql_session(c))
+}
+
+async fn pin_mysql_session(c: &mut MySqlConnection) -> Result<(), sqlx::Error> {
     c.execute(
         "SET NAMES utf8mb4, \
          SESSION sql_mode = (SELECT REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', ''))",
@@ -237,11 +249,6 @@ async fn pin_mysql(c: &mut MySqlConnection) -> Result<(), sqlx::Error> {
         ));
     }
     Ok(())
-}
-
-/// `after_release`: pin again; a connection that cannot be pinned is closed.
-async fn repin(pin: impl std::future::Future<Output = Result<(), sqlx::Error>>) -> Result<bool, sqlx::Error> {
-    Ok(pin.await.is_ok())
 }
 
 fn map_err(e: sqlx::Error) -> SqlError {
