@@ -52,7 +52,11 @@ fn table(pairs: &[(&str, &str)]) -> String {
 }
 
 /// `POST /v1/validate/{path}` of a secret holding `{"key": key}`.
-async fn validate(agent: &Agent, path: &str, key: &str) -> anyhow::Result<crate::harness::api::Answer> {
+async fn validate(
+    agent: &Agent,
+    path: &str,
+    key: &str,
+) -> anyhow::Result<crate::harness::api::Answer> {
     let admin = agent.admin()?;
     let put = admin.write(path, json!({ "key": key })).await?;
     anyhow::ensure!(put.status == 200, "write {path}: {}", put.body);
@@ -107,18 +111,30 @@ async fn r7_an_ipv4_mapped_allowed_network_does_not_open_loopback() -> anyhow::R
     let open = Counter::start().await?;
     let mapped = guest_plugin(
         "mapped",
-        &format!("http = [\"127.1:{}\"]\nallow_networks = [\"::ffff:10.0.0.0/104\"]", closed.port),
+        &format!(
+            "http = [\"127.1:{}\"]\nallow_networks = [\"::ffff:10.0.0.0/104\"]",
+            closed.port
+        ),
         &[(
             "sandbox/mapped",
-            &table(&[("mode", "http"), ("url", &format!("https://127.1:{}/", closed.port))]),
+            &table(&[
+                ("mode", "http"),
+                ("url", &format!("https://127.1:{}/", closed.port)),
+            ]),
         )],
     )?;
     let loopback = guest_plugin(
         "loopback",
-        &format!("http = [\"127.1:{}\"]\nallow_networks = [\"::ffff:127.0.0.0/104\"]", open.port),
+        &format!(
+            "http = [\"127.1:{}\"]\nallow_networks = [\"::ffff:127.0.0.0/104\"]",
+            open.port
+        ),
         &[(
             "sandbox/loopback",
-            &table(&[("mode", "http"), ("url", &format!("https://127.1:{}/", open.port))]),
+            &table(&[
+                ("mode", "http"),
+                ("url", &format!("https://127.1:{}/", open.port)),
+            ]),
         )],
     )?;
     let agent = Agent::builder()
@@ -145,7 +161,11 @@ async fn r7_an_ipv4_mapped_allowed_network_does_not_open_loopback() -> anyhow::R
     let allowed = validate(&agent, "sandbox/loopback", "k").await?;
     assert_eq!(allowed.status, 200, "{}", allowed.body);
     assert_eq!(allowed.json()["error"], "unavailable", "{}", allowed.body);
-    assert!(open.accepted() >= 1, "no connection was made: {}", allowed.body);
+    assert!(
+        open.accepted() >= 1,
+        "no connection was made: {}",
+        allowed.body
+    );
 
     let panics = agent.log_lines_with("panicked");
     assert!(panics.is_empty(), "{panics:#?}");
@@ -170,7 +190,10 @@ async fn r7_a_grant_without_a_scheme_sends_no_credential_over_plaintext() -> any
         &format!("http = [\"{}\"]", service.grant()),
         &[(
             "sandbox/granted",
-            &table(&[("mode", "http"), ("url", &format!("{}/granted", service.url()))]),
+            &table(&[
+                ("mode", "http"),
+                ("url", &format!("{}/granted", service.url())),
+            ]),
         )],
     )?;
     let agent = Agent::builder()
@@ -261,15 +284,18 @@ fn tricky(injected: &str) -> [String; 3] {
 }
 
 #[tokio::test]
-async fn r15_raw_sql_runs_one_statement_per_call_with_literals_that_read_back(
-) -> anyhow::Result<()> {
+async fn r15_raw_sql_runs_one_statement_per_call_with_literals_that_read_back() -> anyhow::Result<()>
+{
     let pid = std::process::id();
     let role = format!("lk_r15_e2e_{pid}");
     let user = format!("lk_r15_e2e_{pid}");
     let injected = format!("lk_r15_injected_{pid}");
     let texts = tricky(&injected);
     // PostgreSQL with standard_conforming_strings off for every session.
-    let pg = format!("{}?options=-c%20standard_conforming_strings%3Doff", pg_url());
+    let pg = format!(
+        "{}?options=-c%20standard_conforming_strings%3Doff",
+        pg_url()
+    );
     let mut rules = vec![
         (
             "sql/pg-two".to_owned(),
@@ -333,18 +359,21 @@ async fn r15_raw_sql_runs_one_statement_per_call_with_literals_that_read_back(
         let refused = validate(&agent, path, "k").await?;
         assert_eq!(refused.status, 200, "{path}: {}", refused.body);
         assert_eq!(refused.json()["valid"], false, "{path}: {}", refused.body);
-        assert!(refused.json()["error"].is_null(), "{path}: {}", refused.body);
+        assert!(
+            refused.json()["error"].is_null(),
+            "{path}: {}",
+            refused.body
+        );
     }
     // Nothing of the second statements ran.
     let mut pg_conn = sqlx::PgConnection::connect(&pg_url())
         .await
         .context("connect to PostgreSQL")?;
-    let roles: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = $1",
-    )
-    .bind(&role)
-    .fetch_one(&mut pg_conn)
-    .await?;
+    let roles: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = $1")
+            .bind(&role)
+            .fetch_one(&mut pg_conn)
+            .await?;
     assert_eq!(roles, 0, "a second statement ran on PostgreSQL");
     let mut my_conn = sqlx::MySqlConnection::connect(&mysql_url())
         .await

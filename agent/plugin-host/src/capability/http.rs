@@ -865,7 +865,12 @@ mod tests {
         assert_eq!(mapped.to_string(), "10.0.0.0/8");
         assert!(mapped.contains(ip("10.1.2.3")));
         assert!(mapped.contains(ip("::ffff:10.1.2.3")));
-        for outside in ["127.0.0.1", "169.254.169.254", "11.0.0.1", "::ffff:127.0.0.1"] {
+        for outside in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "11.0.0.1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(!mapped.contains(ip(outside)), "{outside}");
         }
         let g = HttpGrant::new(["x.test"], vec![mapped]).expect("valid");
@@ -915,7 +920,13 @@ mod tests {
             }
         );
         for syntax in [
-            "", "10.0.0.0/", "10.0.0.0/+8", "10.0.0.0/-1", "10.0.0.0/1000", "10/8", "x/8",
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0.0/-1",
+            "10.0.0.0/1000",
+            "10/8",
+            "x/8",
             "10.0.0.0/8/8",
         ] {
             assert_eq!(problem(syntax), NetworkProblem::Syntax, "{syntax:?}");
@@ -924,7 +935,10 @@ mod tests {
             .parse::<IpNet>()
             .expect_err("invalid")
             .to_string();
-        assert!(text.contains("10.0.0.0/33") && text.contains("/33"), "{text}");
+        assert!(
+            text.contains("10.0.0.0/33") && text.contains("/33"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -31,11 +31,11 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use futures_util::future::BoxFuture;
 use sqlx::{Column, ConnectOptions, Connection, Either, Executor, Row};
 
 use crate::audit::{AuditEvent, AuditSink, Capability, DenyReason};

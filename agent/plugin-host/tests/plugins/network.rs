@@ -276,9 +276,6 @@ async fn r7_plaintext_http_to_an_https_grant_is_denied_before_any_byte_is_sent()
         )
         .await
         .unwrap();
-    assert!(
-        matches!(tls, Err(ProviderError::Unavailable(_))),
-        "{tls:?}"
-    );
+    assert!(matches!(tls, Err(ProviderError::Unavailable(_))), "{tls:?}");
     assert_eq!(t.audit.events().len(), 1, "{:?}", t.audit.events());
 }
