@@ -115,19 +115,25 @@ async fn literal(
         .unwrap()
 }
 
-async fn two_statements_are_refused(connection: &str, second: &str, probe: &str) {
+/// Runs `SELECT 1; {second}` and checks it was refused and `probe` (a count of what
+/// `second` would create) is 0; `cleanup` removes it if it was created.
+async fn two_statements_are_refused(connection: &str, second: &str, probe: &str, cleanup: &str) {
     let t = host();
     let mut spec = basic_spec();
     spec.grants.sql = vec![connection.to_owned()];
     let plugin = t.host.load(spec).await.unwrap();
     let refused = exec(&plugin, connection, &format!("SELECT 1; {second}")).await;
+    // Nothing of the second statement ran (checked first, so a failure leaves the
+    // shared server as it was).
+    let count = exec(&plugin, connection, probe).await.unwrap();
+    if count.detail != "0" {
+        let _ = exec(&plugin, connection, cleanup).await;
+    }
+    assert_eq!(count.detail, "0", "{connection}: the second statement ran");
     assert!(
         matches!(refused, Err(ProviderError::Rejected(_))),
         "{connection}: {refused:?}"
     );
-    // Nothing of the second statement ran.
-    let count = exec(&plugin, connection, probe).await.unwrap();
-    assert_eq!(count.detail, "0", "{connection}: the second statement ran");
     // One statement (with a trailing semicolon) still runs.
     let one = exec(&plugin, connection, "SELECT 41 + 1;").await.unwrap();
     assert_eq!(one.detail, "42");
@@ -140,6 +146,7 @@ async fn r15_a_two_statement_call_is_refused_on_postgres_and_nothing_runs() {
         "pg",
         &format!("CREATE ROLE {role}"),
         &format!("SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = '{role}'"),
+        &format!("DROP ROLE IF EXISTS {role}"),
     )
     .await;
 }
@@ -151,6 +158,7 @@ async fn r15_a_two_statement_call_is_refused_on_mariadb_and_nothing_runs() {
         "maria",
         &format!("CREATE USER '{user}'@'%'"),
         &format!("SELECT count(*) FROM mysql.user WHERE User = '{user}'"),
+        &format!("DROP USER IF EXISTS '{user}'@'%'"),
     )
     .await;
 }
