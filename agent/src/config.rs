@@ -397,6 +397,16 @@ fn validate(
                 plugin.deadline
             ));
         }
+        for (j, entry) in plugin.http.iter().enumerate() {
+            if let Err(e) = latchkey_plugin_host::check_grant_entry(entry) {
+                problems.push(format!("plugin[{i}].http[{j}]: {e}"));
+            }
+        }
+        for (j, entry) in plugin.allow_networks.iter().enumerate() {
+            if let Err(e) = entry.parse::<latchkey_plugin_host::IpNet>() {
+                problems.push(format!("plugin[{i}].allow_networks[{j}]: {e}"));
+            }
+        }
     }
     for (i, rule) in raw.lifecycle.iter().enumerate() {
         if !raw.plugin.iter().any(|p| p.name == rule.plugin) {
@@ -522,6 +532,35 @@ operations = ["read", "write", "list", "admin"]
         assert!(msg.contains("listen.tcp"), "{msg}");
         assert!(msg.contains("listen.socket_mode"), "{msg}");
         assert!(msg.contains("storage.versions"), "{msg}");
+    }
+
+    #[test]
+    fn r7_bad_http_grants_and_networks_are_refused_at_load_naming_the_entry() {
+        let plugin = r#"
+[[plugin]]
+name = "p"
+wasm = "p.wasm"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+http = ["api.example.com", "http://127.0.0.1:8080", "ftp://files.example.com", "user@host"]
+allow_networks = ["::ffff:10.0.0.0/104", "10.0.0.0/33", "::ffff:10.0.0.0/90", "10.0.0.1/8", "10.0.0.0/+8"]
+"#;
+        let text = format!("{MINIMAL}{plugin}");
+        let err = Config::from_toml(Path::new("x.toml"), &text).expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("6 problem(s)"), "{msg}");
+        for expected in [
+            "plugin[0].http[2]: http grant entry \"ftp://files.example.com\": only http:// and https:// can be granted",
+            "plugin[0].http[3]: http grant entry \"user@host\"",
+            "plugin[0].allow_networks[1]: network \"10.0.0.0/33\": prefix /33 is longer than the 32-bit address",
+            "plugin[0].allow_networks[2]: network \"::ffff:10.0.0.0/90\": an IPv4-mapped network needs a prefix of at least /96",
+            "plugin[0].allow_networks[3]: network \"10.0.0.1/8\": address has bits set below the prefix (the network is 10.0.0.0/8)",
+            "plugin[0].allow_networks[4]: network \"10.0.0.0/+8\": not address/prefix",
+        ] {
+            assert!(msg.contains(expected), "{expected:?} not in:\n{msg}");
+        }
+        for fine in ["http[0]", "http[1]", "allow_networks[0]"] {
+            assert!(!msg.contains(fine), "{fine} is valid:\n{msg}");
+        }
     }
 
     #[test]

@@ -43,10 +43,12 @@ pub struct PluginSpec {
     /// Its manifest [default: the wasm path with `.toml`, or `plugin.toml` beside it].
     #[serde(default)]
     pub manifest: Option<PathBuf>,
-    /// Outgoing HTTP authorities granted (`host:port`).
+    /// Outgoing HTTP granted, `[scheme://]host[:port]`: a bare `host[:port]` (or
+    /// `https://…`) grants HTTPS only, `http://host[:port]` plaintext HTTP.
     #[serde(default)]
     pub http: Vec<String>,
-    /// Non-public networks granted names may resolve into (CIDR).
+    /// Non-public networks granted names may resolve into (CIDR; an IPv4-mapped
+    /// entry such as `::ffff:10.0.0.0/104` is the IPv4 network `10.0.0.0/8`).
     #[serde(default)]
     pub allow_networks: Vec<String>,
     /// `[[sql]]` connections granted (by name).
@@ -168,13 +170,14 @@ pub enum Error {
         /// What the config says.
         value: String,
     },
-    /// An `allow_networks` entry is not a CIDR.
-    #[error("cannot load plugin {name}: allow_networks {value:?} is not a CIDR")]
+    /// An `allow_networks` entry is not a network that can be allowed.
+    #[error("cannot load plugin {name}: allow_networks")]
     Network {
         /// The plugin.
         name: String,
-        /// The entry.
-        value: String,
+        /// What is wrong with the entry (it names the entry).
+        #[source]
+        source: host::GrantError,
     },
     /// The host refused the plugin (digest mismatch, bad component, …).
     #[error("cannot load plugin {name}")]
@@ -362,7 +365,8 @@ impl host::AuditSink for AuditBridge {
         record.outcome = Outcome::Denied;
         record.status = 403;
         record.code = Some("capability_denied");
-        tracing::warn!(plugin = %event.plugin, target = %event.target, "plugin capability denied");
+        record.detail = Some(event.reason.to_string().into());
+        tracing::warn!(plugin = %event.plugin, target = %event.target, reason = %event.reason, "plugin capability denied");
         self.0.try_record(record);
     }
 }
@@ -437,9 +441,9 @@ impl Providers {
                 .allow_networks
                 .iter()
                 .map(|n| {
-                    n.parse::<host::IpNet>().map_err(|_| Error::Network {
+                    n.parse::<host::IpNet>().map_err(|source| Error::Network {
                         name: spec.name.clone(),
-                        value: n.clone(),
+                        source,
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;

@@ -9,7 +9,7 @@
 //! ```ignore
 //! use latchkey_plugin_sdk::testing::{Harness, host::{Credential, SecretString}};
 //! let plugin = Harness::new("target/wasm32-wasip2/release/my_plugin.wasm", include_str!("../plugin.toml"))
-//!     .grant_http("127.0.0.1:8080")
+//!     .grant_http("http://127.0.0.1:8080")
 //!     .load()
 //!     .expect("plugin loads");
 //! let cred = Credential::new("api-key", [("key", SecretString::from("test-key"))]);
@@ -77,7 +77,8 @@ impl Harness {
         }
     }
 
-    /// Grants an HTTP authority (`host[:port]`).
+    /// Grants HTTP to `[scheme://]host[:port]` (no scheme: HTTPS only; a plaintext
+    /// loopback fixture needs `http://127.0.0.1:PORT`).
     pub fn grant_http(mut self, authority: &str) -> Self {
         self.grants.http.push(authority.to_owned());
         self

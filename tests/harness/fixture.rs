@@ -199,9 +199,16 @@ impl Fixture {
         format!("http://{}", self.addr)
     }
 
-    /// `127.0.0.1:PORT`, for `--grant-http`.
+    /// `127.0.0.1:PORT`.
     pub(crate) fn authority(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// `http://127.0.0.1:PORT`: the grant for this plaintext fixture, for
+    /// `--grant-http`, `[[plugin]] http` and a manifest's `needs.http` (a grant
+    /// without a scheme is HTTPS only).
+    pub(crate) fn grant(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Every request received so far.

@@ -20,7 +20,7 @@
 //! let oauth = OAuthServer::start().await?;
 //! oauth.set(Settings { expires_in: Some(60), issue_refresh_token: Some(false), ..Default::default() }).await?;
 //! // ... call the oauth2 plugin with {"token-endpoint": oauth.token_endpoint()} and
-//! //     --grant-http oauth.authority() --allow-network 127.0.0.0/8 ...
+//! //     --grant-http oauth.grant() --allow-network 127.0.0.0/8 ...
 //! assert_eq!(oauth.token_requests("refresh_token").await?, 1);
 //! let seen = oauth.requests().await?;
 //! assert_eq!(seen[0].auth, "basic");
@@ -172,9 +172,11 @@ impl OAuthServer {
         format!("{}/introspect", self.issuer())
     }
 
-    /// `127.0.0.1:PORT`, for `--grant-http` and `[[plugin]] http`.
-    pub(crate) fn authority(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+    /// `http://127.0.0.1:PORT`: the grant for this plaintext server, for
+    /// `--grant-http`, `[[plugin]] http` and a manifest's `needs.http` (a grant
+    /// without a scheme is HTTPS only).
+    pub(crate) fn grant(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Changes how later token requests are answered.
@@ -269,7 +271,7 @@ impl OAuthServer {
         let mut needs = toml::Table::new();
         needs.insert(
             "http".into(),
-            toml::Value::Array(vec![toml::Value::String(self.authority())]),
+            toml::Value::Array(vec![toml::Value::String(self.grant())]),
         );
         manifest.insert("needs".into(), toml::Value::Table(needs));
         std::fs::create_dir_all(dir)?;

@@ -147,7 +147,7 @@ pub(crate) struct Called {
 
 /// Runs `latchkey plugin call FILE --op OP --config CONFIG --cred CRED EXTRA...`.
 ///
-/// `extra` carries grants such as `--grant-http 127.0.0.1:PORT`,
+/// `extra` carries grants such as `--grant-http http://127.0.0.1:PORT`,
 /// `--allow-network 127.0.0.0/8` or `--sql NAME=env:VAR`; `envs` sets environment
 /// variables for the call (e.g. the DSN that `env:VAR` names).
 pub(crate) fn call_with_env(

@@ -21,7 +21,8 @@ pub enum Capability {
 /// Why the host refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenyReason {
-    /// The HTTP authority (`host:port`) is not in the plugin's grant.
+    /// The HTTP target (`scheme://host:port`) is not in the plugin's grant: another
+    /// host or port, or plaintext `http` where only `https` was granted.
     AuthorityNotGranted,
     /// The authority is granted, but its name resolved to an address outside the
     /// allowed networks (loopback, private, link-local… unless explicitly allowed).
@@ -50,7 +51,8 @@ pub struct AuditEvent {
     pub plugin: String,
     /// The capability asked for.
     pub capability: Capability,
-    /// What was asked for: a normalized `host:port`, or a SQL connection name.
+    /// What was asked for: a normalized `scheme://host:port`, or a SQL connection
+    /// name.
     pub target: String,
     /// Why it was refused.
     pub reason: DenyReason,

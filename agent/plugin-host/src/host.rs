@@ -102,7 +102,9 @@ const ANY: &str = "*";
 /// with what the manifest says the plugin needs (or, for a manifest `"*"`, all of it).
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
-    /// Outgoing HTTP authorities, `host[:port]` (no port means 443).
+    /// Outgoing HTTP, `[scheme://]host[:port]`: `https://host[:port]` or a bare
+    /// `host[:port]` grants HTTPS (no port means 443); only `http://host[:port]`
+    /// grants plaintext HTTP (no port means 80).
     pub http: Vec<String>,
     /// Non-public networks that granted *names* may resolve into (e.g. a name for a
     /// service on loopback). IP literals in `http` need no entry here.

@@ -37,7 +37,7 @@ pub mod seed;
 mod state;
 
 pub use audit::{AuditEvent, AuditSink, Capability, DenyReason, RecordingAudit, TracingAudit};
-pub use capability::http::{GrantError, HttpGrant, IpNet};
+pub use capability::http::{check_grant_entry, GrantError, HttpGrant, IpNet, NetworkProblem};
 pub use capability::sql::{quote_identifier, quote_literal};
 pub use capability::sql::{Dialect, SqlConnectionConfig};
 pub use host::{

@@ -12,7 +12,7 @@
 //! operations = ["validate", "refresh"]
 //!
 //! [needs]
-//! http = ["api.github.com"]      # host[:port]; no port = 443
+//! http = ["api.github.com"]      # [scheme://]host[:port]; no scheme = https only, no port = 443
 //! sql = []                       # names of SQL connections
 //! ```
 //!
@@ -48,8 +48,9 @@ pub struct Manifest {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Needs {
-    /// Outgoing HTTP authorities, `host[:port]` (no port means 443); `"*"`: whatever
-    /// the operator grants.
+    /// Outgoing HTTP, `[scheme://]host[:port]` as in [`crate::host::Grants::http`]
+    /// (no scheme means HTTPS only, no port its default); `"*"`: whatever the
+    /// operator grants.
     #[serde(default)]
     pub http: Vec<String>,
     /// SQL connection names; `"*"`: whatever the operator grants.

@@ -1,7 +1,7 @@
 //! `latchkey plugin inspect | call`: look into a provider plugin and call it, for
 //! plugin authors. Both run the plugin in the same sandboxed host the agent uses.
 //!
-//! `call` grants only what its flags grant (`--grant-http host:port`,
+//! `call` grants only what its flags grant (`--grant-http [http://]host:port`,
 //! `--allow-network 127.0.0.0/8`), prints the answer as JSON, and prints returned
 //! credentials in clear: that is its purpose, so run it on test credentials.
 
@@ -43,7 +43,8 @@ pub enum PluginCommand {
         /// The credential, `{"kind":..,"fields":{..}}`: JSON, `@FILE` or `-` (stdin).
         #[arg(long, default_value = r#"{"kind":"generic","fields":{}}"#)]
         cred: String,
-        /// Allow outgoing HTTP to this authority (`host:port`); repeatable.
+        /// Allow outgoing HTTP to `[scheme://]host[:port]` (no scheme: HTTPS only;
+        /// `http://host:port` for plaintext); repeatable.
         #[arg(long = "grant-http")]
         grant_http: Vec<String>,
         /// Let granted names resolve into this non-public network (CIDR); repeatable.
@@ -196,7 +197,7 @@ pub(super) async fn run(cmd: PluginCommand) -> Result<ExitCode, Failure> {
                 .iter()
                 .map(|n| {
                     n.parse::<host::IpNet>()
-                        .map_err(|_| anyhow!("--allow-network {n:?} is not a CIDR"))
+                        .map_err(|e| anyhow!("--allow-network: {e}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let manifest = manifest_for(&file, manifest.as_deref())?;

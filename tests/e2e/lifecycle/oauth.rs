@@ -41,7 +41,7 @@ retry_after = "1h"
 "#,
             wasm = wasm.display().to_string(),
             sha = sha256_of(&wasm)?,
-            authority = server.authority(),
+            authority = server.grant(),
             endpoint = server.token_endpoint(),
         ))
         .start()

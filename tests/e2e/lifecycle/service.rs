@@ -160,9 +160,9 @@ impl Service {
         self.fixture.url()
     }
 
-    /// `127.0.0.1:PORT`.
-    pub(crate) fn authority(&self) -> String {
-        self.fixture.authority()
+    /// `http://127.0.0.1:PORT`, for `[[plugin]] http`.
+    pub(crate) fn grant(&self) -> String {
+        self.fixture.grant()
     }
 
     /// Whether `key` is live.

@@ -55,7 +55,7 @@ max_attempts = 10
         wasm = wasm.display().to_string(),
         manifest = guest_manifest().display().to_string(),
         sha = sha256_of(&wasm)?,
-        authority = service.authority(),
+        authority = service.grant(),
         url = service.url(),
     ))
 }

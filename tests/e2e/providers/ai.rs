@@ -436,7 +436,7 @@ fn the_shipped_manifest_alone_does_not_reach_another_base_url() -> anyhow::Resul
         &api_key(GOOD),
         &[
             "--grant-http",
-            &api.authority(),
+            &api.grant(),
             "--allow-network",
             "127.0.0.0/8",
         ],

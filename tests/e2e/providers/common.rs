@@ -19,7 +19,7 @@ use crate::harness::wasm::{self, call, Called};
 pub(super) struct Installed {
     pub(super) wasm: PathBuf,
     manifest: PathBuf,
-    /// The fixture's `host:port`, granted to the provider.
+    /// The fixture's grant, `http://host:port`.
     pub(super) authority: String,
     url: String,
     _dir: tempfile::TempDir,
@@ -36,14 +36,14 @@ pub(super) fn install(name: &str, fixture: &Fixture) -> anyhow::Result<Installed
         .and_then(|n| n.get_mut("http"))
         .and_then(|h| h.as_array_mut())
         .context("manifest has no needs.http")?
-        .push(toml::Value::String(fixture.authority()));
+        .push(toml::Value::String(fixture.grant()));
     let dir = tempfile::tempdir()?;
     let path = dir.path().join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(&manifest)?)?;
     Ok(Installed {
         wasm,
         manifest: path,
-        authority: fixture.authority(),
+        authority: fixture.grant(),
         url: fixture.url(),
         _dir: dir,
     })

@@ -34,13 +34,13 @@ impl Setup {
 
     /// `latchkey plugin call` with HTTP granted to the server only.
     fn call(&self, op: &str, config: &Value, cred: &Value) -> anyhow::Result<Called> {
-        let authority = self.oauth.authority();
+        let grant = self.oauth.grant();
         call(
             &self.wasm,
             op,
             config,
             cred,
-            &["--grant-http", &authority, "--allow-network", "127.0.0.0/8"],
+            &["--grant-http", &grant, "--allow-network", "127.0.0.0/8"],
         )
     }
 

@@ -7,20 +7,36 @@
 //! statement is bounded by the call's deadline. Parameter values and passwords are
 //! never logged; server error messages are passed to the guest as they are.
 //!
-//! Statements with parameters are prepared; statements without are sent on the simple
-//! protocol, which is what DDL (`CREATE ROLE … PASSWORD '…'`) requires — the guest
-//! builds those with [`quote_identifier`] / [`quote_literal`].
+//! One call runs one statement. Every statement, with parameters or without, goes
+//! through the server's prepared-statement path (PostgreSQL's extended protocol,
+//! MySQL's `COM_STMT_PREPARE`, unnamed and not cached), where the server itself
+//! refuses more than one statement: so a literal that was quoted wrongly, or text
+//! pasted into DDL, cannot append a second statement to the admin connection's
+//! call. DDL (`CREATE ROLE … PASSWORD '…'`) takes no parameters; the guest builds it
+//! with [`quote_identifier`] / [`quote_literal`].
+//!
+//! Quoting does not depend on session settings the server or a DSN may choose:
+//! PostgreSQL literals holding a backslash are written `E'…'` with the backslash
+//! escaped, which reads the same whatever `standard_conforming_strings` says. The
+//! session settings quoting does depend on are pinned on every pooled connection
+//! when it is opened and again each time a call gives it back (so one call's `SET`
+//! cannot change how the next call's literals read): `client_encoding` UTF8 on
+//! PostgreSQL; on MySQL the connection character set utf8mb4 (`SET NAMES`) and
+//! `NO_BACKSLASH_ESCAPES` off, checked after being set. A connection that cannot be
+//! pinned is not used. Statement text (which may carry a quoted password) is never
+//! logged, by sqlx either.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Column, Connection, Either, Row};
+use sqlx::{Column, ConnectOptions, Connection, Either, Executor, Row};
 
 use crate::audit::{AuditEvent, AuditSink, Capability, DenyReason};
 use crate::bindings::sql::{self as wit, QueryResult, SqlError, Value};
@@ -151,7 +167,11 @@ fn pool(conn: &NamedConnection) -> Result<&Pool, SqlError> {
                         PgPoolOptions::new()
                             .max_connections(size)
                             .acquire_timeout(acquire)
-                            .connect_lazy_with(o),
+                            .after_connect(|c, _| pin_postgres(c))
+                            .after_release(|c, _| {
+                                Box::pin(async move { Ok(pin_postgres(c).await.is_ok()) })
+                            })
+                            .connect_lazy_with(o.disable_statement_logging()),
                     )
                 })
                 .map_err(|_| "connection url is not valid".to_owned()),
@@ -161,13 +181,74 @@ fn pool(conn: &NamedConnection) -> Result<&Pool, SqlError> {
                         MySqlPoolOptions::new()
                             .max_connections(size)
                             .acquire_timeout(acquire)
-                            .connect_lazy_with(o),
+                            .after_connect(|c, _| pin_mysql(c))
+                            // A connection that cannot be pinned again is closed.
+                            .after_release(|c, _| {
+                                Box::pin(async move { Ok(pin_mysql(c).await.is_ok()) })
+                            })
+                            .connect_lazy_with(
+                                o.charset(MYSQL_CHARSET)
+                                    .set_names(true)
+                                    .disable_statement_logging(),
+                            ),
                     )
                 })
                 .map_err(|_| "connection url is not valid".to_owned()),
         }
     });
     made.as_ref().map_err(|e| SqlError::Unavailable(e.clone()))
+}
+
+/// The character set every MySQL connection is pinned to: what the guest's UTF-8
+/// text is, and one in which no multi-byte character contains a `'` or `\` byte.
+const MYSQL_CHARSET: &str = "utf8mb4";
+
+/// Pins `client_encoding` (sqlx asks for UTF8 at startup; a DSN's `options` or an
+/// earlier call's `SET` could change it).
+fn pin_postgres(c: &mut PgConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        c.execute("SET client_encoding TO 'UTF8'").await?;
+        Ok(())
+    })
+}
+
+/// Pins the connection character set and turns `NO_BACKSLASH_ESCAPES` off, then
+/// checks that both hold: [`quote_literal`] escapes backslashes.
+fn pin_mysql(c: &mut MySqlConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(pin_mysql_session(c))
+}
+
+async fn pin_mysql_session(c: &mut MySqlConnection) -> Result<(), sqlx::Error> {
+    c.execute(
+        "SET NAMES utf8mb4, \
+         SESSION sql_mode = (SELECT REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', ''))",
+    )
+    .await?;
+    let row = sqlx::query(
+        "SELECT @@SESSION.character_set_client, @@SESSION.character_set_connection, \
+         @@SESSION.sql_mode",
+    )
+    .persistent(false)
+    .fetch_one(&mut *c)
+    .await?;
+    let client: String = row.try_get(0)?;
+    let connection: String = row.try_get(1)?;
+    let mode: String = row.try_get(2)?;
+    if client != MYSQL_CHARSET || connection != MYSQL_CHARSET {
+        return Err(sqlx::Error::Configuration(
+            format!("the connection character set is {client}/{connection}, not {MYSQL_CHARSET}")
+                .into(),
+        ));
+    }
+    if mode
+        .split(',')
+        .any(|m| m.eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"))
+    {
+        return Err(sqlx::Error::Configuration(
+            "NO_BACKSLASH_ESCAPES cannot be turned off".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn map_err(e: sqlx::Error) -> SqlError {
@@ -178,6 +259,10 @@ fn map_err(e: sqlx::Error) -> SqlError {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => SqlError::Unavailable("database unreachable".into()),
+        // Our own message from pinning a new connection's session (no secret in it).
+        sqlx::Error::Configuration(e) => {
+            SqlError::Unavailable(format!("connection could not be set up: {e}"))
+        }
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
             SqlError::Failed("cannot decode a result column".into())
         }
@@ -279,24 +364,20 @@ macro_rules! bind_all {
     }};
 }
 
+/// Runs `statement` as one prepared (unnamed, uncached) statement: the server refuses
+/// a statement string that holds more than one.
 #[allow(deprecated)] // `Query::fetch_many`: one statement, but we want rows *and* counts
 async fn run(pool: &Pool, statement: &str, params: Vec<Value>) -> Result<QueryResult, SqlError> {
     match pool {
-        Pool::Postgres(p) if params.is_empty() => {
-            collect!(sqlx::raw_sql(statement).fetch_many(p), pg_cell)
-        }
         Pool::Postgres(p) => {
             collect!(
-                bind_all!(sqlx::query(statement), params).fetch_many(p),
+                bind_all!(sqlx::query(statement).persistent(false), params).fetch_many(p),
                 pg_cell
             )
         }
-        Pool::Mysql(p) if params.is_empty() => {
-            collect!(sqlx::raw_sql(statement).fetch_many(p), my_cell)
-        }
         Pool::Mysql(p) => {
             collect!(
-                bind_all!(sqlx::query(statement), params).fetch_many(p),
+                bind_all!(sqlx::query(statement).persistent(false), params).fetch_many(p),
                 my_cell
             )
         }
@@ -358,15 +439,21 @@ pub fn quote_identifier(dialect: Dialect, name: &str) -> Option<String> {
     })
 }
 
-/// Quotes a string literal for `dialect`. PostgreSQL: standard-conforming strings
-/// (quotes doubled, backslashes literal). MySQL: quotes doubled and backslashes
-/// escaped (correct unless the server runs with `NO_BACKSLASH_ESCAPES`, where the
-/// value changes but cannot break out of the literal).
+/// Quotes a string literal for `dialect`. Refuses NUL bytes.
+///
+/// PostgreSQL: quotes doubled; text holding a backslash is written as an escape
+/// string, `E'…'` with the backslash doubled, so the literal reads the same whether
+/// `standard_conforming_strings` is on or off (without a backslash, `'…'` already
+/// does). MySQL: quotes doubled and backslashes escaped, which is exact on the
+/// host's connections: they are pinned to utf8mb4 with `NO_BACKSLASH_ESCAPES` off.
 pub fn quote_literal(dialect: Dialect, text: &str) -> Option<String> {
     if text.contains('\0') {
         return None;
     }
     Some(match dialect {
+        Dialect::Postgres if text.contains('\\') => {
+            format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+        }
         Dialect::Postgres => format!("'{}'", text.replace('\'', "''")),
         Dialect::Mysql => format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''")),
     })
@@ -454,13 +541,32 @@ mod tests {
             Some("`a``b`")
         );
         assert_eq!(
-            quote_literal(Dialect::Postgres, "it's \\").as_deref(),
-            Some("'it''s \\'")
+            quote_literal(Dialect::Postgres, "it's").as_deref(),
+            Some("'it''s'")
         );
         assert_eq!(
             quote_literal(Dialect::Mysql, "it's \\").as_deref(),
             Some("'it''s \\\\'")
         );
         assert_eq!(quote_literal(Dialect::Mysql, "a\0"), None);
+        assert_eq!(quote_literal(Dialect::Postgres, "a\0"), None);
+    }
+
+    #[test]
+    fn r15_a_postgres_literal_with_a_backslash_is_an_escape_string() {
+        // `'…\'` would end the literal early with standard_conforming_strings off.
+        assert_eq!(
+            quote_literal(Dialect::Postgres, "it's \\").as_deref(),
+            Some("E'it''s \\\\'")
+        );
+        assert_eq!(
+            quote_literal(Dialect::Postgres, "\\'; DROP ROLE x; --").as_deref(),
+            Some("E'\\\\''; DROP ROLE x; --'")
+        );
+        // No backslash: the plain form, the same under either setting.
+        assert_eq!(
+            quote_literal(Dialect::Postgres, "SCRAM-SHA-256$4096:c2FsdA==$a:b").as_deref(),
+            Some("'SCRAM-SHA-256$4096:c2FsdA==$a:b'")
+        );
     }
 }

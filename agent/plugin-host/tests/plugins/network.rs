@@ -52,7 +52,7 @@ async fn a_host_not_in_the_grant_is_denied_and_audited() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].plugin, "basic");
     assert_eq!(events[0].capability, Capability::Http);
-    assert_eq!(events[0].target, other.addr.to_string());
+    assert_eq!(events[0].target, format!("http://{}", other.addr));
     assert_eq!(events[0].reason, DenyReason::AuthorityNotGranted);
     assert!(
         other.hits.lock().unwrap().is_empty(),
@@ -119,7 +119,7 @@ async fn a_star_in_the_manifest_leaves_exactly_the_grant() {
     let other = http_fixture(None);
     let mut spec = basic_spec();
     spec.manifest.needs.http = vec!["*".to_owned()];
-    spec.grants.http.push(granted.addr.to_string());
+    spec.grants.http.push(format!("http://{}", granted.addr));
     let plugin = t.host.load(spec).await.unwrap();
     let ok = plugin
         .validate(
@@ -159,8 +159,11 @@ async fn without_a_star_the_manifest_still_limits_the_grant() {
     let needed = http_fixture(None);
     let extra = http_fixture(None);
     let mut spec = basic_spec();
-    spec.manifest.needs.http = vec![needed.addr.to_string()];
-    spec.grants.http = vec![needed.addr.to_string(), extra.addr.to_string()];
+    spec.manifest.needs.http = vec![format!("http://{}", needed.addr)];
+    spec.grants.http = vec![
+        format!("http://{}", needed.addr),
+        format!("http://{}", extra.addr),
+    ];
     let plugin = t.host.load(spec).await.unwrap();
     let denied = plugin
         .validate(
@@ -180,4 +183,99 @@ async fn without_a_star_the_manifest_still_limits_the_grant() {
         extra.hits.lock().unwrap().is_empty(),
         "no byte may reach it"
     );
+}
+
+/// `validate` in `http` mode against `url` with `allow_networks` set to `networks`.
+async fn fetch_with_networks(
+    t: &crate::support::TestHost,
+    authority: &str,
+    url: &str,
+    networks: &[&str],
+) -> Result<latchkey_plugin_host::Validation, ProviderError> {
+    let mut spec = basic_spec();
+    grant_http(&mut spec, authority);
+    spec.grants.allowed_networks = networks.iter().map(|n| n.parse().unwrap()).collect();
+    let plugin = t.host.load(spec).await.unwrap();
+    plugin
+        .validate(config(&[("mode", "http"), ("url", url)]), cred())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r7_an_ipv4_mapped_allowed_network_does_not_open_every_ipv4_address() {
+    // `127.1` is a name to the grant (not an IP literal), which the resolver turns
+    // into 127.0.0.1 only: the address check decides.
+    let server = http_fixture(None);
+    let authority = format!("127.1:{}", server.addr.port());
+    let url = format!("http://{authority}/");
+    let t = host();
+    // `::ffff:10.0.0.0/104` is 10.0.0.0/8. It used to underflow (`32 - 104`) and, in a
+    // release build, match every IPv4 address.
+    let answer = fetch_with_networks(&t, &authority, &url, &["::ffff:10.0.0.0/104"]).await;
+    assert!(
+        matches!(answer, Err(ProviderError::Denied(_))),
+        "{answer:?}"
+    );
+    let events = t.audit.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].reason, DenyReason::AddressProhibited);
+    assert_eq!(events[0].target, format!("http://{authority}"));
+    assert!(
+        server.hits.lock().unwrap().is_empty(),
+        "no byte may reach it"
+    );
+
+    // The same network written for loopback does allow it: a legitimate grant works.
+    let t = host();
+    let answer = fetch_with_networks(&t, &authority, &url, &["::ffff:127.0.0.0/104"])
+        .await
+        .unwrap();
+    assert!(answer.valid, "{answer:?}");
+    assert!(t.audit.events().is_empty());
+    assert_eq!(server.hits.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r7_plaintext_http_to_an_https_grant_is_denied_before_any_byte_is_sent() {
+    let server = http_fixture(None);
+    let authority = server.addr.to_string();
+    let t = host();
+    let mut spec = basic_spec();
+    // A grant without a scheme: HTTPS only, whatever the port.
+    spec.grants.http.push(authority.clone());
+    spec.manifest.needs.http.push(authority.clone());
+    let plugin = t.host.load(spec).await.unwrap();
+
+    let plaintext = plugin
+        .validate(
+            config(&[("mode", "http"), ("url", &format!("http://{authority}/"))]),
+            cred(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(plaintext, Err(ProviderError::Denied(_))),
+        "{plaintext:?}"
+    );
+    let events = t.audit.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].reason, DenyReason::AuthorityNotGranted);
+    assert_eq!(events[0].target, format!("http://{authority}"));
+    assert!(
+        server.hits.lock().unwrap().is_empty(),
+        "no byte may reach it"
+    );
+
+    // HTTPS to the same authority is granted: the host connects and starts TLS
+    // (which this plaintext fixture cannot answer), and audits nothing.
+    let tls = plugin
+        .validate(
+            config(&[("mode", "http"), ("url", &format!("https://{authority}/"))]),
+            cred(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(tls, Err(ProviderError::Unavailable(_))), "{tls:?}");
+    assert_eq!(t.audit.events().len(), 1, "{:?}", t.audit.events());
 }

@@ -242,10 +242,11 @@ pub(crate) fn basic_spec() -> LoadSpec {
     )
 }
 
-/// Grants `authority` and adds it to the manifest's needs (test ports are dynamic).
+/// Grants plaintext HTTP to `authority` (`host:port`, a loopback fixture) and adds it
+/// to the manifest's needs (test ports are dynamic).
 pub(crate) fn grant_http(spec: &mut LoadSpec, authority: &str) {
-    spec.grants.http.push(authority.to_owned());
-    spec.manifest.needs.http.push(authority.to_owned());
+    spec.grants.http.push(format!("http://{authority}"));
+    spec.manifest.needs.http.push(format!("http://{authority}"));
 }
 
 pub(crate) fn config(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -9,6 +9,8 @@
 //! | `alloc` | allocates 1 MiB blocks forever (the memory limit must stop it) |
 //! | `trap` | panics (a wasm trap) |
 //! | `sql` | on connection `connection`: creates role `user` with a fresh password, checks it can log in, drops it |
+//! | `sql-exec` | runs `statement` on `connection` as it is; `detail` = the rows (cells `\|`, rows `;`) |
+//! | `sql-literal` | `SELECT` of `text` quoted by the host on `connection`; valid iff it reads back as `text`; `detail` = the literal and what it read as |
 //! | `log` | logs the `key` field's *name* and prints to stdout/stderr |
 //! | `leak` | logs, prints and answers with every field's *value* (the host must scrub them); `answer = "rejected"` puts them in the error instead |
 //! | `service` | an API-key service at `service` (a test fixture): see below |
@@ -94,6 +96,42 @@ fn sql_round_trip(cfg: &[Field]) -> Result<Validation, ProviderError> {
     ))
 }
 
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Text(t) => t.clone(),
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+    }
+}
+
+fn sql_exec(cfg: &[Field]) -> Result<Validation, ProviderError> {
+    let db = Connection::new(config::require(cfg, "connection")?);
+    let result = db.execute(config::require(cfg, "statement")?, &[])?;
+    let rows: Vec<String> = result
+        .rows
+        .iter()
+        .map(|r| r.iter().map(cell).collect::<Vec<_>>().join("|"))
+        .collect();
+    Ok(answer(true, rows.join(";")))
+}
+
+fn sql_literal(cfg: &[Field]) -> Result<Validation, ProviderError> {
+    let db = Connection::new(config::require(cfg, "connection")?);
+    let text = config::require(cfg, "text")?;
+    let literal = db.quote_literal(text)?;
+    let result = db.execute(&format!("SELECT {literal} AS v"), &[])?;
+    let read = result
+        .rows
+        .first()
+        .and_then(|r| r.first())
+        .map(cell)
+        .unwrap_or_default();
+    Ok(answer(read == text, format!("{literal} read as {read}")))
+}
+
 impl Provider for Basic {
     fn info() -> ProviderInfo {
         latchkey_plugin_sdk::info(
@@ -131,6 +169,8 @@ impl Provider for Basic {
             }
             "trap" => panic!("test guest traps on purpose"),
             "sql" => sql_round_trip(&cfg),
+            "sql-exec" => sql_exec(&cfg),
+            "sql-literal" => sql_literal(&cfg),
             "service" => {
                 let base = config::require(&cfg, "service")?;
                 let key = cred.require("key")?;
