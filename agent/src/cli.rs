@@ -110,6 +110,18 @@ impl Command {
             Command::Run { .. } | Command::Dev(_) | Command::Store(_)
         )
     }
+
+    /// The environment variables holding secrets that this command reads (the
+    /// key-encryption key, database URLs, fallbacks): `main` takes them out of the
+    /// environment before any thread starts (see [`crate::environment`]).
+    pub fn secret_env_names(&self) -> Vec<String> {
+        match self {
+            Command::Run { config } => crate::config::secret_env_names(config),
+            Command::Dev(args) => crate::config::secret_env_names(&args.dir.join("latchkey.toml")),
+            Command::Store(store) => crate::config::secret_env_names(store.config()),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A failure with the exit code it maps to.

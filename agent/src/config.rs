@@ -185,6 +185,29 @@ impl Config {
     }
 }
 
+/// The environment variables a config file names as holding secrets: the
+/// key-encryption key's (`kek = { source = "env" }`), the `[[sql]] url_env`
+/// variables and the `[[env_fallback]]` ones, plus [`DEFAULT_KEK_VAR`]. Read by
+/// `main` before any thread starts, so they can be taken out of the environment;
+/// a file that does not parse names only the default (loading it reports why).
+///
+/// [`DEFAULT_KEK_VAR`]: crate::environment::DEFAULT_KEK_VAR
+pub fn secret_env_names(path: &Path) -> Vec<String> {
+    let mut names = vec![crate::environment::DEFAULT_KEK_VAR.to_owned()];
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return names;
+    };
+    let Ok(raw) = toml::from_str::<file::FileConfig>(&text) else {
+        return names;
+    };
+    if let KekSource::Env { var } = raw.storage.kek {
+        names.push(var);
+    }
+    names.extend(raw.sql.into_iter().filter_map(|s| s.url_env));
+    names.extend(raw.env_fallback.into_iter().map(|f| f.var));
+    names
+}
+
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_owned()
@@ -561,6 +584,29 @@ allow_networks = ["::ffff:10.0.0.0/104", "10.0.0.0/33", "::ffff:10.0.0.0/90", "1
         for fine in ["http[0]", "http[1]", "allow_networks[0]"] {
             assert!(!msg.contains(fine), "{fine} is valid:\n{msg}");
         }
+    }
+
+    #[test]
+    fn r2_secret_env_names_lists_every_variable_holding_a_secret() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("latchkey.toml");
+        let text = MINIMAL.replace(
+            r#"kek = { source = "file", path = "keys/kek" }"#,
+            r#"kek = { source = "env", var = "MY_KEK" }"#,
+        ) + r#"
+[[sql]]
+name = "db"
+url_env = "MY_DSN"
+[[env_fallback]]
+path = "legacy/key"
+var = "MY_FALLBACK"
+"#;
+        std::fs::write(&path, text).expect("write");
+        assert_eq!(
+            secret_env_names(&path),
+            ["LATCHKEY_KEK", "MY_KEK", "MY_DSN", "MY_FALLBACK"]
+        );
+        assert_eq!(secret_env_names(&dir.path().join("none")), ["LATCHKEY_KEK"]);
     }
 
     #[test]

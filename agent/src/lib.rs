@@ -18,9 +18,11 @@
 //!
 //! Shared vocabulary: [`secret`] (values that zeroize and redact), [`path`]
 //! (validated secret paths), [`clock`] (the one wall clock) and [`backoff`] (the one
-//! retry schedule). [`server`] assembles the daemon from a [`config::Config`];
-//! [`client`] speaks its API; [`cli`] is the command line. [`upstream`] holds the
-//! stores the agent syncs with (OpenBao/Vault, AWS Secrets Manager, the local store).
+//! retry schedule). [`environment`] takes the secrets the agent is handed in its
+//! environment out of it before any thread starts. [`server`] assembles the daemon
+//! from a [`config::Config`]; [`client`] speaks its API; [`cli`] is the command line.
+//! [`upstream`] holds the stores the agent syncs with (OpenBao/Vault, AWS Secrets
+//! Manager, the local store).
 
 pub mod api;
 pub mod audit;
@@ -31,6 +33,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod environment;
 pub mod events;
 pub mod exec;
 pub mod expiry;

@@ -17,6 +17,10 @@ fn main() -> ExitCode {
         // must be wider set their mode explicitly.
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     }
+    // Also before any thread exists: the key-encryption key, database URLs and
+    // fallback values leave the environment (children and `/proc/<pid>/environ`
+    // no longer show them); the agent keeps them in memory.
+    latchkey::environment::take_at_start(&cli.command.secret_env_names());
     latchkey::telemetry::init(cli.log_format, cli.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

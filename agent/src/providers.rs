@@ -677,10 +677,13 @@ fn sql_connection(
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<host::SqlConnectionConfig, Error> {
     let url = match (&spec.url_env, &spec.url_file) {
-        (Some(var), None) => std::env::var(var).map_err(|_| Error::SqlEnv {
-            name: spec.name.clone(),
-            var: var.clone(),
-        })?,
+        // Taken out of the process environment at start (`crate::environment`).
+        (Some(var), None) => crate::environment::var_string(var)
+            .map(|url| url.to_string())
+            .ok_or_else(|| Error::SqlEnv {
+                name: spec.name.clone(),
+                var: var.clone(),
+            })?,
         (None, Some(file)) => std::fs::read_to_string(resolve(file))
             .map_err(|source| Error::SqlFile {
                 name: spec.name.clone(),

@@ -7,7 +7,8 @@
 //! ```text
 //! change (event / SSE / retry timer) -> runner (which templates used that path?)
 //!   -> engine (minijinja; secret() reads through a source, records the paths it read)
-//!   -> write (compare with the file on disk; temp file, mode/owner, fsync, validate, rename)
+//!   -> write (folder fd; compare through an O_NOFOLLOW fd; temp file, fchown/fchmod,
+//!             fsync, validate, renameat), each template within its render deadline
 //!   -> action (on_change command or signal, once per distinct action per pass)
 //! ```
 //!
@@ -100,6 +101,20 @@ pub enum Error {
         /// Why.
         #[source]
         source: action::Error,
+    },
+    /// The render did not finish within the template's `render_timeout`.
+    #[error("template {template}: the render did not finish within {timeout:?}; the previous file stays")]
+    Deadline {
+        /// Template name.
+        template: String,
+        /// The deadline.
+        timeout: std::time::Duration,
+    },
+    /// An earlier render of the template, past its deadline, has not returned yet.
+    #[error("template {template}: an earlier render past its deadline is still running; the previous file stays")]
+    Busy {
+        /// Template name.
+        template: String,
     },
     /// A lock was poisoned by a panic in another render.
     #[error("renderer state is poisoned")]

@@ -273,8 +273,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         audit,
         events,
         sync,
+        // The variables were taken out of the process environment at start.
         fallback: crate::fallback::EnvFallback::load(&config.env_fallback, |var| {
-            std::env::var(var).ok()
+            crate::environment::var_string(var).map(|v| v.to_string())
         }),
         metrics: crate::metrics::Metrics::new(),
         providers,

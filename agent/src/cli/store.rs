@@ -28,6 +28,15 @@ pub enum StoreCommand {
     },
 }
 
+impl StoreCommand {
+    /// The config file the command reads.
+    pub fn config(&self) -> &Path {
+        match self {
+            StoreCommand::Recover { config } => config,
+        }
+    }
+}
+
 /// Runs a `latchkey store` command.
 pub(super) async fn run(cmd: StoreCommand) -> Result<ExitCode, Failure> {
     match cmd {

@@ -90,10 +90,10 @@ impl LocalKek {
 
     /// Reads the key from an environment variable, in the same encodings as a file.
     pub fn from_env(var: &str) -> Result<Self, Error> {
-        let value = std::env::var_os(var).ok_or_else(|| Error::KeyEnvMissing {
+        // Taken out of the process environment at start (`crate::environment`).
+        let text = crate::environment::var(var).ok_or_else(|| Error::KeyEnvMissing {
             var: var.to_owned(),
         })?;
-        let text = Zeroizing::new(value.into_encoded_bytes());
         Self::from_text(&text, || format!("environment variable {var}"))
     }
 

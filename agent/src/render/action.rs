@@ -5,12 +5,33 @@
 //! Commands are run directly (argv, no shell) with a deadline; a command that outlives
 //! it is killed. Their output goes where the agent's goes; nothing about them that is
 //! logged here carries a secret (argv is the user's, the rendered text is never in it).
+//! They start with a cleared environment: only [`BASE_ENV`] and the names the
+//! template lists in `command_env` are passed on from the agent's own, so nothing
+//! the agent was given (its key, a database URL) reaches them by inheritance.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
+
+/// Variables every command gets from the agent's environment, when they are set.
+pub const BASE_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
+
+/// Clears `cmd`'s environment, then passes on [`BASE_ENV`] and `extra` from the
+/// agent's.
+pub fn clear_env(cmd: &mut Command, extra: &[String]) {
+    cmd.env_clear();
+    for name in BASE_ENV
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+    {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+}
 
 /// How often a running command is checked for exit.
 const POLL: Duration = Duration::from_millis(5);
@@ -43,11 +64,19 @@ pub enum Error {
         /// The deadline.
         timeout: Duration,
     },
-    /// The pid file could not be read or held no pid.
+    /// The pid file could not be read, was not a regular file, or held no pid.
     #[error("cannot read a pid from {path}")]
     PidFile {
         /// The pid file.
         path: PathBuf,
+    },
+    /// The pid file belongs to a user other than root and the process's.
+    #[error("pid file {path} names pid {pid}, which runs as another user than the file's owner")]
+    PidOwner {
+        /// The pid file.
+        path: PathBuf,
+        /// The pid it names.
+        pid: i32,
     },
     /// The signal could not be sent.
     #[error("cannot send {signal} to pid {pid}")]
@@ -122,14 +151,22 @@ impl CommandLine {
     }
 
     /// Runs it with `{{path}}` in any argument replaced by `path`, waits at most
-    /// `timeout`. Blocking: call from a blocking thread.
-    pub fn run_blocking(&self, path: Option<&Path>, timeout: Duration) -> Result<(), Error> {
+    /// `timeout`; the environment is [`BASE_ENV`] plus `env` (see [`clear_env`]).
+    /// Blocking: call from a blocking thread.
+    pub fn run_blocking(
+        &self,
+        path: Option<&Path>,
+        timeout: Duration,
+        env: &[String],
+    ) -> Result<(), Error> {
         let program = self.program().to_owned();
         let args = self.0[1..].iter().map(|a| match path {
             Some(p) => a.replace("{{path}}", &p.to_string_lossy()),
             None => a.clone(),
         });
-        let mut child = Command::new(&self.0[0])
+        let mut cmd = Command::new(&self.0[0]);
+        clear_env(&mut cmd, env);
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .spawn()
@@ -214,6 +251,52 @@ impl SignalName {
     }
 }
 
+/// Reads the pid in `pid_file`, which the signalled app usually writes itself. The
+/// file is opened without blocking and must be a regular file; a file that does not
+/// belong to root must belong to the user the process runs as, so an app cannot
+/// point the agent's signal at someone else's process (pid 1, say).
+fn read_pid(pid_file: &Path) -> Result<i32, Error> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::io::Read;
+    let refused = || Error::PidFile {
+        path: pid_file.to_owned(),
+    };
+    let fd = rustix::fs::open(
+        pid_file,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|_| refused())?;
+    let st = rustix::fs::fstat(&fd).map_err(|_| refused())?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(refused());
+    }
+    let mut text = String::new();
+    std::fs::File::from(fd)
+        .take(32)
+        .read_to_string(&mut text)
+        .map_err(|_| refused())?;
+    let pid = text
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(refused)?;
+    if st.st_uid != 0 {
+        // /proc/<pid> belongs to the process's user.
+        let proc_uid = rustix::fs::stat(format!("/proc/{pid}"))
+            .map(|p| p.st_uid)
+            .map_err(|_| refused())?;
+        if proc_uid != st.st_uid {
+            return Err(Error::PidOwner {
+                path: pid_file.to_owned(),
+                pid,
+            });
+        }
+    }
+    Ok(pid)
+}
+
 /// What to do after a template's file changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -229,18 +312,13 @@ pub enum Action {
 }
 
 impl Action {
-    /// Carries the action out. Blocking: call from a blocking thread.
-    pub fn run_blocking(&self, timeout: Duration) -> Result<(), Error> {
+    /// Carries the action out; a command gets [`BASE_ENV`] plus `env`. Blocking:
+    /// call from a blocking thread.
+    pub fn run_blocking(&self, timeout: Duration, env: &[String]) -> Result<(), Error> {
         match self {
-            Action::Command(cmd) => cmd.run_blocking(None, timeout),
+            Action::Command(cmd) => cmd.run_blocking(None, timeout, env),
             Action::Signal { signal, pid_file } => {
-                let pid = std::fs::read_to_string(pid_file)
-                    .ok()
-                    .and_then(|t| t.trim().parse::<i32>().ok())
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| Error::PidFile {
-                        path: pid_file.clone(),
-                    })?;
+                let pid = read_pid(pid_file)?;
                 signal.send(pid)
             }
         }
@@ -276,19 +354,19 @@ mod tests {
         let f = dir.path().join("f");
         std::fs::write(&f, "x").expect("write");
         let ok = CommandLine::split("test -s {{path}}").expect("ok");
-        ok.run_blocking(Some(&f), Duration::from_secs(5))
+        ok.run_blocking(Some(&f), Duration::from_secs(5), &[])
             .expect("passes");
         let empty = dir.path().join("e");
         std::fs::write(&empty, "").expect("write");
         assert!(matches!(
-            ok.run_blocking(Some(&empty), Duration::from_secs(5)),
+            ok.run_blocking(Some(&empty), Duration::from_secs(5), &[]),
             Err(Error::Failed { .. })
         ));
         // Stopped at its timeout, long before it would have ended by itself.
         let slow = CommandLine::split("sleep 60").expect("ok");
         let started = Instant::now();
         assert!(matches!(
-            slow.run_blocking(None, Duration::from_millis(100)),
+            slow.run_blocking(None, Duration::from_millis(100), &[]),
             Err(Error::Timeout { .. })
         ));
         let took = started.elapsed();
@@ -296,6 +374,68 @@ mod tests {
             took < Duration::from_secs(20),
             "the timeout waited {took:?}"
         );
+    }
+
+    #[test]
+    fn r2_commands_get_only_the_base_environment_and_what_is_listed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("env");
+        let dump = CommandLine::new(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("env > {}", out.display()),
+        ])
+        .expect("cmd");
+        // The test process has CARGO_* variables; the command must not see them.
+        let listed = std::env::vars()
+            .map(|(k, _)| k)
+            .find(|k| k.starts_with("CARGO_"))
+            .expect("cargo sets CARGO_* for tests");
+        dump.run_blocking(None, Duration::from_secs(10), std::slice::from_ref(&listed))
+            .expect("runs");
+        let text = std::fs::read_to_string(&out).expect("read");
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        assert!(names.contains(&listed.as_str()), "{names:?}");
+        for name in names {
+            // sh adds PWD, SHLVL and `_` by itself.
+            assert!(
+                BASE_ENV.contains(&name)
+                    || name == listed
+                    || ["PWD", "SHLVL", "_", "OLDPWD"].contains(&name),
+                "the command saw {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn pid_files_that_are_not_regular_or_name_others_processes_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let fifo = dir.path().join("fifo.pid");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .expect("mkfifo");
+        assert!(
+            matches!(read_pid(&fifo), Err(Error::PidFile { .. })),
+            "no blocking on a FIFO"
+        );
+        let own = dir.path().join("own.pid");
+        std::fs::write(&own, format!("{}\n", std::process::id())).expect("write");
+        assert_eq!(read_pid(&own).ok(), i32::try_from(std::process::id()).ok());
+        if rustix::process::geteuid().is_root() {
+            // A file of another user naming a root process (this one).
+            std::os::unix::fs::chown(&own, Some(4242), None).expect("chown");
+            assert!(matches!(read_pid(&own), Err(Error::PidOwner { .. })));
+            let one = dir.path().join("one.pid");
+            std::fs::write(&one, "1\n").expect("write");
+            std::os::unix::fs::chown(&one, Some(4242), None).expect("chown");
+            assert!(matches!(read_pid(&one), Err(Error::PidOwner { .. })));
+        }
     }
 
     #[test]

@@ -8,14 +8,14 @@
 //! | --- | --- |
 //! | `secret("path")` | the current fields of a secret, as a map (`secret("db").password`) |
 //! | `secret("path", "field")` | one field; a missing secret or field is an error naming both |
-//! | `env("NAME")`, `env("NAME", "default")` | an environment variable of the renderer |
+//! | `env("NAME")`, `env("NAME", "default")` | an environment variable of the renderer, if the template lists it in `allow_env` (others read as unset) |
 //! | `\| b64encode`, `\| b64decode` | standard base64 |
 //! | `\| tojson` | JSON (strings quoted and escaped; maps as objects) |
 //! | `\| toyaml` | YAML (strings double-quoted, maps as block mappings) |
 //! | `\| totoml` | TOML (a string as a basic string; a map as `key = "value"` lines) |
 //! | `\| urlencode` | percent-encoding for URLs (a password in `postgresql://user:pw@host`) |
-//! | `\| pgpass` | escapes `\` and `:` for a `.pgpass` line |
-//! | `\| shell_quote` | single-quotes for POSIX shells and `.env` files |
+//! | `\| pgpass` | escapes `\` and `:` for a `.pgpass` line; refuses CR and LF |
+//! | `\| shell_quote` | single-quotes for POSIX `sh` and `.env` files it reads; refuses CR and LF |
 //! | `\| default(x)` | minijinja's builtin, with every other builtin filter and test |
 //!
 //! Undefined values are strict: printing a missing variable or field is an error
@@ -85,6 +85,8 @@ pub struct Rendered {
 struct Session {
     pass: Arc<PassHandle>,
     touched: Mutex<BTreeSet<SecretPath>>,
+    /// The variables this template may read with `env()`.
+    allow_env: Vec<String>,
 }
 
 /// `Debug` for the pass without its contents.
@@ -161,6 +163,7 @@ impl Engine {
         let session = Arc::new(Session {
             pass: Arc::new(PassHandle(pass.clone())),
             touched: Mutex::new(BTreeSet::new()),
+            allow_env: template.allow_env.clone(),
         });
         let result = self.render_inner(template, &session);
         let paths = session
@@ -179,7 +182,7 @@ impl Engine {
         let text: Arc<str> = match &template.text {
             TemplateText::Inline(t) => Arc::from(t.as_str()),
             TemplateText::File(path) => {
-                std::fs::read_to_string(path)
+                read_template(path)
                     .map(Arc::from)
                     .map_err(|source| Error::ReadTemplate {
                         template: template.name.clone(),
@@ -223,6 +226,25 @@ impl Engine {
     }
 }
 
+/// Reads a template file; refuses anything but a regular file, without blocking on
+/// a FIFO put in its place.
+fn read_template(path: &std::path::Path) -> io::Result<String> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    io::read_to_string(std::fs::File::from(fd))
+}
+
 /// Marks the messages of latchkey's own functions and filters, which name paths and
 /// fields but never carry a value.
 const OURS: char = '\u{1}';
@@ -235,22 +257,23 @@ fn ours(message: impl Into<String>) -> minijinja::Error {
     )
 }
 
-/// Turns a minijinja error into ours: template name, line, and a message that names
-/// paths and fields but never a value. minijinja's own messages can quote operands
-/// (`unable to calculate 9 * 9`), so every value the render read is scrubbed from them.
+/// Turns a minijinja error into ours: template name, line, and what kind of error it
+/// was. A message from one of our functions is kept (it names paths and fields, never
+/// a value). minijinja's own messages for errors met while rendering quote operands
+/// (`unable to calculate 7345 * 9`, from a secret `007345` passed through `int`),
+/// and no scrubbing can know every value derived from a secret, so those keep only
+/// their kind. Compile errors (`session` is `None`) keep their message: it quotes the
+/// template's text, which is configuration, not a secret.
 fn template_error(template: &Template, e: &minijinja::Error, session: Option<&Session>) -> Error {
     let message = match (e.kind(), e.detail()) {
         (ErrorKind::UndefinedError, _) => {
             "undefined value (a missing secret field or variable)".to_owned()
         }
-        (_, Some(detail)) => match detail.strip_prefix(OURS) {
-            Some(own) => own.to_owned(),
-            None => match session {
-                Some(session) => scrub(detail, session),
-                None => detail.to_owned(),
-            },
-        },
-        (kind, None) => kind.to_string(),
+        (_, Some(detail)) if detail.starts_with(OURS) => detail[OURS.len_utf8()..].to_owned(),
+        (kind, Some(detail)) if session.is_none() || names_only(kind) => {
+            format!("{kind}: {detail}")
+        }
+        (kind, _) => format!("{kind} (details withheld: they may quote a secret)"),
     };
     Error::Template {
         template: template.name.clone(),
@@ -259,31 +282,18 @@ fn template_error(template: &Template, e: &minijinja::Error, session: Option<&Se
     }
 }
 
-/// Replaces every value the session read with `[REDACTED]` (longest first).
-fn scrub(text: &str, session: &Session) -> String {
-    let touched = session
-        .touched
-        .lock()
-        .map(|t| t.clone())
-        .unwrap_or_default();
-    let read: Vec<Arc<Fields>> = match session.pass.0.fetched.lock() {
-        Ok(f) => touched
-            .iter()
-            .filter_map(|p| f.get(p).cloned().flatten())
-            .collect(),
-        Err(_) => return "error details withheld".to_owned(),
-    };
-    let mut values: Vec<&str> = read
-        .iter()
-        .flat_map(|f| f.iter().map(|(_, v)| v.expose()))
-        .filter(|v| !v.is_empty())
-        .collect();
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    let mut out = text.to_owned();
-    for v in values {
-        out = out.replace(v, "[REDACTED]");
-    }
-    out
+/// Error kinds whose message names only what the template's text names (a filter,
+/// function, test or method), never a value.
+fn names_only(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::SyntaxError
+            | ErrorKind::UnknownFilter
+            | ErrorKind::UnknownFunction
+            | ErrorKind::UnknownTest
+            | ErrorKind::UnknownMethod
+            | ErrorKind::TemplateNotFound
+    )
 }
 
 /// A `Write` sink that keeps its bytes in zeroizing memory, also when it grows.
@@ -348,13 +358,28 @@ fn secret(state: &State, path: String, field: Option<String>) -> Result<Value, m
     }
 }
 
-/// `env("NAME")` or `env("NAME", "default")`.
-fn env_var(name: String, default: Option<String>) -> Result<Value, minijinja::Error> {
-    match (std::env::var(&name), default) {
-        (Ok(v), _) => Ok(Value::from(v)),
-        (Err(_), Some(d)) => Ok(Value::from(d)),
-        (Err(_), None) => Err(ours(format!(
+/// `env("NAME")` or `env("NAME", "default")`. Only the names in the template's
+/// `allow_env` are read; any other reads as unset, so a template cannot reach what
+/// the agent was started with (its key, database URLs).
+fn env_var(
+    state: &State,
+    name: String,
+    default: Option<String>,
+) -> Result<Value, minijinja::Error> {
+    let allowed = session(state)?.allow_env.contains(&name);
+    let value = if allowed {
+        std::env::var(&name).ok()
+    } else {
+        None
+    };
+    match (value, default) {
+        (Some(v), _) => Ok(Value::from(v)),
+        (None, Some(d)) => Ok(Value::from(d)),
+        (None, None) if allowed => Err(ours(format!(
             "environment variable {name} is not set (give a default: env({name:?}, \"...\"))"
+        ))),
+        (None, None) => Err(ours(format!(
+            "env({name:?}): {name} is not in this template's allow_env"
         ))),
     }
 }
@@ -528,13 +553,28 @@ fn urlencode(value: Value) -> Result<String, minijinja::Error> {
     Ok(crate::client::encode_query_value(&s))
 }
 
+/// Refuses a value with a line break: one line of a `.pgpass` file or an `.env`
+/// assignment must stay one line, or a value could add entries of its own.
+fn single_line(s: &str, filter: &str) -> Result<(), minijinja::Error> {
+    if s.contains(['\n', '\r']) {
+        return Err(ours(format!(
+            "{filter}: the value contains a line break (CR or LF), which this format cannot hold"
+        )));
+    }
+    Ok(())
+}
+
 fn pgpass(value: Value) -> Result<String, minijinja::Error> {
     let s = Zeroizing::new(text(&value, "pgpass")?);
+    single_line(&s, "pgpass")?;
     Ok(s.replace('\\', "\\\\").replace(':', "\\:"))
 }
 
+/// Single quotes for POSIX `sh` (and `.env` files read by it). Not for other shells'
+/// syntax (fish, PowerShell, cmd) nor for `.env` parsers that do not follow `sh`.
 fn shell_quote(value: Value) -> Result<String, minijinja::Error> {
     let s = Zeroizing::new(text(&value, "shell_quote")?);
+    single_line(&s, "shell_quote")?;
     Ok(format!("'{}'", s.replace('\'', "'\\''")))
 }
 
@@ -651,12 +691,83 @@ mod tests {
     }
 
     #[test]
+    fn r9_errors_on_values_derived_from_a_secret_quote_no_operand() {
+        let src = MemorySource::new();
+        let mut f = Fields::new();
+        f.insert("pin", SecretString::from("007345"));
+        src.put(SecretPath::parse("apps/pin").expect("path"), f);
+        let engine = Engine::new();
+        let pass = Pass::new(Arc::new(src));
+        for expr in [
+            "n * n * n * n * n * n * n * n * n * n * n",
+            "n // 0",
+            "n % 0",
+            "n ** 100000",
+        ] {
+            let text = format!("{{% set n = secret('apps/pin').pin | int %}}\n{{{{ {expr} }}}}");
+            let r = engine.render(&inline("pin", &text), &pass);
+            let e = failure(&r);
+            assert!(e.starts_with("template pin line 2: "), "{expr}: {e}");
+            assert!(!e.contains("7345"), "{expr}: {e}");
+        }
+    }
+
+    #[test]
+    fn r10_line_filters_refuse_line_breaks_without_quoting_the_value() {
+        let src = MemorySource::new();
+        let mut f = Fields::new();
+        f.insert("lf", SecretString::from("first-half\nwild:*:*:*:second"));
+        f.insert("cr", SecretString::from("first-half\rsecond"));
+        f.insert("crlf", SecretString::from("first-half\r\nsecond"));
+        src.put(SecretPath::parse("apps/nl").expect("path"), f);
+        let engine = Engine::new();
+        let pass = Pass::new(Arc::new(src));
+        for filter in ["pgpass", "shell_quote"] {
+            for field in ["lf", "cr", "crlf"] {
+                let text = format!("ok\n{{{{ secret('apps/nl').{field} | {filter} }}}}\n");
+                let r = engine.render(&inline("nl", &text), &pass);
+                let e = failure(&r);
+                assert!(
+                    e.starts_with(&format!(
+                        "template nl line 2: {filter}: the value contains a line break"
+                    )),
+                    "{filter} {field}: {e}"
+                );
+                assert!(!e.contains("first-half") && !e.contains("second"), "{e}");
+            }
+        }
+        // One-line values are unchanged.
+        assert_eq!(
+            render("{{ 'a:b' | pgpass }} {{ \"it's\" | shell_quote }}").expect("renders"),
+            "a\\:b 'it'\\''s'"
+        );
+    }
+
+    #[test]
     fn env_function_with_default() {
         assert_eq!(
             render("{{ env('LATCHKEY_TEST_SURELY_UNSET', 'd') }}").expect("ok"),
             "d"
         );
         assert!(render("{{ env('LATCHKEY_TEST_SURELY_UNSET') }}").is_err());
+    }
+
+    #[test]
+    fn r2_env_reads_only_what_the_template_allows() {
+        // Cargo sets CARGO_PKG_NAME for the tests.
+        let engine = Engine::new();
+        let pass = Pass::new(source());
+        let mut t = inline("e", "{{ env('CARGO_PKG_NAME') }}");
+        let e = failure(&engine.render(&t, &pass));
+        assert!(e.contains("not in this template's allow_env"), "{e}");
+        assert!(!e.contains("latchkey"), "{e}");
+        let mut dflt = inline("e2", "{{ env('CARGO_PKG_NAME', 'd') }}");
+        let out = engine.render(&dflt, &pass).result.expect("renders");
+        assert_eq!(&out[..], b"d", "a name not allowed reads as unset");
+        t.allow_env = vec!["CARGO_PKG_NAME".to_owned()];
+        dflt.allow_env = t.allow_env.clone();
+        let out = engine.render(&t, &pass).result.expect("renders");
+        assert_eq!(&out[..], b"latchkey-agent");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -87,6 +88,8 @@ struct Slot {
     template: Arc<Template>,
     deps: BTreeSet<SecretPath>,
     failure: Option<Failure>,
+    /// Whether a render of this template is still running (past its deadline).
+    busy: Arc<AtomicBool>,
 }
 
 struct Failure {
@@ -113,6 +116,7 @@ impl Runner {
                     template: Arc::new(t),
                     deps: BTreeSet::new(),
                     failure: None,
+                    busy: Arc::new(AtomicBool::new(false)),
                 })
                 .collect(),
         }
@@ -165,48 +169,77 @@ impl Runner {
         }
         let engine = self.engine.clone();
         let pass = Pass::new(self.source.clone());
-        let workers = WORKERS.min(jobs.len());
-        let done = tokio::task::spawn_blocking(move || {
-            let queue = Mutex::new(jobs.into_iter());
-            let results = Mutex::new(Vec::new());
-            let folders = Mutex::new(BTreeSet::new());
-            // A few workers: writes wait on fsync, so they overlap well even on few cores.
-            std::thread::scope(|scope| {
-                for _ in 0..workers {
-                    scope.spawn(|| loop {
-                        let next = queue.lock().ok().and_then(|mut q| q.next());
-                        let Some((i, t)) = next else { break };
-                        let (paths, outcome) = render_one(&engine, &pass, &t, mode);
-                        if matches!(outcome, Outcome::Changed) {
-                            if let Ok(mut f) = folders.lock() {
-                                f.insert(write::folder_of(&t.destination));
-                            }
-                        }
-                        if let Ok(mut r) = results.lock() {
-                            r.push((i, paths, outcome));
-                        }
-                    });
+        // A few at a time: writes wait on fsync, so they overlap well even on few
+        // cores. Each has its own deadline: a template stuck in a read or a write
+        // is reported failed and its thread left to finish on its own, so it never
+        // holds the others (its slot stays busy until the thread returns).
+        let permits = Arc::new(tokio::sync::Semaphore::new(WORKERS));
+        let mut running = tokio::task::JoinSet::new();
+        for (i, t) in jobs {
+            let busy = self.slots[i].busy.clone();
+            if busy.swap(true, Ordering::AcqRel) {
+                let outcome = Outcome::Failed(Error::Busy {
+                    template: t.name.clone(),
+                });
+                running.spawn(async move { (i, BTreeSet::new(), outcome) });
+                continue;
+            }
+            let (engine, pass, permits) = (engine.clone(), pass.clone(), permits.clone());
+            running.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    busy.store(false, Ordering::Release);
+                    return (i, BTreeSet::new(), Outcome::Failed(Error::Poisoned));
+                };
+                let job = t.clone();
+                let work = tokio::task::spawn_blocking(move || {
+                    let done = render_one(&engine, &pass, &job, mode);
+                    busy.store(false, Ordering::Release);
+                    done
+                });
+                match tokio::time::timeout(t.render_timeout, work).await {
+                    Ok(Ok((paths, outcome))) => (i, paths, outcome),
+                    Ok(Err(e)) => {
+                        tracing::error!(template = %t.name, error = %e, "template render panicked");
+                        (i, BTreeSet::new(), Outcome::Failed(Error::Poisoned))
+                    }
+                    Err(_) => {
+                        let outcome = Outcome::Failed(Error::Deadline {
+                            template: t.name.clone(),
+                            timeout: t.render_timeout,
+                        });
+                        (i, BTreeSet::new(), outcome)
+                    }
                 }
             });
-            for folder in folders.into_inner().unwrap_or_default() {
-                if let Err(e) = write::sync_dir(&folder) {
-                    tracing::warn!(folder = %folder.display(), error = %e, "cannot fsync the folder after a rename");
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = running.join_next().await {
+            match joined {
+                Ok(result) => done.push(result),
+                Err(e) => tracing::error!(error = %e, "render task failed"),
+            }
+        }
+        done.sort_by_key(|(i, _, _)| *i);
+        let folders: BTreeSet<PathBuf> = done
+            .iter()
+            .filter(|(_, _, o)| matches!(o, Outcome::Changed))
+            .filter_map(|(i, _, _)| self.slots.get(*i))
+            .map(|s| write::folder_of(&s.template.destination))
+            .collect();
+        if !folders.is_empty() {
+            let synced = tokio::task::spawn_blocking(move || {
+                for folder in folders {
+                    if let Err(e) = write::sync_dir(&folder) {
+                        tracing::warn!(folder = %folder.display(), error = %e, "cannot fsync the folder after a rename");
+                    }
                 }
+            });
+            if tokio::time::timeout(RETRY_MAX, synced).await.is_err() {
+                tracing::warn!("fsync of the rendered files' folders did not finish in time");
             }
-            let mut results = results.into_inner().unwrap_or_default();
-            results.sort_by_key(|(i, _, _)| *i);
-            results
-        })
-        .await;
-        let done = match done {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "render pass panicked");
-                return Vec::new();
-            }
-        };
+        }
         let mut reports = Vec::with_capacity(done.len());
-        let mut actions: Vec<(Action, Duration, usize)> = Vec::new();
+        let mut actions: Vec<(Action, Duration, Vec<String>, usize)> = Vec::new();
         for (i, paths, outcome) in done {
             let slot = &mut self.slots[i];
             let t = &slot.template;
@@ -235,8 +268,13 @@ impl Runner {
                     slot.failure = None;
                     tracing::info!(template = %t.name, destination = %t.destination.display(), "template rendered");
                     if let Some(action) = &t.on_change {
-                        if !actions.iter().any(|(a, _, _)| a == action) {
-                            actions.push((action.clone(), t.timeout, reports.len()));
+                        if !actions.iter().any(|(a, _, _, _)| a == action) {
+                            actions.push((
+                                action.clone(),
+                                t.timeout,
+                                t.command_env.clone(),
+                                reports.len(),
+                            ));
                         }
                     }
                 }
@@ -251,9 +289,9 @@ impl Runner {
                 outcome,
             });
         }
-        for (action, timeout, report_index) in actions {
+        for (action, timeout, env, report_index) in actions {
             let what = action.describe();
-            let ran = tokio::task::spawn_blocking(move || action.run_blocking(timeout)).await;
+            let ran = tokio::task::spawn_blocking(move || action.run_blocking(timeout, &env)).await;
             let report = &mut reports[report_index];
             match ran {
                 Ok(Ok(())) => {
@@ -339,7 +377,7 @@ fn render_one(
     let outcome = match rendered.result {
         Err(e) => Outcome::Failed(e),
         Ok(content) => match mode {
-            Mode::DryRun => match write::differs(&t.destination, &content) {
+            Mode::DryRun => match write::differs(t, &content) {
                 Ok(true) => Outcome::WouldChange,
                 Ok(false) => Outcome::Unchanged,
                 Err(source) => Outcome::Failed(Error::Write {
@@ -433,6 +471,73 @@ mod tests {
         );
         let reports = runner.pass_all(Mode::DryRun).await;
         assert!(matches!(reports[0].outcome, Outcome::Unchanged));
+    }
+
+    /// Answers every path from `inner`, except `stuck`, which blocks until released.
+    struct StuckSource {
+        inner: MemorySource,
+        stuck: SecretPath,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Source for StuckSource {
+        fn fetch(&self, path: &SecretPath) -> Result<Option<Fields>, crate::render::source::Error> {
+            if path == &self.stuck {
+                if let Ok(rx) = self.release.lock() {
+                    let _ = rx.recv_timeout(Duration::from_secs(60));
+                }
+            }
+            self.inner.fetch(path)
+        }
+    }
+
+    #[tokio::test]
+    async fn r1_a_stuck_template_fails_at_its_deadline_and_others_still_render() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let inner = MemorySource::new();
+        let b = SecretPath::parse("b").expect("p");
+        let stuck = SecretPath::parse("stuck").expect("p");
+        inner.put(b.clone(), fields("b1"));
+        inner.put(stuck.clone(), fields("s1"));
+        let (release, rx) = std::sync::mpsc::channel();
+        let src = Arc::new(StuckSource {
+            inner,
+            stuck,
+            release: std::sync::Mutex::new(rx),
+        });
+        let mut a = template(dir.path(), "a.conf", "{{ secret('stuck').password }}");
+        a.render_timeout = Duration::from_millis(300);
+        let templates = vec![
+            a,
+            template(dir.path(), "b.conf", "{{ secret('b').password }}"),
+        ];
+        let mut runner = Runner::new(templates, src.clone());
+        let started = std::time::Instant::now();
+        let reports = runner.pass_all(Mode::Write).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        match &reports[0].outcome {
+            Outcome::Failed(e) => assert!(e.to_string().contains("did not finish within"), "{e}"),
+            other => panic!("expected a deadline failure, got {other:?}"),
+        }
+        assert!(matches!(reports[1].outcome, Outcome::Changed));
+        // While the stuck render has not returned, the template is not started twice,
+        // and the others keep rendering.
+        src.inner.put(b.clone(), fields("b2"));
+        let reports = runner.pass_all(Mode::Write).await;
+        assert!(matches!(
+            &reports[0].outcome,
+            Outcome::Failed(Error::Busy { .. })
+        ));
+        assert!(matches!(reports[1].outcome, Outcome::Changed));
+        assert_eq!(
+            std::fs::read(dir.path().join("b.conf")).expect("read"),
+            b"b2"
+        );
+        let _ = release.send(());
     }
 
     #[test]

@@ -17,6 +17,8 @@ use super::action::{Action, CommandLine, SignalName};
 
 /// Default deadline for a `validate` or `on_change` command.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default deadline for one template's whole render.
+pub const DEFAULT_RENDER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One `[[template]]` block as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +48,24 @@ pub struct TemplateSection {
     pub on_change: Option<ActionSection>,
     /// Deadline for `validate` and an `on_change` command [default: "30s"].
     pub timeout: Option<String>,
+    /// Deadline for the whole render of this template (reading secrets, writing,
+    /// `validate`); past it the template counts as failed and the others go on
+    /// [default: "60s"].
+    pub render_timeout: Option<String>,
+    /// Write into a folder that a user other than root, the agent and the file's
+    /// owner may change (e.g. group-writable, or `/tmp`). Off: such a user could
+    /// swap the file for a link between two steps of a write [default: false].
+    #[serde(default)]
+    pub allow_shared_folder: bool,
+    /// Environment variables this template may read with `env()`; any other name
+    /// reads as unset [default: none].
+    #[serde(default)]
+    pub allow_env: Vec<String>,
+    /// Environment variables passed to `validate` and `on_change` commands besides
+    /// `PATH`, `HOME`, `LANG`, `LC_ALL` and `TZ`; commands get nothing else of the
+    /// agent's environment [default: none].
+    #[serde(default)]
+    pub command_env: Vec<String>,
 }
 
 /// A command as a string (split on spaces, quotes group) or as an argv array.
@@ -100,6 +120,14 @@ pub struct Template {
     pub on_change: Option<Action>,
     /// Deadline for `validate` and a command action.
     pub timeout: Duration,
+    /// Deadline for the whole render (secrets, write, validate).
+    pub render_timeout: Duration,
+    /// Whether a folder others may write is accepted.
+    pub allow_shared_folder: bool,
+    /// What `env()` may read.
+    pub allow_env: Vec<String>,
+    /// What commands get from the agent's environment besides the base set.
+    pub command_env: Vec<String>,
 }
 
 impl Template {
@@ -117,6 +145,10 @@ impl Template {
             validate: None,
             on_change: None,
             timeout: DEFAULT_TIMEOUT,
+            render_timeout: DEFAULT_RENDER_TIMEOUT,
+            allow_shared_folder: false,
+            allow_env: Vec::new(),
+            command_env: Vec::new(),
         }
     }
 }
@@ -179,7 +211,14 @@ pub fn validate(
             }
         };
         let mode = match u32::from_str_radix(s.mode.trim_start_matches("0o"), 8) {
-            Ok(m) if m <= 0o7777 => m,
+            Ok(m) if m <= 0o777 => m,
+            Ok(m) if m <= 0o7777 => {
+                problems.push(format!(
+                    "{key}.mode: {:?} sets setuid, setgid or sticky bits, which a rendered file must not have",
+                    s.mode
+                ));
+                0o600
+            }
             _ => {
                 problems.push(format!(
                     "{key}.mode: {:?} is not an octal mode like \"0640\"",
@@ -222,18 +261,29 @@ pub fn validate(
                 None
             }
         });
-        let timeout = match s.timeout.as_deref() {
-            None => DEFAULT_TIMEOUT,
-            Some(t) => match humantime::parse_duration(t) {
-                Ok(d) if !d.is_zero() => d,
-                _ => {
+        let timeout = deadline(
+            &key,
+            "timeout",
+            s.timeout.as_deref(),
+            DEFAULT_TIMEOUT,
+            problems,
+        );
+        let render_timeout = deadline(
+            &key,
+            "render_timeout",
+            s.render_timeout.as_deref(),
+            DEFAULT_RENDER_TIMEOUT,
+            problems,
+        );
+        for (field, names) in [("allow_env", &s.allow_env), ("command_env", &s.command_env)] {
+            for name in names.iter() {
+                if name.is_empty() || name.contains(['=', '\0']) {
                     problems.push(format!(
-                        "{key}.timeout: {t:?} is not a duration like \"30s\""
+                        "{key}.{field}: {name:?} is not an environment variable name"
                     ));
-                    DEFAULT_TIMEOUT
                 }
-            },
-        };
+            }
+        }
         if problems.len() == before {
             out.push(Template {
                 name,
@@ -245,10 +295,36 @@ pub fn validate(
                 validate,
                 on_change,
                 timeout,
+                render_timeout,
+                allow_shared_folder: s.allow_shared_folder,
+                allow_env: s.allow_env.clone(),
+                command_env: s.command_env.clone(),
             });
         }
     }
     out
+}
+
+/// A `timeout`-like key: a positive duration, or `default` when not given.
+fn deadline(
+    key: &str,
+    field: &str,
+    text: Option<&str>,
+    default: Duration,
+    problems: &mut Vec<String>,
+) -> Duration {
+    match text {
+        None => default,
+        Some(t) => match humantime::parse_duration(t) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                problems.push(format!(
+                    "{key}.{field}: {t:?} is not a duration like \"30s\""
+                ));
+                default
+            }
+        },
+    }
 }
 
 fn command(spec: &CommandSpec) -> Result<CommandLine, String> {
@@ -347,6 +423,15 @@ source = "x"
 destination = "a"
 on_change = { signal = "SIGNOPE", pid_file = "p" }
 timeout = "soon"
+[[template]]
+contents = "x"
+destination = "setuid"
+mode = "4755"
+[[template]]
+contents = "x"
+destination = "sticky"
+mode = "1600"
+allow_env = ["A=B"]
 "#,
         );
         let all = problems.join("\n");
@@ -359,5 +444,11 @@ timeout = "soon"
         assert!(all.contains("template[1].destination"), "{all}");
         assert!(all.contains("template[1].on_change"), "{all}");
         assert!(all.contains("template[1].timeout"), "{all}");
+        assert!(
+            all.contains("template[2].mode: \"4755\" sets setuid, setgid or sticky bits"),
+            "{all}"
+        );
+        assert!(all.contains("template[3].mode"), "{all}");
+        assert!(all.contains("template[3].allow_env"), "{all}");
     }
 }
