@@ -374,11 +374,16 @@ fn is_public(ip: IpAddr) -> bool {
                 return is_public_v4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]));
             }
             let global_unicast = (s[0] & 0xe000) == 0x2000;
-            global_unicast
-                && !((s[0] == 0x2001 && s[1] < 0x0200)
-                    || (s[0] == 0x2001 && s[1] == 0x0db8)
-                    || s[0] == 0x2002
-                    || (s[0] == 0x3fff && s[1] < 0x1000))
+            let special = match s[0] {
+                // 2001::/23 (Teredo among it) and 2001:db8::/32.
+                0x2001 => s[1] < 0x0200 || s[1] == 0x0db8,
+                // 6to4.
+                0x2002 => true,
+                // 3fff::/20.
+                0x3fff => s[1] < 0x1000,
+                _ => false,
+            };
+            global_unicast && !special
         }
     }
 }
