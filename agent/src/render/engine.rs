@@ -121,7 +121,9 @@ impl Object for FieldsValue {
 
 /// Compiled templates and the configured environment.
 pub struct Engine {
-    env: RwLock<Environment<'static>>,
+    /// Swapped whole when a template is added, never held while one renders: a
+    /// render blocked in a read must not keep another template from loading.
+    env: RwLock<Arc<Environment<'static>>>,
     /// The source text each loaded template was compiled from.
     loaded: Mutex<HashMap<String, Arc<str>>>,
 }
@@ -151,7 +153,7 @@ impl Engine {
         env.add_filter("pgpass", pgpass);
         env.add_filter("shell_quote", shell_quote);
         Engine {
-            env: RwLock::new(env),
+            env: RwLock::new(Arc::new(env)),
             loaded: Mutex::new(HashMap::new()),
         }
     }
@@ -192,7 +194,7 @@ impl Engine {
             }
         };
         self.load(template, &text)?;
-        let env = self.env.read().map_err(|_| Error::Poisoned)?;
+        let env = self.env.read().map_err(|_| Error::Poisoned)?.clone();
         let compiled = env
             .get_template(&template.name)
             .map_err(|e| template_error(template, &e, None))?;
@@ -216,8 +218,10 @@ impl Engine {
             return Ok(());
         }
         let mut env = self.env.write().map_err(|_| Error::Poisoned)?;
-        env.add_template_owned(template.name.clone(), text.to_string())
+        let mut next = Environment::clone(&env);
+        next.add_template_owned(template.name.clone(), text.to_string())
             .map_err(|e| template_error(template, &e, None))?;
+        *env = Arc::new(next);
         self.loaded
             .lock()
             .map_err(|_| Error::Poisoned)?
