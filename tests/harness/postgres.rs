@@ -299,13 +299,22 @@ impl PgServer {
     }
 
     /// The statements the server logged, in order (`log_statement=ddl`: role and
-    /// schema changes), without the log line prefix.
+    /// schema changes), without the log line prefix. A simple query is logged as
+    /// `LOG:  statement: …`, one sent through the extended protocol (how the plugin
+    /// host sends every statement) as `LOG:  execute <name>: …`.
     pub(crate) fn statements(&self) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter_map(|l| l.split_once("LOG:  statement: ").map(|(_, s)| s.to_owned()))
-            .collect()
+        self.log().lines().filter_map(logged_statement).collect()
     }
+}
+
+/// The statement of one server log line, if it logs one.
+fn logged_statement(line: &str) -> Option<String> {
+    if let Some((_, statement)) = line.split_once("LOG:  statement: ") {
+        return Some(statement.to_owned());
+    }
+    let (_, rest) = line.split_once("LOG:  execute ")?;
+    let (_name, statement) = rest.split_once(": ")?;
+    Some(statement.to_owned())
 }
 
 impl Drop for PgServer {
