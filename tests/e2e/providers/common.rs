@@ -19,8 +19,10 @@ use crate::harness::wasm::{self, call, Called};
 pub(super) struct Installed {
     pub(super) wasm: PathBuf,
     manifest: PathBuf,
-    /// The fixture's grant, `http://host:port`.
+    /// The fixture's `host:port`, as it appears in a request's target.
     pub(super) authority: String,
+    /// The fixture's grant to the provider, `http://host:port`.
+    grant: String,
     url: String,
     _dir: tempfile::TempDir,
 }
@@ -43,7 +45,8 @@ pub(super) fn install(name: &str, fixture: &Fixture) -> anyhow::Result<Installed
     Ok(Installed {
         wasm,
         manifest: path,
-        authority: fixture.grant(),
+        authority: fixture.authority(),
+        grant: fixture.grant(),
         url: fixture.url(),
         _dir: dir,
     })
@@ -65,7 +68,7 @@ impl Installed {
                 "--manifest",
                 &manifest,
                 "--grant-http",
-                &self.authority,
+                &self.grant,
                 "--allow-network",
                 "127.0.0.0/8",
             ],
