@@ -2,9 +2,10 @@
 //!
 //! Everything that stamps or schedules in unix time reads it here: audit records,
 //! events, the store's timestamps, the sync's health file, webhook signatures, expiry
-//! warnings, the env fallback and the lifecycle plan. Most callers take the system
-//! clock through [`unix_now`] or [`now_ms`]; the lifecycle engine takes a [`Clock`]
-//! injected through its parts, so its unit tests run on a clock they move by hand.
+//! warnings, the env fallback, the lifecycle plan and the CA's certificate validity.
+//! Most callers take the system clock through [`unix_now`] or [`now_ms`]; the
+//! lifecycle engine takes a [`Clock`] injected through its parts, so its unit tests
+//! run on a clock they move by hand.
 //!
 //! Not here: monotonic time for timeouts, deadlines and circuit breakers, which stays
 //! `std::time::Instant` and tokio's timers.

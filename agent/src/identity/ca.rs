@@ -341,7 +341,7 @@ impl Ca {
 
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(gen_err("generate the ca key"))?;
-        let now = OffsetDateTime::now_utc();
+        let now = now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params
@@ -501,7 +501,7 @@ impl Ca {
             .ok_or_else(|| Error::InvalidRequest {
                 reason: "ttl must be positive and finite".to_owned(),
             })?;
-        let now = OffsetDateTime::now_utc();
+        let now = now_utc();
         let ca_not_after =
             OffsetDateTime::from_unix_timestamp(self.not_after).map_err(|_| Error::Invalid {
                 path: self.layout.ca_cert(),
@@ -565,7 +565,7 @@ impl Ca {
         }
         list.revoked.push(Revoked {
             serial,
-            revoked_at: OffsetDateTime::now_utc().unix_timestamp(),
+            revoked_at: crate::clock::unix_now(),
         });
         self.write_crl_from(list)
     }
@@ -611,7 +611,7 @@ impl Ca {
 
     fn write_crl_from(&self, mut list: RevokedList) -> Result<(), Error> {
         list.crl_number = list.crl_number.saturating_add(1);
-        let now = OffsetDateTime::now_utc();
+        let now = now_utc();
         let revoked_path = self.layout.revoked();
         let mut revoked_certs = Vec::with_capacity(list.revoked.len());
         for entry in &list.revoked {
@@ -765,6 +765,12 @@ fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
+/// The wall clock as certificate validity needs it: [`crate::clock`]'s seconds.
+fn now_utc() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(crate::clock::unix_now())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -862,7 +868,7 @@ mod tests {
         let eku = cert.extended_key_usage().expect("eku").expect("present");
         assert!(eku.value.client_auth && !eku.value.server_auth);
         assert!(!cert.is_ca());
-        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let now = crate::clock::unix_now();
         assert!((issued.not_after - now - 3600).abs() < 10);
     }
 
