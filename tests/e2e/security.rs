@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
 
+use crate::harness::api::Api;
 use crate::harness::{eventually, foreign, raw, within, Agent, Identity, Via};
 
 /// How long a revocation may take to reach a running agent (it polls the CRL every
@@ -374,15 +375,7 @@ async fn tenant_apps_read_their_own_and_their_tenants_shared_secrets_only() -> a
         (&plain_api, "tenants/acme/apps/api/key", 403),
         (&plain_api, "tenants/acme/shared/db", 403),
     ];
-    for (n, (api, path, status)) in expect.into_iter().enumerate() {
-        let answer = api.read(path).await?;
-        assert_eq!(answer.status, status, "case {n}, {path}: {}", answer.body);
-        if status == 200 {
-            assert_eq!(answer.field("v").as_deref(), Some(path));
-        } else {
-            assert_eq!(answer.code().as_deref(), Some("forbidden"));
-        }
-    }
+    assert_reads(&expect).await?;
     Ok(())
 }
 
@@ -454,5 +447,25 @@ async fn a_certificate_from_the_agents_ca_naming_another_trust_domain_gets_bad_i
         })
         .await?;
     assert_eq!(record["status"], 403, "{record}");
+    Ok(())
+}
+
+/// Reads each `(client, path, status)` case: a 200 serves the path's own value (the
+/// tests write `{"v": path}`), anything else is a `forbidden` refusal.
+async fn assert_reads(cases: &[(&Api, &str, u16)]) -> anyhow::Result<()> {
+    for (n, (api, path, status)) in cases.iter().enumerate() {
+        let answer = api.read(path).await?;
+        assert_eq!(answer.status, *status, "case {n}, {path}: {}", answer.body);
+        if *status == 200 {
+            assert_eq!(answer.field("v").as_deref(), Some(*path));
+        } else {
+            assert_eq!(
+                answer.code().as_deref(),
+                Some("forbidden"),
+                "case {n}, {path}: {}",
+                answer.body
+            );
+        }
+    }
     Ok(())
 }
