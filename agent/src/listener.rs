@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 use crate::api::{self, ApiError, Body, Conn, State};
 use crate::audit::{Outcome, Record};
@@ -337,8 +337,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = &serving.ctx;
+    // The ClientHello first, then the rest: a handshake that has spoken outlives
+    // silent ones when the budget is full (listener::budget).
+    let handshaking = async {
+        let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+        handshake.spoke();
+        hello.into_stream(ctx.acceptor.config().clone()).await
+    };
     let accepted = tokio::select! {
-        accepted = tokio::time::timeout(ctx.limits.handshake_timeout, ctx.acceptor.accept(stream)) => accepted,
+        accepted = tokio::time::timeout(ctx.limits.handshake_timeout, handshaking) => accepted,
         _ = handshake.cut() => {
             tracing::debug!("tls handshake cut: the handshake budget is full and it was the oldest");
             return;

@@ -5,8 +5,11 @@
 //!
 //! - **Handshakes** ([`Budget::handshake`]): connections still in their TLS
 //!   handshake. When the budget is full, a new connection cuts the oldest handshake
-//!   rather than wait, so clients that open connections and stall cannot keep a
-//!   prompt client out; each handshake also has a deadline (`limits.handshake_timeout`).
+//!   that has not yet sent its ClientHello, or the oldest of all when every one has
+//!   ([`Handshake::spoke`]), rather than wait: clients that open connections and
+//!   stall cannot keep a prompt client out, and a burst of silent connections cannot
+//!   evict a client already in the middle of its handshake. Each handshake also has a
+//!   deadline (`limits.handshake_timeout`).
 //! - **Per uid** ([`Budget::peer_uid`]): every connection of one Unix-socket peer uid
 //!   (`SO_PEERCRED`), handshakes included, counted from accept.
 //! - **Established** ([`Budget::establish`]): connections past their handshake, in
@@ -59,8 +62,11 @@ pub(crate) struct Budget {
 #[derive(Debug, Default)]
 struct Inner {
     next: u64,
-    /// Handshakes in progress by age (ids grow), each with what cuts it.
-    handshakes: BTreeMap<u64, Arc<Notify>>,
+    /// Handshakes whose ClientHello has not arrived, by age (ids grow), each with
+    /// what cuts it.
+    silent: BTreeMap<u64, Arc<Notify>>,
+    /// Handshakes past their ClientHello, by age.
+    spoken: BTreeMap<u64, Arc<Notify>>,
     per_uid: HashMap<u32, usize>,
     per_identity: HashMap<Arc<str>, usize>,
     live: HashMap<u64, Live>,
@@ -85,20 +91,25 @@ impl Budget {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes a handshake slot; when all are taken, the oldest handshake is told to
-    /// stop ([`Handshake::cut`]) and its slot goes to this one.
+    /// Takes a handshake slot; when all are taken, the oldest silent handshake (or,
+    /// when none is silent, the oldest of all) is told to stop ([`Handshake::cut`])
+    /// and its slot goes to this one.
     pub(crate) fn handshake(self: &Arc<Self>) -> Handshake {
         let mut inner = self.lock();
         let id = inner.next;
         inner.next += 1;
-        while inner.handshakes.len() >= self.sizes.handshakes {
-            match inner.handshakes.pop_first() {
+        while inner.silent.len() + inner.spoken.len() >= self.sizes.handshakes {
+            let oldest = match inner.silent.pop_first() {
+                Some(oldest) => Some(oldest),
+                None => inner.spoken.pop_first(),
+            };
+            match oldest {
                 Some((_, oldest)) => oldest.notify_one(),
                 None => break,
             }
         }
         let cut = Arc::new(Notify::new());
-        inner.handshakes.insert(id, cut.clone());
+        inner.silent.insert(id, cut.clone());
         Handshake {
             budget: self.clone(),
             id,
@@ -187,11 +198,22 @@ impl Handshake {
     pub(crate) async fn cut(&self) {
         self.cut.notified().await;
     }
+
+    /// Records that the client's ClientHello arrived: from now on this handshake is
+    /// cut only when no silent one is left to cut.
+    pub(crate) fn spoke(&self) {
+        let mut inner = self.budget.lock();
+        if let Some(cut) = inner.silent.remove(&self.id) {
+            inner.spoken.insert(self.id, cut);
+        }
+    }
 }
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        self.budget.lock().handshakes.remove(&self.id);
+        let mut inner = self.budget.lock();
+        inner.silent.remove(&self.id);
+        inner.spoken.remove(&self.id);
     }
 }
 
@@ -270,7 +292,34 @@ mod tests {
         let not_cut = tokio::time::timeout(Duration::from_millis(20), second.cut()).await;
         assert!(not_cut.is_err(), "the second keeps its slot");
         drop((first, second, third));
-        assert!(b.lock().handshakes.is_empty());
+        assert!(b.lock().silent.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_silent_handshakes_cuts_each_other_before_one_that_spoke() {
+        let b = Budget::new(sizes());
+        let prompt = b.handshake();
+        prompt.spoke();
+        let burst: Vec<_> = (0..5).map(|_| b.handshake()).collect();
+        let kept = tokio::time::timeout(Duration::from_millis(20), prompt.cut()).await;
+        assert!(
+            kept.is_err(),
+            "the handshake past its ClientHello keeps its slot"
+        );
+        for cut in &burst[..4] {
+            tokio::time::timeout(Duration::from_secs(1), cut.cut())
+                .await
+                .expect("older silent handshakes are cut");
+        }
+        let second = b.handshake();
+        second.spoke();
+        let third = b.handshake();
+        tokio::time::timeout(Duration::from_secs(1), prompt.cut())
+            .await
+            .expect("with no silent one left, the oldest that spoke is cut");
+        drop((prompt, burst, second, third));
+        let inner = b.lock();
+        assert!(inner.silent.is_empty() && inner.spoken.is_empty());
     }
 
     #[test]
