@@ -18,13 +18,14 @@
 //! Quoting does not depend on session settings the server or a DSN may choose:
 //! PostgreSQL literals holding a backslash are written `E'…'` with the backslash
 //! escaped, which reads the same whatever `standard_conforming_strings` says. The
-//! session settings quoting does depend on are pinned on every pooled connection
-//! when it is opened and again each time a call gives it back (so one call's `SET`
-//! cannot change how the next call's literals read): `client_encoding` UTF8 on
-//! PostgreSQL; on MySQL the connection character set utf8mb4 (`SET NAMES`) and
-//! `NO_BACKSLASH_ESCAPES` off, checked after being set. A connection that cannot be
-//! pinned is not used. Statement text (which may carry a quoted password) is never
-//! logged, by sqlx either.
+//! session settings quoting does depend on are pinned on every connection when it
+//! is opened: `client_encoding` UTF8 on PostgreSQL; on MySQL the connection
+//! character set utf8mb4 (`SET NAMES`) and `NO_BACKSLASH_ESCAPES` off, checked after
+//! being set. A connection that cannot be pinned is not used. A connection serves
+//! one call and is closed when the call returns, so nothing one call leaves in its
+//! session (a `SET`, a role, a temporary table, an open transaction) reaches the
+//! next. Statement text (which may carry a quoted password) is never logged, by
+//! sqlx either.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -168,9 +169,7 @@ fn pool(conn: &NamedConnection) -> Result<&Pool, SqlError> {
                             .max_connections(size)
                             .acquire_timeout(acquire)
                             .after_connect(|c, _| pin_postgres(c))
-                            .after_release(|c, _| {
-                                Box::pin(async move { Ok(pin_postgres(c).await.is_ok()) })
-                            })
+                            .after_release(|_, _| one_call_per_session())
                             .connect_lazy_with(o.disable_statement_logging()),
                     )
                 })
@@ -182,10 +181,7 @@ fn pool(conn: &NamedConnection) -> Result<&Pool, SqlError> {
                             .max_connections(size)
                             .acquire_timeout(acquire)
                             .after_connect(|c, _| pin_mysql(c))
-                            // A connection that cannot be pinned again is closed.
-                            .after_release(|c, _| {
-                                Box::pin(async move { Ok(pin_mysql(c).await.is_ok()) })
-                            })
+                            .after_release(|_, _| one_call_per_session())
                             .connect_lazy_with(
                                 o.charset(MYSQL_CHARSET)
                                     .set_names(true)
@@ -197,6 +193,16 @@ fn pool(conn: &NamedConnection) -> Result<&Pool, SqlError> {
         }
     });
     made.as_ref().map_err(|e| SqlError::Unavailable(e.clone()))
+}
+
+/// Closes every connection when its call returns: a session serves one call. What a
+/// call leaves in its session (a `SET ROLE`, a temporary table, a user variable, an
+/// open transaction, a changed `sql_mode`) would otherwise be seen by the next
+/// plugin's call, and no statement resets all of it on MariaDB (sqlx sends no
+/// `COM_RESET_CONNECTION`). The pool still bounds how many run at once; calls are
+/// rotation steps, not a hot path.
+fn one_call_per_session() -> BoxFuture<'static, Result<bool, sqlx::Error>> {
+    Box::pin(async { Ok(false) })
 }
 
 /// The character set every MySQL connection is pinned to: what the guest's UTF-8

@@ -242,3 +242,64 @@ async fn r15_mariadb_sessions_are_pinned_to_utf8mb4_with_backslash_escapes() {
         assert!(read.valid, "{text:?}: {}", read.detail);
     }
 }
+
+/// Runs `leave` in one call, then `probe` in the next on a one-connection pool:
+/// whatever the first call left in its session must not be seen by the second.
+async fn nothing_is_left_for_the_next_call(connection: &str, leave: &[String], probe: &[String]) {
+    let t = one_connection_host();
+    let mut spec = basic_spec();
+    spec.grants.sql = vec![connection.to_owned()];
+    let plugin = t.host.load(spec).await.unwrap();
+    for statement in leave {
+        exec(&plugin, connection, statement)
+            .await
+            .unwrap_or_else(|e| panic!("{connection}: {statement}: {e:?}"));
+    }
+    for statement in probe {
+        let seen = exec(&plugin, connection, statement).await;
+        assert!(
+            matches!(&seen, Ok(v) if v.detail == "clean") || seen.is_err(),
+            "{connection}: the next call saw the session of the last: {statement} -> {seen:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_call_never_sees_what_an_earlier_call_left_in_its_session() {
+    let table = format!("lk_left_{}", std::process::id());
+    nothing_is_left_for_the_next_call(
+        "pg",
+        &[
+            format!("CREATE TEMP TABLE {table} (x int)"),
+            "SET lk.leftover = 'set'".to_owned(),
+        ],
+        &[
+            // A temporary table is visible only to the session that made it.
+            format!("SELECT 'leaked' FROM pg_temp.{table}"),
+            "SELECT CASE WHEN current_setting('lk.leftover', true) = 'set' \
+             THEN 'leaked' ELSE 'clean' END"
+                .to_owned(),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_call_never_sees_what_an_earlier_call_left_in_its_session() {
+    let table = format!("lk_left_{}", std::process::id());
+    nothing_is_left_for_the_next_call(
+        "maria",
+        &[
+            format!("CREATE TEMPORARY TABLE {table} (x int)"),
+            "SET @lk_left = 'set'".to_owned(),
+            "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',ANSI_QUOTES')".to_owned(),
+        ],
+        &[
+            format!("SELECT 'leaked' FROM {table}"),
+            "SELECT IF(@lk_left = 'set', 'leaked', 'clean')".to_owned(),
+            "SELECT IF(FIND_IN_SET('ANSI_QUOTES', @@SESSION.sql_mode), 'leaked', 'clean')"
+                .to_owned(),
+        ],
+    )
+    .await;
+}
