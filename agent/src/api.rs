@@ -47,6 +47,7 @@ use crate::sync::{Change, Committed, Freshness, Syncer};
 
 pub use body::Body;
 pub use error::ApiError;
+use error::{sync_error, Code};
 
 /// The end of every secret read's body. The cached part stops before it, so a
 /// response can say whether it is stale without copying the cached bytes.
@@ -189,11 +190,7 @@ where
         (_, "/metrics") => Err(ApiError::method_not_allowed("GET")),
         (_, "/v1/sync" | "/v1/store/acknowledge") => Err(ApiError::method_not_allowed("POST")),
         (_, "/v1/health" | "/v1/whoami" | "/v1/watch") => Err(ApiError::method_not_allowed("GET")),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_route",
-            format!("no such endpoint: {path}"),
-        )),
+        _ => Err(ApiError::no_route(path)),
     }
 }
 
@@ -219,7 +216,7 @@ where
         Method::PUT => write(state, &path, req).await,
         _ => delete(state, &path).await,
     };
-    if matches!(&result, Err(e) if e.code == "integrity_error") {
+    if matches!(&result, Err(e) if e.code == Code::IntegrityError) {
         state.metrics.integrity_error();
     }
     // Writes and failures are always recorded; successful reads unless turned off.
@@ -239,13 +236,13 @@ where
             Err(e) => {
                 record.outcome = Outcome::Failed;
                 record.status = e.status.as_u16();
-                record.code = Some(e.code);
+                record.code = Some(e.code.as_str());
             }
         }
         // A failed read changes nothing: a client reading missing paths in a loop is
         // coalesced like a denied one. Writes, and damaged records (each path
         // matters), are recorded one by one.
-        let repeatable = matches!(&result, Err(e) if e.code != "integrity_error");
+        let repeatable = matches!(&result, Err(e) if e.code != Code::IntegrityError);
         if op == Operation::Read && repeatable {
             state.audit.record_coalesced(record).await;
         } else {
@@ -273,7 +270,7 @@ async fn deny(state: &State, conn: &Conn, op: Operation, what: &str, err: &ApiEr
     let mut record = Record::now(conn.peer.id.clone(), conn.peer.uid, op.as_str(), Some(what));
     record.outcome = Outcome::Denied;
     record.status = err.status.as_u16();
-    record.code = Some(err.code);
+    record.code = Some(err.code.as_str());
     state.metrics.denial(op.as_str());
     state.audit.record_coalesced(record).await;
 }
@@ -406,7 +403,7 @@ fn freshness_tail(state: &State) -> Result<Bytes, ApiError> {
         Freshness::Expired { age_seconds } => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_unavailable",
+                Code::UpstreamUnavailable,
                 format!(
                     "upstream {} has been unreachable past the grace period; last good sync {age_seconds}s ago",
                     state.sync.upstream_name()
@@ -418,50 +415,6 @@ fn freshness_tail(state: &State) -> Result<Bytes, ApiError> {
         Some(age) => format!(",\"stale\":{stale},\"age_seconds\":{age}{mark}}}"),
         None => format!(",\"stale\":{stale},\"age_seconds\":null{mark}}}"),
     }))
-}
-
-/// Maps a sync failure to an answer: a lost check-and-set is a conflict, an
-/// unreachable upstream a 503, anything else the upstream said a 502.
-fn sync_error(e: crate::sync::Error) -> ApiError {
-    use crate::upstream::Error as U;
-    match e {
-        crate::sync::Error::Store(e) | crate::sync::Error::Upstream(U::Store(e)) => e.into(),
-        crate::sync::Error::Shared(shared) => match Arc::try_unwrap(shared) {
-            Ok(e) => sync_error(e),
-            Err(shared) => shared_sync_error(&shared),
-        },
-        crate::sync::Error::Upstream(e) => match &e {
-            U::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            U::Unavailable { .. } => {
-                tracing::warn!(error = %e, "upstream unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream_unavailable",
-                    e.to_string(),
-                )
-            }
-            U::Denied { .. } | U::Login { .. } => {
-                tracing::error!(error = %e, "upstream refused the agent");
-                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_denied", e.to_string())
-            }
-            _ => {
-                tracing::error!(error = %e, "upstream error");
-                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", e.to_string())
-            }
-        },
-    }
-}
-
-fn shared_sync_error(e: &crate::sync::Error) -> ApiError {
-    match e.upstream() {
-        Some(u) if u.is_transient() => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream_unavailable",
-            e.to_string(),
-        ),
-        Some(_) => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", e.to_string()),
-        None => ApiError::internal(),
-    }
 }
 
 /// `GET /v1/health`: 200 `{"status":"ok"}`, or 503 `{"status":"damaged"}` while the
@@ -551,11 +504,7 @@ async fn validate(state: &State, conn: &Conn, raw: &str) -> Result<Response<Body
     };
     // The engine records the state and publishes `validated` / `invalid`.
     let engine = state.engine.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_provider",
-            format!("no [[lifecycle]] rule names a plugin for {path}"),
-        )
+        ApiError::no_provider(format!("no [[lifecycle]] rule names a plugin for {path}"))
     })?;
     let mut record = Record::now(
         conn.peer.id.clone(),
@@ -570,7 +519,7 @@ async fn validate(state: &State, conn: &Conn, raw: &str) -> Result<Response<Body
             let err = lifecycle::engine_error(e);
             record.outcome = Outcome::Failed;
             record.status = err.status.as_u16();
-            record.code = Some(err.code);
+            record.code = Some(err.code.as_str());
             state.audit.record(record).await;
             return Err(err);
         }
@@ -601,7 +550,7 @@ async fn sync_now(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError
     if state.sync.is_local() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "no_upstream",
+            Code::NoUpstream,
             "this agent has no upstream; its embedded store is the source of truth",
         ));
     }
@@ -719,7 +668,7 @@ where
     if put.fields.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            Code::Invalid,
             "fields must hold at least one field",
         ));
     }
@@ -750,11 +699,9 @@ where
                 .map_err(lifecycle::engine_error)?;
         }
         None if validate => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "no_provider",
-                format!("no [[lifecycle]] rule names a plugin for {path}"),
-            ))
+            return Err(ApiError::no_provider(format!(
+                "no [[lifecycle]] rule names a plugin for {path}"
+            )))
         }
         None => {}
     }
@@ -820,7 +767,7 @@ where
         if !ct.starts_with("application/json") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                Code::UnsupportedMediaType,
                 "send the body as application/json",
             ));
         }
@@ -855,7 +802,7 @@ where
     match outcome {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
+            Code::BodyTimeout,
             "the request body did not arrive in time",
         )),
         Ok(Err(e)) => Err(e),

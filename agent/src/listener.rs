@@ -540,14 +540,14 @@ async fn refuse_identity(
 ) -> Result<Response<Body>, Infallible> {
     let err = ApiError::new(
         StatusCode::FORBIDDEN,
-        "bad_identity",
+        api::error::Code::BadIdentity,
         format!("client certificate refused: {reason}"),
     );
     let record = connect_denied(
         cred.map(|c| c.0),
         Some(req.uri().path()),
         err.status.as_u16(),
-        err.code,
+        err.code.as_str(),
     );
     ctx.state.metrics.denial("connect");
     ctx.state.audit.record_coalesced(record).await;

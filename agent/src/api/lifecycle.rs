@@ -8,73 +8,19 @@
 //! | GET | `/v1/status/{path}` | one credential's state |
 
 use http::{Response, StatusCode};
-use latchkey_plugin_host::ProviderError;
 
+pub(super) use super::error::engine_error;
 use super::{authorize, deny, json_response, prefix_param, ApiError, Body, Conn, State};
 use crate::audit::Record;
-use crate::lifecycle::{next, Engine, Error, RotationOutcome};
+use crate::lifecycle::{Engine, RotationOutcome};
 use crate::path::SecretPath;
 use crate::policy::{Decision, Operation};
-use crate::providers::Failure;
 
 fn engine(state: &State) -> Result<&Engine, ApiError> {
-    state.engine.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_provider",
-            "no [[lifecycle]] rule is configured",
-        )
-    })
-}
-
-/// Maps an engine error to an answer, by variant; provider reasons are passed on
-/// (they never hold values).
-pub(super) fn engine_error(e: Error) -> ApiError {
-    match e {
-        Error::NoPolicy(p) | Error::Provider(Failure::NoProvider(p)) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_provider",
-            format!("no [[lifecycle]] rule names a plugin for {p}"),
-        ),
-        Error::NotFound(p) => ApiError::not_found(format_args!("secret {p}")),
-        Error::Refused { reason, .. } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "credential_rejected",
-            reason.to_string(),
-        ),
-        Error::Provider(Failure::Answered {
-            operation, source, ..
-        }) => match source {
-            ProviderError::Rejected(detail) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "credential_rejected",
-                format!("the service rejected the {operation}: {detail}"),
-            ),
-            other => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "provider_unavailable",
-                format!("{operation} failed: {}", next::describe(&other)),
-            ),
-        },
-        Error::Provider(e @ Failure::Host { .. }) => {
-            let message = latchkey_plugin_host::error_chain(&e);
-            tracing::warn!(error = %message, "plugin call failed");
-            ApiError::new(StatusCode::BAD_GATEWAY, "plugin_failed", message)
-        }
-        Error::ShuttingDown => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the agent is stopping; try again once it is back",
-        ),
-        other => {
-            tracing::warn!(error = %other, "lifecycle operation failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "lifecycle_failed",
-                other.to_string(),
-            )
-        }
-    }
+    state
+        .engine
+        .as_ref()
+        .ok_or_else(|| ApiError::no_provider("no [[lifecycle]] rule is configured"))
 }
 
 /// `POST /v1/rotate/{path}`: runs a rotation now and answers when it is done.
@@ -110,7 +56,7 @@ pub(super) async fn rotate(
         }
         Err(e) => {
             record.status = e.status.as_u16();
-            record.code = Some(e.code);
+            record.code = Some(e.code.as_str());
             Err(e)
         }
     };
@@ -166,10 +112,11 @@ pub(super) async fn status(
 
 #[cfg(test)]
 mod tests {
-    use latchkey_plugin_host::{CallError, Operation as Call};
+    use latchkey_plugin_host::{CallError, Operation as Call, ProviderError};
 
     use super::*;
-    use crate::lifecycle::Refusal;
+    use crate::lifecycle::{Error, Refusal};
+    use crate::providers::Failure;
 
     fn answered(source: ProviderError) -> Error {
         Error::Provider(Failure::Answered {
@@ -221,7 +168,7 @@ mod tests {
             let what = format!("{error:?}");
             let answer = engine_error(error);
             assert_eq!(
-                (answer.status.as_u16(), answer.code),
+                (answer.status.as_u16(), answer.code.as_str()),
                 (status, code),
                 "{what}"
             );

@@ -90,7 +90,7 @@ pub(super) async fn watch(
     let Some(slot) = state.watchers.take(&conn.peer.id) else {
         let err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "too_many_watchers",
+            super::error::Code::TooManyWatchers,
             format!(
                 "this identity holds {} watch streams already",
                 state.watchers.max
