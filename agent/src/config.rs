@@ -735,4 +735,79 @@ var = "MY_FALLBACK"
         let err = Config::from_toml(Path::new("x.toml"), &text).expect_err("must fail");
         assert!(err.to_string().contains("policy[0]"), "{err}");
     }
+
+    /// Each `tests/fixtures/config/invalid/NAME.toml` is refused, and every line of
+    /// `NAME.expected` beside it appears in the error.
+    #[test]
+    fn every_invalid_fixture_is_refused_with_its_expected_errors() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/config/invalid");
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .expect("fixture folder")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        entries.sort();
+        assert!(entries.len() >= 5, "fixtures in {}", dir.display());
+        for toml in entries {
+            let text = std::fs::read_to_string(&toml).expect("fixture");
+            let expected = std::fs::read_to_string(toml.with_extension("expected"))
+                .unwrap_or_else(|e| panic!("{}: no .expected beside it: {e}", toml.display()));
+            let err = Config::from_toml(&toml, &text)
+                .err()
+                .unwrap_or_else(|| panic!("{} was accepted", toml.display()));
+            let msg = err.to_string();
+            for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+                assert!(
+                    msg.contains(line),
+                    "{}: {line:?} not in:\n{msg}",
+                    toml.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn upstream_and_plugin_files_are_anchored_at_the_config_folder() {
+        let text = format!(
+            "{MINIMAL}{}",
+            r#"
+[upstream]
+kind = "openbao"
+addresses = ["https://127.0.0.1:1"]
+ca_file = "bao-ca.pem"
+auth = { method = "approle", role_id_file = "role", secret_id_file = "/abs/sid" }
+[[plugin]]
+name = "p"
+wasm = "plugins/p.wasm"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[[sql]]
+name = "db"
+url_file = "dsn"
+"#
+        );
+        let cfg = Config::from_toml(Path::new("/etc/latchkey/latchkey.toml"), &text)
+            .expect("valid config");
+        let files: std::collections::BTreeMap<_, _> = cfg.files().into_iter().collect();
+        for (key, path) in [
+            ("upstream.ca_file", "/etc/latchkey/bao-ca.pem"),
+            ("upstream.auth.role_id_file", "/etc/latchkey/role"),
+            ("upstream.auth.secret_id_file", "/abs/sid"),
+            ("plugin[0].wasm", "/etc/latchkey/plugins/p.wasm"),
+            ("sql[0].url_file", "/etc/latchkey/dsn"),
+            ("tls.key", "/etc/latchkey/server/server.key"),
+        ] {
+            assert_eq!(
+                files.get(key).map(PathBuf::as_path),
+                Some(Path::new(path)),
+                "{key}"
+            );
+        }
+        let missing = cfg.check_files();
+        assert!(
+            missing.iter().any(|m| m.starts_with(
+                "upstream.auth.role_id_file: cannot open /etc/latchkey/role: No such file"
+            )),
+            "{missing:?}"
+        );
+    }
 }
