@@ -164,6 +164,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Dev(args) => dev::run(args).await,
         Command::Check { config } => {
             let loaded = crate::config::Config::load(&config)?;
+            let missing = loaded.check_files();
+            if !missing.is_empty() {
+                return Err(crate::config::Error::Invalid {
+                    path: config.clone(),
+                    problems: missing,
+                }
+                .into());
+            }
             for warning in loaded.warnings() {
                 eprintln!("warning: {}: {warning}", config.display());
             }

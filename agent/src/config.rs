@@ -20,7 +20,7 @@ use crate::policy::{Policy, Rule};
 use crate::store::StoreConfig;
 use crate::sync::SyncConfig;
 use crate::tls::TlsFiles;
-use crate::upstream::config::UpstreamConfig;
+use crate::upstream::config::{OpenBaoAuthConfig, UpstreamConfig};
 
 /// Why a config could not be used. Each entry names its key.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +216,125 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Anchors every file path of the sections that keep their written form (upstream
+/// auth and CA, plugin wasm and manifest, sql URL files) at the config's folder, so
+/// nothing later resolves a path against the working directory.
+fn resolve_section_paths(base: &Path, raw: &mut file::FileConfig) {
+    let anchor = |p: &mut PathBuf| *p = resolve(base, p);
+    if let Some(UpstreamConfig::OpenBao(bao)) = raw.upstream.as_mut() {
+        if let Some(ca) = bao.ca_file.as_mut() {
+            anchor(ca);
+        }
+        match &mut bao.auth {
+            OpenBaoAuthConfig::Token { token_file, .. } => {
+                if let Some(f) = token_file.as_mut() {
+                    anchor(f);
+                }
+            }
+            OpenBaoAuthConfig::AppRole {
+                role_id_file,
+                secret_id_file,
+                ..
+            } => {
+                anchor(role_id_file);
+                if let Some(f) = secret_id_file.as_mut() {
+                    anchor(f);
+                }
+            }
+            OpenBaoAuthConfig::Jwt { jwt_file, .. } => anchor(jwt_file),
+        }
+    }
+    for plugin in &mut raw.plugin {
+        anchor(&mut plugin.wasm);
+        if let Some(m) = plugin.manifest.as_mut() {
+            anchor(m);
+        }
+    }
+    for sql in &mut raw.sql {
+        if let Some(f) = sql.url_file.as_mut() {
+            anchor(f);
+        }
+    }
+}
+
+impl Config {
+    /// Every file this config names that must exist when the agent starts, each with
+    /// its key: certificates and keys, the KEK file, upstream credentials and CA,
+    /// plugin modules and manifests, sql URL files, template sources. Paths are
+    /// already resolved against the config's folder.
+    pub fn files(&self) -> Vec<(String, PathBuf)> {
+        let mut files = vec![
+            ("tls.ca".to_owned(), self.tls.ca.clone()),
+            ("tls.cert".to_owned(), self.tls.cert.clone()),
+            ("tls.key".to_owned(), self.tls.key.clone()),
+        ];
+        if let Some(crl) = &self.tls.crl {
+            files.push(("tls.crl".to_owned(), crl.clone()));
+        }
+        if let KekSource::File { path } = &self.kek {
+            files.push(("storage.kek.path".to_owned(), path.clone()));
+        }
+        if let Some(UpstreamConfig::OpenBao(bao)) = self.upstream.as_deref() {
+            if let Some(ca) = &bao.ca_file {
+                files.push(("upstream.ca_file".to_owned(), ca.clone()));
+            }
+            match &bao.auth {
+                OpenBaoAuthConfig::Token { token_file, .. } => {
+                    if let Some(f) = token_file {
+                        files.push(("upstream.auth.token_file".to_owned(), f.clone()));
+                    }
+                }
+                OpenBaoAuthConfig::AppRole {
+                    role_id_file,
+                    secret_id_file,
+                    ..
+                } => {
+                    files.push((
+                        "upstream.auth.role_id_file".to_owned(),
+                        role_id_file.clone(),
+                    ));
+                    if let Some(f) = secret_id_file {
+                        files.push(("upstream.auth.secret_id_file".to_owned(), f.clone()));
+                    }
+                }
+                OpenBaoAuthConfig::Jwt { jwt_file, .. } => {
+                    files.push(("upstream.auth.jwt_file".to_owned(), jwt_file.clone()));
+                }
+            }
+        }
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            files.push((format!("plugin[{i}].wasm"), plugin.wasm.clone()));
+            if let Some(m) = &plugin.manifest {
+                files.push((format!("plugin[{i}].manifest"), m.clone()));
+            }
+        }
+        for (i, sql) in self.sql.iter().enumerate() {
+            if let Some(f) = &sql.url_file {
+                files.push((format!("sql[{i}].url_file"), f.clone()));
+            }
+        }
+        for (i, template) in self.templates.iter().enumerate() {
+            if let crate::render::spec::TemplateText::File(source) = &template.text {
+                files.push((format!("template[{i}].source"), source.clone()));
+            }
+        }
+        files
+    }
+
+    /// Opens each file of [`Config::files`]; one problem per file that cannot be
+    /// opened for reading, naming its key, the path and the OS reason.
+    pub fn check_files(&self) -> Vec<String> {
+        self.files()
+            .into_iter()
+            .filter_map(|(key, path)| {
+                std::fs::File::open(&path)
+                    .err()
+                    .map(|e| format!("{key}: cannot open {}: {e}", path.display()))
+            })
+            .collect()
+    }
+}
+
 fn duration(key: &str, text: &str, problems: &mut Vec<String>) -> Duration {
     match humantime::parse_duration(text) {
         Ok(d) if !d.is_zero() => d,
@@ -233,9 +352,10 @@ fn duration(key: &str, text: &str, problems: &mut Vec<String>) -> Duration {
 fn validate(
     path: &Path,
     base: &Path,
-    raw: file::FileConfig,
+    mut raw: file::FileConfig,
     problems: &mut Vec<String>,
 ) -> Option<Config> {
+    resolve_section_paths(base, &mut raw);
     let trust_domain = match TrustDomain::new(&raw.trust_domain) {
         Ok(td) => Some(td),
         Err(e) => {
@@ -614,5 +734,80 @@ var = "MY_FALLBACK"
         let text = MINIMAL.replace("\"admin\"]", "\"fly\"]");
         let err = Config::from_toml(Path::new("x.toml"), &text).expect_err("must fail");
         assert!(err.to_string().contains("policy[0]"), "{err}");
+    }
+
+    /// Each `tests/fixtures/config/invalid/NAME.toml` is refused, and every line of
+    /// `NAME.expected` beside it appears in the error.
+    #[test]
+    fn every_invalid_fixture_is_refused_with_its_expected_errors() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/config/invalid");
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .expect("fixture folder")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        entries.sort();
+        assert!(entries.len() >= 5, "fixtures in {}", dir.display());
+        for toml in entries {
+            let text = std::fs::read_to_string(&toml).expect("fixture");
+            let expected = std::fs::read_to_string(toml.with_extension("expected"))
+                .unwrap_or_else(|e| panic!("{}: no .expected beside it: {e}", toml.display()));
+            let err = Config::from_toml(&toml, &text)
+                .err()
+                .unwrap_or_else(|| panic!("{} was accepted", toml.display()));
+            let msg = err.to_string();
+            for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+                assert!(
+                    msg.contains(line),
+                    "{}: {line:?} not in:\n{msg}",
+                    toml.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn upstream_and_plugin_files_are_anchored_at_the_config_folder() {
+        let text = format!(
+            "{MINIMAL}{}",
+            r#"
+[upstream]
+kind = "openbao"
+addresses = ["https://127.0.0.1:1"]
+ca_file = "bao-ca.pem"
+auth = { method = "approle", role_id_file = "role", secret_id_file = "/abs/sid" }
+[[plugin]]
+name = "p"
+wasm = "plugins/p.wasm"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[[sql]]
+name = "db"
+url_file = "dsn"
+"#
+        );
+        let cfg = Config::from_toml(Path::new("/etc/latchkey/latchkey.toml"), &text)
+            .expect("valid config");
+        let files: std::collections::BTreeMap<_, _> = cfg.files().into_iter().collect();
+        for (key, path) in [
+            ("upstream.ca_file", "/etc/latchkey/bao-ca.pem"),
+            ("upstream.auth.role_id_file", "/etc/latchkey/role"),
+            ("upstream.auth.secret_id_file", "/abs/sid"),
+            ("plugin[0].wasm", "/etc/latchkey/plugins/p.wasm"),
+            ("sql[0].url_file", "/etc/latchkey/dsn"),
+            ("tls.key", "/etc/latchkey/server/server.key"),
+        ] {
+            assert_eq!(
+                files.get(key).map(PathBuf::as_path),
+                Some(Path::new(path)),
+                "{key}"
+            );
+        }
+        let missing = cfg.check_files();
+        assert!(
+            missing.iter().any(|m| m.starts_with(
+                "upstream.auth.role_id_file: cannot open /etc/latchkey/role: No such file"
+            )),
+            "{missing:?}"
+        );
     }
 }

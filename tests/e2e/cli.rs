@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
+use anyhow::Context;
 use serde_json::json;
 
 use crate::harness::Agent;
@@ -388,6 +389,53 @@ async fn a_bad_config_exits_64_and_names_the_key() -> anyhow::Result<()> {
     let run = agent.cli(["run", "--config", path.as_str()]).run().await?;
     assert_eq!(run.code, 64, "{run:?}");
     assert!(run.stderr.contains("max_headerz"), "{run:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_relative_token_file_is_found_beside_the_config_and_a_missing_one_is_reported(
+) -> anyhow::Result<()> {
+    let mut agent = Agent::builder().start().await?;
+    assert!(agent.stop().await?.success());
+    let config = agent.config_path();
+    let folder = config.parent().context("config has a folder")?.to_owned();
+    let path = config.to_string_lossy().into_owned();
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[upstream]\nkind = \"openbao\"\naddresses = [\"https://127.0.0.1:1\"]\n\
+             auth = {{ method = \"token\", token_file = \"bao-token\" }}\n"
+        ),
+    )?;
+    std::fs::write(folder.join("bao-token"), "s.not-a-real-token\n")?;
+    let elsewhere = tempfile::tempdir()?;
+    let ok = agent
+        .cli(["check", "--config", path.as_str()])
+        .in_dir(elsewhere.path())
+        .run()
+        .await?
+        .success()?;
+    assert!(ok.stdout.contains("ok"), "{ok:?}");
+
+    std::fs::remove_file(folder.join("bao-token"))?;
+    let check = agent
+        .cli(["check", "--config", path.as_str()])
+        .in_dir(elsewhere.path())
+        .run()
+        .await?;
+    assert_eq!(check.code, 64, "{check:?}");
+    assert!(
+        check.stderr.contains("upstream.auth.token_file"),
+        "{check:?}"
+    );
+    assert!(check.stderr.contains("No such file"), "{check:?}");
+    assert!(
+        check
+            .stderr
+            .contains(&folder.join("bao-token").display().to_string()),
+        "{check:?}"
+    );
     Ok(())
 }
 

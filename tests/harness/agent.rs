@@ -420,6 +420,7 @@ impl Agent {
             stdin: None,
             env: Vec::new(),
             set_dir: true,
+            cwd: None,
         }
     }
 
@@ -696,9 +697,16 @@ pub(crate) struct CliCall<'a> {
     stdin: Option<Vec<u8>>,
     env: Vec<(OsString, OsString)>,
     set_dir: bool,
+    cwd: Option<PathBuf>,
 }
 
 impl CliCall<'_> {
+    /// Runs it in this working directory (otherwise the test's own).
+    pub(crate) fn in_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
     /// Feeds these bytes on standard input.
     pub(crate) fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());
@@ -751,6 +759,9 @@ impl CliCall<'_> {
         }
         if self.set_dir {
             cmd.env("LATCHKEY_DIR", &self.agent.dir);
+        }
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
         }
         for (k, v) in &self.env {
             cmd.env(k, v);

@@ -314,7 +314,7 @@ impl Auth {
     async fn read_file(&self, path: &Path) -> Result<SecretString, Error> {
         let raw = Zeroizing::new(tokio::fs::read_to_string(path).await.map_err(|e| {
             self.login_error(
-                &format!("cannot read {}", path.display()),
+                &format!("cannot read {}: {e}", path.display()),
                 Some(Box::new(e)),
             )
         })?);
