@@ -503,9 +503,10 @@ async fn validate(state: &State, conn: &Conn, raw: &str) -> Result<Response<Body
         return Err(ApiError::not_found(format_args!("secret {path}")));
     };
     // The engine records the state and publishes `validated` / `invalid`.
-    let engine = state.engine.as_ref().ok_or_else(|| {
-        ApiError::no_provider(format!("no [[lifecycle]] rule names a plugin for {path}"))
-    })?;
+    let engine = state
+        .engine
+        .as_ref()
+        .ok_or_else(|| ApiError::no_plugin_for(&path))?;
     let mut record = Record::now(
         conn.peer.id.clone(),
         conn.peer.uid,
@@ -698,11 +699,7 @@ where
                 .await
                 .map_err(lifecycle::engine_error)?;
         }
-        None if validate => {
-            return Err(ApiError::no_provider(format!(
-                "no [[lifecycle]] rule names a plugin for {path}"
-            )))
-        }
+        None if validate => return Err(ApiError::no_plugin_for(path)),
         None => {}
     }
     // Upstream first; the commit stores, flushes, invalidates and publishes.

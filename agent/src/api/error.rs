@@ -182,6 +182,11 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, Code::NoProvider, message)
     }
 
+    /// 422 `no_provider` for a path no `[[lifecycle]]` rule gives a plugin.
+    pub fn no_plugin_for(path: impl std::fmt::Display) -> Self {
+        Self::no_provider(format!("no [[lifecycle]] rule names a plugin for {path}"))
+    }
+
     /// 413 `body_too_large`.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
@@ -324,7 +329,7 @@ fn shared_sync_error(e: &crate::sync::Error) -> ApiError {
 pub fn engine_error(e: EngineError) -> ApiError {
     match e {
         EngineError::NoPolicy(p) | EngineError::Provider(Failure::NoProvider(p)) => {
-            ApiError::no_provider(format!("no [[lifecycle]] rule names a plugin for {p}"))
+            ApiError::no_plugin_for(p)
         }
         EngineError::NotFound(p) => ApiError::not_found(format_args!("secret {p}")),
         EngineError::Refused { reason, .. } => ApiError::new(
