@@ -10,9 +10,7 @@ fn cred() -> Credential {
 
 async fn round_trip(connection: &str) {
     let t = host();
-    let mut spec = basic_spec();
-    spec.grants.sql = vec![connection.to_owned()];
-    let plugin = t.host.load(spec).await.unwrap();
+    let plugin = granted(&t, connection).await;
     let user = format!("lk_test_{}_{connection}", std::process::id());
     let answer = plugin
         .validate(
@@ -40,9 +38,7 @@ async fn sql_capability_creates_checks_and_drops_a_mariadb_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_not_granted_is_denied_and_audited() {
     let t = host();
-    let mut spec = basic_spec();
-    spec.grants.sql = vec!["pg".to_owned()];
-    let plugin = t.host.load(spec).await.unwrap();
+    let plugin = granted(&t, "pg").await;
     let answer = plugin
         .validate(
             config(&[("mode", "sql"), ("connection", "maria"), ("user", "x")]),
@@ -59,6 +55,13 @@ async fn a_connection_not_granted_is_denied_and_audited() {
     assert_eq!(events[0].capability, Capability::Sql);
     assert_eq!(events[0].target, "maria");
     assert_eq!(events[0].reason, DenyReason::ConnectionNotGranted);
+}
+
+/// The basic guest, granted `connection` on `t`'s host.
+async fn granted(t: &crate::support::TestHost, connection: &str) -> latchkey_plugin_host::Plugin {
+    let mut spec = basic_spec();
+    spec.grants.sql = vec![connection.to_owned()];
+    t.host.load(spec).await.unwrap()
 }
 
 /// The machine's two servers as one-connection pools (so consecutive calls share a
@@ -119,9 +122,7 @@ async fn literal(
 /// `second` would create) is 0; `cleanup` removes it if it was created.
 async fn two_statements_are_refused(connection: &str, second: &str, probe: &str, cleanup: &str) {
     let t = host();
-    let mut spec = basic_spec();
-    spec.grants.sql = vec![connection.to_owned()];
-    let plugin = t.host.load(spec).await.unwrap();
+    let plugin = granted(&t, connection).await;
     let refused = exec(&plugin, connection, &format!("SELECT 1; {second}")).await;
     // Nothing of the second statement ran (checked first, so a failure leaves the
     // shared server as it was).
@@ -175,9 +176,7 @@ const TRICKY: [&str; 5] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r15_postgres_literals_read_back_exactly_with_standard_conforming_strings_off() {
     let t = one_connection_host();
-    let mut spec = basic_spec();
-    spec.grants.sql = vec!["pg".to_owned()];
-    let plugin = t.host.load(spec).await.unwrap();
+    let plugin = granted(&t, "pg").await;
     let setting = exec(&plugin, "pg", "SHOW standard_conforming_strings")
         .await
         .unwrap();
@@ -205,9 +204,7 @@ async fn r15_postgres_literals_read_back_exactly_with_standard_conforming_string
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r15_mariadb_sessions_are_pinned_to_utf8mb4_with_backslash_escapes() {
     let t = one_connection_host();
-    let mut spec = basic_spec();
-    spec.grants.sql = vec!["maria".to_owned()];
-    let plugin = t.host.load(spec).await.unwrap();
+    let plugin = granted(&t, "maria").await;
     let session = exec(
         &plugin,
         "maria",
@@ -247,9 +244,7 @@ async fn r15_mariadb_sessions_are_pinned_to_utf8mb4_with_backslash_escapes() {
 /// whatever the first call left in its session must not be seen by the second.
 async fn nothing_is_left_for_the_next_call(connection: &str, leave: &[String], probe: &[String]) {
     let t = one_connection_host();
-    let mut spec = basic_spec();
-    spec.grants.sql = vec![connection.to_owned()];
-    let plugin = t.host.load(spec).await.unwrap();
+    let plugin = granted(&t, connection).await;
     for statement in leave {
         exec(&plugin, connection, statement)
             .await
