@@ -322,12 +322,17 @@ impl Config {
     }
 
     /// Opens each file of [`Config::files`]; one problem per file that cannot be
-    /// opened for reading, naming its key, the path and the OS reason.
+    /// opened for reading, naming its key, the path and the OS reason. Opened
+    /// non-blocking, so a FIFO named where a file should be cannot stall the check.
     pub fn check_files(&self) -> Vec<String> {
+        use std::os::unix::fs::OpenOptionsExt;
         self.files()
             .into_iter()
             .filter_map(|(key, path)| {
-                std::fs::File::open(&path)
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
                     .err()
                     .map(|e| format!("{key}: cannot open {}: {e}", path.display()))
             })
@@ -807,6 +812,29 @@ url_file = "dsn"
             missing.iter().any(|m| m.starts_with(
                 "upstream.auth.role_id_file: cannot open /etc/latchkey/role: No such file"
             )),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn check_files_does_not_stall_on_a_fifo_named_as_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("dsn");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success(), "mkfifo");
+        let text = format!("{MINIMAL}\n[[sql]]\nname = \"db\"\nurl_file = \"dsn\"\n");
+        let cfg = Config::from_toml(&dir.path().join("latchkey.toml"), &text).expect("valid");
+        // Opening a FIFO for reading blocks until a writer comes, unless non-blocking.
+        let missing = cfg.check_files();
+        assert!(
+            !missing.iter().any(|m| m.starts_with("sql[0].url_file")),
+            "{missing:?}"
+        );
+        assert!(
+            missing.iter().any(|m| m.starts_with("tls.ca")),
             "{missing:?}"
         );
     }
