@@ -32,6 +32,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
@@ -247,6 +248,17 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    /// Another process holds the store's lock (a running agent, or a command that
+    /// opens the store).
+    #[error(
+        "the store {} is in use by another process (a running agent or command holds its lock); \
+         stop it, or use the agent's API",
+        path.display()
+    )]
+    InUse {
+        /// The store directory.
+        path: PathBuf,
+    },
     /// The sealed counters of the store did not open inside a change.
     #[error("the store's sealed counters failed their integrity check")]
     CountersUnreadable,
@@ -298,7 +310,8 @@ impl Error {
             Self::Storage(_)
             | Self::CreateDir { .. }
             | Self::StateFile { .. }
-            | Self::FileMode { .. } => "storage_error",
+            | Self::FileMode { .. }
+            | Self::InUse { .. } => "storage_error",
             Self::Crypto(_) => "crypto_error",
         }
     }
@@ -374,18 +387,7 @@ impl Store {
         }
         create_private_dir(&cfg.path)?;
         files::make_private(&cfg.path)?;
-        let db = sled::Config::new()
-            .path(&cfg.path)
-            .cache_capacity(cfg.cache_capacity_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Corruption { .. } => Error::Damaged {
-                    path: cfg.path.clone(),
-                    source: e,
-                },
-                e => Error::Storage(e),
-            })?;
+        let db = open_db(cfg).await?;
         let meta = db.open_tree(META_TREE)?;
         let index = db.open_tree(INDEX_TREE)?;
         let records = db.open_tree(RECORDS_TREE)?;
@@ -1030,6 +1032,66 @@ fn check_fields(path: &SecretPath, fields: &Fields) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// How long [`open_db`] waits for the lock of a store that was just closed: sled's
+/// background threads let go of its file lock shortly after its last handle drops,
+/// and a restarting agent waits for the one that is exiting.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens sled at the store's path. A lock held by another process is waited for up
+/// to [`LOCK_WAIT`], then reported as [`Error::InUse`]; damage sled cannot recover
+/// is [`Error::Damaged`].
+async fn open_db(cfg: &StoreConfig) -> Result<sled::Db, Error> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(&cfg.path)
+            .cache_capacity(cfg.cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_held(&e) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::InUse {
+                        path: cfg.path.clone(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(e @ sled::Error::Corruption { .. }) => {
+                return Err(Error::Damaged {
+                    path: cfg.path.clone(),
+                    source: e,
+                })
+            }
+            Err(e) => return Err(Error::Storage(e)),
+        }
+    }
+}
+
+/// Whether sled refused to open because another handle holds its file lock. sled
+/// reports this only as an I/O error of kind `Other` naming the lock.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::Other
+        && io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens sled at `path` directly, waiting as [`open_db`] does for a lock that a
+/// just-dropped store still holds: tests that reach under the store use it.
+#[cfg(test)]
+pub(crate) fn open_raw(path: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            Err(e) => panic!("raw sled open of {}: {e}", path.display()),
+        }
+    }
 }
 
 fn create_private_dir(path: &Path) -> Result<(), Error> {

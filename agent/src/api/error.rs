@@ -240,15 +240,17 @@ impl From<store::Error> for ApiError {
             | S::MissingDataKey { .. }
             | S::Damaged { .. }
             | S::CountersUnreadable => (StatusCode::INTERNAL_SERVER_ERROR, Code::IntegrityError),
-            S::NotFound { .. } => (StatusCode::INTERNAL_SERVER_ERROR, Code::NotFound),
+            S::NotFound { .. } => (StatusCode::NOT_FOUND, Code::NotFound),
             S::KeyUnwrap { .. } => (StatusCode::INTERNAL_SERVER_ERROR, Code::KeyUnwrapFailed),
-            S::Storage(_) | S::CreateDir { .. } | S::StateFile { .. } | S::FileMode { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, Code::StorageError)
-            }
+            S::Storage(_)
+            | S::CreateDir { .. }
+            | S::StateFile { .. }
+            | S::FileMode { .. }
+            | S::InUse { .. } => (StatusCode::INTERNAL_SERVER_ERROR, Code::StorageError),
             S::Crypto(_) => (StatusCode::INTERNAL_SERVER_ERROR, Code::CryptoError),
         };
         match &e {
-            S::Integrity { .. } | S::Conflict { .. } | S::Invalid(_) => {
+            S::Integrity { .. } | S::Conflict { .. } | S::Invalid(_) | S::NotFound { .. } => {
                 Self::new(status, code, e.to_string())
             }
             _ => {

@@ -43,7 +43,7 @@ impl Fixture {
 
     /// The layout of the store's keys (the store must have been dropped).
     async fn layout(&self) -> Layout {
-        let db = sled::open(&self.cfg.path).expect("raw sled open");
+        let db = crate::store::open_raw(&self.cfg.path);
         let wrapped = db
             .open_tree(META_TREE)
             .expect("meta")
@@ -57,7 +57,7 @@ impl Fixture {
 
     /// Runs `f` on the raw sled database; the store must have been dropped.
     fn with_raw_db(&self, f: impl FnOnce(&sled::Db)) {
-        let db = sled::open(&self.cfg.path).expect("raw sled open");
+        let db = crate::store::open_raw(&self.cfg.path);
         f(&db);
         db.flush().expect("raw flush");
     }
@@ -1131,4 +1131,38 @@ async fn no_path_and_no_value_is_in_clear_in_the_store_folder() {
         }
     }
     assert!(files >= 3, "db, conf, state file");
+}
+
+#[tokio::test]
+async fn a_store_reopens_at_once_after_it_is_dropped() {
+    // sled's background threads hold its file lock for a moment after the last
+    // handle drops; an open right after must wait for them, not fail.
+    let fx = Fixture::new();
+    for round in 0..20 {
+        let store = fx.open().await;
+        store
+            .put(&p(&format!("s{round}")), write(VALUE))
+            .expect("put");
+        drop(store);
+    }
+    assert_eq!(
+        fx.open().await.list(&Prefix::all()).expect("list").len(),
+        20
+    );
+}
+
+#[tokio::test]
+async fn a_store_held_open_elsewhere_is_reported_in_use() {
+    let fx = Fixture::new();
+    let _held = fx.open().await;
+    let err = Store::open(&fx.cfg, &fx.kek)
+        .await
+        .expect_err("second open");
+    assert!(matches!(err, Error::InUse { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("in use by another process"), "{message}");
+    assert!(
+        message.contains(&fx.cfg.path.display().to_string()),
+        "{message}"
+    );
 }

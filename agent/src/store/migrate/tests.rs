@@ -53,7 +53,7 @@ fn put_v1(
 }
 
 async fn format_1_store(dir: &Path, kek: &LocalKek) -> DataKey {
-    let db = sled::open(dir).expect("sled");
+    let db = crate::store::open_raw(dir);
     let key = DataKey::generate();
     let meta = db.open_tree(META_TREE).expect("meta");
     meta.insert(b"dek", kek.wrap(&key.to_wrappable()).await.expect("wrap"))
@@ -178,7 +178,7 @@ async fn a_format_1_store_opens_with_everything_and_no_path_in_clear() {
         drop(store);
     }
 
-    let db = sled::open(&cfg.path).expect("sled");
+    let db = crate::store::open_raw(&cfg.path);
     for tree in [INDEX_TREE, RECORDS_TREE, JOURNAL_TREE] {
         for item in db.open_tree(tree).expect("tree").iter() {
             let (k, _) = item.expect("item");
