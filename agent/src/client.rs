@@ -285,20 +285,28 @@ impl Client {
 
 /// Percent-encodes a query value (for `?prefix=`).
 pub fn encode_query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(value, NOT_UNRESERVED).to_string()
 }
+
+/// Every byte but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`) is escaped.
+pub const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_keep_only_unreserved_characters() {
+        assert_eq!(encode_query_value("a-b.c_d~e"), "a-b.c_d~e");
+        assert_eq!(
+            encode_query_value("a b&c=d/é+%"),
+            "a%20b%26c%3Dd%2F%C3%A9%2B%25"
+        );
+    }
 
     #[test]
     fn endpoints_parse() {

@@ -264,16 +264,30 @@ fn split_url(url: &str) -> Result<(Scheme, &str, &str), Error> {
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 pub fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, NOT_UNRESERVED).to_string()
 }
+
+/// `application/x-www-form-urlencoded` encoding (WHATWG URL §5.2, the encoding RFC
+/// 6749 Appendix B asks for): space becomes `+`, `*-._` and alphanumerics stay.
+pub fn form_urlencode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, FORM)
+        .to_string()
+        .replace("%20", "+")
+}
+
+/// Every byte but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`) is escaped.
+const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// What a form body escapes: everything but alphanumerics and `*-._`.
+const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_');
 
 #[cfg(test)]
 mod tests {
@@ -292,5 +306,10 @@ mod tests {
     #[test]
     fn urlencodes_reserved_characters() {
         assert_eq!(urlencode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn form_encoding_turns_spaces_into_plus_and_keeps_star() {
+        assert_eq!(form_urlencode("a b*c~d+e%20"), "a+b*c%7Ed%2Be%2520");
     }
 }

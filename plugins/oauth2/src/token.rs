@@ -67,21 +67,6 @@ pub(crate) fn grant_for(settings: &Settings, cred: &Credential) -> Grant {
     })
 }
 
-/// `application/x-www-form-urlencoded` encoding (WHATWG URL §5.2, the encoding RFC
-/// 6749 Appendix B asks for): space becomes `+`, `*-._` and alphanumerics stay.
-pub(crate) fn form_urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b' ' => out.push('+'),
-            b'*' | b'-' | b'.' | b'_' => out.push(char::from(b)),
-            b if b.is_ascii_alphanumeric() => out.push(char::from(b)),
-            b => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 /// Adds client authentication to a form request (RFC 6749 §2.3.1): HTTP Basic over
 /// the form-urlencoded id and secret, or both in the body; a public client (no
 /// secret) sends only `client_id` in the body (§3.2.1).
@@ -96,7 +81,11 @@ pub(crate) fn authenticate(
     let mut authorization = None;
     match (present(cred, field::CLIENT_SECRET), settings.client_auth) {
         (Some(secret), ClientAuth::Basic) => {
-            let pair = format!("{}:{}", form_urlencode(client_id), form_urlencode(secret));
+            let pair = format!(
+                "{}:{}",
+                http::form_urlencode(client_id),
+                http::form_urlencode(secret)
+            );
             authorization = Some(format!("Basic {}", sign::base64(pair.as_bytes())));
         }
         (Some(secret), ClientAuth::Body) => {
