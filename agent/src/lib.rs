@@ -3,8 +3,9 @@
 //! Three flows run through the agent, and the modules follow them:
 //!
 //! ```text
-//! request:   listener (UDS/TCP + rustls mTLS) -> identity (cert SAN, peer uid) -> policy
-//!            -> cache (moka hot set) -> store (sled, sealed records) -> api response (+ audit)
+//! request:   listener (UDS/TCP + rustls mTLS) -> identity (cert SAN, peer uid)
+//!            -> api router -> api handler (secrets, admin, lifecycle, watch) -> policy
+//!            -> cache (moka hot set) -> store (sled, sealed records) -> api reply (+ audit trail)
 //! sync:      upstream (OpenBao/Vault, AWS, or the local store) -> crypto (seal) -> store -> events
 //! lifecycle: scheduler -> plugin host -> sync commit (upstream check-and-set) -> store -> events
 //! ```

@@ -335,6 +335,17 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// A rule from literals that must compile (tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(identity: &str, paths: &[&str], ops: &[&str]) -> Rule {
+        Rule::compile(&RuleSpec {
+            identity: identity.into(),
+            paths: paths.iter().map(|s| s.to_string()).collect(),
+            operations: ops.iter().map(|s| s.to_string()).collect(),
+        })
+        .expect("valid rule")
+    }
+
     /// Compiles a rule as written.
     pub fn compile(spec: &RuleSpec) -> Result<Rule, RuleError> {
         if spec.paths.is_empty() || spec.operations.is_empty() {
@@ -473,12 +484,7 @@ mod tests {
     }
 
     fn rule(identity: &str, paths: &[&str], ops: &[&str]) -> Rule {
-        Rule::compile(&RuleSpec {
-            identity: identity.into(),
-            paths: paths.iter().map(|s| s.to_string()).collect(),
-            operations: ops.iter().map(|s| s.to_string()).collect(),
-        })
-        .expect("valid rule")
+        Rule::for_test(identity, paths, ops)
     }
 
     fn path(p: &str) -> SecretPath {

@@ -9,9 +9,12 @@
 
 use http::{Response, StatusCode};
 
-pub(super) use super::error::engine_error;
-use super::{authorize, deny, json_response, prefix_param, ApiError, Body, Conn, State};
-use crate::audit::Record;
+use super::error::engine_error;
+use super::query::prefix_param;
+use super::reply::json_response;
+use super::trail::{admin_only, authorize, failed, record};
+use super::{ApiError, Body, Conn, State};
+use crate::audit::Outcome;
 use crate::lifecycle::{Engine, RotationOutcome};
 use crate::path::SecretPath;
 use crate::policy::{Decision, Operation};
@@ -32,12 +35,7 @@ pub(super) async fn rotate(
     let path = SecretPath::parse(raw)?;
     authorize(state, conn, Operation::Admin, &path).await?;
     let engine = engine(state)?;
-    let mut record = Record::now(
-        conn.peer.id.clone(),
-        conn.peer.uid,
-        "rotate-now",
-        Some(path.as_str()),
-    );
+    let mut audited = record(conn, "rotate-now", Some(path.as_str()));
     let outcome = engine.rotate_now(&path).await.map_err(engine_error);
     let answer = match outcome {
         Ok(o) => {
@@ -46,21 +44,24 @@ pub(super) async fn rotate(
                 RotationOutcome::Busy { .. } | RotationOutcome::NotDue => StatusCode::CONFLICT,
                 RotationOutcome::RolledBack { .. } => StatusCode::BAD_GATEWAY,
             };
-            record.status = status.as_u16();
-            if let RotationOutcome::Rotated { version } = &o {
-                record.version = Some(*version);
+            audited.status = status.as_u16();
+            match &o {
+                RotationOutcome::Rotated { version } => audited.version = Some(*version),
+                // The new credential did not take: the old one is back, and that is a
+                // failure of the request, not an ok.
+                RotationOutcome::RolledBack { .. } => audited.outcome = Outcome::Failed,
+                RotationOutcome::Busy { .. } | RotationOutcome::NotDue => {}
             }
             let mut body = serde_json::to_value(&o).unwrap_or_default();
             body["path"] = path.as_str().into();
             Ok(json_response(status, &body))
         }
         Err(e) => {
-            record.status = e.status.as_u16();
-            record.code = Some(e.code.as_str());
+            failed(&mut audited, &e);
             Err(e)
         }
     };
-    state.audit.record(record).await;
+    state.audit.record(audited).await;
     answer
 }
 
@@ -84,11 +85,7 @@ pub(super) async fn status(
         }
         None => {
             let prefix = prefix_param(query)?;
-            if !conn.policy.allows_any(Operation::Admin) {
-                let err = ApiError::forbidden("admin", prefix.as_str());
-                deny(state, conn, Operation::Admin, prefix.as_str(), &err).await;
-                return Err(err);
-            }
+            admin_only(state, conn, "admin", prefix.as_str(), prefix.as_str()).await?;
             let list: Vec<serde_json::Value> = engine(state)?
                 .statuses(&prefix)
                 .into_iter()

@@ -18,7 +18,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{deny, ApiError, Body, Conn, State};
+use super::query::prefix_param;
+use super::trail::deny;
+use super::{ApiError, Body, Conn, State};
 use crate::policy::{Decision, Operation};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -80,7 +82,7 @@ pub(super) async fn watch(
     conn: &Arc<Conn>,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let prefix = super::prefix_param(query)?;
+    let prefix = prefix_param(query)?;
     if !conn.policy.may_list_under(&conn.peer, &prefix) && !conn.policy.allows_any(Operation::Read)
     {
         let err = ApiError::forbidden("watch", &format!("prefix {:?}", prefix.as_str()));
