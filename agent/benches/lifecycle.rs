@@ -38,7 +38,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -150,31 +150,9 @@ fn workspace_root() -> PathBuf {
 /// installs it as `<dir>/postgres.wasm` beside `postgres.toml`. Returns the wasm
 /// path and its sha256.
 fn install_postgres_plugin(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-wasm");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "latchkey-plugin-postgres",
-        ])
-        .env("CARGO_TARGET_DIR", &target)
-        // Guest profile: small and without debug info, whatever the host profile says.
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .context("run cargo for the postgres provider")?;
-    if !status.success() {
-        bail!("building the postgres provider for wasm32-wasip2 failed (run .ci/install-tools.sh for the target)");
-    }
-    let built = target.join("wasm32-wasip2/release/latchkey_plugin_postgres.wasm");
+    let built = latchkey_guest_build::Guests::new(workspace_root(), env!("CARGO_TARGET_TMPDIR"))
+        .build("latchkey-plugin-postgres")
+        .map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(dir)?;
     let wasm = dir.join("postgres.wasm");
     std::fs::copy(&built, &wasm).with_context(|| format!("copy {}", built.display()))?;

@@ -2,8 +2,9 @@
 //! first-party provider in `plugins/`, built once per test run for `wasm32-wasip2`,
 //! and a runner for `latchkey plugin call`.
 //!
-//! Each component is built by `cargo build` on first use into
-//! `CARGO_TARGET_TMPDIR/e2e-wasm` (a second run builds nothing). Each plugin is then copied with its manifest into a
+//! Each component is built on first use by `latchkey-guest-build` (the one guest
+//! builder of the tests and benches) into `CARGO_TARGET_TMPDIR/e2e-wasm` (a second
+//! run builds nothing). Each plugin is then copied with its manifest into a
 //! folder of its own (`plugins/<name>/<name>.wasm` beside `<name>.toml`), the way an
 //! operator would install it, so the agent and the CLI find the manifest by
 //! themselves.
@@ -19,15 +20,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use serde_json::Value;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+fn guests() -> latchkey_guest_build::Guests {
+    latchkey_guest_build::Guests::new(workspace_root(), env!("CARGO_TARGET_TMPDIR"))
+}
+
 fn out_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-wasm")
+    guests().target_dir().to_owned()
 }
 
 /// The first-party provider names: the folders of `plugins/` with a `Cargo.toml`.
@@ -44,51 +49,21 @@ pub(crate) fn provider_names() -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Builds one package for wasm32-wasip2 once per run; returns the build's target dir.
-/// Builds are serialized (they share one target dir) and remembered, failures too.
+/// Builds one package for wasm32-wasip2 once per run; returns its `.wasm`.
+/// Builds are remembered per process, failures too.
 fn build(package: &str) -> anyhow::Result<PathBuf> {
     static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     let result = built
         .entry(package.to_owned())
-        .or_insert_with(|| cargo_build(package))
+        .or_insert_with(|| guests().build(package))
         .clone();
     result.map_err(anyhow::Error::msg)
 }
 
-fn cargo_build(package: &str) -> Result<PathBuf, String> {
-    let target = out_dir();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            package,
-        ])
-        .env("CARGO_TARGET_DIR", &target)
-        // Guest profile: small and without debug info, whatever the host profile says.
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "building {package} for wasm32-wasip2 failed (run .ci/install-tools.sh for the target)"
-        ));
-    }
-    Ok(target)
-}
-
 /// The plugin host's test guest (`agent/plugin-host/guests/basic`).
 pub(crate) fn guest() -> anyhow::Result<PathBuf> {
-    Ok(build("latchkey-test-guest")?.join("wasm32-wasip2/release/latchkey_test_guest.wasm"))
+    build("latchkey-test-guest")
 }
 
 /// The test guest's manifest.
@@ -98,15 +73,7 @@ pub(crate) fn guest_manifest() -> PathBuf {
 
 /// A first-party provider, installed as `<dir>/<name>.wasm` beside `<name>.toml`.
 pub(crate) fn plugin(name: &str) -> anyhow::Result<PathBuf> {
-    let target = build(&format!("latchkey-plugin-{name}"))?;
-    let crate_name = format!("latchkey_plugin_{}", name.replace('-', "_"));
-    let built = target.join(format!("wasm32-wasip2/release/{crate_name}.wasm"));
-    if !built.is_file() {
-        bail!(
-            "no provider {name:?} was built ({} is missing)",
-            built.display()
-        );
-    }
+    let built = build(&format!("latchkey-plugin-{name}"))?;
     let dir = out_dir().join("plugins").join(name);
     std::fs::create_dir_all(&dir)?;
     let wasm = dir.join(format!("{name}.wasm"));

@@ -5,7 +5,7 @@
 //! for 10x fewer calls).
 //!
 //! Builds every provider in `plugins/` (each folder with a `plugin.toml`) for
-//! `wasm32-wasip2` the way the tests do (one by one, release, opt-level `s`,
+//! `wasm32-wasip2` with the tests' helper, `latchkey-guest-build` (one by one, release, opt-level `s`,
 //! stripped, into `<target>/tmp/e2e-wasm`, so a tested tree builds nothing), loads
 //! each in a plugin host configured as the agent configures it, and times
 //! `Plugin::validate` (the agent's path: a hop to the blocking pool, a fresh store and
@@ -35,7 +35,6 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -128,28 +127,13 @@ fn provider_names(root: &Path) -> anyhow::Result<Vec<String>> {
 /// one cargo run would unify their dependencies' features and give other `.wasm`
 /// files); returns the folder of the `.wasm` files.
 fn build_providers(root: &Path, names: &[String]) -> anyhow::Result<PathBuf> {
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-wasm");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let guests = latchkey_guest_build::Guests::new(root, env!("CARGO_TARGET_TMPDIR"));
     for name in names {
-        let package = format!("latchkey-plugin-{name}");
-        let status = Command::new(&cargo)
-            .current_dir(root)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "-p"])
-            .arg(&package)
-            .env("CARGO_TARGET_DIR", &target)
-            // Guest profile: small and without debug info, whatever the host profile says.
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-            .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .with_context(|| format!("run cargo for {package}"))?;
-        if !status.success() {
-            bail!("building {package} for wasm32-wasip2 failed (run .ci/install-tools.sh for the target)");
-        }
+        guests
+            .build(&format!("latchkey-plugin-{name}"))
+            .map_err(anyhow::Error::msg)?;
     }
-    Ok(target.join("wasm32-wasip2/release"))
+    Ok(guests.target_dir().join("wasm32-wasip2/release"))
 }
 
 /// One thing to time: a component, its manifest, what it is granted and called with.

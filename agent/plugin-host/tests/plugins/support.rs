@@ -2,7 +2,7 @@
 //! HTTP fixtures, and makes hosts and load specs that read like the scenario.
 //!
 //! Guests are built into `CARGO_TARGET_TMPDIR` (under the shared target dir): the Rust
-//! test guest with `cargo build --release --target wasm32-wasip2`, the Python and
+//! test guest with `latchkey-guest-build` (as the end-to-end tests do), the Python and
 //! JavaScript examples with the tools `.ci/install-tools.sh` installs (found through
 //! `LATCHKEY_TOOLS_DIR`, else `<workspace>/target/tools`). Outputs are keyed by a hash
 //! of their sources, so a second test run builds nothing; compiled artifacts are
@@ -40,33 +40,11 @@ pub(crate) fn rust_guest() -> &'static Path {
 
 fn build_rust_guest() -> Result<PathBuf> {
     let _guard = BUILD_LOCK.lock();
-    // The end-to-end harness (tests/harness/wasm.rs) builds the same guest with the
-    // same settings into this folder: one build serves both suites.
-    let target_dir = scratch().join("e2e-wasm");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "latchkey-test-guest",
-        ])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        // Guest profile: small and without debug info, whatever the host profile says.
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .context("run cargo for the test guest")?;
-    if !status.success() {
-        bail!("cargo build of the test guest failed (is the wasm32-wasip2 target installed? run .ci/install-tools.sh)");
-    }
-    Ok(target_dir.join("wasm32-wasip2/release/latchkey_test_guest.wasm"))
+    // The end-to-end harness builds the same guest with the same helper into the same
+    // folder: one build serves both suites.
+    latchkey_guest_build::Guests::new(workspace_root(), scratch())
+        .build("latchkey-test-guest")
+        .map_err(anyhow::Error::msg)
 }
 
 pub(crate) fn tools_dir() -> Result<PathBuf> {
