@@ -7,6 +7,7 @@
 
 pub mod duration;
 pub mod file;
+mod lines;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,8 @@ pub enum Error {
     Invalid {
         /// The config file.
         path: PathBuf,
-        /// One line per problem, each naming its key.
+        /// One line per problem, each naming its key (and its line, when the key is
+        /// in the file).
         problems: Vec<String>,
     },
 }
@@ -136,7 +138,7 @@ pub struct Config {
     /// Webhook sinks for events.
     pub webhooks: Vec<crate::webhook::Webhook>,
     /// Provider plugins, as written (loaded at start; paths relative to `base`).
-    pub plugins: Vec<crate::providers::PluginSpec>,
+    pub plugins: Vec<crate::providers::PluginConfig>,
     /// Path patterns mapped to plugins.
     pub lifecycle: Vec<crate::providers::LifecycleSpec>,
     /// Database connections for plugins.
@@ -177,10 +179,13 @@ impl Config {
         let config = validate(path, base, raw, &mut problems);
         match config {
             Some(config) if problems.is_empty() => Ok(config),
-            _ => Err(Error::Invalid {
-                path: path.to_owned(),
-                problems,
-            }),
+            _ => {
+                let lines = lines::Lines::new(text);
+                Err(Error::Invalid {
+                    path: path.to_owned(),
+                    problems: problems.into_iter().map(|p| lines.locate(p)).collect(),
+                })
+            }
         }
     }
 }
@@ -304,9 +309,7 @@ impl Config {
         }
         for (i, plugin) in self.plugins.iter().enumerate() {
             files.push((format!("plugin[{i}].wasm"), plugin.wasm.clone()));
-            if let Some(m) = &plugin.manifest {
-                files.push((format!("plugin[{i}].manifest"), m.clone()));
-            }
+            files.push((format!("plugin[{i}].manifest"), plugin.manifest.clone()));
         }
         for (i, sql) in self.sql.iter().enumerate() {
             if let Some(f) = &sql.url_file {
@@ -351,6 +354,67 @@ fn duration(key: &str, text: &str, problems: &mut Vec<String>) -> Duration {
             problems.push(format!("{key}: {text:?} is not a duration ({e})"));
             Duration::from_secs(1)
         }
+    }
+}
+
+/// `[[plugin]]` number `i`, checked and typed; what is wrong goes to `problems`.
+fn plugin_config(
+    i: usize,
+    plugin: &file::PluginSpec,
+    problems: &mut Vec<String>,
+) -> crate::providers::PluginConfig {
+    if plugin.sha256.len() != 64 || !plugin.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        problems.push(format!("plugin[{i}].sha256: must be 64 hex digits"));
+    }
+    let deadline = match humantime::parse_duration(&plugin.deadline) {
+        Ok(d) if d >= Duration::from_millis(10) => d,
+        Ok(_) => {
+            problems.push(format!("plugin[{i}].deadline: must be at least 10ms"));
+            Duration::from_secs(10)
+        }
+        Err(_) => {
+            problems.push(format!(
+                "plugin[{i}].deadline: {:?} is not a duration",
+                plugin.deadline
+            ));
+            Duration::from_secs(10)
+        }
+    };
+    for (j, entry) in plugin.http.iter().enumerate() {
+        if let Err(e) = latchkey_plugin_host::check_grant_entry(entry) {
+            problems.push(format!("plugin[{i}].http[{j}]: {e}"));
+        }
+    }
+    let mut allowed_networks = Vec::new();
+    for (j, entry) in plugin.allow_networks.iter().enumerate() {
+        match entry.parse::<latchkey_plugin_host::IpNet>() {
+            Ok(net) => allowed_networks.push(net),
+            Err(e) => problems.push(format!("plugin[{i}].allow_networks[{j}]: {e}")),
+        }
+    }
+    if plugin.memory_mb == 0 || plugin.memory_mb > 4096 {
+        problems.push(format!("plugin[{i}].memory_mb: must be 1..=4096"));
+    }
+    // Paths are anchored already; the manifest defaults to `<wasm>.toml`, else a
+    // `plugin.toml` beside the module.
+    let manifest = plugin.manifest.clone().unwrap_or_else(|| {
+        let beside = plugin.wasm.with_extension("toml");
+        if beside.is_file() {
+            beside
+        } else {
+            plugin.wasm.with_file_name("plugin.toml")
+        }
+    });
+    crate::providers::PluginConfig {
+        name: plugin.name.clone(),
+        wasm: plugin.wasm.clone(),
+        sha256: plugin.sha256.to_ascii_lowercase(),
+        manifest,
+        http: plugin.http.clone(),
+        allowed_networks,
+        sql: plugin.sql.clone(),
+        memory_bytes: plugin.memory_mb.clamp(1, 4096) << 20,
+        deadline,
     }
 }
 
@@ -512,6 +576,13 @@ fn validate(
         concurrency: raw.sync.concurrency.clamp(1, 1024),
         max_backoff: duration("sync.max_backoff", &raw.sync.max_backoff, problems),
     };
+    match &raw.upstream {
+        Some(UpstreamConfig::OpenBao(bao)) => {
+            problems.extend(crate::upstream::openbao::problems(bao));
+        }
+        Some(UpstreamConfig::Aws(aws)) => problems.extend(crate::upstream::aws::problems(aws)),
+        Some(UpstreamConfig::Local(_)) | None => {}
+    }
     let upstream = match raw.upstream {
         Some(UpstreamConfig::Local(_)) | None => None,
         Some(other) => Some(Arc::new(other)),
@@ -535,27 +606,12 @@ fn validate(
         }
     }
 
-    for (i, plugin) in raw.plugin.iter().enumerate() {
-        if plugin.sha256.len() != 64 || !plugin.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            problems.push(format!("plugin[{i}].sha256: must be 64 hex digits"));
-        }
-        if humantime::parse_duration(&plugin.deadline).is_err() {
-            problems.push(format!(
-                "plugin[{i}].deadline: {:?} is not a duration",
-                plugin.deadline
-            ));
-        }
-        for (j, entry) in plugin.http.iter().enumerate() {
-            if let Err(e) = latchkey_plugin_host::check_grant_entry(entry) {
-                problems.push(format!("plugin[{i}].http[{j}]: {e}"));
-            }
-        }
-        for (j, entry) in plugin.allow_networks.iter().enumerate() {
-            if let Err(e) = entry.parse::<latchkey_plugin_host::IpNet>() {
-                problems.push(format!("plugin[{i}].allow_networks[{j}]: {e}"));
-            }
-        }
-    }
+    let plugins: Vec<_> = raw
+        .plugin
+        .iter()
+        .enumerate()
+        .map(|(i, plugin)| plugin_config(i, plugin, problems))
+        .collect();
     for (i, rule) in raw.lifecycle.iter().enumerate() {
         if !raw.plugin.iter().any(|p| p.name == rule.plugin) {
             problems.push(format!(
@@ -565,6 +621,14 @@ fn validate(
         }
         if rule.paths.is_empty() {
             problems.push(format!("lifecycle[{i}].paths: give at least one pattern"));
+        }
+        for (j, pattern) in rule.paths.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(pattern.trim_start_matches('/')) {
+                problems.push(format!(
+                    "lifecycle[{i}].paths[{j}]: {pattern:?}: {}",
+                    e.kind()
+                ));
+            }
         }
         if rule.max_attempts == 0 {
             problems.push(format!("lifecycle[{i}].max_attempts: must be at least 1"));
@@ -615,7 +679,7 @@ fn validate(
         sync,
         env_fallback: raw.env_fallback,
         webhooks,
-        plugins: raw.plugin,
+        plugins,
         lifecycle: raw.lifecycle,
         sql: raw.sql,
         scheduler: raw.scheduler,

@@ -16,7 +16,7 @@
 //! What the engine does with each is decided in one place, `lifecycle::next`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,43 +30,30 @@ use crate::path::SecretPath;
 use crate::secret::Fields;
 use crate::store::Secret;
 
-/// `[[plugin]]` as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginSpec {
+/// `[[plugin]]` as validated by the config: paths anchored at the config's folder
+/// (the manifest's default chosen), the digest in lowercase, grants and limits
+/// parsed. Loading it can still fail on what only the files can say (a digest
+/// mismatch, a manifest asking for more than is granted).
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
     /// Name used by `[[lifecycle]]` rules.
     pub name: String,
     /// The component file.
     pub wasm: PathBuf,
-    /// Its sha256 (64 hex digits); a file with another digest is refused.
+    /// Its sha256, lowercase hex.
     pub sha256: String,
-    /// Its manifest [default: the wasm path with `.toml`, or `plugin.toml` beside it].
-    #[serde(default)]
-    pub manifest: Option<PathBuf>,
-    /// Outgoing HTTP granted, `[scheme://]host[:port]`: a bare `host[:port]` (or
-    /// `https://…`) grants HTTPS only, `http://host[:port]` plaintext HTTP.
-    #[serde(default)]
+    /// Its manifest.
+    pub manifest: PathBuf,
+    /// Outgoing HTTP granted (checked entries).
     pub http: Vec<String>,
-    /// Non-public networks granted names may resolve into (CIDR; an IPv4-mapped
-    /// entry such as `::ffff:10.0.0.0/104` is the IPv4 network `10.0.0.0/8`).
-    #[serde(default)]
-    pub allow_networks: Vec<String>,
-    /// `[[sql]]` connections granted (by name).
-    #[serde(default)]
+    /// Non-public networks names may resolve into.
+    pub allowed_networks: Vec<host::IpNet>,
+    /// `[[sql]]` connections granted (names that exist).
     pub sql: Vec<String>,
-    /// Memory cap per call, MiB.
-    #[serde(default = "default_memory")]
-    pub memory_mb: usize,
+    /// Memory cap per call, bytes.
+    pub memory_bytes: usize,
     /// Deadline per call.
-    #[serde(default = "default_deadline")]
-    pub deadline: String,
-}
-
-fn default_memory() -> usize {
-    128
-}
-fn default_deadline() -> String {
-    "10s".to_owned()
+    pub deadline: Duration,
 }
 
 /// `[[sql]]`: a database connection the host holds for plugins. The URL (with the
@@ -161,23 +148,6 @@ pub enum Error {
         /// Why (boxed: it is large, and rare).
         #[source]
         source: Box<host::ManifestError>,
-    },
-    /// A plugin's `deadline` is not a duration.
-    #[error("cannot load plugin {name}: deadline {value:?} is not a duration")]
-    Deadline {
-        /// The plugin.
-        name: String,
-        /// What the config says.
-        value: String,
-    },
-    /// An `allow_networks` entry is not a network that can be allowed.
-    #[error("cannot load plugin {name}: allow_networks")]
-    Network {
-        /// The plugin.
-        name: String,
-        /// What is wrong with the entry (it names the entry).
-        #[source]
-        source: host::GrantError,
     },
     /// The host refused the plugin (digest mismatch, bad component, …).
     #[error("cannot load plugin {name}")]
@@ -382,84 +352,53 @@ impl Providers {
 
     /// Loads every plugin (compiling once; cached in `cache_dir`) and the rules.
     pub async fn load(
-        plugins: &[PluginSpec],
+        plugins: &[PluginConfig],
         rules: &[LifecycleSpec],
         sql: &[SqlSpec],
-        base: &Path,
         cache_dir: PathBuf,
         audit: Audit,
     ) -> Result<Self, Error> {
         if plugins.is_empty() && rules.is_empty() {
             return Ok(Self::none());
         }
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                base.join(p)
-            }
-        };
         let sql = sql
             .iter()
-            .map(|spec| sql_connection(spec, &resolve))
+            .map(sql_connection)
             .collect::<Result<Vec<_>, _>>()?;
-        let max_memory = plugins.iter().map(|p| p.memory_mb).max().unwrap_or(128);
+        let max_memory = plugins
+            .iter()
+            .map(|p| p.memory_bytes)
+            .max()
+            .unwrap_or(128 << 20);
         let plugin_host = host::PluginHost::new(host::HostConfig {
             cache_dir: Some(cache_dir),
             sql,
-            max_instance_memory: (max_memory.max(16)) << 20,
+            max_instance_memory: max_memory.max(16 << 20),
             audit: Arc::new(AuditBridge(audit)),
             ..host::HostConfig::default()
         })
         .map_err(Error::Host)?;
         let mut loaded = HashMap::new();
         for spec in plugins {
-            let wasm = resolve(&spec.wasm);
-            let manifest_path = match &spec.manifest {
-                Some(m) => resolve(m),
-                None => {
-                    let beside = wasm.with_extension("toml");
-                    if beside.is_file() {
-                        beside
-                    } else {
-                        wasm.with_file_name("plugin.toml")
-                    }
-                }
-            };
             let manifest =
-                host::Manifest::from_file(&manifest_path).map_err(|source| Error::Manifest {
+                host::Manifest::from_file(&spec.manifest).map_err(|source| Error::Manifest {
                     name: spec.name.clone(),
-                    path: manifest_path.clone(),
+                    path: spec.manifest.clone(),
                     source: Box::new(source),
                 })?;
-            let deadline =
-                humantime::parse_duration(&spec.deadline).map_err(|_| Error::Deadline {
-                    name: spec.name.clone(),
-                    value: spec.deadline.clone(),
-                })?;
-            let allowed_networks = spec
-                .allow_networks
-                .iter()
-                .map(|n| {
-                    n.parse::<host::IpNet>().map_err(|source| Error::Network {
-                        name: spec.name.clone(),
-                        source,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
             let plugin = plugin_host
                 .load(host::LoadSpec {
-                    wasm,
+                    wasm: spec.wasm.clone(),
                     manifest,
-                    sha256: spec.sha256.to_ascii_lowercase(),
+                    sha256: spec.sha256.clone(),
                     grants: host::Grants {
                         http: spec.http.clone(),
-                        allowed_networks,
+                        allowed_networks: spec.allowed_networks.clone(),
                         sql: spec.sql.clone(),
                     },
                     limits: host::Limits {
-                        memory_bytes: spec.memory_mb.max(1) << 20,
-                        deadline: deadline.max(Duration::from_millis(10)),
+                        memory_bytes: spec.memory_bytes,
+                        deadline: spec.deadline,
                         ..host::Limits::default()
                     },
                 })
@@ -672,10 +611,7 @@ impl Credential {
     }
 }
 
-fn sql_connection(
-    spec: &SqlSpec,
-    resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<host::SqlConnectionConfig, Error> {
+fn sql_connection(spec: &SqlSpec) -> Result<host::SqlConnectionConfig, Error> {
     let url = match (&spec.url_env, &spec.url_file) {
         // Taken out of the process environment at start (`crate::environment`).
         (Some(var), None) => crate::environment::var_string(var)
@@ -684,7 +620,7 @@ fn sql_connection(
                 name: spec.name.clone(),
                 var: var.clone(),
             })?,
-        (None, Some(file)) => std::fs::read_to_string(resolve(file))
+        (None, Some(file)) => std::fs::read_to_string(file)
             .map_err(|source| Error::SqlFile {
                 name: spec.name.clone(),
                 file: file.clone(),

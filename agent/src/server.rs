@@ -227,7 +227,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         &config.plugins,
         &config.lifecycle,
         &config.sql,
-        &config.base,
         config.store.path.with_extension("plugins"),
         audit.clone(),
     )

@@ -49,7 +49,7 @@ pub struct FileConfig {
     pub webhook: Vec<crate::webhook::WebhookSpec>,
     /// Provider plugins (WebAssembly components), pinned by sha256.
     #[serde(default)]
-    pub plugin: Vec<crate::providers::PluginSpec>,
+    pub plugin: Vec<PluginSpec>,
     /// Which plugin looks after which secrets.
     #[serde(default)]
     pub lifecycle: Vec<crate::providers::LifecycleSpec>,
@@ -286,4 +286,43 @@ fn default_audit_path() -> PathBuf {
 }
 fn default_true() -> bool {
     true
+}
+
+/// `[[plugin]]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSpec {
+    /// Name used by `[[lifecycle]]` rules.
+    pub name: String,
+    /// The component file.
+    pub wasm: PathBuf,
+    /// Its sha256 (64 hex digits); a file with another digest is refused.
+    pub sha256: String,
+    /// Its manifest [default: the wasm path with `.toml`, or `plugin.toml` beside it].
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
+    /// Outgoing HTTP granted, `[scheme://]host[:port]`: a bare `host[:port]` (or
+    /// `https://…`) grants HTTPS only, `http://host[:port]` plaintext HTTP.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// Non-public networks granted names may resolve into (CIDR; an IPv4-mapped
+    /// entry such as `::ffff:10.0.0.0/104` is the IPv4 network `10.0.0.0/8`).
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
+    /// `[[sql]]` connections granted (by name).
+    #[serde(default)]
+    pub sql: Vec<String>,
+    /// Memory cap per call, MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mb: usize,
+    /// Deadline per call.
+    #[serde(default = "default_deadline")]
+    pub deadline: String,
+}
+
+fn default_memory() -> usize {
+    128
+}
+fn default_deadline() -> String {
+    "10s".to_owned()
 }

@@ -115,6 +115,26 @@ struct Described {
     stages: HashMap<String, Vec<String>>,
 }
 
+fn check_recovery_window(days: i64) -> Result<(), String> {
+    if days != 0 && !(7..=30).contains(&days) {
+        return Err("recovery_window_days: must be 0 or 7 to 30".to_owned());
+    }
+    Ok(())
+}
+
+/// Everything [`AwsSecretsManager::from_config`] would refuse, found without
+/// building a client: what `latchkey check` reports for the section.
+pub fn problems(config: &AwsConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = PathTemplate::parse(&config.name_template, config.tenant.as_deref()) {
+        problems.push(format!("upstream.name_template: {e}"));
+    }
+    if let Err(e) = check_recovery_window(config.recovery_window_days) {
+        problems.push(format!("upstream.{e}"));
+    }
+    problems
+}
+
 impl AwsSecretsManager {
     /// Builds a client from its config section with the SDK's credential chain.
     pub async fn from_config(config: &AwsConfig) -> Result<Self, Error> {
@@ -134,10 +154,10 @@ impl AwsSecretsManager {
                 reason: "name_template is not usable".to_owned(),
                 source: Some(Box::new(e)),
             })?;
-        if config.recovery_window_days != 0 && !(7..=30).contains(&config.recovery_window_days) {
+        if let Err(reason) = check_recovery_window(config.recovery_window_days) {
             return Err(Error::Config {
                 upstream: name,
-                reason: "recovery_window_days must be 0 or 7 to 30".to_owned(),
+                reason,
                 source: None,
             });
         }

@@ -88,13 +88,14 @@ impl OpenBao {
             reason,
             source: None,
         };
-        check_mount(name, "mount", &config.mount)?;
+        check_mount("mount", &config.mount).map_err(config_error)?;
         let template = PathTemplate::parse(&config.path_template, config.tenant.as_deref())
             .map_err(|e| Error::Config {
                 upstream: name.to_owned(),
                 reason: "path_template is not usable".to_owned(),
                 source: Some(Box::new(e)),
             })?;
+        let method = login_method(&config.auth).map_err(config_error)?;
         let client = http::client(
             name,
             &HttpSettings {
@@ -115,51 +116,6 @@ impl OpenBao {
             config.namespace.as_deref(),
             breaker,
         )?;
-        let method = match &config.auth {
-            OpenBaoAuthConfig::Token { token, token_file } => match (token, token_file) {
-                (Some(t), None) => LoginMethod::Token(Source::Inline(t.clone())),
-                (None, Some(f)) => LoginMethod::Token(Source::File(f.clone())),
-                _ => {
-                    return Err(config_error(
-                        "auth: set exactly one of token and token_file".to_owned(),
-                    ))
-                }
-            },
-            OpenBaoAuthConfig::AppRole {
-                mount,
-                role_id_file,
-                secret_id_file,
-                secret_id,
-            } => {
-                check_mount(name, "auth.mount", mount)?;
-                let secret_id = match (secret_id, secret_id_file) {
-                    (Some(s), None) => Source::Inline(s.clone()),
-                    (None, Some(f)) => Source::File(f.clone()),
-                    _ => {
-                        return Err(config_error(
-                            "auth: set exactly one of secret_id and secret_id_file".to_owned(),
-                        ))
-                    }
-                };
-                LoginMethod::AppRole {
-                    mount: mount.clone(),
-                    role_id_file: role_id_file.clone(),
-                    secret_id,
-                }
-            }
-            OpenBaoAuthConfig::Jwt {
-                mount,
-                role,
-                jwt_file,
-            } => {
-                check_mount(name, "auth.mount", mount)?;
-                LoginMethod::Jwt {
-                    mount: mount.clone(),
-                    role: role.clone(),
-                    jwt_file: jwt_file.clone(),
-                }
-            }
-        };
         Ok(Self {
             inner: Arc::new(Inner {
                 list_concurrency: LIST_CONCURRENCY,
@@ -217,8 +173,13 @@ impl OpenBao {
     /// A key wrapper that uses Transit key `key` under `mount`, with this client's
     /// addresses and login.
     pub fn transit(&self, mount: &str, key: &str) -> Result<TransitWrapper, Error> {
-        check_mount(&self.inner.name, "transit.mount", mount)?;
-        check_mount(&self.inner.name, "transit.key", key)?;
+        let config_error = |reason: String| Error::Config {
+            upstream: self.inner.name.clone(),
+            reason,
+            source: None,
+        };
+        check_mount("transit.mount", mount).map_err(config_error)?;
+        check_mount("transit.key", key).map_err(config_error)?;
         let mount = mount.trim_matches('/').to_owned();
         Ok(TransitWrapper {
             bao: self.clone(),
@@ -700,16 +661,82 @@ impl TransitWrapper {
     }
 }
 
-fn check_mount(upstream: &str, key: &str, value: &str) -> Result<(), Error> {
+fn check_mount(key: &str, value: &str) -> Result<(), String> {
     let trimmed = value.trim_matches('/');
     if trimmed.is_empty() || SecretPath::parse(trimmed).is_err() {
-        return Err(Error::Config {
-            upstream: upstream.to_owned(),
-            reason: format!("{key} {value:?} is not a valid mount path"),
-            source: None,
-        });
+        return Err(format!("{key}: {value:?} is not a valid mount path"));
     }
     Ok(())
+}
+
+/// The login method an `auth` section names; exactly one source per secret.
+fn login_method(auth: &OpenBaoAuthConfig) -> Result<LoginMethod, String> {
+    Ok(match auth {
+        OpenBaoAuthConfig::Token { token, token_file } => match (token, token_file) {
+            (Some(t), None) => LoginMethod::Token(Source::Inline(t.clone())),
+            (None, Some(f)) => LoginMethod::Token(Source::File(f.clone())),
+            _ => return Err("auth: set exactly one of token and token_file".to_owned()),
+        },
+        OpenBaoAuthConfig::AppRole {
+            mount,
+            role_id_file,
+            secret_id_file,
+            secret_id,
+        } => {
+            check_mount("auth.mount", mount)?;
+            let secret_id = match (secret_id, secret_id_file) {
+                (Some(s), None) => Source::Inline(s.clone()),
+                (None, Some(f)) => Source::File(f.clone()),
+                _ => return Err("auth: set exactly one of secret_id and secret_id_file".to_owned()),
+            };
+            LoginMethod::AppRole {
+                mount: mount.clone(),
+                role_id_file: role_id_file.clone(),
+                secret_id,
+            }
+        }
+        OpenBaoAuthConfig::Jwt {
+            mount,
+            role,
+            jwt_file,
+        } => {
+            check_mount("auth.mount", mount)?;
+            LoginMethod::Jwt {
+                mount: mount.clone(),
+                role: role.clone(),
+                jwt_file: jwt_file.clone(),
+            }
+        }
+    })
+}
+
+/// Everything [`OpenBao::from_config`] would refuse, found without building a
+/// client: what `latchkey check` reports for the section, each naming its key.
+pub fn problems(config: &OpenBaoConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = check_mount("mount", &config.mount) {
+        problems.push(format!("upstream.{e}"));
+    }
+    if let Err(e) = PathTemplate::parse(&config.path_template, config.tenant.as_deref()) {
+        problems.push(format!("upstream.path_template: {e}"));
+    }
+    if let Err(e) = login_method(&config.auth) {
+        problems.push(format!("upstream.{e}"));
+    }
+    if let Err(e) = transport::check_addresses(&config.addresses, config.namespace.as_deref()) {
+        problems.push(format!("upstream.{e}"));
+    }
+    if let Some(transit) = &config.transit {
+        for (key, value) in [
+            ("transit.mount", &transit.mount),
+            ("transit.key", &transit.key),
+        ] {
+            if let Err(e) = check_mount(key, value) {
+                problems.push(format!("upstream.{e}"));
+            }
+        }
+    }
+    problems
 }
 
 fn unexpected(upstream: &str, operation: &str, reply: &Reply) -> Error {

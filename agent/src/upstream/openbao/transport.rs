@@ -50,6 +50,45 @@ pub(crate) struct Transport {
 const TOKEN_HEADER: &str = "x-vault-token";
 const NAMESPACE_HEADER: &str = "x-vault-namespace";
 
+/// The server base URLs (each ending in `/`) and the namespace header, or what is
+/// wrong with them, naming the key.
+fn parse(
+    addresses: &[String],
+    namespace: Option<&str>,
+) -> Result<(Vec<Url>, Option<HeaderValue>), String> {
+    if addresses.is_empty() {
+        return Err("addresses: give at least one server URL".to_owned());
+    }
+    let mut bases = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let mut base =
+            Url::parse(address).map_err(|_| format!("addresses: {address:?} is not a URL"))?;
+        if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
+            return Err(format!(
+                "addresses: {address:?} must be an http(s) URL with a host"
+            ));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        bases.push(base);
+    }
+    let namespace = match namespace {
+        Some(ns) => Some(
+            HeaderValue::from_str(ns)
+                .map_err(|_| format!("namespace: {ns:?} is not a header value"))?,
+        ),
+        None => None,
+    };
+    Ok((bases, namespace))
+}
+
+/// What [`Transport::new`] would refuse in `addresses` and `namespace`.
+pub(super) fn check_addresses(addresses: &[String], namespace: Option<&str>) -> Result<(), String> {
+    parse(addresses, namespace).map(|_| ())
+}
+
 impl Transport {
     pub(crate) fn new(
         upstream: &str,
@@ -58,39 +97,18 @@ impl Transport {
         namespace: Option<&str>,
         breaker: BreakerSettings,
     ) -> Result<Self, Error> {
-        let config_error = |reason: String| Error::Config {
+        let (bases, namespace) = parse(addresses, namespace).map_err(|reason| Error::Config {
             upstream: upstream.to_owned(),
             reason,
             source: None,
-        };
-        if addresses.is_empty() {
-            return Err(config_error("addresses is empty".to_owned()));
-        }
-        let mut nodes = Vec::with_capacity(addresses.len());
-        for address in addresses {
-            let mut base = Url::parse(address)
-                .map_err(|_| config_error(format!("address {address:?} is not a URL")))?;
-            if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
-                return Err(config_error(format!(
-                    "address {address:?} must be an http(s) URL with a host"
-                )));
-            }
-            if !base.path().ends_with('/') {
-                let path = format!("{}/", base.path());
-                base.set_path(&path);
-            }
-            nodes.push(Node {
+        })?;
+        let nodes = bases
+            .into_iter()
+            .map(|base| Node {
                 base,
                 breaker: Breaker::new(breaker),
-            });
-        }
-        let namespace = match namespace {
-            Some(ns) => Some(
-                HeaderValue::from_str(ns)
-                    .map_err(|_| config_error(format!("namespace {ns:?} is not a header value")))?,
-            ),
-            None => None,
-        };
+            })
+            .collect();
         Ok(Self {
             upstream: upstream.to_owned(),
             client,
