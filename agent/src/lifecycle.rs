@@ -305,6 +305,27 @@ impl Engine {
         self.inner.clock.unix()
     }
 
+    /// `path` at `selector`, read on the blocking pool (the one way async code calls
+    /// into the store).
+    async fn stored(
+        &self,
+        path: &SecretPath,
+        selector: store::Selector,
+    ) -> Result<Option<Secret>, store::Error> {
+        let path = path.clone();
+        self.inner
+            .store
+            .blocking(move |store| store.get(&path, selector))
+            .await
+    }
+
+    /// The current version of `path`, which must exist.
+    async fn required(&self, path: &SecretPath) -> Result<Secret, Error> {
+        self.stored(path, store::Selector::Current)
+            .await?
+            .ok_or_else(|| Error::NotFound(path.clone()))
+    }
+
     fn path_lock(&self, path: &SecretPath) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = lock(&self.inner.locks);
         Arc::clone(locks.entry(path.clone()).or_default())

@@ -19,7 +19,7 @@ use crate::audit::Outcome as AuditOutcome;
 use crate::events::Kind;
 use crate::path::SecretPath;
 use crate::providers::Credential;
-use crate::store::{Secret, Selector};
+use crate::store::Secret;
 
 impl Engine {
     /// Refreshes `path`. With `on_read`, only if it has expired (the caller waits for
@@ -31,11 +31,7 @@ impl Engine {
             .ok_or_else(|| Error::NoPolicy(path.clone()))?;
         let lock = self.path_lock(path);
         let _guard = lock.lock().await;
-        let secret = self
-            .inner
-            .store
-            .get(path, Selector::Current)?
-            .ok_or_else(|| Error::NotFound(path.clone()))?;
+        let secret = self.required(path).await?;
         let now = self.now();
         let status = self.status_of(path, &policy, &secret, now);
         let still_needed = if on_read {
@@ -85,10 +81,7 @@ impl Engine {
             Err(Error::Sync(e)) if e.upstream().is_some_and(|u| u.is_conflict()) => {
                 // Another agent refreshed first: serve its token.
                 self.inner.sync.fetch(path).await?;
-                self.inner
-                    .store
-                    .get(path, Selector::Current)?
-                    .ok_or_else(|| Error::NotFound(path.clone()))?
+                self.required(path).await?
             }
             Err(e) => {
                 let detail = format!("refreshed, but storing the new token failed: {e}");

@@ -114,11 +114,7 @@ impl Engine {
                 });
             }
         }
-        let mut secret = self
-            .inner
-            .store
-            .get(path, Selector::Current)?
-            .ok_or_else(|| Error::NotFound(path.clone()))?;
+        let mut secret = self.required(path).await?;
         // Rotate what the upstream holds now, not a stale copy.
         {
             let sync = &self.inner.sync;
@@ -131,11 +127,7 @@ impl Engine {
                 Some(meta) if meta.version == secret.version => {}
                 Some(meta) => {
                     sync.fetch(path).await?;
-                    secret = self
-                        .inner
-                        .store
-                        .get(path, Selector::Current)?
-                        .ok_or_else(|| Error::NotFound(path.clone()))?;
+                    secret = self.required(path).await?;
                     // A scheduled rotation looks again at its next tick; an operator's
                     // rotates what the upstream holds now.
                     if secret.version != meta.version || !forced {
@@ -517,7 +509,7 @@ impl Engine {
             }
             sync.fetch(path).await.ok()?;
         }
-        let local = self.inner.store.get(path, Selector::Current).ok()??;
+        let local = self.stored(path, Selector::Current).await.ok()??;
         same(&local.fields, &pending.fields).then_some(local)
     }
 
@@ -691,7 +683,12 @@ impl Engine {
     /// At start: finishes or rolls back every rotation this agent's journal says was
     /// in flight (cut off by a crash, or stopped between steps by a shutdown).
     pub(super) async fn recover(&self) {
-        let paths = match self.inner.store.journal_paths() {
+        let paths = match self
+            .inner
+            .store
+            .blocking(|store| store.journal_paths())
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the rotation journal");
@@ -709,7 +706,13 @@ impl Engine {
     }
 
     pub(super) async fn resume(&self, path: &SecretPath) -> Result<(), Error> {
-        let Some(blob) = self.inner.store.journal_get(path)? else {
+        let journalled = path.clone();
+        let blob = self
+            .inner
+            .store
+            .blocking(move |store| store.journal_get(&journalled))
+            .await?;
+        let Some(blob) = blob else {
             return Ok(());
         };
         let Some(journal) = Entry::from_blob(blob.expose()) else {
@@ -722,7 +725,7 @@ impl Engine {
         };
         let lock = self.path_lock(path);
         let _guard = lock.lock().await;
-        let Some(secret) = self.inner.store.get(path, Selector::Current)? else {
+        let Some(secret) = self.stored(path, Selector::Current).await? else {
             return Ok(self.inner.store.journal_remove(path).await?);
         };
         let key = self.ledger_key(path)?;
@@ -745,15 +748,16 @@ impl Engine {
         }
         if let Some(p) = &journal.pending {
             if let Some(promoted) = self.promoted_already(path, p).await {
-                let previous = entry.previous.clone().unwrap_or_else(|| {
+                let previous = match entry.previous.clone() {
+                    Some(previous) => previous,
                     // The pre-rotation credential is the `previous` version locally.
-                    self.inner
-                        .store
-                        .get(path, Selector::Label("previous".into()))
+                    None => self
+                        .stored(path, Selector::Label("previous".into()))
+                        .await
                         .ok()
                         .flatten()
-                        .map_or_else(|| Credential::of(&secret), |s| Credential::of(&s))
-                });
+                        .map_or_else(|| Credential::of(&secret), |s| Credential::of(&s)),
+                };
                 self.finish(path, &policy, &promoted, previous, entry, version)
                     .await?;
                 return Ok(());
@@ -813,7 +817,12 @@ impl Engine {
     /// closed on time after a restart (and failure counts survive it), at most
     /// `[scheduler] concurrency` reads at a time.
     pub(super) async fn learn_grace_windows(&self) {
-        let Ok(entries) = self.inner.store.list(&crate::path::Prefix::all()) else {
+        let Ok(entries) = self
+            .inner
+            .store
+            .blocking(|store| store.list(&crate::path::Prefix::all()))
+            .await
+        else {
             return;
         };
         let mut reads = tokio::task::JoinSet::new();

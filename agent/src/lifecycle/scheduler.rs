@@ -295,11 +295,17 @@ impl Engine {
         path: &SecretPath,
         policy: &LifecycleSpec,
     ) -> Result<(), Error> {
-        let Some(secret) = self.inner.store.get(path, Selector::Current)? else {
+        let Some(secret) = self.stored(path, Selector::Current).await? else {
             return Ok(());
         };
         let now = self.now();
-        if self.inner.store.journal_get(path)?.is_some() {
+        let journalled = path.clone();
+        let in_flight = self
+            .inner
+            .store
+            .blocking(move |store| store.journal_get(&journalled))
+            .await?;
+        if in_flight.is_some() {
             // A rotation this agent could not finish earlier: finish or roll it back.
             return self.resume(path).await;
         }

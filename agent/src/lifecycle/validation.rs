@@ -18,7 +18,6 @@ use crate::audit::Outcome;
 use crate::events::{Event, Kind};
 use crate::path::SecretPath;
 use crate::providers::{Credential, Failure, LifecycleSpec, Validation};
-use crate::store::Selector;
 
 /// What a validation found, as `POST /v1/validate` answers it.
 #[derive(Debug)]
@@ -116,11 +115,7 @@ impl Engine {
         let policy = self
             .policy(path)
             .ok_or_else(|| Error::NoPolicy(path.clone()))?;
-        let secret = self
-            .inner
-            .store
-            .get(path, Selector::Current)?
-            .ok_or_else(|| Error::NotFound(path.clone()))?;
+        let secret = self.required(path).await?;
         let asked = self
             .inner
             .provider

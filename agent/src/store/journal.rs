@@ -23,6 +23,14 @@ use crate::secret::SecretBytes;
 impl Store {
     /// Seals `blob` as the journal entry of `path`, replacing any, and flushes.
     pub async fn journal_put(&self, path: &SecretPath, blob: &[u8]) -> Result<(), Error> {
+        let path = path.clone();
+        let blob = Zeroizing::new(blob.to_vec());
+        self.blocking(move |store| store.journal_seal(&path, &blob))
+            .await?;
+        self.flush().await
+    }
+
+    fn journal_seal(&self, path: &SecretPath, blob: &[u8]) -> Result<(), Error> {
         let inner = &*self.inner;
         let tag = inner.layout.tag(path);
         let name = path.as_str().as_bytes();
@@ -41,7 +49,7 @@ impl Store {
             Counters::bump(meta, &inner.key, 0)
         })?;
         inner.committed(counters, path, Op::Journal);
-        self.flush().await
+        Ok(())
     }
 
     /// The journal entry of `path`, if any.
@@ -64,6 +72,18 @@ impl Store {
 
     /// Removes the journal entry of `path` (a missing one is fine) and flushes.
     pub async fn journal_remove(&self, path: &SecretPath) -> Result<(), Error> {
+        let owned = path.clone();
+        if self
+            .blocking(move |store| store.journal_drop(&owned))
+            .await?
+        {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the entry; whether there was one.
+    fn journal_drop(&self, path: &SecretPath) -> Result<bool, Error> {
         let inner = &*self.inner;
         let tag = inner.layout.tag(path);
         let counters =
@@ -73,11 +93,11 @@ impl Store {
                     None => Ok(None),
                 }
             })?;
-        if let Some(counters) = counters {
-            inner.committed(counters, path, Op::Journal);
-            self.flush().await?;
-        }
-        Ok(())
+        let Some(counters) = counters else {
+            return Ok(false);
+        };
+        inner.committed(counters, path, Op::Journal);
+        Ok(true)
     }
 
     /// Every path with a journal entry (entries that fail their integrity check are
