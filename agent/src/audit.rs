@@ -1,17 +1,20 @@
 //! The audit trail: an append-only JSON-lines record of who did what to which path.
 //!
 //! Every denial, every write and delete, and (unless `audit.reads = false`) every
-//! read is recorded with the peer's identity, the operation, the path, the outcome
-//! and the stable error code. Values never: a record has no field that could hold
+//! read is accounted for with the peer's identity, the operation, the path, the
+//! outcome and the stable error code. Values never: a record has no field that could hold
 //! one. Requests hand records to a bounded channel and a single writer thread appends
 //! them in batches, so the request path does no file I/O; when the channel is full the request
 //! waits rather than drop a record. Denials are also logged at `warn`.
 //!
 //! Denials and failed reads go through [`Audit::record_coalesced`], which coalesces a
 //! client's repeats into one record a second with a `count` ([`coalesce`]), so a
-//! client in a loop cannot flood the trail (or the log).
+//! client in a loop cannot flood the trail (or the log). Successful reads go through
+//! [`Audit::record_read`]: by default the first read of each version by each reader
+//! is a record of its own and repeats are counted per window ([`reads`]).
 
 mod coalesce;
+mod reads;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +42,24 @@ pub enum Outcome {
     Denied,
     /// Allowed, but it failed (not found, conflict, integrity, …).
     Failed,
+}
+
+/// Which successful reads the trail records (`audit.reads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// None (`false`).
+    Off,
+    /// Each one, as its own record (`"each"`).
+    Each,
+    /// The first of each version by each reader, and counted repeats per window
+    /// (`true` or `"aggregate"`, the default).
+    Aggregate(Duration),
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Reads::Aggregate(Duration::from_secs(1))
+    }
 }
 
 /// One audit record.
@@ -71,9 +92,12 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<Box<str>>,
     /// How many like events this record stands for, when more than this one (repeated
-    /// denials, coalesced); absent means one.
+    /// denials, coalesced; counted reads); absent means one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// For counted reads: the time of the last read counted (`time_ms` is the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_ms: Option<i64>,
 }
 
 impl Record {
@@ -91,6 +115,7 @@ impl Record {
             version: None,
             detail: None,
             count: None,
+            last_ms: None,
         }
     }
 }
@@ -108,8 +133,9 @@ pub struct Error {
 #[derive(Debug, Clone)]
 pub struct Audit {
     tx: mpsc::Sender<Record>,
-    reads: bool,
+    reads: Reads,
     denials: Arc<coalesce::Coalescer>,
+    tally: Arc<reads::ReadTally>,
 }
 
 /// The writer thread; [`Writer::finish`] waits until every record is on disk.
@@ -125,7 +151,7 @@ impl Writer {
 
 impl Audit {
     /// Opens (creating with mode 0600) the audit file and starts the writer.
-    pub async fn open(path: &Path, reads: bool) -> Result<(Audit, Writer), Error> {
+    pub async fn open(path: &Path, reads: Reads) -> Result<(Audit, Writer), Error> {
         let err = |source| Error {
             path: path.to_owned(),
             source,
@@ -142,13 +168,24 @@ impl Audit {
         let (tx, rx) = mpsc::channel(QUEUE);
         let owned = path.to_owned();
         let denials = Arc::new(coalesce::Coalescer::default());
-        let held = denials.clone();
+        let window = match reads {
+            Reads::Aggregate(window) => window,
+            Reads::Off | Reads::Each => coalesce::WINDOW,
+        };
+        let tally = Arc::new(reads::ReadTally::new(window));
+        let held = (denials.clone(), tally.clone());
         let thread = std::thread::Builder::new()
             .name("latchkey-audit".into())
-            .spawn(move || write_loop(file, rx, owned, &held))
+            .spawn(move || write_loop(file, rx, owned, &held.0, &held.1))
             .map_err(err)?;
-        tokio::spawn(flush_held(tx.downgrade(), denials.clone()));
-        Ok((Audit { tx, reads, denials }, Writer(thread)))
+        let audit = Audit {
+            tx,
+            reads,
+            denials,
+            tally,
+        };
+        tokio::spawn(flush_held(audit.downgrade()));
+        Ok((audit, Writer(thread)))
     }
 
     /// Records what a client can cause in a loop (a denial, a failed read), coalescing
@@ -159,9 +196,23 @@ impl Audit {
         }
     }
 
-    /// Whether successful reads are recorded.
+    /// Whether successful reads are recorded (each, or counted).
     pub fn records_reads(&self) -> bool {
-        self.reads
+        self.reads != Reads::Off
+    }
+
+    /// Records a successful read (or listing) as `audit.reads` says: not at all, as
+    /// its own record, or counted with its repeats ([`reads`]).
+    pub async fn record_read(&self, record: Record) {
+        match self.reads {
+            Reads::Off => {}
+            Reads::Each => self.record(record).await,
+            Reads::Aggregate(_) => {
+                for record in self.tally.admit(record, std::time::Instant::now()) {
+                    self.record(record).await;
+                }
+            }
+        }
     }
 
     /// Queues a record; waits only when the queue is full. Never drops a record
@@ -227,6 +278,7 @@ fn write_loop(
     mut rx: mpsc::Receiver<Record>,
     path: PathBuf,
     held: &coalesce::Coalescer,
+    tally: &reads::ReadTally,
 ) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
     let mut line = Vec::with_capacity(256);
@@ -250,29 +302,53 @@ fn write_loop(
         }
         std::thread::sleep(LINGER);
     }
-    // Every handle is gone: what the coalescer still holds is written last.
-    for record in held.drain() {
+    // Every handle is gone: what the coalescer and the read tally still hold is
+    // written last.
+    for record in held.drain().into_iter().chain(tally.drain()) {
         write(&mut out, &record);
     }
     let _ = out.flush();
 }
 
-/// Writes the coalesced denials whose window closed, every window, until the last
-/// [`Audit`] handle is dropped (the writer thread then writes what is left).
-async fn flush_held(tx: mpsc::WeakSender<Record>, denials: Arc<coalesce::Coalescer>) {
-    let mut tick = tokio::time::interval(coalesce::WINDOW);
+/// A handle to the trail that does not keep it open.
+struct WeakAudit {
+    tx: mpsc::WeakSender<Record>,
+    reads: Reads,
+    denials: Arc<coalesce::Coalescer>,
+    tally: Arc<reads::ReadTally>,
+}
+
+impl Audit {
+    fn downgrade(&self) -> WeakAudit {
+        WeakAudit {
+            tx: self.tx.downgrade(),
+            reads: self.reads,
+            denials: self.denials.clone(),
+            tally: self.tally.clone(),
+        }
+    }
+}
+
+/// Writes the coalesced denials and counted reads whose window closed, every
+/// window, until the last [`Audit`] handle is dropped (the writer thread then writes
+/// what is left).
+async fn flush_held(weak: WeakAudit) {
+    let every = coalesce::WINDOW.min(weak.tally.window());
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         // Upgrade first: once the channel is closed, the writer thread drains the rest.
-        let Some(tx) = tx.upgrade() else {
+        let Some(tx) = weak.tx.upgrade() else {
             return;
         };
-        let due = denials.due(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        let due = weak.denials.due(now).into_iter().chain(weak.tally.due(now));
         let audit = Audit {
             tx,
-            reads: false,
-            denials: denials.clone(),
+            reads: weak.reads,
+            denials: weak.denials.clone(),
+            tally: weak.tally.clone(),
         };
         for record in due {
             audit.record(record).await;
@@ -289,7 +365,7 @@ mod tests {
     async fn records_are_appended_as_json_lines_with_tight_permissions() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.log");
-        let (audit, writer) = Audit::open(&path, true).await.expect("open");
+        let (audit, writer) = Audit::open(&path, Reads::Each).await.expect("open");
         let mut denied = Record::now("spiffe://td/app/a".into(), Some(1000), "read", Some("b/x"));
         denied.outcome = Outcome::Denied;
         denied.status = 403;

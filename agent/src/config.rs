@@ -100,8 +100,8 @@ pub struct Limits {
 pub struct Audit {
     /// Append-only JSON-lines file.
     pub path: PathBuf,
-    /// Whether successful reads are recorded too (denials and writes always are).
-    pub reads: bool,
+    /// Which successful reads are recorded (denials and writes always are).
+    pub reads: crate::audit::Reads,
 }
 
 /// The validated configuration.
@@ -544,9 +544,23 @@ fn validate(
         }
     }
 
+    let read_window = duration("audit.read_window", &raw.audit.read_window, problems);
     let audit = Audit {
         path: resolve(base, &raw.audit.path),
-        reads: raw.audit.reads,
+        reads: match &raw.audit.reads {
+            file::ReadsSetting::Flag(false) => crate::audit::Reads::Off,
+            file::ReadsSetting::Mode(mode) if mode == "each" => crate::audit::Reads::Each,
+            file::ReadsSetting::Flag(true) => crate::audit::Reads::Aggregate(read_window),
+            file::ReadsSetting::Mode(mode) if mode == "aggregate" => {
+                crate::audit::Reads::Aggregate(read_window)
+            }
+            file::ReadsSetting::Mode(other) => {
+                problems.push(format!(
+                    "audit.reads: {other:?} is not true, false, \"aggregate\" or \"each\""
+                ));
+                crate::audit::Reads::Off
+            }
+        },
     };
 
     let mut rules = Vec::new();

@@ -16,6 +16,7 @@ mod spawn;
 #[path = "../harness/upstream_agent.rs"]
 mod upstream_agent;
 
+mod audit_reads;
 mod cli;
 mod clients;
 mod concurrency;

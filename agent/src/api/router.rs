@@ -112,14 +112,16 @@ where
             }
             Err(e) => failed(&mut done, e),
         }
-        // A failed read changes nothing: a client reading missing paths in a loop is
-        // coalesced like a denied one. Writes, and damaged records (each path
-        // matters), are recorded one by one.
-        let repeatable = matches!(&result, Err(e) if e.code != Code::IntegrityError);
-        if op == Operation::Read && repeatable {
-            state.audit.record_coalesced(done).await;
-        } else {
-            state.audit.record(done).await;
+        // A successful read is recorded as `audit.reads` says (by default its
+        // repeats are counted). A failed read changes nothing: a client reading
+        // missing paths in a loop is coalesced like a denied one. Writes, and damaged
+        // records (each path matters), are recorded one by one.
+        match (&result, op) {
+            (Ok(_), Operation::Read) => state.audit.record_read(done).await,
+            (Err(e), Operation::Read) if e.code != Code::IntegrityError => {
+                state.audit.record_coalesced(done).await
+            }
+            _ => state.audit.record(done).await,
         }
     }
     result.map(|(res, _)| res)

@@ -409,12 +409,10 @@ pub(super) async fn list(
             expires_at: e.expires_at.map(rfc3339),
         })
         .collect();
-    if state.audit.records_reads() {
-        state
-            .audit
-            .record(record(conn, "list", Some(prefix.as_str())))
-            .await;
-    }
+    state
+        .audit
+        .record_read(record(conn, "list", Some(prefix.as_str())))
+        .await;
     Ok(json_response(
         StatusCode::OK,
         &serde_json::json!({ "prefix": prefix.as_str(), "secrets": visible }),

@@ -55,7 +55,9 @@ impl Fixture {
             .await
             .expect("open");
         let audit_path = dir.path().join("audit.log");
-        let (audit, writer) = Audit::open(&audit_path, true).await.expect("audit");
+        let (audit, writer) = Audit::open(&audit_path, crate::audit::Reads::Each)
+            .await
+            .expect("audit");
         let cache = Arc::new(HotCache::new(64));
         let events = Events::new();
         let sync = Syncer::over_store(

@@ -175,7 +175,7 @@ max_connection_age = "1h"   # then closed; never past the client certificate's e
 
 [audit]
 path = "audit.log"          # JSON lines: who, what, which path, outcome; never values
-reads = true                # also record successful reads
+reads = true                # successful reads: first of each version per reader, then counted repeats ("each": every one)
 
 # Access policy. Rules only allow; everything else is denied with 403 and audited.
 # Patterns match whole segments: * is one segment, ** any number, {{app}} and

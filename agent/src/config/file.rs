@@ -225,16 +225,39 @@ pub struct AuditSection {
     /// JSON-lines file, created 0600.
     #[serde(default = "default_audit_path")]
     pub path: PathBuf,
-    /// Record successful reads too.
-    #[serde(default = "default_true")]
-    pub reads: bool,
+    /// Successful reads: `true` or `"aggregate"` (the first read of each version by
+    /// each reader, then counted repeats per `read_window`), `"each"` (every read),
+    /// `false` (none).
+    #[serde(default = "default_reads")]
+    pub reads: ReadsSetting,
+    /// How long repeats of a read are counted before their record is written.
+    #[serde(default = "default_read_window")]
+    pub read_window: String,
+}
+
+/// `audit.reads` as written: a flag or a mode name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ReadsSetting {
+    /// `true` (aggregate) or `false` (off).
+    Flag(bool),
+    /// `"aggregate"` or `"each"`.
+    Mode(String),
+}
+
+fn default_reads() -> ReadsSetting {
+    ReadsSetting::Flag(true)
+}
+fn default_read_window() -> String {
+    "1s".to_owned()
 }
 
 impl Default for AuditSection {
     fn default() -> Self {
         Self {
             path: default_audit_path(),
-            reads: true,
+            reads: default_reads(),
+            read_window: default_read_window(),
         }
     }
 }
@@ -283,9 +306,6 @@ fn default_connection_age() -> String {
 }
 fn default_audit_path() -> PathBuf {
     PathBuf::from("audit.log")
-}
-fn default_true() -> bool {
-    true
 }
 
 /// `[[plugin]]` as written.

@@ -210,7 +210,7 @@ impl Bed {
         let store = Store::open(&StoreConfig::new(dir.path().join("db")), &kek)
             .await
             .expect("store");
-        let (audit, writer) = Audit::open(&dir.path().join("audit.log"), false)
+        let (audit, writer) = Audit::open(&dir.path().join("audit.log"), crate::audit::Reads::Off)
             .await
             .expect("audit");
         let events = Events::new();
