@@ -18,8 +18,10 @@
 //!
 //! Options: `--quick`, `--duration S`, `--warmup S`, `--rounds N`, `--conns 1,32`,
 //! `--client-threads N` (1: current-thread runtime, the default; 0: tokio's default
-//! multi-thread), `--starts N`, `--secrets N`, `--no-startup`, `--no-variant` (skip the `audit.reads = false`
-//! agent rows), `--write FILE`,
+//! multi-thread), `--starts N`, `--secrets N`, `--no-startup`, `--no-variant` (skip the
+//! `audit.reads = "each"` and `audit.reads = false` agent rows), `--pin off|on|both`
+//! (`on`: the server's threads on CPU 0 and the client on CPU 1 while measuring, with
+//! `taskset`; `both`: every row both ways), `--write FILE`,
 //! `--keep` (keep the temp folder), `--agent-bin PATH`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr, unreachable_pub)]
@@ -64,6 +66,7 @@ struct Opts {
     keep: bool,
     agent_bin: PathBuf,
     quick: bool,
+    pin: Vec<bool>,
 }
 
 fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
@@ -81,6 +84,7 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
         keep: false,
         agent_bin: PathBuf::from(env!("CARGO_BIN_EXE_latchkey")),
         quick: false,
+        pin: vec![false],
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -114,6 +118,14 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
                 });
             }
             "--keep" => o.keep = true,
+            "--pin" => {
+                o.pin = match val()?.as_str() {
+                    "off" => vec![false],
+                    "on" => vec![true],
+                    "both" => vec![false, true],
+                    other => bail!("--pin {other:?}: expected off, on or both"),
+                }
+            }
             "--agent-bin" => o.agent_bin = PathBuf::from(val()?),
             other => bail!("unknown option {other:?} (see the top of agent/benches/serve.rs)"),
         }
@@ -161,6 +173,7 @@ fn config_command(opts: &Opts, config: &Path) -> Command {
 const AGENT: &str = "agent";
 const BASELINE: &str = "baseline";
 const AGENT_NO_READ_AUDIT: &str = "agent, audit.reads=false";
+const AGENT_EACH_READ: &str = "agent, audit.reads=each";
 
 /// The benchmark secret: three fields, like a database credential.
 const SECRET_PATH: &str = "apps/bench/db";
@@ -302,94 +315,112 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
     // Serving: interleaved rounds, same client for both.
     let uri: http::Uri = uri.parse()?;
     let mut results: Vec<Measured> = Vec::new();
-    // A second agent configuration, `audit.reads = false` (same store, socket and
-    // certificates), measured by restarting the agent with it: it shows what recording
-    // every successful read in the audit trail costs.
-    let variant_config = dir.join("latchkey.no-read-audit.toml");
+    // Other agent configurations (same store, socket and certificates), measured by
+    // restarting the agent with them: `audit.reads = "each"` (a record per read, as
+    // before reads were counted) and `audit.reads = false`, to show what the trail
+    // costs in CPU and in bytes.
+    let each_config = dir.join("latchkey.each-read.toml");
+    let off_config = dir.join("latchkey.no-read-audit.toml");
+    let default_config = dir.join("latchkey.toml");
     let variant = if opts.variant {
-        let text = std::fs::read_to_string(dir.join("latchkey.toml"))?;
+        let text = std::fs::read_to_string(&default_config)?;
         if text.contains("reads = true") {
             std::fs::write(
-                &variant_config,
+                &each_config,
+                text.replacen("reads = true", "reads = \"each\"", 1),
+            )?;
+            std::fs::write(
+                &off_config,
                 text.replacen("reads = true", "reads = false", 1),
             )?;
             true
         } else {
-            eprintln!("serve bench: latchkey.toml has no `reads = true`; skipping the audit.reads=false variant");
+            eprintln!("serve bench: latchkey.toml has no `reads = true`; skipping the audit.reads variants");
             false
         }
     } else {
         false
     };
-    let default_config = dir.join("latchkey.toml");
+    let audit_log = dir.join("audit.log");
     let mut agent_config = default_config.clone();
     let mut kinds: Vec<&'static str> = vec![AGENT, BASELINE];
     if variant {
-        kinds.push(AGENT_NO_READ_AUDIT);
+        kinds.extend([AGENT_EACH_READ, AGENT_NO_READ_AUDIT]);
     }
     for round in 0..opts.rounds {
         for &conns in &opts.conns {
-            let mut order = kinds.clone();
-            order.rotate_left(round % kinds.len());
-            for name in order {
-                let m = if name == BASELINE {
-                    base.check_alive(None)?;
-                    measure(
-                        opts,
-                        &baseline_target,
-                        &uri,
-                        body.len(),
-                        conns,
-                        base.pid(),
-                        hz,
-                    )
-                    .await?
-                } else {
-                    let want = if name == AGENT {
-                        &default_config
-                    } else {
-                        &variant_config
-                    };
-                    if *want != agent_config {
-                        agent.stop_within(STOP_TIMEOUT)?;
-                        agent =
-                            spawn("agent", config_command(opts, want), &root.join("agent.log"))?;
-                        load::wait_healthy(
-                            &agent_target,
-                            Duration::from_millis(1),
-                            Duration::from_secs(30),
+            for &pinned in &opts.pin {
+                let mut order = kinds.clone();
+                order.rotate_left(round % kinds.len());
+                for name in order {
+                    let m = if name == BASELINE {
+                        base.check_alive(None)?;
+                        measure(
+                            opts,
+                            &baseline_target,
+                            &uri,
+                            body.len(),
+                            conns,
+                            base.pid(),
+                            hz,
+                            pinned,
+                            None,
                         )
-                        .await
-                        .context("the agent did not restart")?;
-                        agent_config = want.clone();
-                    }
-                    agent.check_alive(None)?;
-                    measure(
-                        opts,
-                        &agent_target,
-                        &uri,
-                        body.len(),
-                        conns,
-                        agent.pid(),
-                        hz,
-                    )
-                    .await?
-                };
-                eprintln!(
-                    "serve bench: round {} {:24} c={conns:<3} {:>9.0} req/s  p50 {:>7.1} µs  p99 {:>7.1} µs  server CPU/req {:>5.1} µs",
+                        .await?
+                    } else {
+                        let want = match name {
+                            AGENT => &default_config,
+                            AGENT_EACH_READ => &each_config,
+                            _ => &off_config,
+                        };
+                        if *want != agent_config {
+                            agent.stop_within(STOP_TIMEOUT)?;
+                            agent = spawn(
+                                "agent",
+                                config_command(opts, want),
+                                &root.join("agent.log"),
+                            )?;
+                            load::wait_healthy(
+                                &agent_target,
+                                Duration::from_millis(1),
+                                Duration::from_secs(30),
+                            )
+                            .await
+                            .context("the agent did not restart")?;
+                            agent_config = want.clone();
+                        }
+                        agent.check_alive(None)?;
+                        measure(
+                            opts,
+                            &agent_target,
+                            &uri,
+                            body.len(),
+                            conns,
+                            agent.pid(),
+                            hz,
+                            pinned,
+                            Some(&audit_log),
+                        )
+                        .await?
+                    };
+                    eprintln!(
+                    "serve bench: round {} {:24} c={conns:<3}{} {:>9.0} req/s  p50 {:>7.1} µs  p99 {:>7.1} µs  server CPU/req {:>5.1} µs  client CPU/req {:>5.1} µs",
                     round + 1,
                     name,
+                    if pinned { " pinned" } else { "" },
                     m.requests as f64 / m.elapsed.as_secs_f64(),
                     m.hist.value_at_quantile(0.5) as f64 / 1e3,
                     m.hist.value_at_quantile(0.99) as f64 / 1e3,
                     m.server_cpu.as_secs_f64() * 1e6 / m.requests.max(1) as f64,
+                    m.client_cpu.as_secs_f64() * 1e6 / m.requests.max(1) as f64,
                 );
-                match results
-                    .iter_mut()
-                    .find(|r| r.server == name && r.conns == conns)
-                {
-                    Some(r) => r.merge(m),
-                    None => results.push(Measured { server: name, ..m }),
+                    match results
+                        .iter_mut()
+                        .find(|r| r.server == name && r.conns == conns && r.pinned == pinned)
+                    {
+                        Some(r) => r.merge(m),
+                        None => results.push(Measured { server: name, ..m }),
+                    }
                 }
             }
         }
@@ -462,6 +493,11 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
             rounds: opts.rounds,
             client_threads: opts.client_threads,
             quick: opts.quick,
+            pin: match opts.pin.as_slice() {
+                [false] => "off",
+                [true] => "on",
+                _ => "both",
+            },
         },
         body_len: body.len(),
         results,
@@ -469,7 +505,39 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
     })
 }
 
-/// One measurement: `conns` closed-loop connections for warm-up + duration.
+/// Pins every thread of process `pid` to `cpus` (a `taskset` list, e.g. `0` or `0-1`).
+fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("run taskset (util-linux) for --pin")?;
+    if !status.success() {
+        bail!("taskset -a -p -c {cpus} {pid} failed");
+    }
+    Ok(())
+}
+
+/// Puts processes back on every CPU when dropped.
+struct Pinned {
+    pids: [u32; 2],
+    all: String,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        for pid in self.pids {
+            if let Err(e) = pin(pid, &self.all) {
+                eprintln!("serve bench: {e:#}");
+            }
+        }
+    }
+}
+
+/// One measurement: `conns` closed-loop connections for warm-up + duration; with
+/// `pinned`, the server on CPU 0 and this client on CPU 1 throughout; with `audit`,
+/// what the server appended to that file while measuring.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     opts: &Opts,
     target: &Target,
@@ -478,7 +546,20 @@ async fn measure(
     conns: usize,
     pid: u32,
     hz: u64,
+    pinned: bool,
+    audit: Option<&Path>,
 ) -> anyhow::Result<Measured> {
+    let _pinned = if pinned {
+        pin(pid, "0")?;
+        pin(std::process::id(), "1")?;
+        Some(Pinned {
+            pids: [pid, std::process::id()],
+            all: format!("0-{}", report::Machine::probe().nproc.saturating_sub(1)),
+        })
+    } else {
+        None
+    };
+    let audit_size = || audit.map_or(0, |p| std::fs::metadata(p).map_or(0, |m| m.len()));
     let phase = Arc::new(AtomicU8::new(load::WARMUP));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..conns {
@@ -495,6 +576,7 @@ async fn measure(
         bail!("a connection ended during warm-up");
     }
     let me = std::process::id();
+    let audit0 = audit_size();
     let server0 = procfs::cpu_ticks(pid)?;
     let client0 = procfs::cpu_ticks(me)?;
     let t0 = Instant::now();
@@ -505,6 +587,11 @@ async fn measure(
     let server1 = procfs::cpu_ticks(pid)?;
     let client1 = procfs::cpu_ticks(me)?;
     let mem = procfs::memory(pid)?;
+    // Counted reads are written when their window closes: wait one out.
+    if audit.is_some() {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    let audit_bytes = audit_size().saturating_sub(audit0);
     let mut hist: Histogram<u64> = load::histogram();
     let (mut requests, mut bad) = (0, 0);
     while let Some(done) = tasks.join_next().await {
@@ -525,6 +612,8 @@ async fn measure(
         server_cpu: procfs::ticks_to_duration(server1 - server0, hz),
         client_cpu: procfs::ticks_to_duration(client1 - client0, hz),
         mem,
+        pinned,
+        audit_bytes,
     })
 }
 
@@ -551,7 +640,7 @@ fn probe(args: &[String]) -> anyhow::Result<()> {
             bail!("{uri}: {status}");
         }
         drop(conn);
-        let m = measure(&opts, &target, &uri.parse()?, body.len(), conns.parse()?, pid.parse()?, procfs::clock_ticks()).await?;
+        let m = measure(&opts, &target, &uri.parse()?, body.len(), conns.parse()?, pid.parse()?, procfs::clock_ticks(), false, None).await?;
         println!(
             "c={} threads={threads} {:.0} req/s p50 {:.1} p99 {:.1} p99.9 {:.1} µs; server CPU/req {:.1} µs, client CPU/req {:.1} µs; RSS {} KiB HWM {} KiB",
             m.conns,

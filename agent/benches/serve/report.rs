@@ -52,6 +52,10 @@ pub struct Measured {
     pub server_cpu: Duration,
     pub client_cpu: Duration,
     pub mem: Memory,
+    /// Measured with the server on CPU 0 and the client on CPU 1.
+    pub pinned: bool,
+    /// Bytes the server appended to its audit trail while measured.
+    pub audit_bytes: u64,
 }
 
 impl Measured {
@@ -61,6 +65,7 @@ impl Measured {
         self.elapsed += other.elapsed;
         self.server_cpu += other.server_cpu;
         self.client_cpu += other.client_cpu;
+        self.audit_bytes += other.audit_bytes;
         self.mem.rss_kib = self.mem.rss_kib.max(other.mem.rss_kib);
         self.mem.hwm_kib = self.mem.hwm_kib.max(other.mem.hwm_kib);
     }
@@ -124,6 +129,8 @@ pub struct Settings {
     pub rounds: usize,
     pub client_threads: usize,
     pub quick: bool,
+    /// `--pin` as given (`off`, `on`, `both`).
+    pub pin: &'static str,
 }
 
 pub struct Report {
@@ -147,10 +154,18 @@ fn yes(ok: bool) -> &'static str {
 }
 
 impl Report {
+    /// The unpinned row of `server` at `conns`.
     fn get(&self, server: &str, conns: usize) -> Option<&Measured> {
         self.results
             .iter()
-            .find(|m| m.server == server && m.conns == conns)
+            .find(|m| m.server == server && m.conns == conns && !m.pinned)
+    }
+
+    /// The pinned row of `server` at `conns`.
+    fn get_pinned(&self, server: &str, conns: usize) -> Option<&Measured> {
+        self.results
+            .iter()
+            .find(|m| m.server == server && m.conns == conns && m.pinned)
     }
 
     pub fn markdown(&self) -> String {
@@ -170,8 +185,15 @@ impl Report {
              Cached-secret `GET /v1/secrets/apps/bench/db` with an app certificate, over the Unix socket with mTLS \
              (TLS 1.3, rustls + ring), HTTP/1.1 keep-alive, closed loop; answer body {} bytes. \
              Server CPU is utime+stime from /proc/PID/stat over the measured interval divided by requests; \
-             client CPU likewise for the load generator (it shares the machine).\n",
-            if o.quick { " -- --quick" } else { "" },
+             client CPU likewise for the load generator (it shares the machine; rows marked pinned had the server's \
+             threads on CPU 0 and the client on CPU 1, with `taskset`). Audit bytes are what the agent appended to \
+             `audit.log` while measured (plus one window of counted reads).\n",
+            match (o.quick, o.pin) {
+                (true, "off") => " -- --quick".to_owned(),
+                (true, pin) => format!(" -- --quick --pin {pin}"),
+                (false, "off") => String::new(),
+                (false, pin) => format!(" -- --pin {pin}"),
+            },
             o.rounds,
             o.duration.as_secs_f64(),
             o.warmup.as_secs_f64(),
@@ -184,20 +206,21 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| server | conns | req/s | p50 µs | p99 µs | p99.9 µs | max µs | server CPU/req µs | client CPU/req µs | RSS / HWM MiB |"
+            "| server | conns | pinned | req/s | p50 µs | p99 µs | p99.9 µs | max µs | server CPU/req µs | client CPU/req µs | audit bytes/1k req | RSS / HWM MiB |"
         );
         let _ = writeln!(
             s,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         let mut rows: Vec<&Measured> = self.results.iter().collect();
-        rows.sort_by_key(|r| (r.conns, r.server == "baseline", r.server));
+        rows.sort_by_key(|r| (r.pinned, r.conns, r.server == "baseline", r.server));
         for r in rows {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} |",
+                "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} / {:.1} |",
                 r.server,
                 r.conns,
+                if r.pinned { "yes" } else { "no" },
                 r.rps(),
                 r.us(0.5),
                 r.us(0.99),
@@ -205,6 +228,7 @@ impl Report {
                 r.hist.max() as f64 / 1e3,
                 r.cpu_per_req_us(r.server_cpu),
                 r.cpu_per_req_us(r.client_cpu),
+                r.audit_bytes as f64 * 1000.0 / r.requests.max(1) as f64,
                 mib(r.mem.rss_kib),
                 mib(r.mem.hwm_kib),
             );
@@ -239,6 +263,40 @@ impl Report {
                 yes(projected >= 0.85)
             );
         }
+        let pairs = [
+            (
+                "unpinned",
+                self.get("agent", conns_hi),
+                self.get("baseline", conns_hi),
+            ),
+            (
+                "pinned (server on CPU 0, client on CPU 1)",
+                self.get_pinned("agent", conns_hi),
+                self.get_pinned("baseline", conns_hi),
+            ),
+        ];
+        for (label, a, b) in pairs {
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            // Server CPU per request does not depend on who saturates the machine.
+            let _ = writeln!(
+                s,
+                "| server CPU per request at {conns_hi} connections vs baseline, {label} | — | {:.2}× ({:.1} vs {:.1} µs; client {:.1} vs {:.1} µs) | |",
+                a.cpu_per_req_us(a.server_cpu) / b.cpu_per_req_us(b.server_cpu),
+                a.cpu_per_req_us(a.server_cpu),
+                b.cpu_per_req_us(b.server_cpu),
+                a.cpu_per_req_us(a.client_cpu),
+                b.cpu_per_req_us(b.client_cpu),
+            );
+            if a.pinned {
+                let _ = writeln!(
+                    s,
+                    "| throughput at {conns_hi} connections vs baseline, {label} | — | {:.2}× ({:.0} vs {:.0} req/s) | |",
+                    a.rps() / b.rps(),
+                    a.rps(),
+                    b.rps(),
+                );
+            }
+        }
         if let (Some(a), Some(b)) = (self.get("agent", 1), self.get("baseline", 1)) {
             let ratio = a.us(0.5) / b.us(0.5);
             let _ = writeln!(
@@ -257,19 +315,23 @@ impl Report {
                 yes(a.us(0.99) < 150.0)
             );
         }
-        for conns in [1, conns_hi] {
-            if let (Some(v), Some(b)) = (
-                self.get("agent, audit.reads=false", conns),
-                self.get("baseline", conns),
-            ) {
-                let _ = writeln!(
-                    s,
-                    "| (for comparison) agent with `audit.reads = false`, {conns} conn. | — | {:.2}× baseline req/s, p50 {:.2}×, p99 {:.1} µs, server CPU {:.1} µs/req | |",
-                    v.rps() / b.rps(),
-                    v.us(0.5) / b.us(0.5),
-                    v.us(0.99),
-                    v.cpu_per_req_us(v.server_cpu),
-                );
+        for (variant, label) in [
+            ("agent, audit.reads=each", "`audit.reads = \"each\"`"),
+            ("agent, audit.reads=false", "`audit.reads = false`"),
+        ] {
+            for conns in [1, conns_hi] {
+                if let (Some(v), Some(b)) = (self.get(variant, conns), self.get("baseline", conns))
+                {
+                    let _ = writeln!(
+                        s,
+                        "| (for comparison) agent with {label}, {conns} conn. | — | {:.2}× baseline req/s, p50 {:.2}×, p99 {:.1} µs, server CPU {:.1} µs/req, audit {:.0} bytes/1k req | |",
+                        v.rps() / b.rps(),
+                        v.us(0.5) / b.us(0.5),
+                        v.us(0.99),
+                        v.cpu_per_req_us(v.server_cpu),
+                        v.audit_bytes as f64 * 1000.0 / v.requests.max(1) as f64,
+                    );
+                }
             }
         }
         let serve_hwm = self
