@@ -43,6 +43,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod path;
 pub mod policy;
 pub mod providers;

@@ -93,6 +93,8 @@ pub struct Running {
     _tls: Arc<ServerTls>,
     /// Where it listens (`unix:PATH`, `tcp:ADDR`).
     pub addresses: Vec<String>,
+    /// The service manager, told when the agent stops.
+    notifier: crate::notify::Notifier,
 }
 
 impl Running {
@@ -105,6 +107,7 @@ impl Running {
     /// operations in flight, open requests, the background loops and the webhooks, and
     /// flushes the store and the audit trail last.
     pub async fn stop(self) {
+        self.notifier.stopping();
         let _ = self.stop.send(true);
         if let Some((engine, task)) = self.engine {
             let stopped = engine.shutdown(LIFECYCLE_GRACE).await;
@@ -320,8 +323,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     )
     .with_audit(state.audit.clone())
     .spawn(EXPIRY_CHECK, stop_rx.clone());
-    let task = tokio::spawn(listener::serve(bound, ctx, stop_rx, DRAIN));
+    let task = tokio::spawn(listener::serve(bound, ctx, stop_rx.clone(), DRAIN));
     tracing::info!(listen = ?addresses, store = %config.store.path.display(), "latchkey ready");
+    let notifier = crate::notify::Notifier::from_env();
+    tokio::spawn(notify_ready(
+        notifier.clone(),
+        state.sync.clone(),
+        addresses.join(", "),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(notifier.clone().keep_alive(stop_rx));
     Ok(Running {
         stop,
         task,
@@ -336,7 +347,33 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         webhooks,
         _tls: tls,
         addresses,
+        notifier,
     })
+}
+
+/// Tells the service manager `READY=1` once the first poll of the upstream has
+/// ended (at once without one): the store is open and the listeners are bound
+/// already.
+async fn notify_ready(
+    notifier: crate::notify::Notifier,
+    sync: Arc<Syncer>,
+    addresses: String,
+    stop: watch::Receiver<bool>,
+) {
+    if !sync.is_local() {
+        notifier.status(&format!("first sync with {}", sync.upstream_name()));
+    }
+    while !sync.first_poll_decided() {
+        if *stop.borrow() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let freshness = match sync.freshness() {
+        None | Some(crate::sync::Freshness::Fresh { .. }) => "",
+        Some(_) => " (upstream unreachable: serving cached values)",
+    };
+    notifier.ready(&format!("serving on {addresses}{freshness}"));
 }
 
 /// Runs until SIGTERM or SIGINT, then stops cleanly.

@@ -272,6 +272,16 @@ impl Syncer {
         self.upstream.is_local()
     }
 
+    /// Whether the first poll since start has ended, well or badly (always, for the
+    /// store itself): from then on reads know whether they serve fresh or stale.
+    pub fn first_poll_decided(&self) -> bool {
+        if self.is_local() {
+            return true;
+        }
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.confirmed || health.failing_since_ms.is_some()
+    }
+
     /// How fresh the cached values are right now; `None` when the upstream is the
     /// store itself, which is always current.
     pub fn freshness(&self) -> Option<Freshness> {

@@ -28,6 +28,7 @@ mod malformed;
 mod metrics;
 mod migrate;
 mod no_leaks;
+mod notify;
 mod plugins;
 mod providers;
 mod render;
