@@ -52,7 +52,7 @@ use crate::audit::Audit;
 use crate::cache::HotCache;
 use crate::events::Events;
 use crate::identity::Peer;
-use crate::policy::PeerPolicy;
+use crate::policy::{ConnPolicy, LivePolicy, PeerPolicy};
 use crate::store::Store;
 use crate::sync::Syncer;
 
@@ -95,8 +95,21 @@ pub struct State {
 pub struct Conn {
     /// The caller.
     pub peer: Peer,
-    /// Rules picked for the caller.
-    pub policy: PeerPolicy,
+    /// Rules picked for the caller, kept in step with reloads.
+    policy: ConnPolicy,
+}
+
+impl Conn {
+    /// A connection of `peer` under the policy in force.
+    pub fn new(peer: Peer, live: &Arc<LivePolicy>) -> Self {
+        let policy = ConnPolicy::new(Arc::clone(live), &peer);
+        Conn { peer, policy }
+    }
+
+    /// The caller's rules under the policy in force now.
+    pub fn policy(&self) -> PeerPolicy {
+        self.policy.get(&self.peer)
+    }
 }
 
 /// Handles one request. Never fails: every error becomes a JSON answer.

@@ -31,7 +31,7 @@ use crate::api::{self, ApiError, Body, Conn, State};
 use crate::audit::{Outcome, Record};
 use crate::config::Limits;
 use crate::identity::{Peer, TrustDomain};
-use crate::policy::Policy;
+use crate::policy::LivePolicy;
 use crate::tls::ServerTls;
 
 mod budget;
@@ -64,8 +64,8 @@ pub struct Context {
     pub tls: Arc<ServerTls>,
     /// Trust domain of accepted identities.
     pub trust_domain: TrustDomain,
-    /// Access policy.
-    pub policy: Policy,
+    /// Access policy (replaced by a reload).
+    pub policy: Arc<LivePolicy>,
     /// Connection bounds.
     pub limits: Limits,
 }
@@ -417,10 +417,7 @@ where
             if let Some((uid, gid)) = cred {
                 peer = peer.with_unix_cred(uid, gid);
             }
-            let conn = Arc::new(Conn {
-                policy: ctx.policy.for_peer(&peer),
-                peer,
-            });
+            let conn = Arc::new(Conn::new(peer, &ctx.policy));
             let state = ctx.state.clone();
             let svc = service_fn(move |req: Request<Incoming>| {
                 api::handle(state.clone(), conn.clone(), req)

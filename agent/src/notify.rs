@@ -7,7 +7,8 @@
 //! after it starts against a decided cache, served fresh or stale), `STATUS=` with
 //! what it is doing, `WATCHDOG=1` at half of `WATCHDOG_USEC` from a task on the
 //! runtime (so a wedged event loop stops the pings and systemd restarts the agent),
-//! and `STOPPING=1` when it begins to stop. Without `NOTIFY_SOCKET` every call does
+//! `RELOADING=1` … `READY=1` around a SIGHUP reload, and `STOPPING=1` when it begins
+//! to stop. Without `NOTIFY_SOCKET` every call does
 //! nothing. A message that cannot be sent is logged once at debug: notification
 //! never stops the agent.
 

@@ -27,7 +27,10 @@
 //! ([`Policy::for_peer`]); each request then costs a walk over a few segments and no
 //! allocation.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use serde::Deserialize;
 
@@ -425,6 +428,16 @@ impl Policy {
             .collect()
     }
 
+    /// How many rules there are.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are none (everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// The rules that apply to `peer`, picked once per connection.
     pub fn for_peer(&self, peer: &Peer) -> PeerPolicy {
         let picked: Vec<usize> = (0..self.rules.len())
@@ -434,6 +447,67 @@ impl Policy {
             rules: self.rules.clone(),
             picked: picked.into(),
         }
+    }
+}
+
+/// The policy in force, replaced whole by a reload. Connections pick their rules
+/// again at their first request after a replacement ([`ConnPolicy`]), so an open
+/// connection keeps its identity and follows the new rules.
+#[derive(Debug)]
+pub struct LivePolicy {
+    current: ArcSwap<Policy>,
+    epoch: AtomicU64,
+}
+
+impl LivePolicy {
+    /// The policy in force at start.
+    pub fn new(policy: Policy) -> Arc<Self> {
+        Arc::new(LivePolicy {
+            current: ArcSwap::from_pointee(policy),
+            epoch: AtomicU64::new(0),
+        })
+    }
+
+    /// Puts `policy` in force for every request from now on.
+    pub fn replace(&self, policy: Policy) {
+        self.current.store(Arc::new(policy));
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> Arc<Policy> {
+        self.current.load_full()
+    }
+}
+
+/// One connection's picked rules, kept in step with a [`LivePolicy`].
+#[derive(Debug)]
+pub struct ConnPolicy {
+    live: Arc<LivePolicy>,
+    picked: ArcSwap<(u64, PeerPolicy)>,
+}
+
+impl ConnPolicy {
+    /// Picks `peer`'s rules from the policy in force.
+    pub fn new(live: Arc<LivePolicy>, peer: &Peer) -> Self {
+        let epoch = live.epoch.load(Ordering::Acquire);
+        let picked = live.current.load().for_peer(peer);
+        ConnPolicy {
+            live,
+            picked: ArcSwap::from_pointee((epoch, picked)),
+        }
+    }
+
+    /// `peer`'s rules under the policy in force now (picked again after a reload).
+    pub fn get(&self, peer: &Peer) -> PeerPolicy {
+        let epoch = self.live.epoch.load(Ordering::Acquire);
+        let held = self.picked.load();
+        if held.0 == epoch {
+            return held.1.clone();
+        }
+        let picked = self.live.current.load().for_peer(peer);
+        self.picked.store(Arc::new((epoch, picked.clone())));
+        picked
     }
 }
 

@@ -93,11 +93,125 @@ pub struct Running {
     _tls: Arc<ServerTls>,
     /// Where it listens (`unix:PATH`, `tcp:ADDR`).
     pub addresses: Vec<String>,
-    /// The service manager, told when the agent stops.
+    /// The service manager, told when the agent stops and reloads.
     notifier: crate::notify::Notifier,
+    /// The policy in force, replaced by a reload.
+    policy: Arc<crate::policy::LivePolicy>,
+    /// The config in force, to tell what a reload changes.
+    config: std::sync::Mutex<Config>,
 }
 
 impl Running {
+    /// Re-reads the config at `path` and applies what changes while running: the
+    /// policy (open connections follow it from their next request) and the
+    /// revocation list. A section that only a restart applies is named in the log
+    /// and the audit record. A config that does not validate changes nothing: its
+    /// problems are logged and the old config keeps serving. Audited either way.
+    pub async fn reload(&self, path: &std::path::Path) {
+        self.notifier
+            .send("RELOADING=1\nSTATUS=reloading the config");
+        let mut record =
+            crate::audit::Record::now("(operator: SIGHUP)".into(), None, "reload", None);
+        match Config::load(path) {
+            Err(e) => {
+                let problems = match &e {
+                    crate::config::Error::Invalid { problems, .. } => problems.clone(),
+                    other => vec![other.to_string()],
+                };
+                tracing::error!(
+                    config = %path.display(),
+                    problems = %problems.join("; ").replace('\n', " "),
+                    "reload refused; the config in force keeps serving"
+                );
+                record.outcome = crate::audit::Outcome::Failed;
+                record.status = 0;
+                record.code = Some("invalid_config");
+                record.detail = Some(format!("{} problem(s), in the log", problems.len()).into());
+            }
+            Ok(new) => {
+                let changed = self.apply(new);
+                tracing::info!(config = %path.display(), changed = %changed, "config reloaded");
+                record.detail = Some(changed.into());
+            }
+        }
+        self.state.audit.record(record).await;
+        self.notifier
+            .ready(&format!("serving on {}", self.addresses.join(", ")));
+    }
+
+    /// Puts `new` in force where it can be; what changed, in words.
+    fn apply(&self, new: Config) -> String {
+        let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let mut said = Vec::new();
+        let rules = |c: &Config| format!("{:?}", c.policy);
+        if rules(&config) != rules(&new) {
+            self.policy.replace(new.policy.clone());
+            said.push(format!("policy ({} rules)", new.policy.len()));
+        }
+        match self._tls.reload_crl() {
+            Ok(true) => said.push("revocation list".to_owned()),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "reload: the revocation list could not be read; the previous one stays")
+            }
+        }
+        let restart: Vec<&str> = [
+            (
+                "listen",
+                format!("{:?}", config.listen) != format!("{:?}", new.listen),
+            ),
+            (
+                "tls",
+                format!("{:?}", config.tls) != format!("{:?}", new.tls),
+            ),
+            (
+                "storage",
+                format!("{:?}{:?}", config.store, config.kek)
+                    != format!("{:?}{:?}", new.store, new.kek),
+            ),
+            (
+                "upstream",
+                format!("{:?}{:?}", config.upstream, config.sync)
+                    != format!("{:?}{:?}", new.upstream, new.sync),
+            ),
+            (
+                "plugin",
+                format!("{:?}{:?}", config.plugins, config.lifecycle)
+                    != format!("{:?}{:?}", new.plugins, new.lifecycle),
+            ),
+            (
+                "template",
+                format!("{:?}", config.templates) != format!("{:?}", new.templates),
+            ),
+            (
+                "webhook",
+                format!("{:?}", config.webhooks) != format!("{:?}", new.webhooks),
+            ),
+            (
+                "limits",
+                format!("{:?}", config.limits) != format!("{:?}", new.limits),
+            ),
+            (
+                "audit",
+                format!("{:?}", config.audit) != format!("{:?}", new.audit),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect();
+        if !restart.is_empty() {
+            tracing::warn!(sections = ?restart, "reload: these sections changed and apply at the next restart");
+            said.push(format!("needs a restart: {}", restart.join(", ")));
+        }
+        // What is in force: the new policy, the old everything else.
+        config.policy = new.policy;
+        if said.is_empty() {
+            "nothing".to_owned()
+        } else {
+            said.join("; ")
+        }
+    }
+
     /// The store, e.g. to seed a secret in dev mode.
     pub fn store(&self) -> &Store {
         &self.store
@@ -285,6 +399,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         body_timeout: config.limits.body_timeout,
         watchers: crate::api::watch::Watchers::new(config.limits.max_watchers_per_identity),
     });
+    let live_policy = crate::policy::LivePolicy::new(config.policy.clone());
     let bound = listener::bind(&config.listen).await?;
     let addresses = bound.describe();
     let ctx = Arc::new(Context {
@@ -292,7 +407,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         acceptor: TlsAcceptor::from(tls.config()),
         tls: tls.clone(),
         trust_domain: config.trust_domain.clone(),
-        policy: config.policy.clone(),
+        policy: live_policy.clone(),
         limits: config.limits.clone(),
     });
     let renderer = (!config.templates.is_empty()).then(|| {
@@ -348,6 +463,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         _tls: tls,
         addresses,
         notifier,
+        policy: live_policy,
+        config: std::sync::Mutex::new(config),
     })
 }
 
@@ -376,14 +493,43 @@ async fn notify_ready(
     notifier.ready(&format!("serving on {addresses}{freshness}"));
 }
 
-/// Runs until SIGTERM or SIGINT, then stops cleanly.
+/// Runs until SIGTERM or SIGINT, then stops cleanly; SIGHUP reloads the config.
 pub async fn run(config: Config) -> Result<(), Error> {
+    let path = config.source.clone();
     let running = start(config).await?;
-    wait_for_signal().await;
+    while next_signal().await == Signal::Reload {
+        running.reload(&path).await;
+    }
     tracing::info!("stopping");
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What a signal asks of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP.
+    Reload,
+}
+
+/// Waits for SIGTERM, SIGINT or SIGHUP.
+pub async fn next_signal() -> Signal {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGHUP; reload by restarting");
+            wait_for_signal().await;
+            return Signal::Stop;
+        }
+    };
+    tokio::select! {
+        _ = hup.recv() => Signal::Reload,
+        () = wait_for_signal() => Signal::Stop,
+    }
 }
 
 /// Waits for SIGTERM or SIGINT.

@@ -31,6 +31,7 @@ mod no_leaks;
 mod notify;
 mod plugins;
 mod providers;
+mod reload;
 mod render;
 mod security;
 mod serve;

@@ -42,7 +42,7 @@ pub(super) fn health(state: &State, conn: &Conn) -> Response<Body> {
             &serde_json::json!({ "status": "ok", "version": version }),
         );
     }
-    let admin = conn.policy.allows_any(Operation::Admin);
+    let admin = conn.policy().allows_any(Operation::Admin);
     let problems: Vec<serde_json::Value> = state
         .store
         .problems()

@@ -91,7 +91,7 @@ pub(super) async fn status(
                 .into_iter()
                 // Only what this admin may administer.
                 .filter(|(path, _)| {
-                    conn.policy.check(&conn.peer, Operation::Admin, path) == Decision::Allow
+                    conn.policy().check(&conn.peer, Operation::Admin, path) == Decision::Allow
                 })
                 .map(|(path, status)| {
                     let mut v = serde_json::to_value(&status).unwrap_or_default();

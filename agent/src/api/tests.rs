@@ -18,7 +18,7 @@ use crate::crypto::LocalKek;
 use crate::events::Events;
 use crate::fallback::EnvFallback;
 use crate::identity::Peer;
-use crate::policy::{Policy, Rule};
+use crate::policy::{LivePolicy, Policy, Rule};
 use crate::store::{Store, StoreConfig};
 use crate::sync::{SyncConfig, Syncer};
 
@@ -41,7 +41,7 @@ impl Answer {
 
 struct Fixture {
     state: Arc<State>,
-    policy: Policy,
+    policy: Arc<LivePolicy>,
     writer: Writer,
     audit_path: PathBuf,
     _dir: tempfile::TempDir,
@@ -81,10 +81,10 @@ impl Fixture {
             body_timeout: Duration::from_secs(5),
             watchers: watch::Watchers::new(2),
         });
-        let policy = Policy::new(vec![
+        let policy = LivePolicy::new(Policy::new(vec![
             Rule::for_test(ADMIN, &["**"], &["read", "write", "list", "admin"]),
             Rule::for_test(WEB, &["web/**"], &["read", "list"]),
-        ]);
+        ]));
         Fixture {
             state,
             policy,
@@ -96,8 +96,7 @@ impl Fixture {
 
     fn conn(&self, id: &str) -> Arc<Conn> {
         let peer = Peer::for_test(id);
-        let policy = self.policy.for_peer(&peer);
-        Arc::new(Conn { peer, policy })
+        Arc::new(Conn::new(peer, &self.policy))
     }
 
     async fn call(&self, who: &str, method: Method, uri: &str, body: Option<&str>) -> Answer {
@@ -539,4 +538,35 @@ async fn admin_routes_answer_with_their_own_codes() {
     }
     let wrong = fx.call(ADMIN, Method::GET, "/v1/sync", None).await;
     assert_eq!(wrong.headers[http::header::ALLOW], "POST");
+}
+
+#[tokio::test]
+async fn an_open_connection_follows_a_reloaded_policy_from_its_next_request() {
+    let fx = Fixture::new().await;
+    fx.put("billing/key", r#"{"fields":{"v":"1"}}"#).await;
+    // One connection, kept across the reload.
+    let web = fx.conn(WEB);
+    let read = |conn: Arc<Conn>| {
+        let req = Request::builder()
+            .uri("/v1/secrets/billing/key")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        handle(fx.state.clone(), conn, req)
+    };
+    let before = read(web.clone()).await.expect("infallible");
+    assert_eq!(before.status(), StatusCode::FORBIDDEN);
+    fx.policy.replace(Policy::new(vec![Rule::for_test(
+        WEB,
+        &["billing/**"],
+        &["read"],
+    )]));
+    let after = read(web.clone()).await.expect("infallible");
+    assert_eq!(
+        after.status(),
+        StatusCode::OK,
+        "the same connection, the new rules"
+    );
+    assert_eq!(web.peer.id.as_ref(), WEB, "and the same identity");
+    let web_paths = read(web).await.expect("infallible");
+    assert_eq!(web_paths.status(), StatusCode::OK);
 }

@@ -26,7 +26,7 @@ pub(super) async fn authorize(
     op: Operation,
     path: &SecretPath,
 ) -> Result<(), ApiError> {
-    if conn.policy.check(&conn.peer, op, path) == Decision::Allow {
+    if conn.policy().check(&conn.peer, op, path) == Decision::Allow {
         return Ok(());
     }
     let err = ApiError::forbidden(op.as_str(), path.as_str());
@@ -43,7 +43,7 @@ pub(super) async fn admin_only(
     object: &str,
     audited_as: &str,
 ) -> Result<(), ApiError> {
-    if conn.policy.allows_any(Operation::Admin) {
+    if conn.policy().allows_any(Operation::Admin) {
         return Ok(());
     }
     let err = ApiError::forbidden(verb, object);

@@ -83,7 +83,8 @@ pub(super) async fn watch(
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let prefix = prefix_param(query)?;
-    if !conn.policy.may_list_under(&conn.peer, &prefix) && !conn.policy.allows_any(Operation::Read)
+    if !conn.policy().may_list_under(&conn.peer, &prefix)
+        && !conn.policy().allows_any(Operation::Read)
     {
         let err = ApiError::forbidden("watch", &format!("prefix {:?}", prefix.as_str()));
         deny(state, conn, Operation::List, prefix.as_str(), &err).await;
@@ -120,7 +121,7 @@ pub(super) async fn watch(
                             continue;
                         }
                         let visible = [Operation::Read, Operation::List].into_iter().any(|op| {
-                            conn.policy.check(&conn.peer, op, &event.path) == Decision::Allow
+                            conn.policy().check(&conn.peer, op, &event.path) == Decision::Allow
                         });
                         if !visible {
                             continue;

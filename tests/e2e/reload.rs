@@ -1,0 +1,112 @@
+//! SIGHUP reloads the config: a new policy rule takes effect without a restart, a
+//! config that does not validate is refused with its problems logged and the old
+//! one keeps serving, and every reload is audited with what changed.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{eventually, Agent};
+
+fn hup(agent: &Agent) -> anyhow::Result<()> {
+    let pid = agent
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the agent is not running"))?;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -HUP {pid} failed");
+    Ok(())
+}
+
+fn reloads(agent: &Agent, outcome: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    Ok(agent
+        .audit_records()?
+        .into_iter()
+        .filter(|r| r["op"] == "reload" && r["outcome"] == outcome)
+        .collect())
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_policy_and_refuses_a_broken_config() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    agent
+        .admin()?
+        .write("apps/other/secret", json!({"password": "shared"}))
+        .await?;
+    let web = agent.issue_cert("web", None).await?;
+    let app = agent.client_for(&web)?;
+    assert_eq!(app.read("apps/other/secret").await?.status, 403);
+
+    let config = agent.config_path();
+    let original = std::fs::read_to_string(&config)?;
+    let granted = format!(
+        "{original}\n[[policy]]\nidentity = \"{}\"\npaths = [\"apps/other/**\"]\noperations = [\"read\"]\n",
+        web.id
+    );
+    std::fs::write(&config, &granted)?;
+    hup(&agent)?;
+    let applied = eventually(
+        "the reload's audit record",
+        Duration::from_secs(10),
+        || async { reloads(&agent, "ok").ok()?.pop() },
+    )
+    .await?;
+    assert!(
+        applied["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("policy")),
+        "{applied}"
+    );
+    let now = app.read("apps/other/secret").await?;
+    assert_eq!(now.status, 200, "{}", now.body);
+    assert!(agent.is_running(), "a reload is not a restart");
+
+    // A config that does not validate changes nothing.
+    std::fs::write(
+        &config,
+        granted.replacen("[listen]", "[listen]\ntcp = \"soon\"", 1),
+    )?;
+    hup(&agent)?;
+    let refused = eventually(
+        "the refused reload's audit record",
+        Duration::from_secs(10),
+        || async { reloads(&agent, "failed").ok()?.pop() },
+    )
+    .await?;
+    assert_eq!(refused["code"], "invalid_config", "{refused}");
+    assert!(
+        !agent.log_lines_with("reload refused").is_empty(),
+        "the problems are logged"
+    );
+    assert!(agent
+        .log_lines_with("reload refused")
+        .iter()
+        .any(|l| l.contains("listen.tcp")));
+    let still = app.read("apps/other/secret").await?;
+    assert_eq!(
+        still.status, 200,
+        "the config in force keeps serving: {}",
+        still.body
+    );
+
+    // A change only a restart applies is named.
+    std::fs::write(
+        &config,
+        granted.replacen("max_body_bytes = 65536", "max_body_bytes = 4096", 1),
+    )?;
+    hup(&agent)?;
+    eventually(
+        "a reload that names the restart",
+        Duration::from_secs(10),
+        || async {
+            reloads(&agent, "ok").ok()?.into_iter().find(|r| {
+                r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("needs a restart: limits"))
+            })
+        },
+    )
+    .await?;
+    Ok(())
+}
