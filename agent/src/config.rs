@@ -142,7 +142,7 @@ pub struct Config {
     /// Path patterns mapped to plugins.
     pub lifecycle: Vec<crate::providers::LifecycleSpec>,
     /// Database connections for plugins.
-    pub sql: Vec<crate::providers::SqlSpec>,
+    pub sql: Vec<crate::providers::SqlConfig>,
     /// The lifecycle engine's settings.
     pub scheduler: crate::lifecycle::SchedulerSpec,
     /// The config file's folder.
@@ -312,7 +312,7 @@ impl Config {
             files.push((format!("plugin[{i}].manifest"), plugin.manifest.clone()));
         }
         for (i, sql) in self.sql.iter().enumerate() {
-            if let Some(f) = &sql.url_file {
+            if let crate::providers::UrlSource::File(f) = &sql.url {
                 files.push((format!("sql[{i}].url_file"), f.clone()));
             }
         }
@@ -656,13 +656,27 @@ fn validate(
             }
         }
     }
-    for (i, sql) in raw.sql.iter().enumerate() {
-        if sql.url_env.is_some() == sql.url_file.is_some() {
-            problems.push(format!(
-                "sql[{i}] ({:?}): give exactly one of url_env and url_file",
-                sql.name
-            ));
+    let mut sql = Vec::new();
+    for (i, spec) in raw.sql.iter().enumerate() {
+        let url = match (&spec.url_env, &spec.url_file) {
+            (Some(var), None) => Some(crate::providers::UrlSource::Env(var.clone())),
+            (None, Some(file)) => Some(crate::providers::UrlSource::File(file.clone())),
+            _ => {
+                problems.push(format!(
+                    "sql[{i}] ({:?}): give exactly one of url_env and url_file",
+                    spec.name
+                ));
+                None
+            }
+        };
+        if spec.max_connections == 0 {
+            problems.push(format!("sql[{i}].max_connections: must be at least 1"));
         }
+        sql.extend(url.map(|url| crate::providers::SqlConfig {
+            name: spec.name.clone(),
+            url,
+            max_connections: spec.max_connections.max(1),
+        }));
     }
     for (i, plugin) in raw.plugin.iter().enumerate() {
         for name in &plugin.sql {
@@ -695,7 +709,7 @@ fn validate(
         webhooks,
         plugins,
         lifecycle: raw.lifecycle,
-        sql: raw.sql,
+        sql,
         scheduler: raw.scheduler,
         base: base.to_owned(),
     })

@@ -56,27 +56,26 @@ pub struct PluginConfig {
     pub deadline: Duration,
 }
 
-/// `[[sql]]`: a database connection the host holds for plugins. The URL (with the
-/// administrative password) comes from an environment variable or a file, never from
-/// the config text, and plugins never see it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqlSpec {
+/// `[[sql]]` as validated: a database connection the host holds for plugins, with
+/// exactly one source for its URL (which carries the administrative password, so it
+/// is read at start, never kept in the config).
+#[derive(Debug, Clone)]
+pub struct SqlConfig {
     /// The name plugins and `[[plugin]] sql` use.
     pub name: String,
-    /// The environment variable holding `postgres://…` or `mysql://…`.
-    #[serde(default)]
-    pub url_env: Option<String>,
-    /// Or a file holding it (mode 0600), relative to the config file.
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
-    /// Pool size.
-    #[serde(default = "default_pool")]
+    /// Where the URL is.
+    pub url: UrlSource,
+    /// Pool size (at least 1).
     pub max_connections: u32,
 }
 
-fn default_pool() -> u32 {
-    2
+/// Where a `[[sql]]` URL is read from.
+#[derive(Debug, Clone)]
+pub enum UrlSource {
+    /// An environment variable (taken out of the process environment at start).
+    Env(String),
+    /// A file, anchored at the config's folder.
+    File(PathBuf),
 }
 
 /// `[[lifecycle]]` as written: which plugin looks after which secrets, and what the
@@ -195,12 +194,6 @@ pub enum Error {
         /// Why.
         #[source]
         source: std::io::Error,
-    },
-    /// A `[[sql]]` connection gives neither or both of `url_env` and `url_file`.
-    #[error("sql {name:?}: give exactly one of url_env and url_file")]
-    SqlSource {
-        /// The connection.
-        name: String,
     },
     /// A `[[sql]]` URL of an unknown database.
     #[error("sql {name:?}: the URL must start with postgres:// or mysql://")]
@@ -354,7 +347,7 @@ impl Providers {
     pub async fn load(
         plugins: &[PluginConfig],
         rules: &[LifecycleSpec],
-        sql: &[SqlSpec],
+        sql: &[SqlConfig],
         cache_dir: PathBuf,
         audit: Audit,
     ) -> Result<Self, Error> {
@@ -611,16 +604,16 @@ impl Credential {
     }
 }
 
-fn sql_connection(spec: &SqlSpec) -> Result<host::SqlConnectionConfig, Error> {
-    let url = match (&spec.url_env, &spec.url_file) {
+fn sql_connection(spec: &SqlConfig) -> Result<host::SqlConnectionConfig, Error> {
+    let url = match &spec.url {
         // Taken out of the process environment at start (`crate::environment`).
-        (Some(var), None) => crate::environment::var_string(var)
+        UrlSource::Env(var) => crate::environment::var_string(var)
             .map(|url| url.to_string())
             .ok_or_else(|| Error::SqlEnv {
                 name: spec.name.clone(),
                 var: var.clone(),
             })?,
-        (None, Some(file)) => std::fs::read_to_string(file)
+        UrlSource::File(file) => std::fs::read_to_string(file)
             .map_err(|source| Error::SqlFile {
                 name: spec.name.clone(),
                 file: file.clone(),
@@ -628,11 +621,6 @@ fn sql_connection(spec: &SqlSpec) -> Result<host::SqlConnectionConfig, Error> {
             })?
             .trim()
             .to_owned(),
-        _ => {
-            return Err(Error::SqlSource {
-                name: spec.name.clone(),
-            })
-        }
     };
     let dialect = match url.split_once("://").map(|(scheme, _)| scheme) {
         Some("postgres" | "postgresql") => host::Dialect::Postgres,
@@ -647,6 +635,6 @@ fn sql_connection(spec: &SqlSpec) -> Result<host::SqlConnectionConfig, Error> {
         name: spec.name.clone(),
         dialect,
         url: host::SecretString::new(url),
-        max_connections: spec.max_connections.max(1),
+        max_connections: spec.max_connections,
     })
 }

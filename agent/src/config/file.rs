@@ -55,7 +55,7 @@ pub struct FileConfig {
     pub lifecycle: Vec<crate::providers::LifecycleSpec>,
     /// Database connections the host holds for plugins (granted by `[[plugin]] sql`).
     #[serde(default)]
-    pub sql: Vec<crate::providers::SqlSpec>,
+    pub sql: Vec<SqlSpec>,
     /// The lifecycle engine: leases, coordination records, concurrency.
     #[serde(default)]
     pub scheduler: crate::lifecycle::SchedulerSpec,
@@ -345,4 +345,27 @@ fn default_memory() -> usize {
 }
 fn default_deadline() -> String {
     "10s".to_owned()
+}
+
+/// `[[sql]]`: a database connection the host holds for plugins. The URL (with the
+/// administrative password) comes from an environment variable or a file, never from
+/// the config text, and plugins never see it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSpec {
+    /// The name plugins and `[[plugin]] sql` use.
+    pub name: String,
+    /// The environment variable holding `postgres://…` or `mysql://…`.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Or a file holding it (mode 0600), relative to the config file.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Pool size.
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+fn default_pool() -> u32 {
+    2
 }
