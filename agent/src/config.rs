@@ -137,10 +137,10 @@ pub struct Config {
     pub env_fallback: Vec<crate::fallback::FallbackSpec>,
     /// Webhook sinks for events.
     pub webhooks: Vec<crate::webhook::Webhook>,
-    /// Provider plugins, as written (loaded at start; paths relative to `base`).
+    /// Provider plugins, validated (loaded at start; paths anchored at `base`).
     pub plugins: Vec<crate::providers::PluginConfig>,
-    /// Path patterns mapped to plugins.
-    pub lifecycle: Vec<crate::providers::LifecycleSpec>,
+    /// Path patterns mapped to plugins, compiled.
+    pub lifecycle: Vec<crate::providers::RuleConfig>,
     /// Database connections for plugins.
     pub sql: Vec<crate::providers::SqlConfig>,
     /// The lifecycle engine's settings.
@@ -626,6 +626,7 @@ fn validate(
         .enumerate()
         .map(|(i, plugin)| plugin_config(i, plugin, problems))
         .collect();
+    let mut lifecycle = Vec::new();
     for (i, rule) in raw.lifecycle.iter().enumerate() {
         if !raw.plugin.iter().any(|p| p.name == rule.plugin) {
             problems.push(format!(
@@ -636,14 +637,20 @@ fn validate(
         if rule.paths.is_empty() {
             problems.push(format!("lifecycle[{i}].paths: give at least one pattern"));
         }
+        let mut matchers = Vec::new();
         for (j, pattern) in rule.paths.iter().enumerate() {
-            if let Err(e) = globset::Glob::new(pattern.trim_start_matches('/')) {
-                problems.push(format!(
+            match globset::Glob::new(pattern.trim_start_matches('/')) {
+                Ok(glob) => matchers.push(glob.compile_matcher()),
+                Err(e) => problems.push(format!(
                     "lifecycle[{i}].paths[{j}]: {pattern:?}: {}",
                     e.kind()
-                ));
+                )),
             }
         }
+        lifecycle.push(crate::providers::RuleConfig {
+            spec: rule.clone(),
+            matchers,
+        });
         if rule.max_attempts == 0 {
             problems.push(format!("lifecycle[{i}].max_attempts: must be at least 1"));
         }
@@ -708,7 +715,7 @@ fn validate(
         env_fallback: raw.env_fallback,
         webhooks,
         plugins,
-        lifecycle: raw.lifecycle,
+        lifecycle,
         sql,
         scheduler: raw.scheduler,
         base: base.to_owned(),

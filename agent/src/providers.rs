@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use globset::{Glob, GlobMatcher};
+use globset::GlobMatcher;
 use latchkey_plugin_host as host;
 use serde::Deserialize;
 
@@ -76,6 +76,15 @@ pub enum UrlSource {
     Env(String),
     /// A file, anchored at the config's folder.
     File(PathBuf),
+}
+
+/// `[[lifecycle]]` as validated: the rule and its path patterns, compiled.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// The rule as written (its durations parsed).
+    pub spec: LifecycleSpec,
+    /// Its `paths`, compiled in order.
+    pub matchers: Vec<GlobMatcher>,
 }
 
 /// `[[lifecycle]]` as written: which plugin looks after which secrets, and what the
@@ -164,17 +173,6 @@ pub enum Error {
         rule: usize,
         /// The name it gives.
         plugin: String,
-    },
-    /// A `[[lifecycle]]` path pattern does not compile.
-    #[error("lifecycle[{rule}]: pattern {pattern:?}")]
-    Pattern {
-        /// The rule's index.
-        rule: usize,
-        /// The pattern.
-        pattern: String,
-        /// Why.
-        #[source]
-        source: globset::Error,
     },
     /// A `[[sql]]` connection names an environment variable that is not set.
     #[error("sql {name:?}: environment variable {var} is not set")]
@@ -346,7 +344,7 @@ impl Providers {
     /// Loads every plugin (compiling once; cached in `cache_dir`) and the rules.
     pub async fn load(
         plugins: &[PluginConfig],
-        rules: &[LifecycleSpec],
+        rules: &[RuleConfig],
         sql: &[SqlConfig],
         cache_dir: PathBuf,
         audit: Audit,
@@ -404,28 +402,15 @@ impl Providers {
             loaded.insert(spec.name.clone(), plugin);
         }
         let mut compiled = Vec::new();
-        for (i, rule) in rules.iter().enumerate() {
+        for (i, RuleConfig { spec: rule, matchers }) in rules.iter().enumerate() {
             if !loaded.contains_key(&rule.plugin) {
                 return Err(Error::UnknownPlugin {
                     rule: i,
                     plugin: rule.plugin.clone(),
                 });
             }
-            let matchers = rule
-                .paths
-                .iter()
-                .map(|p| {
-                    Glob::new(p.trim_start_matches('/'))
-                        .map(|g| g.compile_matcher())
-                        .map_err(|source| Error::Pattern {
-                            rule: i,
-                            pattern: p.clone(),
-                            source,
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
             compiled.push(Rule {
-                matchers,
+                matchers: matchers.clone(),
                 plugin: rule.plugin.clone(),
                 config: rule.config.clone().into_iter().collect(),
                 policy: Arc::new(rule.clone()),
