@@ -663,6 +663,27 @@ fn validate(
             }
         }
     }
+    // Coordination records live at `<ledger_prefix>/<path>`: the prefix must be a
+    // path itself, or every rotation would fail when it writes its record.
+    if let Err(e) = crate::path::SecretPath::parse(raw.scheduler.ledger_prefix.trim_matches('/')) {
+        problems.push(format!(
+            "scheduler.ledger_prefix: {:?} is not a secret path ({e})",
+            raw.scheduler.ledger_prefix
+        ));
+    }
+    if raw.scheduler.concurrency == 0 {
+        problems.push("scheduler.concurrency: must be at least 1".to_owned());
+    }
+    if raw
+        .scheduler
+        .node_id
+        .as_deref()
+        .is_some_and(|id| id.trim().is_empty())
+    {
+        problems.push(
+            "scheduler.node_id: must not be empty (leave it out for a generated one)".to_owned(),
+        );
+    }
     let mut sql = Vec::new();
     for (i, spec) in raw.sql.iter().enumerate() {
         let url = match (&spec.url_env, &spec.url_file) {
