@@ -402,7 +402,8 @@ impl Providers {
             loaded.insert(spec.name.clone(), plugin);
         }
         let mut compiled = Vec::new();
-        for (i, RuleConfig { spec: rule, matchers }) in rules.iter().enumerate() {
+        for (i, compiled_rule) in rules.iter().enumerate() {
+            let rule = &compiled_rule.spec;
             if !loaded.contains_key(&rule.plugin) {
                 return Err(Error::UnknownPlugin {
                     rule: i,
@@ -410,7 +411,7 @@ impl Providers {
                 });
             }
             compiled.push(Rule {
-                matchers: matchers.clone(),
+                matchers: compiled_rule.matchers.clone(),
                 plugin: rule.plugin.clone(),
                 config: rule.config.clone().into_iter().collect(),
                 policy: Arc::new(rule.clone()),
