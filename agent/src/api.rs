@@ -33,6 +33,7 @@ mod query;
 mod reply;
 mod request_body;
 mod router;
+pub mod scrape;
 mod secrets;
 mod trail;
 pub mod watch;

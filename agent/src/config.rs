@@ -145,6 +145,8 @@ pub struct Config {
     pub sql: Vec<crate::providers::SqlConfig>,
     /// The lifecycle engine's settings.
     pub scheduler: crate::lifecycle::SchedulerSpec,
+    /// Where `/metrics` and `/health` are served over plain HTTP, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The config file's folder.
     pub base: PathBuf,
 }
@@ -684,6 +686,24 @@ fn validate(
             "scheduler.node_id: must not be empty (leave it out for a generated one)".to_owned(),
         );
     }
+    let metrics_listen = match raw.metrics.listen.as_deref() {
+        None => None,
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => Some(addr),
+            Ok(addr) => {
+                problems.push(format!(
+                    "metrics.listen: {addr} is not a loopback address (it is plain HTTP)"
+                ));
+                None
+            }
+            Err(_) => {
+                problems.push(format!(
+                    "metrics.listen: {text:?} is not an address like 127.0.0.1:9464"
+                ));
+                None
+            }
+        },
+    };
     let mut sql = Vec::new();
     for (i, spec) in raw.sql.iter().enumerate() {
         let url = match (&spec.url_env, &spec.url_file) {
@@ -739,6 +759,7 @@ fn validate(
         lifecycle,
         sql,
         scheduler: raw.scheduler,
+        metrics_listen,
         base: base.to_owned(),
     })
 }

@@ -73,6 +73,15 @@ pub enum Error {
     /// The upstream's configuration cannot work.
     #[error("cannot set up the upstream")]
     Upstream(#[source] crate::upstream::Error),
+    /// The `[metrics] listen` address could not be bound.
+    #[error("cannot listen on {addr} for [metrics]")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A started agent: listeners bound, serving in the background.
@@ -438,6 +447,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     )
     .with_audit(state.audit.clone())
     .spawn(EXPIRY_CHECK, stop_rx.clone());
+    if let Some(addr) = config.metrics_listen {
+        let scrape = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Metrics { addr, source })?;
+        tracing::info!(listen = %addr, "serving /metrics and /health over plain HTTP");
+        tokio::spawn(crate::api::scrape::serve(
+            scrape,
+            state.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let task = tokio::spawn(listener::serve(bound, ctx, stop_rx.clone(), DRAIN));
     tracing::info!(listen = ?addresses, store = %config.store.path.display(), "latchkey ready");
     let notifier = crate::notify::Notifier::from_env();

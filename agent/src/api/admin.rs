@@ -35,6 +35,11 @@ pub(super) fn whoami(conn: &Conn) -> Response<Body> {
 /// store reports problems: their kinds for every peer, and their messages (which name
 /// paths) for admin peers only.
 pub(super) fn health(state: &State, conn: &Conn) -> Response<Body> {
+    health_view(state, conn.policy().allows_any(Operation::Admin))
+}
+
+/// The health answer; problem messages only when `admin`.
+pub(super) fn health_view(state: &State, admin: bool) -> Response<Body> {
     let version = env!("CARGO_PKG_VERSION");
     if !state.store.is_damaged() {
         return json_response(
@@ -42,7 +47,6 @@ pub(super) fn health(state: &State, conn: &Conn) -> Response<Body> {
             &serde_json::json!({ "status": "ok", "version": version }),
         );
     }
-    let admin = conn.policy().allows_any(Operation::Admin);
     let problems: Vec<serde_json::Value> = state
         .store
         .problems()
@@ -85,6 +89,11 @@ pub(super) async fn acknowledge(state: &State, conn: &Conn) -> Result<Response<B
 /// `GET /metrics`: Prometheus text (OpenMetrics).
 pub(super) async fn metrics(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {
     admin_only(state, conn, "read", "metrics", "metrics").await?;
+    Ok(metrics_text(state))
+}
+
+/// The metrics, as OpenMetrics text.
+pub(super) fn metrics_text(state: &State) -> Response<Body> {
     if let Some(engine) = &state.engine {
         state.metrics.lifecycle(&engine.state_counts());
     }
@@ -97,7 +106,7 @@ pub(super) async fn metrics(state: &State, conn: &Conn) -> Result<Response<Body>
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
-    Ok(res)
+    res
 }
 
 /// `POST /v1/validate/{path}`: asks the secret's provider plugin whether it works.

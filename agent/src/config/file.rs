@@ -59,6 +59,19 @@ pub struct FileConfig {
     /// The lifecycle engine: leases, coordination records, concurrency.
     #[serde(default)]
     pub scheduler: crate::lifecycle::SchedulerSpec,
+    /// A plain-HTTP loopback listener for scrapers and load balancers.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Loopback `ip:port` serving `GET /metrics` and `GET /health` over plain HTTP,
+    /// with no identity: nothing else is served there.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// `[sync]`.
