@@ -1,4 +1,5 @@
-//! Exponential backoff with jitter: the one retry schedule of the agent.
+//! Exponential backoff with jitter: the retry schedule the sync, the lifecycle engine
+//! and the webhooks share.
 //!
 //! Three loops retry through it: `sync` after a failed poll, `lifecycle` after a
 //! failed rotation, refresh or retirement (in whole seconds, kept in its status and

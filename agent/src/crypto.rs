@@ -1,11 +1,12 @@
 //! Envelope encryption for everything the agent keeps at rest.
 //!
 //! Two layers. A [`DataKey`] (AES-256-GCM) seals each record of the store, with the
-//! record's identity (path, version) bound as associated data, so a sealed value that is
-//! moved, swapped or altered on disk fails to open. The data key itself is stored only
-//! wrapped by a key-encryption key behind the [`KeyWrapper`] trait: [`LocalKek`] (a key
-//! file or an environment variable) today, OpenBao/Vault Transit later. Rotating the
-//! key-encryption key rewraps one data key instead of re-encrypting every value.
+//! record's place (its path's tag, version and epoch) bound as associated data, so a
+//! sealed value that is moved, swapped or altered on disk fails to open. The data key
+//! itself is stored only wrapped by a key-encryption key behind the [`KeyWrapper`]
+//! trait: [`LocalKek`] (a key file or an environment variable) or [`TransitKek`]
+//! (OpenBao/Vault Transit). Rotating the key-encryption key rewraps one data key
+//! instead of re-encrypting every value.
 //!
 //! A [`Tagger`] derived from the data key turns names into keyed tags, so the store's
 //! database keys do not show secret paths in clear.

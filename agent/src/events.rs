@@ -1,7 +1,8 @@
 //! Change fan-out: every committed change to a secret becomes an [`Event`].
 //!
-//! Producers (the API's writes, later sync, rotation and expiry) call
-//! [`Events::publish`]; consumers (SSE watchers, template rendering, webhooks) hold a
+//! Producers (the sync's commit, for every write and delete; the lifecycle engine;
+//! expiry warnings) call [`Events::publish`]; consumers (SSE watchers, template
+//! rendering, webhooks, the lifecycle scheduler, the expiry check) hold a
 //! [`tokio::sync::broadcast::Receiver`]. Events carry the path, the version and what
 //! happened — never a value. A consumer that falls behind is told how many events it
 //! missed and should re-read what it watches.

@@ -18,9 +18,9 @@
 //! store itself ([`upstream::local`]).
 //!
 //! Shared vocabulary: [`secret`] (values that zeroize and redact), [`path`]
-//! (validated secret paths), [`clock`] (the one wall clock) and [`backoff`] (the one
-//! retry schedule). [`environment`] takes the secrets the agent is handed in its
-//! environment out of it before any thread starts. [`server`] assembles the daemon
+//! (validated secret paths), [`clock`] (the one wall clock) and [`backoff`] (the
+//! shared retry schedule). [`environment`] takes the secrets the agent is handed in
+//! its environment out of it before any thread starts. [`server`] assembles the daemon
 //! from a [`config::Config`]; [`client`] speaks its API; [`cli`] is the command line.
 //! [`upstream`] holds the stores the agent syncs with (OpenBao/Vault, AWS Secrets
 //! Manager, the local store).

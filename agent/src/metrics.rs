@@ -1,8 +1,9 @@
 //! Prometheus metrics, served at `GET /metrics` (OpenMetrics text) to admin peers.
 //!
-//! Labels are operations and status codes: never paths (unbounded) and never values.
-//! Counting costs a hash lookup under a read lock and no allocation; gauges that
-//! reflect state (secrets held, upstream freshness) are read when scraped.
+//! Labels are operations, status codes and lifecycle states: never paths (unbounded)
+//! and never values. Counting costs a hash lookup under a read lock and no
+//! allocation; gauges that reflect state (secrets held, upstream freshness) are read
+//! when scraped.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;

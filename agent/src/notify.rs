@@ -9,8 +9,8 @@
 //! runtime (so a wedged event loop stops the pings and systemd restarts the agent),
 //! `RELOADING=1` … `READY=1` around a SIGHUP reload, and `STOPPING=1` when it begins
 //! to stop. Without `NOTIFY_SOCKET` every call does
-//! nothing. A message that cannot be sent is logged once at debug: notification
-//! never stops the agent.
+//! nothing. A message that cannot be sent is logged at debug: notification never
+//! stops the agent.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;

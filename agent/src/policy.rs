@@ -24,7 +24,8 @@
 //! grant tenant apps nothing through that path).
 //!
 //! The rules that apply to a peer are picked once per connection
-//! ([`Policy::for_peer`]); each request then costs a walk over a few segments and no
+//! ([`Policy::for_peer`]), and again after a reload replaced the policy
+//! ([`ConnPolicy`]); each request then costs a walk over a few segments and no
 //! allocation.
 
 use std::sync::atomic::{AtomicU64, Ordering};

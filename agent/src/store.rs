@@ -26,8 +26,8 @@
 //! ([`Store::problems`]) instead of vanishing.
 //!
 //! `put`, `delete` and `set_label` each run as one sled transaction over `meta`,
-//! `index` and `records`. Nothing here flushes on its own: callers [`Store::flush`]
-//! before they acknowledge a write. No value ever appears in an error or a log line.
+//! `index` and `records`, and do not flush: callers [`Store::flush`] before they
+//! acknowledge a write. No value ever appears in an error or a log line.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};

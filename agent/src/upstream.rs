@@ -4,7 +4,7 @@
 //! prefix (paths and versions only, so a poll can find what changed without fetching
 //! values), read one secret's version metadata, write with check-and-set, delete.
 //! `sync` drives these calls and, when [`Error::is_transient`] says so, retries them on
-//! the agent's one schedule (`crate::backoff`); the cache never talks to an upstream
+//! the shared schedule (`crate::backoff`); the cache never talks to an upstream
 //! directly.
 //!
 //! Backends, each one module in the same order (config, client, trait impl):
@@ -13,8 +13,9 @@
 //! (the agent's own sealed store: the upstream when none is configured, so there is
 //! always one, and every write takes the same path through `sync`). Azure Key
 //! Vault or GCP Secret Manager would be one more module here plus one [`config`]
-//! variant. [`http`] builds the one shared HTTP client; [`breaker`] is the per-address
-//! circuit breaker; [`template`] maps agent paths to remote names (with a tenant).
+//! variant. [`http`] builds the HTTP clients (one per upstream); [`breaker`] is the
+//! per-address circuit breaker; [`template`] maps agent paths to remote names (with a
+//! tenant).
 //!
 //! Nothing in this module logs or formats a secret value: errors name the upstream,
 //! the address and the path, never a value or a token.

@@ -1,8 +1,8 @@
 //! What `latchkey plugin inspect FILE` shows: digest, manifest, WIT world, and the
 //! plugin's own `info` answer.
 //!
-//! The agent's CLI calls [`inspect`] and prints the [`Inspection`] (it implements
-//! `Serialize` for `--json`). Inspecting compiles the component with the host's
+//! The agent's CLI calls [`inspect`] and prints the [`Inspection`] as JSON (it
+//! implements `Serialize`). Inspecting compiles the component with the host's
 //! engine (using the artifact cache) and calls `info` on an instance with no grants.
 
 use std::path::{Path, PathBuf};

@@ -18,11 +18,13 @@
 //! Module map: [`host`] (engine, config, load), [`plugin`] (calls and their
 //! results), [`manifest`], [`cache`] (compiled artifacts on disk), [`audit`]
 //! (denied capabilities), [`inspect`] (what `latchkey plugin inspect` prints),
-//! [`secret`] (credential values that zeroize and redact), and `capability/`
-//! (one file per capability a plugin may be granted: http, sql, log).
+//! [`secret`] (credential values that zeroize and redact), [`seed`] (replayable
+//! randomness for one call), and `capability/` (one file per capability a plugin may
+//! be granted: http, sql, log).
 //!
 //! Not here: deciding *when* to call a plugin (the agent's scheduler) and what to do
-//! with a [`ProviderError`] (rotation; see [`ProviderError::is_transient`]).
+//! with a [`ProviderError`] (the agent's `lifecycle::next` table; see also
+//! [`ProviderError::is_transient`]).
 
 pub mod audit;
 mod bindings;

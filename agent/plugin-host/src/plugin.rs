@@ -5,10 +5,10 @@
 //! deadline, the HTTP and SQL grants. The async methods run the (synchronous) wasm
 //! call on tokio's blocking pool, so they never stall the agent's runtime.
 //!
-//! Results are two-layered, as STYLE.md §4 asks: the outer [`CallError`] is a host
-//! fault or a hit limit (trap, timeout, memory), the inner [`ProviderError`] is the
-//! plugin's own answer. Credential values travel as [`SecretString`]; the plain
-//! strings the component model needs exist only during the call and are wiped.
+//! Results are two-layered: the outer [`CallError`] is a host fault or a hit limit
+//! (trap, timeout, memory), the inner [`ProviderError`] is the plugin's own answer.
+//! Credential values travel as [`SecretString`]; the plain strings the component
+//! model needs exist only during the call and are wiped.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

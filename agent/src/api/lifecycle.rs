@@ -1,9 +1,8 @@
-//! Admin routes of the lifecycle engine: rotate now, validate now, and status.
+//! Admin routes of the lifecycle engine: rotate now and status.
 //!
 //! | method | path | answer |
 //! | --- | --- | --- |
 //! | POST | `/v1/rotate/{path}` | 200 `{"outcome":"rotated","version":N}`; 409 busy; 502 rolled back; 503 the agent is stopping |
-//! | POST | `/v1/validate/{path}` | 200 with the provider's answer (also records the state) |
 //! | GET | `/v1/status[?prefix=P]` | every looked-after credential's state |
 //! | GET | `/v1/status/{path}` | one credential's state |
 

@@ -12,12 +12,12 @@
 //! identity first read each version, and how many reads each made in each window,
 //! with the window's first and last time. What not: the exact time of each repeat
 //! within a window, or the order of repeats of different paths within one window.
-//! `audit.reads = "each"` writes every read as its own record, as before.
+//! `audit.reads = "each"` writes every read as its own record.
 //!
 //! Memory is bounded: past [`MAX_HELD`] counted keys the tally writes everything it
-//! holds at once, and past [`MAX_SEEN`] remembered (identity, path) pairs it forgets
-//! them all, so the next read of each is written on its own again: bounds only ever
-//! add records, never lose a read.
+//! holds at once, and past [`MAX_SEEN`] remembered (identity, uid, path) keys it
+//! forgets them all, so the next read of each is written on its own again: bounds
+//! only ever add records, never lose a read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,4 +1,4 @@
-//! `latchkey get | put | list | rm`: the secret API from the shell.
+//! `latchkey get | put | list | rm | validate`: the secret API from the shell.
 //!
 //! `put` takes values as `name=value` (visible in `ps`, fine for test data),
 //! `name=@file` (read from a file), `name=-` (read from stdin), or a whole JSON

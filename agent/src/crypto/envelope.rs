@@ -2,9 +2,10 @@
 //!
 //! A sealed value is `[format version: 1 byte][nonce: 12 bytes][ciphertext][tag: 16 bytes]`,
 //! AES-256-GCM with a fresh random nonce per seal. The caller supplies the associated
-//! data (for the store: a domain string plus the record's path and version), so bytes
-//! sealed for one place do not open in another. Any failure to open is reported as one
-//! undifferentiated [`Error::Integrity`]: an attacker learns nothing from the reason.
+//! data (for the store: a domain string plus the record's path tag, version and
+//! epoch), so bytes sealed for one place do not open in another. Any failure to open
+//! is reported as one undifferentiated [`Error::Integrity`]: an attacker learns
+//! nothing from the reason.
 //!
 //! Random 96-bit nonces keep the collision risk negligible up to about 2^32 seals under
 //! one data key; a store that writes more than that should rotate its data key.

@@ -1,9 +1,10 @@
 //! Key-encryption keys: what wraps the store's data key.
 //!
 //! [`KeyWrapper`] is the one interface the store sees; [`LocalKek`] implements it with a
-//! 32-byte key read from a file or an environment variable, and an OpenBao/Vault Transit
-//! wrapper will implement it remotely. [`KekSource`] is the config-facing choice of
-//! source. The key id is derived from the key alone, so the same key loaded from a file
+//! 32-byte key read from a file or an environment variable, and
+//! [`TransitKek`](super::TransitKek) implements it remotely with OpenBao/Vault
+//! Transit. [`KekSource`] is the config-facing choice of source. The key id of a
+//! [`LocalKek`] is derived from the key alone, so the same key loaded from a file
 //! or from the environment opens the same store.
 
 use std::fmt;

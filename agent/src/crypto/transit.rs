@@ -1,9 +1,9 @@
 //! A key-encryption key held by OpenBao/Vault Transit.
 //!
 //! The data key is sent to Transit's `encrypt` endpoint once, when the store is made,
-//! and the returned ciphertext is kept beside the store; at every start the agent
-//! asks Transit to `decrypt` it. The Transit key never leaves the server, so a copy of
-//! the agent's disk alone does not open the store.
+//! and the returned ciphertext is kept in the store's `meta` tree; at every start the
+//! agent asks Transit to `decrypt` it. The Transit key never leaves the server, so a
+//! copy of the agent's disk alone does not open the store.
 
 use async_trait::async_trait;
 

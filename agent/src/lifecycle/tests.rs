@@ -1,8 +1,8 @@
 //! The engine's state machine against a scripted provider and a clock moved by hand:
 //! each answer a provider can give at each rotation step, in refresh and in
 //! validation, and the stop in the middle of a rotation. The store is a real one in a
-//! temporary folder; there is no upstream (the coordination records live in the
-//! store).
+//! temporary folder and is its own upstream (`upstream::local`), so the coordination
+//! records live in the store.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -26,13 +26,14 @@
 //! version id: we set `ClientRequestToken` (which becomes the `VersionId`) to
 //! `{n:020}-latchkey-{random}`, where `n = max(current + 1, now in µs-ish)`: the Unix
 //! time in milliseconds times 1000. A version written by anyone else (a UUID) gets its
-//! creation time in milliseconds times 1000 plus a number from 0 to 999 taken from a
-//! hash of its id, so two foreign versions created in the same millisecond (or the
-//! same second, on servers that keep only seconds) still differ. Numbers therefore
-//! grow with time across both kinds, as long as the agent's clock and AWS's agree to
-//! within the time between two writes (and, within one millisecond, their order is
-//! arbitrary); equality, which is what change detection and check-and-set use, is
-//! exact either way (barring a 1-in-1000 hash tie within one millisecond).
+//! creation time in whole seconds, as milliseconds, times 1000, plus a number from 0
+//! to 999 taken from a hash of its id (whole seconds, because the calls that report
+//! a version's creation time do not always agree on the part below a second), so two
+//! foreign versions created in the same second still differ. Numbers therefore grow
+//! with time across both kinds, as long as the agent's clock and AWS's agree to
+//! within the time between two writes (and, within one second, the order of foreign
+//! versions is arbitrary); equality, which is what change detection and check-and-set
+//! use, is exact either way (barring a 1-in-1000 hash tie within one second).
 //!
 //! ## Check-and-set
 //!

@@ -1,4 +1,4 @@
-//! The `[[upstream]]` sections of `latchkey.toml`, as written.
+//! The `[upstream]` section of `latchkey.toml`, as written.
 //!
 //! These are the serde shapes the config module embeds; each backend turns its
 //! section into a client (`OpenBao::from_config`, `AwsSecretsManager::from_config`).

@@ -2,9 +2,10 @@
 //!
 //! [`client`] builds the `reqwest::Client` every HTTP upstream uses (rustls with the
 //! *ring* provider, the configured CA, timeouts, user agent); [`aws_http_client`]
-//! builds the AWS SDK's client with the same TLS choices. Each is built once per
-//! upstream and reused for every call, never per request. [`sensitive`] turns a token
-//! into a header value that `Debug` and HTTP tracing redact.
+//! builds the AWS SDK's client (rustls on *ring* too, with the system roots). Each is
+//! built once per upstream and reused for every call, never per request.
+//! [`sensitive`] turns a token into a header value that `Debug` and HTTP tracing
+//! redact.
 
 use std::path::PathBuf;
 use std::time::Duration;

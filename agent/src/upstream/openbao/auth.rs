@@ -1,12 +1,13 @@
 //! Logging in to OpenBao / Vault and keeping the token alive.
 //!
 //! Three methods: a token (inline or from a file; looked up once to learn its TTL),
-//! AppRole (role id and secret id read from files at each login) and JWT (a JWT read
-//! from a file at each login, so a rotated Kubernetes service-account token is picked
-//! up). The session token is renewed with `renew-self` once two thirds of its lease
-//! have passed; when renewal fails or the token is rejected with a 403, the next call
-//! logs in again (AppRole, JWT, a token file that may have been replaced). Tokens live
-//! in [`SecretString`] and go out only as sensitive header values.
+//! AppRole (role id from a file, secret id inline or from a file, read at each login)
+//! and JWT (a JWT read from a file at each login, so a rotated Kubernetes
+//! service-account token is picked up). The session token is renewed with
+//! `renew-self` once two thirds of its lease have passed; when renewal fails or the
+//! token is rejected with a 403, the next call logs in again (AppRole, JWT, a token
+//! file that may have been replaced). Tokens live in [`SecretString`] and go out only
+//! as sensitive header values.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
