@@ -147,6 +147,8 @@ pub struct Config {
     pub scheduler: crate::lifecycle::SchedulerSpec,
     /// Where `/metrics` and `/health` are served over plain HTTP, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The upstream's files (CA, token, AppRole, JWT), anchored, with their keys.
+    upstream_files: Vec<(String, PathBuf)>,
     /// The config file's folder.
     pub base: PathBuf,
 }
@@ -225,17 +227,22 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 
 /// Anchors every file path of the sections that keep their written form (upstream
 /// auth and CA, plugin wasm and manifest, sql URL files) at the config's folder, so
-/// nothing later resolves a path against the working directory.
-fn resolve_section_paths(base: &Path, raw: &mut file::FileConfig) {
-    let anchor = |p: &mut PathBuf| *p = resolve(base, p);
+/// nothing later resolves a path against the working directory. Returns the
+/// upstream's files with their keys, for [`Config::files`]: the one list of them.
+fn resolve_section_paths(base: &Path, raw: &mut file::FileConfig) -> Vec<(String, PathBuf)> {
+    let mut upstream = Vec::new();
+    let mut anchor = |key: &str, p: &mut PathBuf| {
+        *p = resolve(base, p);
+        upstream.push((format!("upstream.{key}"), p.clone()));
+    };
     if let Some(UpstreamConfig::OpenBao(bao)) = raw.upstream.as_mut() {
         if let Some(ca) = bao.ca_file.as_mut() {
-            anchor(ca);
+            anchor("ca_file", ca);
         }
         match &mut bao.auth {
             OpenBaoAuthConfig::Token { token_file, .. } => {
                 if let Some(f) = token_file.as_mut() {
-                    anchor(f);
+                    anchor("auth.token_file", f);
                 }
             }
             OpenBaoAuthConfig::AppRole {
@@ -243,25 +250,26 @@ fn resolve_section_paths(base: &Path, raw: &mut file::FileConfig) {
                 secret_id_file,
                 ..
             } => {
-                anchor(role_id_file);
+                anchor("auth.role_id_file", role_id_file);
                 if let Some(f) = secret_id_file.as_mut() {
-                    anchor(f);
+                    anchor("auth.secret_id_file", f);
                 }
             }
-            OpenBaoAuthConfig::Jwt { jwt_file, .. } => anchor(jwt_file),
+            OpenBaoAuthConfig::Jwt { jwt_file, .. } => anchor("auth.jwt_file", jwt_file),
         }
     }
     for plugin in &mut raw.plugin {
-        anchor(&mut plugin.wasm);
+        plugin.wasm = resolve(base, &plugin.wasm);
         if let Some(m) = plugin.manifest.as_mut() {
-            anchor(m);
+            *m = resolve(base, m);
         }
     }
     for sql in &mut raw.sql {
         if let Some(f) = sql.url_file.as_mut() {
-            anchor(f);
+            *f = resolve(base, f);
         }
     }
+    upstream
 }
 
 impl Config {
@@ -281,34 +289,7 @@ impl Config {
         if let KekSource::File { path } = &self.kek {
             files.push(("storage.kek.path".to_owned(), path.clone()));
         }
-        if let Some(UpstreamConfig::OpenBao(bao)) = self.upstream.as_deref() {
-            if let Some(ca) = &bao.ca_file {
-                files.push(("upstream.ca_file".to_owned(), ca.clone()));
-            }
-            match &bao.auth {
-                OpenBaoAuthConfig::Token { token_file, .. } => {
-                    if let Some(f) = token_file {
-                        files.push(("upstream.auth.token_file".to_owned(), f.clone()));
-                    }
-                }
-                OpenBaoAuthConfig::AppRole {
-                    role_id_file,
-                    secret_id_file,
-                    ..
-                } => {
-                    files.push((
-                        "upstream.auth.role_id_file".to_owned(),
-                        role_id_file.clone(),
-                    ));
-                    if let Some(f) = secret_id_file {
-                        files.push(("upstream.auth.secret_id_file".to_owned(), f.clone()));
-                    }
-                }
-                OpenBaoAuthConfig::Jwt { jwt_file, .. } => {
-                    files.push(("upstream.auth.jwt_file".to_owned(), jwt_file.clone()));
-                }
-            }
-        }
+        files.extend(self.upstream_files.iter().cloned());
         for (i, plugin) in self.plugins.iter().enumerate() {
             files.push((format!("plugin[{i}].wasm"), plugin.wasm.clone()));
             files.push((format!("plugin[{i}].manifest"), plugin.manifest.clone()));
@@ -426,7 +407,7 @@ fn validate(
     mut raw: file::FileConfig,
     problems: &mut Vec<String>,
 ) -> Option<Config> {
-    resolve_section_paths(base, &mut raw);
+    let upstream_files = resolve_section_paths(base, &mut raw);
     let trust_domain = match TrustDomain::new(&raw.trust_domain) {
         Ok(td) => Some(td),
         Err(e) => {
@@ -760,6 +741,7 @@ fn validate(
         sql,
         scheduler: raw.scheduler,
         metrics_listen,
+        upstream_files,
         base: base.to_owned(),
     })
 }
