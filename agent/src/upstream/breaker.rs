@@ -74,16 +74,20 @@ impl Breaker {
         !self.allows(now)
     }
 
-    /// Records a successful request: the circuit closes.
-    pub fn record_success(&self) {
+    /// Records a successful request: the circuit closes. Whether it had been open
+    /// (tripped at least once since the last success), for the caller to say so.
+    pub fn record_success(&self) -> bool {
         let mut s = self.lock();
+        let was_open = s.trips > 0;
         s.failures = 0;
         s.trips = 0;
         s.open_until = None;
+        was_open
     }
 
-    /// Records a failed request at `now`; may open the circuit.
-    pub fn record_failure(&self, now: Instant) {
+    /// Records a failed request at `now`; may open the circuit. The cool-down when
+    /// this failure opened it (or a failed half-open probe opened it again).
+    pub fn record_failure(&self, now: Instant) -> Option<Duration> {
         let mut s = self.lock();
         s.failures = s.failures.saturating_add(1);
         let half_open_probe_failed = s.open_until.is_some();
@@ -96,7 +100,9 @@ impl Breaker {
                 .min(self.settings.max_open_for);
             s.open_until = Some(now + open_for);
             s.trips = s.trips.saturating_add(1);
+            return Some(open_for);
         }
+        None
     }
 }
 
@@ -116,9 +122,13 @@ mod tests {
     fn opens_after_threshold_and_half_opens_after_cool_down() {
         let b = Breaker::new(settings());
         let t0 = Instant::now();
-        b.record_failure(t0);
+        assert_eq!(b.record_failure(t0), None);
         assert!(b.allows(t0), "one failure is below the threshold");
-        b.record_failure(t0);
+        assert_eq!(
+            b.record_failure(t0),
+            Some(Duration::from_secs(1)),
+            "the failure that opens it says for how long"
+        );
         assert!(b.is_open(t0));
         assert!(b.is_open(t0 + Duration::from_millis(999)));
         assert!(
@@ -134,7 +144,7 @@ mod tests {
         b.record_failure(t0);
         b.record_failure(t0);
         let t1 = t0 + Duration::from_secs(1);
-        b.record_failure(t1);
+        assert_eq!(b.record_failure(t1), Some(Duration::from_secs(2)));
         assert!(
             b.is_open(t1 + Duration::from_millis(1999)),
             "doubled cool-down"
@@ -144,8 +154,9 @@ mod tests {
         b.record_failure(t2);
         assert!(b.is_open(t2 + Duration::from_millis(2999)), "capped at max");
         assert!(b.allows(t2 + Duration::from_secs(3)));
-        b.record_success();
+        assert!(b.record_success(), "closing an open circuit is reported");
         assert!(b.allows(t2));
+        assert!(!b.record_success(), "a closed one is not");
         b.record_failure(t2);
         assert!(b.allows(t2), "counters were reset by the success");
     }

@@ -118,6 +118,18 @@ impl Transport {
         })
     }
 
+    /// Records a failure at `node`; says so when it opens the node's circuit.
+    fn failed(&self, node: &Node, address: &str) {
+        if let Some(cool_down) = node.breaker.record_failure(Instant::now()) {
+            tracing::warn!(
+                upstream = %self.upstream,
+                %address,
+                cool_down = %humantime::format_duration(cool_down),
+                "address skipped: circuit breaker open"
+            );
+        }
+    }
+
     /// Addresses whose circuit is open right now.
     pub(crate) fn open_addresses(&self) -> Vec<String> {
         let now = Instant::now();
@@ -169,7 +181,7 @@ impl Transport {
             let address = node.base.as_str().trim_end_matches('/').to_owned();
             match request.send().await {
                 Err(e) => {
-                    node.breaker.record_failure(Instant::now());
+                    self.failed(node, &address);
                     let connected = !e.is_connect();
                     tracing::debug!(upstream = %self.upstream, %address, error = %e, "request failed");
                     last = Some(Error::Unavailable {
@@ -184,7 +196,7 @@ impl Transport {
                 Ok(response) => {
                     let status = response.status();
                     if is_server_failure(status) {
-                        node.breaker.record_failure(Instant::now());
+                        self.failed(node, &address);
                         tracing::debug!(upstream = %self.upstream, %address, %status, "server failure");
                         last = Some(Error::Unavailable {
                             upstream: self.upstream.clone(),
@@ -198,12 +210,14 @@ impl Transport {
                     }
                     match response.bytes().await {
                         Ok(body) => {
-                            node.breaker.record_success();
+                            if node.breaker.record_success() {
+                                tracing::info!(upstream = %self.upstream, %address, "address answers again: circuit breaker closed");
+                            }
                             self.preferred.store(index, Ordering::Relaxed);
                             return Ok(Reply { status, body });
                         }
                         Err(e) => {
-                            node.breaker.record_failure(Instant::now());
+                            self.failed(node, &address);
                             last = Some(Error::Unavailable {
                                 upstream: self.upstream.clone(),
                                 address,
