@@ -148,7 +148,8 @@ mod tests {
         env.insert("LK_TEST".to_owned(), SecretString::from("v"));
         let mut c = Child::spawn(&sh("test \"$LK_TEST\" = v && exit 7"), &env).expect("spawn");
         assert_eq!(exit_code(c.wait().await.expect("wait")), 7);
-        let mut c = Child::spawn(&sh("sleep 30"), &env).expect("spawn");
+        // `exec`, so no forked `sleep` outlives the shell holding the test's output.
+        let mut c = Child::spawn(&sh("exec sleep 30"), &env).expect("spawn");
         let status = c.stop(Duration::from_secs(5)).await.expect("stop");
         assert_eq!(exit_code(status), 128 + 15);
         // `exec`: the ignored SIGTERM carries over, and no grandchild outlives the test.
