@@ -587,7 +587,7 @@ impl Engine {
                 }
             },
         );
-        self.plan_path(path);
+        self.plan_path(path).await;
     }
 
     async fn retire_previous(

@@ -126,7 +126,7 @@ impl Engine {
         let mut stop = self.inner.running.stop.subscribe();
         tokio::spawn(async move {
             engine.recover().await;
-            engine.plan_all();
+            engine.plan_all().await;
             // Open grace windows from before a restart: read in the background, so a
             // large fleet of policies does not delay the first plan.
             let learning = engine.clone();
@@ -150,11 +150,14 @@ impl Engine {
                             )
                             .max(Duration::from_millis(200))
                         });
-                tokio::select! {
+                let event = tokio::select! {
                     _ = stop.wait_for(|stop| *stop) => return,
-                    _ = tokio::time::sleep(sleep_for) => {}
-                    _ = engine.inner.replan.notified() => {}
-                    event = events.recv() => engine.on_event(event),
+                    _ = tokio::time::sleep(sleep_for) => None,
+                    _ = engine.inner.replan.notified() => None,
+                    event = events.recv() => Some(event),
+                };
+                if let Some(event) = event {
+                    engine.on_event(event).await;
                 }
             }
         })
@@ -188,7 +191,7 @@ impl Engine {
         }
     }
 
-    fn on_event(&self, event: Result<Event, tokio::sync::broadcast::error::RecvError>) {
+    async fn on_event(&self, event: Result<Event, tokio::sync::broadcast::error::RecvError>) {
         match event {
             Ok(e) if matches!(e.kind, Kind::Updated | Kind::Deleted | Kind::Rotated) => {
                 let Some(policy) = self.policy(&e.path) else {
@@ -199,7 +202,7 @@ impl Engine {
                     lock(&self.inner.plan).set(&e.path, None);
                     return;
                 }
-                self.plan_path(&e.path);
+                self.plan_path(&e.path).await;
                 if e.kind == Kind::Updated && rotates(&policy) {
                     // Maybe another agent's rotation, synced in: learn its grace window.
                     let engine = self.clone();
@@ -213,17 +216,22 @@ impl Engine {
                 }
             }
             Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.plan_all(),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.plan_all().await,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
         }
     }
 
     /// Plans every looked-after secret in the store.
-    fn plan_all(&self) {
+    async fn plan_all(&self) {
         if !self.inner.provider.has_rules() {
             return;
         }
-        let entries = match self.inner.store.list(&Prefix::all()) {
+        let listed = self
+            .inner
+            .store
+            .blocking(|store| store.list(&Prefix::all()))
+            .await;
+        let entries = match listed {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list the store to plan the lifecycle");
@@ -236,17 +244,17 @@ impl Engine {
                 .as_str()
                 .starts_with(&self.inner.spec.ledger_prefix)
             {
-                self.plan_path(&entry.path);
+                self.plan_path(&entry.path).await;
             }
         }
     }
 
     /// Works out when `path` next needs the engine.
-    pub(super) fn plan_path(&self, path: &SecretPath) {
+    pub(super) async fn plan_path(&self, path: &SecretPath) {
         let Some(policy) = self.policy(path) else {
             return;
         };
-        let secret = match self.inner.store.get(path, Selector::Current) {
+        let secret = match self.stored(path, Selector::Current).await {
             Ok(Some(s)) => s,
             _ => {
                 lock(&self.inner.plan).set(path, None);
@@ -287,7 +295,7 @@ impl Engine {
                 tracing::debug!(path = %path, error = %e, "lifecycle step did not complete");
             }
         }
-        self.plan_path(&path);
+        self.plan_path(&path).await;
     }
 
     pub(super) async fn run_due(

@@ -525,7 +525,7 @@ async fn a_new_version_lifts_a_stop() {
     rolled_back(bed.engine.rotate_now(&bed.path).await.expect("rotate"));
     assert!(bed.status().stopped);
     bed.write("key-written-by-an-admin", None);
-    bed.engine.plan_path(&bed.path);
+    bed.engine.plan_path(&bed.path).await;
     assert!(!bed.status().stopped);
     bed.later(Duration::from_secs(3601)).await;
     assert_eq!(bed.fake.calls(Operation::CreatePending), 2);
