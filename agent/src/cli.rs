@@ -11,6 +11,7 @@ mod cert;
 mod connect;
 mod dev;
 mod exec;
+pub mod exit;
 mod import;
 mod init;
 mod lifecycle;
@@ -136,11 +137,7 @@ pub struct Failure {
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(e: E) -> Self {
         let error = e.into();
-        let code = if error.downcast_ref::<crate::config::Error>().is_some() {
-            64
-        } else {
-            1
-        };
+        let code = exit::of_error(&error);
         Failure { code, error }
     }
 }

@@ -140,7 +140,8 @@ async fn exec_passes_env_and_returns_the_exit_code() -> anyhow::Result<()> {
         .cli(["exec", "--env", "X=apps/web/db#nope", "--", "true"])
         .run()
         .await?;
-    assert_eq!(missing.code, 1, "{missing:?}");
+    // Not found, as `get --field nope` says it (3), not a generic failure.
+    assert_eq!(missing.code, 3, "{missing:?}");
     assert!(
         missing
             .stderr
@@ -297,5 +298,22 @@ async fn exec_signals_the_child_when_its_rendered_file_changes() -> anyhow::Resu
     term(&exec)?;
     let status = within("exec to exit", WAIT, exec.wait()).await??;
     assert_eq!(status.code(), Some(128 + 15));
+    Ok(())
+}
+
+#[tokio::test]
+async fn exec_exits_like_get_when_a_secret_is_missing_or_denied() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let get = agent.cli(["get", "apps/web/none"]).run().await?;
+    let exec = agent
+        .cli(["exec", "--env", "DB=apps/web/none#password", "--", "true"])
+        .run()
+        .await?;
+    assert_eq!(get.code, 3, "get: {}", get.stderr);
+    assert_eq!(
+        exec.code, 3,
+        "exec, one table of exit codes: {}",
+        exec.stderr
+    );
     Ok(())
 }

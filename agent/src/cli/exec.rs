@@ -85,7 +85,7 @@ fn spec(args: &ExecArgs) -> anyhow::Result<Spec> {
 
 /// `latchkey exec`.
 pub(super) async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
-    let spec = spec(&args).map_err(|e| Failure::with_code(2, e))?;
+    let spec = spec(&args).map_err(|e| Failure::with_code(super::exit::USAGE, e))?;
     let client = Arc::new(args.client.client()?);
     let code = crate::exec::run(spec, client).await?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))

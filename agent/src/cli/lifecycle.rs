@@ -89,7 +89,7 @@ pub(super) async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     Ok(if all_active {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(6)
+        ExitCode::from(super::exit::REJECTED)
     })
 }
 
@@ -124,7 +124,11 @@ pub(super) async fn rotate(args: RotateArgs) -> Result<ExitCode, Failure> {
                 .and_then(|d| d.as_str())
                 .unwrap_or("");
             eprintln!("{path}: {other}: {detail}");
-            Ok(ExitCode::from(if other == "rolled-back" { 1 } else { 5 }))
+            Ok(ExitCode::from(if other == "rolled-back" {
+                super::exit::FAILURE
+            } else {
+                super::exit::CONFLICT
+            }))
         }
         None => {
             check(&reply)?;

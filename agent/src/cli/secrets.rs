@@ -104,12 +104,7 @@ pub(super) fn check(reply: &Reply) -> Result<(), Failure> {
         .and_then(|c| c.as_str())
         .unwrap_or("")
         .to_owned();
-    let exit = match reply.status {
-        404 => 3,
-        401 | 403 => 4,
-        409 => 5,
-        _ => 1,
-    };
+    let exit = super::exit::of_status(reply.status);
     Err(Failure::with_code(
         exit,
         anyhow!("{} {code}: {message}", reply.status),
@@ -137,7 +132,10 @@ pub(super) async fn get(args: GetArgs) -> Result<ExitCode, Failure> {
                 .and_then(|f| f.get(field))
                 .and_then(|v| v.as_str())
                 .ok_or_else(|| {
-                    Failure::with_code(3, anyhow!("secret {path} has no field {field:?}"))
+                    Failure::with_code(
+                        super::exit::NOT_FOUND,
+                        anyhow!("secret {path} has no field {field:?}"),
+                    )
                 })?;
             out.write_all(value.as_bytes())?;
             out.write_all(b"\n")?;
@@ -307,6 +305,6 @@ pub(super) async fn validate(args: ValidateArgs) -> Result<ExitCode, Failure> {
     Ok(if valid {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(6)
+        ExitCode::from(super::exit::REJECTED)
     })
 }
