@@ -554,7 +554,10 @@ async fn measure(
         pin(std::process::id(), "1")?;
         Some(Pinned {
             pids: [pid, std::process::id()],
-            all: format!("0-{}", report::Machine::probe().nproc.saturating_sub(1)),
+            all: format!(
+                "0-{}",
+                std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+            ),
         })
     } else {
         None

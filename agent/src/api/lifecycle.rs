@@ -85,12 +85,13 @@ pub(super) async fn status(
         None => {
             let prefix = prefix_param(query)?;
             admin_only(state, conn, "admin", prefix.as_str(), prefix.as_str()).await?;
+            let policy = conn.policy();
             let list: Vec<serde_json::Value> = engine(state)?
                 .statuses(&prefix)
                 .into_iter()
                 // Only what this admin may administer.
                 .filter(|(path, _)| {
-                    conn.policy().check(&conn.peer, Operation::Admin, path) == Decision::Allow
+                    policy.check(&conn.peer, Operation::Admin, path) == Decision::Allow
                 })
                 .map(|(path, status)| {
                     let mut v = serde_json::to_value(&status).unwrap_or_default();

@@ -391,7 +391,9 @@ pub(super) async fn list(
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let prefix = prefix_param(query)?;
-    if !conn.policy().may_list_under(&conn.peer, &prefix) {
+    // Picked once: the filter below asks it for every entry.
+    let policy = conn.policy();
+    if !policy.may_list_under(&conn.peer, &prefix) {
         let err = ApiError::forbidden("list", &format!("prefix {:?}", prefix.as_str()));
         deny(state, conn, Operation::List, prefix.as_str(), &err).await;
         return Err(err);
@@ -400,7 +402,7 @@ pub(super) async fn list(
     let entries = state.store.blocking(move |store| store.list(&scan)).await?;
     let visible: Vec<ListEntry<'_>> = entries
         .iter()
-        .filter(|e| conn.policy().check(&conn.peer, Operation::List, &e.path) == Decision::Allow)
+        .filter(|e| policy.check(&conn.peer, Operation::List, &e.path) == Decision::Allow)
         .map(|e| ListEntry {
             path: e.path.as_str(),
             version: e.current_version,

@@ -83,9 +83,8 @@ pub(super) async fn watch(
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let prefix = prefix_param(query)?;
-    if !conn.policy().may_list_under(&conn.peer, &prefix)
-        && !conn.policy().allows_any(Operation::Read)
-    {
+    let policy = conn.policy();
+    if !policy.may_list_under(&conn.peer, &prefix) && !policy.allows_any(Operation::Read) {
         let err = ApiError::forbidden("watch", &format!("prefix {:?}", prefix.as_str()));
         deny(state, conn, Operation::List, prefix.as_str(), &err).await;
         return Err(err);

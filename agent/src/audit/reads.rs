@@ -114,16 +114,10 @@ impl ReadTally {
     /// The counted records whose window closed by `now`.
     pub(super) fn due(&self, now: Instant) -> Vec<Record> {
         let mut tally = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let closed: Vec<_> = tally
+        tally
             .held
-            .iter()
-            .filter(|(_, held)| now.duration_since(held.opened) >= self.window)
-            .map(|(key, _)| key.clone())
-            .collect();
-        closed
-            .into_iter()
-            .filter_map(|key| tally.held.remove(&key))
-            .map(Held::summary)
+            .extract_if(|_, held| now.duration_since(held.opened) >= self.window)
+            .map(|(_, held)| held.summary())
             .collect()
     }
 
