@@ -99,7 +99,7 @@ pub struct Running {
     stop_webhooks: watch::Sender<bool>,
     webhooks: Vec<JoinHandle<()>>,
     /// Held for the agent's lifetime: the CRL watcher stops once this is dropped.
-    _tls: Arc<ServerTls>,
+    tls: Arc<ServerTls>,
     /// Where it listens (`unix:PATH`, `tcp:ADDR`).
     pub addresses: Vec<String>,
     /// The service manager, told when the agent stops and reloads.
@@ -152,12 +152,11 @@ impl Running {
     fn apply(&self, new: Config) -> String {
         let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let mut said = Vec::new();
-        let rules = |c: &Config| format!("{:?}", c.policy);
-        if rules(&config) != rules(&new) {
+        if differs(&config.policy, &new.policy) {
             self.policy.replace(new.policy.clone());
             said.push(format!("policy ({} rules)", new.policy.len()));
         }
-        match self._tls.reload_crl() {
+        match self.tls.reload_crl() {
             Ok(true) => said.push("revocation list".to_owned()),
             Ok(false) => {}
             Err(e) => {
@@ -165,45 +164,30 @@ impl Running {
             }
         }
         let restart: Vec<&str> = [
-            (
-                "listen",
-                format!("{:?}", config.listen) != format!("{:?}", new.listen),
-            ),
-            (
-                "tls",
-                format!("{:?}", config.tls) != format!("{:?}", new.tls),
-            ),
+            ("listen", differs(&config.listen, &new.listen)),
+            ("tls", differs(&config.tls, &new.tls)),
             (
                 "storage",
-                format!("{:?}{:?}", config.store, config.kek)
-                    != format!("{:?}{:?}", new.store, new.kek),
+                differs(&(&config.store, &config.kek), &(&new.store, &new.kek)),
             ),
             (
                 "upstream",
-                format!("{:?}{:?}", config.upstream, config.sync)
-                    != format!("{:?}{:?}", new.upstream, new.sync),
+                differs(
+                    &(&config.upstream, &config.sync),
+                    &(&new.upstream, &new.sync),
+                ),
             ),
             (
                 "plugin",
-                format!("{:?}{:?}", config.plugins, config.lifecycle)
-                    != format!("{:?}{:?}", new.plugins, new.lifecycle),
+                differs(
+                    &(&config.plugins, &config.lifecycle),
+                    &(&new.plugins, &new.lifecycle),
+                ),
             ),
-            (
-                "template",
-                format!("{:?}", config.templates) != format!("{:?}", new.templates),
-            ),
-            (
-                "webhook",
-                format!("{:?}", config.webhooks) != format!("{:?}", new.webhooks),
-            ),
-            (
-                "limits",
-                format!("{:?}", config.limits) != format!("{:?}", new.limits),
-            ),
-            (
-                "audit",
-                format!("{:?}", config.audit) != format!("{:?}", new.audit),
-            ),
+            ("template", differs(&config.templates, &new.templates)),
+            ("webhook", differs(&config.webhooks, &new.webhooks)),
+            ("limits", differs(&config.limits, &new.limits)),
+            ("audit", differs(&config.audit, &new.audit)),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -480,12 +464,18 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         renderer,
         stop_webhooks,
         webhooks,
-        _tls: tls,
+        tls,
         addresses,
         notifier,
         policy: live_policy,
         config: std::sync::Mutex::new(config),
     })
+}
+
+/// Whether two config sections differ, by what they hold (the sections have no
+/// `PartialEq`; their `Debug` shows every field). Compared only, never logged.
+fn differs(old: &impl std::fmt::Debug, new: &impl std::fmt::Debug) -> bool {
+    format!("{old:?}") != format!("{new:?}")
 }
 
 /// Tells the service manager `READY=1` once the first poll of the upstream has
