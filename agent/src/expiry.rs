@@ -65,8 +65,9 @@ pub struct Expiry {
 impl Expiry {
     /// A watcher over `store`; `state_file` remembers what was sent.
     pub fn new(store: Store, events: Events, state_file: PathBuf) -> Self {
-        let sent = std::fs::read(&state_file)
+        let sent = crate::state_file::read(&state_file)
             .ok()
+            .flatten()
             .and_then(|raw| serde_json::from_slice::<Vec<Mark>>(&raw).ok())
             .map(|v| v.into_iter().collect())
             .unwrap_or_default();
@@ -86,8 +87,20 @@ impl Expiry {
     }
 
     /// One pass: publishes what is due now. Returns how many events were sent.
+    /// Blocks on the store: for tests and blocking callers.
     pub fn check(&mut self, now: i64) -> usize {
-        let entries = match self.store.list(&Prefix::all()) {
+        let listed = self.store.list(&Prefix::all());
+        self.check_listed(listed, now)
+    }
+
+    /// [`Expiry::check`] from async code: the store is read on the blocking pool.
+    pub async fn check_async(&mut self, now: i64) -> usize {
+        let listed = self.store.blocking(|s| s.list(&Prefix::all())).await;
+        self.check_listed(listed, now)
+    }
+
+    fn check_listed(&mut self, listed: Result<Vec<Entry>, crate::store::Error>, now: i64) -> usize {
+        let entries = match listed {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "expiry check could not list the store");
@@ -136,12 +149,8 @@ impl Expiry {
     fn save(&self) {
         let list: Vec<&Mark> = self.sent.iter().collect();
         if let Ok(raw) = serde_json::to_vec(&list) {
-            let tmp = self.state_file.with_extension("tmp");
-            if std::fs::write(&tmp, raw)
-                .and_then(|_| std::fs::rename(&tmp, &self.state_file))
-                .is_err()
-            {
-                tracing::warn!(file = %self.state_file.display(), "cannot save expiry state");
+            if let Err(e) = crate::state_file::replace(&self.state_file, &raw) {
+                tracing::warn!(file = %self.state_file.display(), error = %e, "cannot save expiry state");
             }
         }
     }
@@ -179,17 +188,7 @@ impl Expiry {
                             | tokio::sync::broadcast::error::TryRecvError::Closed)
                     ) {}
                 }
-                let now = crate::clock::unix_now();
-                // The store is sled: short blocking reads.
-                self = match tokio::task::spawn_blocking(move || {
-                    self.check(now);
-                    self
-                })
-                .await
-                {
-                    Ok(this) => this,
-                    Err(_) => return,
-                };
+                self.check_async(crate::clock::unix_now()).await;
             }
         })
     }

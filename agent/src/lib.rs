@@ -19,7 +19,8 @@
 //!
 //! Shared vocabulary: [`secret`] (values that zeroize and redact), [`path`]
 //! (validated secret paths), [`clock`] (the one wall clock) and [`backoff`] (the
-//! shared retry schedule). [`environment`] takes the secrets the agent is handed in
+//! shared retry schedule). [`state_file`] keeps the small state files beside the
+//! store (written atomically, private, never through a link). [`environment`] takes the secrets the agent is handed in
 //! its environment out of it before any thread starts. [`server`] assembles the daemon
 //! from a [`config::Config`]; [`client`] speaks its API; [`cli`] is the command line.
 //! [`upstream`] holds the stores the agent syncs with (OpenBao/Vault, AWS Secrets
@@ -50,6 +51,7 @@ pub mod providers;
 pub mod render;
 pub mod secret;
 pub mod server;
+pub mod state_file;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -217,7 +217,8 @@ fn node_id(spec: &SchedulerSpec, store: &Store) -> String {
         return id.clone();
     }
     let file = store.dir().with_extension("node-id");
-    if let Ok(text) = std::fs::read_to_string(&file) {
+    if let Ok(Some(raw)) = crate::state_file::read(&file) {
+        let text = String::from_utf8_lossy(&raw);
         let text = text.trim();
         if !text.is_empty() {
             return text.to_owned();
@@ -233,7 +234,7 @@ fn node_id(spec: &SchedulerSpec, store: &Store) -> String {
         if host.is_empty() { "agent" } else { &host },
         hex::encode(bytes)
     );
-    if let Err(e) = std::fs::write(&file, &id) {
+    if let Err(e) = crate::state_file::replace(&file, id.as_bytes()) {
         tracing::warn!(file = %file.display(), error = %e, "cannot keep the node id; it changes on restart");
     }
     id
