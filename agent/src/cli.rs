@@ -19,6 +19,7 @@ mod plugin;
 mod render;
 mod secrets;
 mod store;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +89,8 @@ pub enum Command {
     Rotate(lifecycle::RotateArgs),
     /// Show lifecycle states: active, rotating, expired, invalid, reauth-required, ...
     Status(lifecycle::StatusArgs),
+    /// Poll the upstream now; `--accept-deletions` applies the deletions the guard held.
+    Sync(sync::SyncArgs),
     /// Store environment variables as secrets (migration from `.env` files).
     Import(import::ImportArgs),
     /// Inspect or call a provider plugin (`.wasm`), for plugin authors.
@@ -181,6 +184,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::List(args) => secrets::list(args).await,
         Command::Rm(args) => secrets::rm(args).await,
         Command::Import(args) => import::run(args).await,
+        Command::Sync(args) => sync::run(args).await,
         Command::Validate(args) => secrets::validate(args).await,
         Command::Rotate(args) => lifecycle::rotate(args).await,
         Command::Status(args) => lifecycle::status(args).await,

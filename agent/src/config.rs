@@ -566,12 +566,19 @@ fn validate(
     if raw.sync.concurrency == 0 || raw.sync.concurrency > 1024 {
         problems.push("sync.concurrency: must be 1..=1024".to_owned());
     }
+    let share = raw.sync.max_deleted_share;
+    if !(0.0..=1.0).contains(&share) {
+        problems.push(format!(
+            "sync.max_deleted_share: {share} is not a share between 0 and 1"
+        ));
+    }
     let sync = SyncConfig {
         prefixes,
         poll_interval: duration("sync.poll_interval", &raw.sync.poll_interval, problems),
         grace: duration("sync.grace", &raw.sync.grace, problems),
         concurrency: raw.sync.concurrency.clamp(1, 1024),
         max_backoff: duration("sync.max_backoff", &raw.sync.max_backoff, problems),
+        max_deleted_share: share.clamp(0.0, 1.0),
     };
     match &raw.upstream {
         Some(UpstreamConfig::OpenBao(bao)) => {

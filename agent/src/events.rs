@@ -39,6 +39,10 @@ pub enum Kind {
     RotationFailed,
     /// The service refused a refresh: someone must log in again.
     ReauthRequired,
+    /// The upstream stopped listing this cached secret in a poll that would have
+    /// dropped too many at once; it is kept and served as stale until an operator
+    /// accepts the deletions or the upstream lists it again.
+    DeletionHeld,
 }
 
 impl Kind {
@@ -55,7 +59,28 @@ impl Kind {
             Kind::Expired => "expired",
             Kind::RotationFailed => "rotation-failed",
             Kind::ReauthRequired => "reauth-required",
+            Kind::DeletionHeld => "deletion-held",
         }
+    }
+
+    /// Every kind, for looking one up by name.
+    pub const ALL: [Kind; 11] = [
+        Kind::Updated,
+        Kind::Deleted,
+        Kind::Rotated,
+        Kind::Refreshed,
+        Kind::Validated,
+        Kind::Invalid,
+        Kind::Expiring,
+        Kind::Expired,
+        Kind::RotationFailed,
+        Kind::ReauthRequired,
+        Kind::DeletionHeld,
+    ];
+
+    /// The kind named `name` (its [`Kind::as_str`]).
+    pub fn named(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 

@@ -37,6 +37,13 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// Labels of the breaker gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddressLabels {
+    /// The upstream address as configured.
+    pub address: String,
+}
+
 /// Every metric the agent keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -50,6 +57,8 @@ pub struct Metrics {
     secrets: Gauge,
     upstream_stale: Gauge,
     upstream_age: Gauge,
+    held_deletions: Gauge,
+    breakers: Family<AddressLabels, Gauge>,
     credentials: Family<StateLabels, Gauge>,
 }
 
@@ -72,6 +81,8 @@ impl Metrics {
         let secrets = Gauge::default();
         let upstream_stale = Gauge::default();
         let upstream_age = Gauge::default();
+        let held_deletions = Gauge::default();
+        let breakers = Family::<AddressLabels, Gauge>::default();
         let credentials = Family::<StateLabels, Gauge>::default();
         registry.register(
             "credentials",
@@ -119,6 +130,16 @@ impl Metrics {
             "Seconds since the last good sync with the upstream (-1: never)",
             upstream_age.clone(),
         );
+        registry.register(
+            "upstream_held_deletions",
+            "Cached secrets the upstream no longer lists that the deletion guard keeps (latchkey sync --accept-deletions drops them)",
+            held_deletions.clone(),
+        );
+        registry.register(
+            "upstream_breaker",
+            "Each upstream address's circuit breaker: 0 closed, 1 open (skipped), 2 half-open (the next request probes it)",
+            breakers.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -130,6 +151,8 @@ impl Metrics {
             secrets,
             upstream_stale,
             upstream_age,
+            held_deletions,
+            breakers,
             credentials,
         }
     }
@@ -177,6 +200,25 @@ impl Metrics {
             .set(i64::try_from(problems).unwrap_or(i64::MAX));
     }
 
+    /// Sets the upstream's gauges: deletions held and each address's breaker.
+    pub fn upstream(&self, held: usize, addresses: &[crate::upstream::AddressState]) {
+        use crate::upstream::breaker::BreakerState;
+        self.held_deletions
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        for a in addresses {
+            let value = match a.breaker {
+                BreakerState::Closed => 0,
+                BreakerState::Open { .. } => 1,
+                BreakerState::HalfOpen => 2,
+            };
+            self.breakers
+                .get_or_create(&AddressLabels {
+                    address: a.address.clone(),
+                })
+                .set(value);
+        }
+    }
+
     /// The text exposition, with state gauges read now.
     pub fn render(&self, secrets: usize, freshness: Option<Freshness>) -> String {
         self.secrets.set(secrets as i64);
@@ -208,6 +250,15 @@ mod tests {
         m.request("read", 200);
         m.denial("read");
         m.cache(true);
+        m.upstream(
+            2,
+            &[crate::upstream::AddressState {
+                address: "http://127.0.0.1:8200".into(),
+                breaker: crate::upstream::breaker::BreakerState::Open {
+                    retry_in: std::time::Duration::from_secs(3),
+                },
+            }],
+        );
         let text = m.render(
             3,
             Some(Freshness::Stale {
@@ -225,6 +276,14 @@ mod tests {
         assert!(text.contains("latchkey_secrets 3"), "{text}");
         assert!(text.contains("latchkey_store_problems 0"), "{text}");
         assert!(text.contains("latchkey_upstream_stale 1"), "{text}");
+        assert!(
+            text.contains("latchkey_upstream_held_deletions 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("latchkey_upstream_breaker{address=\"http://127.0.0.1:8200\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("latchkey_upstream_last_sync_age_seconds 12"),
             "{text}"

@@ -31,6 +31,18 @@
 //!   then every `poll_interval`, or at once on [`Syncer::sync_now`], it lists each
 //!   configured prefix (versions only, no values), fetches what changed through a
 //!   bounded pool, and drops what was deleted upstream.
+//! - **Deletion guard.** A poll whose listing lacks more than `max_deleted_share`
+//!   (default half) of a prefix's cached secrets, or every one of them, drops none of
+//!   those: an empty or wrong answer (a restarted dev server, a mis-set mount or path
+//!   template, a token that suddenly sees nothing) must not empty every agent of a
+//!   fleet. Secrets the upstream lists *as deleted* (a KV v2 soft delete, an AWS
+//!   scheduled deletion: [`upstream::RemoteMeta::tombstone`]) are deletions by name
+//!   and always go. Held secrets stay served, marked stale; each raises one
+//!   `deletion-held` event, health says `degraded`, and the hold ends when the
+//!   upstream lists them again or an operator runs `latchkey sync
+//!   --accept-deletions` ([`Syncer::poll_accepting_deletions`]). Strays (below) are
+//!   checked by name, so one that is gone goes; they are held when several vanish
+//!   at once past the share, or when a prefix was held in the same poll.
 //! - **Misses.** A read of a path the store lacks asks the upstream once; concurrent
 //!   misses for the same path share that one request (single-flight). Cached paths
 //!   outside every prefix (from misses or writes) are checked one by one on each
@@ -43,13 +55,20 @@
 //!   taken for an outage. The time
 //!   of the last good sync is kept on disk, so an agent restarted during an outage
 //!   serves from its cache at once and still knows how old that cache is.
+//! - **Never backwards.** A pulled version older than the one held, and not written
+//!   after it (which would be a secret deleted and created again upstream), is
+//!   refused and said once per version: an acknowledged write is never lost to an
+//!   upstream that reports a stale current version. (A version numbered only by the
+//!   second it was written, [`RemoteSecret::ordered`] false, in the same second as
+//!   the one held cannot be ordered, and is taken.)
 //! - **Budget.** One semaphore bounds concurrent upstream calls from polls, misses and
 //!   writes together, so a large sync cannot flood the upstream.
 //! - **Blocking.** Every store call made here runs on the blocking pool through
 //!   [`Store::blocking`], the one convention for calling sled from async code.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +85,34 @@ use crate::upstream::{self, RemoteSecret, Upstream};
 const POLL_RETRY_BASE: Duration = Duration::from_millis(250);
 /// Most pulled changes a poll lands at once (one store task, one flush).
 const LAND_BATCH: usize = 64;
+
+/// The default of `[sync] max_deleted_share`: one poll may drop at most half of a
+/// prefix's cached secrets for vanishing from the listing.
+pub const DEFAULT_MAX_DELETED_SHARE: f64 = 0.5;
+
+/// Whether dropping `vanished` of a prefix's `cached` secrets, because the upstream's
+/// listing no longer names them, looks like an accident rather than deletions: more
+/// than `share` of them, or every one (an empty listing where the cache holds
+/// secrets is a restarted dev server, a wrong mount or path template, a token that
+/// sees nothing, far more often than a team deleting everything). Secrets the
+/// upstream lists as deleted (tombstones) are not counted: each was deleted by name.
+pub fn suspicious(cached: usize, vanished: usize, share: f64) -> bool {
+    vanished > 0 && (vanished >= cached || vanished as f64 > share * cached as f64)
+}
+
+/// When every address's circuit is open: how long until the first may be probed.
+fn first_probe(addresses: &[upstream::AddressState]) -> Option<Duration> {
+    use upstream::breaker::BreakerState;
+    addresses
+        .iter()
+        .map(|a| match a.breaker {
+            BreakerState::Open { retry_in } => Some(retry_in),
+            BreakerState::Closed | BreakerState::HalfOpen => None,
+        })
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .min()
+}
 
 /// How many of `landed` deleted a secret the store held.
 fn deletions(landed: &[Landed]) -> usize {
@@ -89,6 +136,10 @@ pub struct SyncConfig {
     pub concurrency: usize,
     /// Longest wait between retries while the upstream fails.
     pub max_backoff: Duration,
+    /// The largest share of a prefix's cached secrets one poll may drop because the
+    /// listing lacks them ([`suspicious`]); the rest is held until an operator
+    /// accepts ([`Syncer::poll_accepting_deletions`]) or the upstream lists them again.
+    pub max_deleted_share: f64,
 }
 
 #[cfg(test)]
@@ -101,6 +152,7 @@ impl SyncConfig {
             grace: Duration::from_secs(300),
             concurrency: 4,
             max_backoff: Duration::from_secs(30),
+            max_deleted_share: DEFAULT_MAX_DELETED_SHARE,
         }
     }
 }
@@ -162,6 +214,9 @@ pub struct Report {
     /// Secrets listed but not fetched because the upstream refused them (a policy
     /// that denies reading one path); their cached copies, if any, are kept.
     pub skipped: usize,
+    /// Cached secrets the upstream no longer lists but the deletion guard kept,
+    /// because the poll would have dropped too many of them at once.
+    pub held: usize,
     /// Milliseconds the poll took.
     pub elapsed_ms: u64,
 }
@@ -199,6 +254,16 @@ pub struct Syncer {
     /// through the agent): no list sees them, so each poll checks them one by one.
     /// `None` until the first poll has looked for those an earlier run left.
     strays: Mutex<Option<HashSet<SecretPath>>>,
+    /// Cached secrets the deletion guard holds, each with the prefix whose listing
+    /// lacked it (`None`: a stray, checked alone); replaced by each complete poll.
+    held: Mutex<BTreeMap<SecretPath, Option<Prefix>>>,
+    /// Whether `held` is non-empty, read on every request without the lock.
+    holding: AtomicBool,
+    /// Pulled versions refused for going backwards, each said once.
+    inconsistent: Mutex<HashSet<(SecretPath, u64)>>,
+    backwards: AtomicU64,
+    /// Listed secrets the upstream refuses to return, with how many polls in a row.
+    refusals: Mutex<HashMap<SecretPath, u64>>,
     wake: Notify,
     state_file: PathBuf,
 }
@@ -222,8 +287,9 @@ impl Syncer {
         config: SyncConfig,
         state_file: PathBuf,
     ) -> Arc<Self> {
-        let health = std::fs::read(&state_file)
+        let health = crate::state_file::read(&state_file)
             .ok()
+            .flatten()
             .and_then(|raw| serde_json::from_slice::<Health>(&raw).ok())
             .unwrap_or_default();
         Arc::new(Syncer {
@@ -236,6 +302,11 @@ impl Syncer {
             health: Mutex::new(health),
             misses: Mutex::new(HashMap::new()),
             strays: Mutex::new(None),
+            held: Mutex::new(BTreeMap::new()),
+            holding: AtomicBool::new(false),
+            inconsistent: Mutex::new(HashSet::new()),
+            backwards: AtomicU64::new(0),
+            refusals: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             state_file,
         })
@@ -259,6 +330,11 @@ impl Syncer {
     /// re-reads (calls made through it bypass the sync's concurrency budget).
     pub fn upstream(&self) -> Arc<dyn Upstream> {
         Arc::clone(&self.upstream)
+    }
+
+    /// The upstream's addresses and their circuit breakers.
+    pub fn addresses(&self) -> Vec<upstream::AddressState> {
+        self.upstream.addresses()
     }
 
     /// The upstream's name.
@@ -301,6 +377,11 @@ impl Syncer {
         let unconfirmed = !health.confirmed
             && age_ms.is_some_and(|ms| Duration::from_millis(ms) > self.config.poll_interval);
         if health.failing_since_ms.is_none() && !unconfirmed {
+            if self.holding.load(Ordering::Relaxed) {
+                // The upstream answers, but its listing disagrees with the cache
+                // (held deletions): what is served is not vouched for.
+                return Freshness::Stale { age_seconds };
+            }
             return Freshness::Fresh { age_seconds };
         }
         match age_seconds {
@@ -364,7 +445,13 @@ impl Syncer {
             .min(self.config.poll_interval)
             .max(Duration::from_millis(100));
         // `failures` counts this one: the first retry waits 500 ms.
-        let wait = Backoff::new(POLL_RETRY_BASE, cap).delay(failures.saturating_add(1));
+        let mut wait = Backoff::new(POLL_RETRY_BASE, cap).delay(failures.saturating_add(1));
+        // With every address's circuit open, a poll before the first cool-down ends
+        // would fail without trying, and one long after it would leave a recovered
+        // upstream unused: retry the moment the first address may be probed.
+        if let Some(probe) = first_probe(&self.upstream.addresses()) {
+            wait = probe + Duration::from_millis(10);
+        }
         tracing::warn!(
             upstream = self.upstream.name(),
             error = %error,
@@ -386,12 +473,8 @@ impl Syncer {
         health.confirmed = true;
         if let Ok(raw) = serde_json::to_vec(&*health) {
             drop(health);
-            let tmp = self.state_file.with_extension("tmp");
-            if std::fs::write(&tmp, raw)
-                .and_then(|_| std::fs::rename(&tmp, &self.state_file))
-                .is_err()
-            {
-                tracing::warn!(file = %self.state_file.display(), "cannot save the sync state");
+            if let Err(e) = crate::state_file::replace(&self.state_file, &raw) {
+                tracing::warn!(file = %self.state_file.display(), error = %e, "cannot save the sync state");
             }
         }
     }
@@ -408,14 +491,35 @@ impl Syncer {
         }
     }
 
-    /// One poll over every configured prefix.
+    /// One poll over every configured prefix, with the deletion guard on.
     pub async fn poll(&self) -> Result<Report, Error> {
+        self.poll_with(false).await
+    }
+
+    /// One poll that drops every secret the upstream no longer lists, however many:
+    /// what an operator runs (`latchkey sync --accept-deletions`) after checking
+    /// that the deletions the guard held are meant.
+    pub async fn poll_accepting_deletions(&self) -> Result<Report, Error> {
+        self.poll_with(true).await
+    }
+
+    /// The secrets the deletion guard holds now: cached, served (marked stale), but
+    /// no longer listed by the upstream.
+    pub fn held(&self) -> Vec<SecretPath> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.keys().cloned().collect()
+    }
+
+    async fn poll_with(&self, accept: bool) -> Result<Report, Error> {
         let started = std::time::Instant::now();
         let mut report = Report::default();
-        let result = self.poll_prefixes(&mut report).await;
+        let mut held = BTreeMap::new();
+        let result = self.poll_prefixes(&mut report, accept, &mut held).await;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(()) => {
+                report.held = held.len();
+                self.replace_held(held);
                 self.record_success();
                 Ok(report)
             }
@@ -426,7 +530,53 @@ impl Syncer {
         }
     }
 
-    async fn poll_prefixes(&self, report: &mut Report) -> Result<(), Error> {
+    /// Keeps what a complete poll held: logs, audits and publishes each newly held
+    /// secret once (`deletion-held`), and says when a hold ends.
+    fn replace_held(&self, now: BTreeMap<SecretPath, Option<Prefix>>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let new: Vec<(SecretPath, Option<Prefix>)> = now
+            .iter()
+            .filter(|(path, _)| !held.contains_key(*path))
+            .map(|(p, prefix)| (p.clone(), prefix.clone()))
+            .collect();
+        let ended = !held.is_empty() && now.is_empty();
+        *held = now;
+        self.holding.store(!held.is_empty(), Ordering::Relaxed);
+        let total = held.len();
+        drop(held);
+        if ended {
+            tracing::info!(
+                upstream = self.upstream.name(),
+                "no deletions held any more: the upstream lists every cached secret again, or they were accepted"
+            );
+        }
+        let mut by_prefix: BTreeMap<String, usize> = BTreeMap::new();
+        for (path, prefix) in &new {
+            let group = prefix.as_ref().map_or_else(
+                || "(secrets outside the prefixes)".to_owned(),
+                |p| format!("{:?}", p.as_str()),
+            );
+            *by_prefix.entry(group).or_default() += 1;
+            self.events
+                .publish(Event::now(Kind::DeletionHeld, path.clone(), None));
+        }
+        for (group, count) in by_prefix {
+            tracing::warn!(
+                upstream = self.upstream.name(),
+                prefix = %group,
+                newly_held = count,
+                held = total,
+                "the upstream no longer lists more cached secrets than one poll may drop; keeping and serving them as stale. If the deletions are meant, run `latchkey sync --accept-deletions`"
+            );
+        }
+    }
+
+    async fn poll_prefixes(
+        &self,
+        report: &mut Report,
+        accept: bool,
+        held: &mut BTreeMap<SecretPath, Option<Prefix>>,
+    ) -> Result<(), Error> {
         let mut first_error = None;
         for prefix in &self.config.prefixes {
             let remote = {
@@ -444,8 +594,18 @@ impl Syncer {
                 .collect();
             let mut seen = HashSet::with_capacity(remote.len());
             let mut fetches = tokio::task::JoinSet::new();
+            let mut batch = Vec::new();
             for meta in remote {
                 seen.insert(meta.path.clone());
+                if meta.deleted {
+                    if local.contains_key(&meta.path) {
+                        batch.push(Landing::Gone {
+                            path: meta.path,
+                            upstream: Some(true),
+                        });
+                    }
+                    continue;
+                }
                 if local.get(&meta.path) == Some(&meta.version) {
                     continue;
                 }
@@ -456,11 +616,11 @@ impl Syncer {
                     (meta.path.clone(), upstream.read(&meta.path).await)
                 });
             }
-            let mut batch = Vec::new();
             while let Some(joined) = fetches.join_next().await {
                 let Ok((path, result)) = joined else { continue };
                 match result {
                     Ok(Some(remote)) => {
+                        self.answered(&path);
                         batch.push(Landing::Pulled(remote));
                         report.fetched += 1;
                     }
@@ -471,12 +631,7 @@ impl Syncer {
                     // The upstream answered but refused this one secret: that says
                     // nothing about its health, so the poll goes on without it.
                     Err(e) if !e.is_transient() => {
-                        tracing::warn!(
-                            upstream = self.upstream.name(),
-                            path = %path,
-                            error = %e,
-                            "cannot fetch a listed secret; keeping the cached copy"
-                        );
+                        self.refused(&path, &e);
                         report.skipped += 1;
                     }
                     Err(e) => {
@@ -487,18 +642,22 @@ impl Syncer {
                     report.deleted += deletions(&self.land(std::mem::take(&mut batch)).await?);
                 }
             }
-            batch.extend(
-                local
-                    .keys()
-                    .filter(|p| !seen.contains(*p))
-                    .map(|path| Landing::Gone {
-                        path: path.clone(),
-                        upstream: None,
-                    }),
-            );
+            let vanished: Vec<SecretPath> = local
+                .keys()
+                .filter(|p| !seen.contains(*p))
+                .cloned()
+                .collect();
+            if !accept && suspicious(local.len(), vanished.len(), self.config.max_deleted_share) {
+                held.extend(vanished.into_iter().map(|p| (p, Some(prefix.clone()))));
+            } else {
+                batch.extend(vanished.into_iter().map(|path| Landing::Gone {
+                    path,
+                    upstream: None,
+                }));
+            }
             report.deleted += deletions(&self.land(batch).await?);
         }
-        match self.poll_strays(report).await {
+        match self.poll_strays(report, accept, held).await {
             Err(Error::Upstream(e)) => {
                 first_error.get_or_insert(e);
             }
@@ -529,7 +688,12 @@ impl Syncer {
     /// is asked for, and it is fetched again when it changed or dropped when it is
     /// gone upstream. The first poll of a run finds those an earlier run left with one
     /// scan of the local index; later polls only check the ones known.
-    async fn poll_strays(&self, report: &mut Report) -> Result<(), Error> {
+    async fn poll_strays(
+        &self,
+        report: &mut Report,
+        accept: bool,
+        held: &mut BTreeMap<SecretPath, Option<Prefix>>,
+    ) -> Result<(), Error> {
         if self.config.prefixes.iter().any(|p| p.as_str().is_empty()) {
             return Ok(());
         }
@@ -583,26 +747,39 @@ impl Syncer {
                 changed.map(|remote| Some((path, remote)))
             });
         }
+        let checked = checks.len();
         let mut first_error = None;
         let mut batch = Vec::new();
+        let mut vanished = Vec::new();
         while let Some(joined) = checks.join_next().await {
             match joined {
                 Ok(Ok(Some((_, Some(remote))))) => {
                     batch.push(Landing::Pulled(remote));
                     report.fetched += 1;
                 }
-                Ok(Ok(Some((path, None)))) => {
-                    batch.push(Landing::Gone {
-                        path: path.clone(),
-                        upstream: None,
-                    });
-                    gone.push(path);
-                }
+                Ok(Ok(Some((path, None)))) => vanished.push(path),
                 Ok(Ok(None)) | Err(_) => {}
                 Ok(Err(e)) if !e.is_transient() => report.skipped += 1,
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
                 }
+            }
+        }
+        // Checked by name, so "gone" is said of each one; but an empty or wrong
+        // upstream says it of all of them alike. Held when a prefix was held in this
+        // same poll, or when several vanish at once past the share.
+        let prefix_held = !held.is_empty();
+        let group =
+            checked >= 2 && suspicious(checked, vanished.len(), self.config.max_deleted_share);
+        if !accept && !vanished.is_empty() && (prefix_held || group) {
+            held.extend(vanished.into_iter().map(|p| (p, None)));
+        } else {
+            for path in vanished {
+                batch.push(Landing::Gone {
+                    path: path.clone(),
+                    upstream: None,
+                });
+                gone.push(path);
             }
         }
         report.deleted += deletions(&self.land(batch).await?);
@@ -693,6 +870,61 @@ impl Syncer {
             .ok_or_else(|| Error::Store(store::Error::Invalid("the commit landed nothing".into())))
     }
 
+    /// A listed secret the upstream refused to return: said at `warn` the first time,
+    /// then counted quietly until it answers again, so a permanent problem (a policy
+    /// that denies one path) does not fill the log on every poll.
+    fn refused(&self, path: &SecretPath, error: &upstream::Error) {
+        let times = {
+            let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            let times = refusals.entry(path.clone()).or_insert(0);
+            *times += 1;
+            *times
+        };
+        if times == 1 {
+            tracing::warn!(
+                upstream = self.upstream.name(),
+                path = %path,
+                error = %error,
+                "cannot fetch a listed secret; keeping the cached copy (said once until it answers again)"
+            );
+        } else {
+            tracing::debug!(upstream = self.upstream.name(), path = %path, times, error = %error, "still cannot fetch a listed secret");
+        }
+    }
+
+    /// A secret refused before answers again.
+    fn answered(&self, path: &SecretPath) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(times) = refusals.remove(path) {
+            tracing::info!(upstream = self.upstream.name(), path = %path, refused = times, "a secret the upstream refused answers again");
+        }
+    }
+
+    /// Says once per path and pulled version that the upstream reported an older
+    /// version than the one held (and counts every time, for metrics).
+    fn upstream_went_backwards(&self, path: &SecretPath, pulled: u64, held: u64) {
+        self.backwards.fetch_add(1, Ordering::Relaxed);
+        let first = self
+            .inconsistent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((path.clone(), pulled));
+        if first {
+            tracing::warn!(
+                upstream = self.upstream.name(),
+                path = %path,
+                pulled,
+                held,
+                "upstream inconsistency: it reports an older version as current; keeping the newer one the agent holds"
+            );
+        }
+    }
+
+    /// How many pulled versions were refused for being older than the one held.
+    pub fn backwards_refused(&self) -> u64 {
+        self.backwards.load(Ordering::Relaxed)
+    }
+
     /// Steps 2 to 5 of the commit for changes the upstream already holds: the store
     /// writes (one blocking task for the batch), one flush, then each changed path's
     /// invalidation and event. A store error stops the batch; what landed before it is
@@ -714,6 +946,11 @@ impl Syncer {
                 Ok((landed, None))
             })
             .await?;
+        for l in &landed {
+            if let Some((pulled, held)) = l.backwards {
+                self.upstream_went_backwards(&l.path, pulled, held);
+            }
+        }
         let flushed = if landed.iter().any(|l| l.changed) {
             self.store.flush().await
         } else {
@@ -767,8 +1004,9 @@ pub enum Committed {
 /// A change the upstream already holds, for the store to take.
 enum Landing {
     /// Pulled from the upstream (a poll, a miss): replaces the local copy. A version
-    /// below the local one means the secret was recreated upstream: the local copy is
-    /// replaced whole.
+    /// below the local one written after it means the secret was recreated upstream:
+    /// the local copy is replaced whole; one written before it is refused (the
+    /// upstream went backwards; never applied silently).
     Pulled(RemoteSecret),
     /// Written upstream by the agent, which numbered it `version`.
     Written {
@@ -789,6 +1027,8 @@ struct Landed {
     /// Whether the store changed (a pulled version it already had did not).
     changed: bool,
     committed: Committed,
+    /// A pulled version older than the one held, refused: (pulled, held).
+    backwards: Option<(u64, u64)>,
 }
 
 impl Landing {
@@ -801,6 +1041,23 @@ impl Landing {
                         return Ok(Landed {
                             path: remote.path,
                             changed: false,
+                            committed: Committed::Written(local),
+                            backwards: None,
+                        })
+                    }
+                    // An older version reported as current, and not written after the
+                    // one held (so not a secret deleted and created again upstream):
+                    // an inconsistent upstream (AWS with two `AWSCURRENT` versions, a
+                    // replica behind its primary). What was acknowledged stays.
+                    Ok(Some(local))
+                        if remote.version < local.version
+                            && (remote.updated_at < local.updated_at
+                                || (remote.updated_at == local.updated_at && remote.ordered)) =>
+                    {
+                        return Ok(Landed {
+                            path: remote.path,
+                            changed: false,
+                            backwards: Some((remote.version, local.version)),
                             committed: Committed::Written(local),
                         })
                     }
@@ -824,6 +1081,7 @@ impl Landing {
                     path: remote.path,
                     changed: true,
                     committed: Committed::Written(stored),
+                    backwards: None,
                 })
             }
             Landing::Written {
@@ -851,6 +1109,7 @@ impl Landing {
                     path,
                     changed: true,
                     committed: Committed::Written(stored),
+                    backwards: None,
                 })
             }
             Landing::Gone { path, upstream } => {
@@ -863,6 +1122,7 @@ impl Landing {
                     path,
                     changed: existed == Some(true),
                     committed: Committed::Deleted { existed },
+                    backwards: None,
                 })
             }
         }

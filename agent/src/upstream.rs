@@ -50,6 +50,12 @@ pub struct RemoteSecret {
     pub fields: Fields,
     /// When this version was written upstream, seconds since the Unix epoch.
     pub updated_at: i64,
+    /// Whether `version` orders this version against the secret's other versions
+    /// exactly (KV v2 counters, the numbers the agent puts in AWS version ids), rather
+    /// than only to the second it was written (a version someone else wrote to
+    /// Secrets Manager). `sync` refuses an older ordered version as current; an
+    /// unordered one written in the same second as the one held is taken.
+    pub ordered: bool,
 }
 
 /// What a poll needs to decide whether to fetch a secret again: no values.
@@ -57,10 +63,47 @@ pub struct RemoteSecret {
 pub struct RemoteMeta {
     /// The agent-side path.
     pub path: SecretPath,
-    /// The current version number.
+    /// The current version number (0 for a tombstone).
     pub version: u64,
     /// When the current version was written, seconds since the Unix epoch.
     pub updated_at: i64,
+    /// The upstream still lists the secret but its own metadata says it was deleted:
+    /// a KV v2 secret whose current version is soft-deleted or destroyed, an AWS
+    /// secret scheduled for deletion. `sync` drops such a secret like any other
+    /// deletion, but counts it as deleted one by one, so the mass-deletion guard
+    /// (which holds back secrets that merely vanished from a listing) lets it through.
+    pub deleted: bool,
+}
+
+impl RemoteMeta {
+    /// A secret whose current version is `version`.
+    pub fn live(path: SecretPath, version: u64, updated_at: i64) -> Self {
+        RemoteMeta {
+            path,
+            version,
+            updated_at,
+            deleted: false,
+        }
+    }
+
+    /// A secret the upstream lists as deleted.
+    pub fn tombstone(path: SecretPath) -> Self {
+        RemoteMeta {
+            path,
+            version: 0,
+            updated_at: 0,
+            deleted: true,
+        }
+    }
+}
+
+/// One address of an upstream and its circuit breaker, for health and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressState {
+    /// The address as configured.
+    pub address: String,
+    /// Its breaker.
+    pub breaker: breaker::BreakerState,
 }
 
 /// A store that `sync` pulls from and writes back to.
@@ -81,6 +124,13 @@ pub trait Upstream: Send + Sync {
         false
     }
 
+    /// The addresses this upstream fails over between, each with its circuit
+    /// breaker; empty for backends that keep no breakers (the AWS SDK retries and
+    /// fails over by itself; the local store has no address).
+    fn addresses(&self) -> Vec<AddressState> {
+        Vec::new()
+    }
+
     /// Fetches the current version of one secret with its values.
     ///
     /// Called by `sync` for each path whose version changed since the last poll, on a
@@ -92,13 +142,17 @@ pub trait Upstream: Send + Sync {
     ///
     /// Called by `sync` at start and on every poll, once per configured prefix; the
     /// result is compared with the cache to decide what to fetch and what to drop.
-    /// The order is unspecified. Deleted secrets are not listed.
+    /// The order is unspecified. A secret the upstream's metadata marks deleted is
+    /// listed as a [`RemoteMeta::tombstone`] where the upstream tells it (so `sync`
+    /// can tell one deletion from a listing that suddenly lacks everything); one it
+    /// no longer knows at all is not listed.
     async fn list(&self, prefix: &Prefix) -> Result<Vec<RemoteMeta>, Error>;
 
     /// The current version of one secret, without values.
     ///
     /// Called before a write to learn the version for check-and-set, and by `sync`
-    /// to refresh one path (an admin "sync now" for a single secret).
+    /// to refresh one path (an admin "sync now" for a single secret). A deleted
+    /// secret is `None`, never a tombstone.
     async fn metadata(&self, path: &SecretPath) -> Result<Option<RemoteMeta>, Error>;
 
     /// Writes a new version and returns its number.

@@ -88,23 +88,6 @@ pub enum Error {
     },
 }
 
-fn kind_named(name: &str) -> Option<Kind> {
-    [
-        Kind::Updated,
-        Kind::Deleted,
-        Kind::Rotated,
-        Kind::Refreshed,
-        Kind::Validated,
-        Kind::Invalid,
-        Kind::Expiring,
-        Kind::Expired,
-        Kind::RotationFailed,
-        Kind::ReauthRequired,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == name)
-}
-
 impl Webhook {
     /// Validates a spec; `base` anchors a relative `secret_file`.
     pub fn from_spec(spec: &WebhookSpec, base: &Path) -> Result<Webhook, Error> {
@@ -128,7 +111,7 @@ impl Webhook {
         let kinds = spec
             .events
             .iter()
-            .map(|k| kind_named(k).ok_or_else(|| Error::Kind(k.clone())))
+            .map(|k| Kind::named(k).ok_or_else(|| Error::Kind(k.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         let timeout = humantime::parse_duration(&spec.timeout)
             .map_err(|_| Error::Timeout(spec.timeout.clone()))?;

@@ -17,10 +17,12 @@ mod spawn;
 mod upstream_agent;
 
 mod audit_reads;
+mod aws_fidelity;
 mod cli;
 mod clients;
 mod concurrency;
 mod curl;
+mod deletion_guard;
 mod exec;
 mod integrity;
 mod lifecycle;

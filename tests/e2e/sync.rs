@@ -13,9 +13,11 @@ use serde_json::{json, Value};
 
 use crate::harness::api::Api;
 use crate::harness::{eventually, pace, Agent};
-use crate::moto::{Moto, REGION};
+use crate::moto::Moto;
 use crate::openbao::{OpenBao, ROOT_TOKEN};
-use crate::upstream_agent::{bao_upstream, sync_section, token_auth, CountingProxy, DurableBao};
+use crate::upstream_agent::{
+    aws_agent, bao_upstream, sync_section, token_auth, CountingProxy, DurableBao,
+};
 
 /// Slack on top of one poll interval for a change to be served (the poll itself,
 /// the test's own 50 ms polling); scaled by the machine's pace like every deadline.
@@ -184,19 +186,7 @@ async fn aws_json_and_plain_secrets_follow_moto() -> anyhow::Result<()> {
         moto.ok("CreateSecret", json!({"Name": name, "SecretString": value}))
             .await?;
     }
-    let upstream = format!(
-        "[upstream]\nkind = \"aws\"\nregion = {REGION:?}\nendpoint_url = {:?}\n\
-         recovery_window_days = 0\n",
-        moto.endpoint
-    );
-    let agent = Agent::builder()
-        .append(&upstream)
-        .append(&sync_section("1s", "24h", 8))
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .start()
-        .await?;
+    let agent = aws_agent(&moto.endpoint).await?;
     let web = agent.issue_cert("web", None).await?;
     let app = agent.client_for(&web)?;
 

@@ -123,11 +123,23 @@ async fn openbao_read_list_metadata_follow_the_server() -> anyhow::Result<()> {
         (2, Some("pw2"))
     );
 
-    // A soft delete of the current version reads as absent and is not listed.
+    // A soft delete of the current version reads as absent and is listed as a
+    // tombstone: deleted by name, which the sync's deletion guard lets through.
     bao.ok("DELETE", "secret/data/billing/db", None).await?;
     assert!(client.read(&path("billing/db")).await?.is_none());
     assert!(client.metadata(&path("billing/db")).await?.is_none());
-    assert_eq!(client.list(&Prefix::parse("billing/")?).await?.len(), 1);
+    let listed = client.list(&Prefix::parse("billing/")?).await?;
+    let mut shown: Vec<(String, bool)> = listed
+        .iter()
+        .map(|m| (m.path.to_string(), m.deleted))
+        .collect();
+    shown.sort();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(
+        shown.contains(&("billing/db".to_owned(), true)),
+        "{shown:?}"
+    );
+    assert_eq!(listed.iter().filter(|m| !m.deleted).count(), 1);
     Ok(())
 }
 

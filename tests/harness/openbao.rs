@@ -348,6 +348,8 @@ impl AppRole {
 pub(crate) struct OpenBao {
     child: Child,
     api: BaoApi,
+    /// The dev server's arguments, to start it again on the same address.
+    args: Vec<String>,
     /// With TLS: the CA file that signed the server's certificate.
     pub(crate) ca_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
@@ -385,7 +387,7 @@ impl OpenBao {
             args.push("-dev-tls".to_owned());
             args.push(format!("-dev-tls-cert-dir={}", dir.path().display()));
         }
-        let child = spawn_bao(dir.path(), args)?;
+        let child = spawn_bao(dir.path(), &args)?;
         let scheme = if tls { "https" } else { "http" };
         let address = format!("{scheme}://127.0.0.1:{port}");
         let ca_file = tls.then(|| dir.path().join("vault-ca.pem"));
@@ -398,6 +400,7 @@ impl OpenBao {
         let mut bao = Self {
             child,
             api: BaoApi::new(address, ca_file.as_deref(), ROOT_TOKEN)?,
+            args,
             ca_file,
             _dir: dir,
         };
@@ -413,6 +416,34 @@ impl OpenBao {
     pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill().await?;
         Ok(())
+    }
+
+    /// Stops the server and starts a new, empty dev server on the same address with
+    /// the same root token: what a restarted dev server looks like to its clients.
+    pub(crate) async fn restart_empty(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        let home = self._dir.path().to_owned();
+        let mut last = None;
+        // The old process's port may linger for a moment.
+        for _ in 0..50 {
+            let mut child = spawn_bao(&home, &self.args)?;
+            match self
+                .api
+                .wait_started(&mut child, "openbao", |status| (200..300).contains(&status))
+                .await
+            {
+                Ok(()) => {
+                    self.child = child;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let _ = child.kill().await;
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("openbao did not start again")))
     }
 }
 

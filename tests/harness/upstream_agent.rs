@@ -23,6 +23,24 @@ use tokio::process::Child;
 use crate::openbao::{spawn_bao, start_with_retries, BaoApi};
 use crate::spawn::{free_port_pair, wait_until};
 
+/// An agent caching the `moto_server` at `endpoint` (AWS Secrets Manager, deletes
+/// without a recovery window) with 1 s polls, given the SDK's test credentials.
+pub(crate) async fn aws_agent(endpoint: &str) -> anyhow::Result<crate::harness::Agent> {
+    let upstream = format!(
+        "[upstream]\nkind = \"aws\"\nregion = {:?}\nendpoint_url = {endpoint:?}\n\
+         recovery_window_days = 0\n",
+        crate::moto::REGION
+    );
+    crate::harness::Agent::builder()
+        .append(&upstream)
+        .append(&sync_section("1s", "24h", 8))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .start()
+        .await
+}
+
 /// `[upstream]` for an OpenBao at `address`; `auth` is the inline table, `extra`
 /// more lines of the table (e.g. `transit = { key = "latchkey" }`).
 pub(crate) fn bao_upstream(address: &str, auth: &str, extra: &str) -> String {

@@ -31,21 +31,65 @@ pub(super) fn whoami(conn: &Conn) -> Response<Body> {
     )
 }
 
-/// `GET /v1/health`: 200 `{"status":"ok"}`, or 503 `{"status":"damaged"}` while the
-/// store reports problems: their kinds for every peer, and their messages (which name
-/// paths) for admin peers only.
+/// `GET /v1/health`: the agent's status and each component's, worst first decides:
+///
+/// | status | HTTP | when |
+/// | --- | --- | --- |
+/// | `ok` | 200 | the store is sound and the upstream current |
+/// | `degraded` | 200 | still serving, but: the upstream is failing (reads are served stale within the grace period), deletions are held, or an address's circuit breaker is open |
+/// | `failing` | 503 | the upstream has failed past the grace period: reads of cached secrets fail |
+/// | `damaged` | 503 | the store reports problems |
+///
+/// Every peer sees the statuses and counts; admin peers also see what names paths
+/// or addresses (the store's problem messages, the held paths, the breakers).
 pub(super) fn health(state: &State, conn: &Conn) -> Response<Body> {
     health_view(state, conn.policy().allows_any(Operation::Admin))
 }
 
-/// The health answer; problem messages only when `admin`.
+/// One component's status, ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Status {
+    Ok,
+    Degraded,
+    Failing,
+    Damaged,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Degraded => "degraded",
+            Status::Failing => "failing",
+            Status::Damaged => "damaged",
+        }
+    }
+}
+
+/// The health answer; what names paths and addresses only when `admin`.
 pub(super) fn health_view(state: &State, admin: bool) -> Response<Body> {
-    let version = env!("CARGO_PKG_VERSION");
+    let (store_status, store) = store_health(state, admin);
+    let (upstream_status, upstream) = upstream_health(state, admin);
+    let status = store_status.max(upstream_status);
+    let code = if status >= Status::Failing {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(
+        code,
+        &serde_json::json!({
+            "status": status.as_str(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "store": store,
+            "upstream": upstream,
+        }),
+    )
+}
+
+fn store_health(state: &State, admin: bool) -> (Status, serde_json::Value) {
     if !state.store.is_damaged() {
-        return json_response(
-            StatusCode::OK,
-            &serde_json::json!({ "status": "ok", "version": version }),
-        );
+        return (Status::Ok, serde_json::json!({ "status": "ok" }));
     }
     let problems: Vec<serde_json::Value> = state
         .store
@@ -63,14 +107,60 @@ pub(super) fn health_view(state: &State, admin: bool) -> Response<Body> {
             shown
         })
         .collect();
-    json_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &serde_json::json!({
-            "status": "damaged",
-            "version": version,
-            "store": { "problems": problems },
-        }),
+    (
+        Status::Damaged,
+        serde_json::json!({ "status": "damaged", "problems": problems }),
     )
+}
+
+fn upstream_health(state: &State, admin: bool) -> (Status, serde_json::Value) {
+    use crate::sync::Freshness;
+    let name = state.sync.upstream_name();
+    let Some(freshness) = state.sync.freshness() else {
+        return (
+            Status::Ok,
+            serde_json::json!({ "status": "ok", "name": name, "kind": "local" }),
+        );
+    };
+    let held = state.sync.held();
+    let addresses = state.sync.addresses();
+    let open = addresses
+        .iter()
+        .filter(|a| a.breaker != crate::upstream::breaker::BreakerState::Closed)
+        .count();
+    let (mut status, sync, age) = match freshness {
+        Freshness::Fresh { age_seconds } => (Status::Ok, "fresh", age_seconds),
+        Freshness::Stale { age_seconds } => (Status::Degraded, "stale", age_seconds),
+        Freshness::Expired { age_seconds } => (Status::Failing, "expired", Some(age_seconds)),
+    };
+    if !held.is_empty() || open > 0 {
+        status = status.max(Status::Degraded);
+    }
+    let mut shown = serde_json::json!({
+        "status": status.as_str(),
+        "name": name,
+        "sync": sync,
+        "age_seconds": age,
+        "held_deletions": held.len(),
+        "open_breakers": open,
+    });
+    if admin {
+        shown["held"] = held.iter().map(|p| p.as_str()).collect();
+        shown["addresses"] = addresses
+            .iter()
+            .map(|a| {
+                let mut one = serde_json::json!({
+                    "address": a.address,
+                    "breaker": a.breaker.as_str(),
+                });
+                if let crate::upstream::breaker::BreakerState::Open { retry_in } = a.breaker {
+                    one["retry_in_ms"] = (retry_in.as_millis() as u64).into();
+                }
+                one
+            })
+            .collect();
+    }
+    (status, shown)
 }
 
 /// `POST /v1/store/acknowledge`: an operator has dealt with the store's problems;
@@ -98,6 +188,9 @@ pub(super) fn metrics_text(state: &State) -> Response<Body> {
         state.metrics.lifecycle(&engine.state_counts());
     }
     state.metrics.store_problems(state.store.problems().len());
+    state
+        .metrics
+        .upstream(state.sync.held().len(), &state.sync.addresses());
     let text = state
         .metrics
         .render(state.store.len(), state.sync.freshness());
@@ -153,8 +246,15 @@ pub(super) async fn validate(
     ))
 }
 
-/// `POST /v1/sync`: polls the upstream now and answers with what changed.
-pub(super) async fn sync_now(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {
+/// `POST /v1/sync[?accept_deletions=true]`: polls the upstream now and answers with
+/// what changed; with `accept_deletions`, the poll also drops what the deletion guard
+/// held (audited with how many were held).
+pub(super) async fn sync_now(
+    state: &State,
+    conn: &Conn,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let accept = accept_deletions_param(query)?;
     admin_only(state, conn, "sync", "the upstream", "sync").await?;
     if state.sync.is_local() {
         return Err(ApiError::new(
@@ -164,7 +264,14 @@ pub(super) async fn sync_now(state: &State, conn: &Conn) -> Result<Response<Body
         ));
     }
     let mut audited = record(conn, "sync", None);
-    let report = match state.sync.poll().await.map_err(sync_error) {
+    let held = state.sync.held();
+    let polled = if accept {
+        audited.detail = Some(format!("accept deletions ({} held)", held.len()).into());
+        state.sync.poll_accepting_deletions().await
+    } else {
+        state.sync.poll().await
+    };
+    let report = match polled.map_err(sync_error) {
         Ok(report) => report,
         Err(err) => {
             failed(&mut audited, &err);
@@ -177,4 +284,27 @@ pub(super) async fn sync_now(state: &State, conn: &Conn) -> Result<Response<Body
         StatusCode::OK,
         &serde_json::to_value(&report).unwrap_or_default(),
     ))
+}
+
+/// `?accept_deletions=true|false` (false when absent); nothing else.
+fn accept_deletions_param(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut accept = false;
+    for (key, value) in super::query::query_pairs(query) {
+        let value = value?;
+        match (key, value.as_str()) {
+            ("accept_deletions", "true" | "1" | "") => accept = true,
+            ("accept_deletions", "false" | "0") => accept = false,
+            ("accept_deletions", other) => {
+                return Err(ApiError::bad_request(format!(
+                    "accept_deletions={other:?}: expected true or false"
+                )))
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (expected accept_deletions)"
+                )))
+            }
+        }
+    }
+    Ok(accept)
 }

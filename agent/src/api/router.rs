@@ -65,7 +65,7 @@ where
         (&Method::GET, "/v1/watch") => watch::watch(state, conn, query).await,
         (&Method::GET, "/metrics") => admin::metrics(state, conn).await,
         (&Method::POST, "/v1/store/acknowledge") => admin::acknowledge(state, conn).await,
-        (&Method::POST, "/v1/sync") => admin::sync_now(state, conn).await,
+        (&Method::POST, "/v1/sync") => admin::sync_now(state, conn, query).await,
         (_, "/metrics" | "/v1/health" | "/v1/whoami" | "/v1/watch") => {
             Err(ApiError::method_not_allowed("GET"))
         }

@@ -93,6 +93,10 @@ pub struct SyncSection {
     /// Longest wait between retries while the upstream fails.
     #[serde(default = "default_max_backoff")]
     pub max_backoff: String,
+    /// The largest share (0 to 1) of a prefix's cached secrets that one poll may drop
+    /// because they vanished from the upstream's listing; more is held as suspicious.
+    #[serde(default = "default_max_deleted_share")]
+    pub max_deleted_share: f64,
 }
 
 impl Default for SyncSection {
@@ -103,6 +107,7 @@ impl Default for SyncSection {
             grace: default_grace(),
             concurrency: default_concurrency(),
             max_backoff: default_max_backoff(),
+            max_deleted_share: default_max_deleted_share(),
         }
     }
 }
@@ -121,6 +126,9 @@ fn default_concurrency() -> usize {
 }
 fn default_max_backoff() -> String {
     "60s".to_owned()
+}
+fn default_max_deleted_share() -> f64 {
+    crate::sync::DEFAULT_MAX_DELETED_SHARE
 }
 
 /// `[listen]`.

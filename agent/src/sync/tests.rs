@@ -283,6 +283,10 @@ async fn the_local_upstream_is_not_polled_and_never_stale() {
 #[derive(Default)]
 struct Memory {
     secrets: Mutex<HashMap<SecretPath, (u64, Fields)>>,
+    /// Listed as deleted (a soft-deleted current version).
+    tombstones: Mutex<Vec<SecretPath>>,
+    /// When a path's current version was written (0 when not set).
+    created: Mutex<HashMap<SecretPath, i64>>,
     down: AtomicBool,
 }
 
@@ -315,7 +319,14 @@ impl Upstream for Memory {
                 path: path.clone(),
                 version: *v,
                 fields: f.clone(),
-                updated_at: 0,
+                updated_at: self
+                    .created
+                    .lock()
+                    .expect("lock")
+                    .get(path)
+                    .copied()
+                    .unwrap_or(0),
+                ordered: true,
             }))
     }
     async fn list(&self, prefix: &Prefix) -> Result<Vec<RemoteMeta>, upstream::Error> {
@@ -326,19 +337,22 @@ impl Upstream for Memory {
             .expect("lock")
             .iter()
             .filter(|(p, _)| prefix.matches(p))
-            .map(|(p, (v, _))| RemoteMeta {
-                path: p.clone(),
-                version: *v,
-                updated_at: 0,
-            })
+            .map(|(p, (v, _))| RemoteMeta::live(p.clone(), *v, 0))
+            .chain(
+                self.tombstones
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .filter(|p| prefix.matches(p))
+                    .map(|p| RemoteMeta::tombstone(p.clone())),
+            )
             .collect())
     }
     async fn metadata(&self, path: &SecretPath) -> Result<Option<RemoteMeta>, upstream::Error> {
-        Ok(self.read(path).await?.map(|s| RemoteMeta {
-            path: s.path,
-            version: s.version,
-            updated_at: 0,
-        }))
+        Ok(self
+            .read(path)
+            .await?
+            .map(|s| RemoteMeta::live(s.path, s.version, 0)))
     }
     async fn write(
         &self,
@@ -453,4 +467,183 @@ async fn with_a_remote_upstream_the_upstream_goes_first_and_a_failure_stores_not
     );
     assert!(remote.secrets.lock().expect("lock").is_empty());
     assert_eq!(next(&mut seen).await, (Kind::Deleted, None, None, true));
+}
+
+#[test]
+fn the_deletion_guard_holds_more_than_the_share_and_every_last_one() {
+    assert!(!suspicious(10, 0, 0.5), "nothing vanished");
+    assert!(!suspicious(10, 5, 0.5), "half is allowed");
+    assert!(suspicious(10, 6, 0.5), "more than half is not");
+    assert!(suspicious(1, 1, 0.5), "the only secret vanishing is held");
+    assert!(suspicious(3, 3, 1.0), "all of them, whatever the share");
+    assert!(
+        !suspicious(3, 2, 1.0),
+        "a share of 1 holds only all of them"
+    );
+    assert!(suspicious(3, 1, 0.0), "a share of 0 holds any");
+    assert!(!suspicious(0, 0, 0.0));
+}
+
+fn secret(name: &str) -> SecretPath {
+    SecretPath::parse(&format!("apps/{name}")).expect("path")
+}
+
+fn seed(remote: &Memory, names: &[&str]) {
+    let mut secrets = remote.secrets.lock().expect("lock");
+    for name in names {
+        secrets.insert(
+            secret(name),
+            (
+                1,
+                [("v".to_owned(), SecretString::from(*name))]
+                    .into_iter()
+                    .collect(),
+            ),
+        );
+    }
+}
+
+fn cached(bed: &Bed) -> usize {
+    bed.store.list(&Prefix::all()).expect("list").len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_lacks_too_much_is_held_served_stale_and_applied_when_accepted() {
+    let remote = Arc::new(Memory::default());
+    seed(&remote, &["a", "b", "c", "d"]);
+    let bed = bed(Some(remote.clone())).await;
+    let mut events = bed.events.subscribe();
+    assert_eq!(bed.sync.poll().await.expect("poll").fetched, 4);
+    assert_eq!(cached(&bed), 4);
+    while events.try_recv().is_ok() {}
+
+    // The upstream comes back empty (a restarted dev server, a wrong mount).
+    remote.secrets.lock().expect("lock").clear();
+    let report = bed.sync.poll().await.expect("poll");
+    assert_eq!((report.deleted, report.held), (0, 4), "{report:?}");
+    assert_eq!(cached(&bed), 4, "nothing dropped");
+    assert_eq!(bed.sync.held().len(), 4);
+    assert!(
+        matches!(bed.sync.freshness(), Some(Freshness::Stale { .. })),
+        "served as stale while held: {:?}",
+        bed.sync.freshness()
+    );
+    let mut held = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        held.push((e.kind, e.path.to_string()));
+    }
+    held.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        held,
+        ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| (Kind::DeletionHeld, format!("apps/{n}")))
+            .collect::<Vec<_>>(),
+        "one event per held secret"
+    );
+    let again = bed.sync.poll().await.expect("poll");
+    assert_eq!(again.held, 4);
+    assert!(events.try_recv().is_err(), "no new event for the same hold");
+
+    // The upstream lists them again: the hold ends by itself.
+    seed(&remote, &["a", "b", "c", "d"]);
+    assert_eq!(bed.sync.poll().await.expect("poll").held, 0);
+    assert!(matches!(
+        bed.sync.freshness(),
+        Some(Freshness::Fresh { .. })
+    ));
+
+    // One of four deleted: a share under the limit, dropped at once.
+    remote.secrets.lock().expect("lock").remove(&secret("d"));
+    let one = bed.sync.poll().await.expect("poll");
+    assert_eq!((one.deleted, one.held), (1, 0), "{one:?}");
+
+    // Listed as deleted (tombstones) counts one by one: two tombstones and one
+    // vanished of three is let through.
+    {
+        let mut secrets = remote.secrets.lock().expect("lock");
+        secrets.clear();
+        *remote.tombstones.lock().expect("lock") = vec![secret("a"), secret("b")];
+    }
+    let mixed = bed.sync.poll().await.expect("poll");
+    assert_eq!((mixed.deleted, mixed.held), (3, 0), "{mixed:?}");
+    assert_eq!(cached(&bed), 0);
+
+    // An operator accepts a held mass deletion.
+    remote.tombstones.lock().expect("lock").clear();
+    seed(&remote, &["e", "f", "g"]);
+    bed.sync.poll().await.expect("poll");
+    remote.secrets.lock().expect("lock").clear();
+    assert_eq!(bed.sync.poll().await.expect("poll").held, 3);
+    let accepted = bed.sync.poll_accepting_deletions().await.expect("accept");
+    assert_eq!((accepted.deleted, accepted.held), (3, 0), "{accepted:?}");
+    assert_eq!(cached(&bed), 0);
+    assert!(bed.sync.held().is_empty());
+    assert!(matches!(
+        bed.sync.freshness(),
+        Some(Freshness::Fresh { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_reported_as_current_is_refused_but_a_recreated_secret_lands() {
+    let remote = Arc::new(Memory::default());
+    let bed = bed(Some(remote.clone())).await;
+    bed.sync
+        .commit(&path(), write("one", Some(0)))
+        .await
+        .expect("one");
+    let two = written(
+        bed.sync
+            .commit(&path(), write("two", Some(1)))
+            .await
+            .expect("two"),
+    );
+    assert_eq!(two.version, 2);
+
+    // The upstream reports version 1 as current again, written before version 2 (two
+    // `AWSCURRENT` labels, a replica behind): refused, the acknowledged write stays.
+    remote.secrets.lock().expect("lock").insert(
+        path(),
+        (
+            1,
+            [("password".to_owned(), SecretString::from("one"))]
+                .into_iter()
+                .collect(),
+        ),
+    );
+    for _ in 0..2 {
+        bed.sync.poll().await.expect("poll");
+    }
+    let held = bed
+        .store
+        .get(&path(), Selector::Current)
+        .expect("get")
+        .expect("held");
+    assert_eq!((held.version, password(&held)), (2, "two"));
+    assert_eq!(bed.sync.backwards_refused(), 2, "counted on every poll");
+
+    // Deleted and created again upstream: version 1 again, but written after the
+    // one held. That lands, replacing the old history.
+    remote
+        .created
+        .lock()
+        .expect("lock")
+        .insert(path(), crate::clock::unix_now() + 60);
+    remote.secrets.lock().expect("lock").insert(
+        path(),
+        (
+            1,
+            [("password".to_owned(), SecretString::from("reborn"))]
+                .into_iter()
+                .collect(),
+        ),
+    );
+    bed.sync.poll().await.expect("poll");
+    let reborn = bed
+        .store
+        .get(&path(), Selector::Current)
+        .expect("get")
+        .expect("reborn");
+    assert_eq!((reborn.version, password(&reborn)), (1, "reborn"));
 }

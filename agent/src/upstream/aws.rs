@@ -10,9 +10,10 @@
 //! - a `SecretString` holding a JSON object maps to fields (non-string JSON values are
 //!   kept as JSON text); any other string maps to one field, `value`. On write, a
 //!   single field named `value` is stored as a plain string, anything else as a JSON
-//!   object. Binary secrets are refused.
+//!   object. A `SecretBinary` is served as one field, `binary`, holding its bytes in
+//!   base64; a write through the agent always stores a `SecretString`.
 //! - `read` is GetSecretValue of `AWSCURRENT`; `list` is ListSecrets filtered by name
-//!   prefix; `metadata` is DescribeSecret; `write` is CreateSecret or PutSecretValue;
+//!   prefix, with secrets scheduled for deletion listed as tombstones; `metadata` is DescribeSecret; `write` is CreateSecret or PutSecretValue;
 //!   `delete` is DeleteSecret (with the configured recovery window).
 //! - Stages: [`AwsSecretsManager::read_stage`] reads `AWSPENDING`/`AWSPREVIOUS`,
 //!   [`AwsSecretsManager::write_pending`] adds a version labelled `AWSPENDING` only, and
@@ -236,18 +237,13 @@ impl AwsSecretsManager {
         };
         let fields = match (out.secret_string(), out.secret_binary()) {
             (Some(text), _) => decode_fields(text),
-            (None, Some(_)) => {
-                return Err(Error::Invalid {
-                    upstream: self.name.clone(),
-                    what: format!("secret {path}"),
-                    reason: "binary secrets are not supported".to_owned(),
-                })
-            }
+            (None, Some(blob)) => binary_fields(blob.as_ref()),
             (None, None) => Fields::new(),
         };
         let version_id = out.version_id().unwrap_or_default();
         let read_created = out.created_date().map_or(0, DateTime::secs);
-        let (version, updated_at) = if parse_token(version_id).is_some() {
+        let ordered = parse_token(version_id).is_some();
+        let (version, updated_at) = if ordered {
             (version_number(version_id, out.created_date()), read_created)
         } else {
             // A version someone else wrote is numbered by its creation time, taken
@@ -261,6 +257,7 @@ impl AwsSecretsManager {
             version,
             fields,
             updated_at,
+            ordered,
         }))
     }
 
@@ -518,6 +515,9 @@ impl Upstream for AwsSecretsManager {
                 .client
                 .list_secrets()
                 .max_results(100)
+                // Secrets scheduled for deletion are listed too, as tombstones: each
+                // is a deletion the upstream's metadata records one by one.
+                .include_planned_deletion(true)
                 .set_next_token(next_token);
             if !remote_prefix.is_empty() {
                 // The name filter is a case-insensitive prefix match; we check again below.
@@ -533,14 +533,15 @@ impl Upstream for AwsSecretsManager {
                 .await
                 .map_err(|e| self.sdk_error(&format!("list {prefix}"), e))?;
             for entry in page.secret_list() {
-                if entry.deleted_date().is_some() {
-                    continue;
-                }
                 let Some(name) = entry.name() else { continue };
                 let Some(path) = self.template.local(name) else {
                     continue;
                 };
                 if !prefix.matches(&path) {
+                    continue;
+                }
+                if entry.deleted_date().is_some() {
+                    out.push(RemoteMeta::tombstone(path));
                     continue;
                 }
                 let stages = entry
@@ -557,11 +558,7 @@ impl Upstream for AwsSecretsManager {
                         (n, created)
                     }
                 };
-                out.push(RemoteMeta {
-                    path,
-                    version,
-                    updated_at,
-                });
+                out.push(RemoteMeta::live(path, version, updated_at));
             }
             next_token = page.next_token().map(str::to_owned);
             if next_token.is_none() {
@@ -575,11 +572,7 @@ impl Upstream for AwsSecretsManager {
         let described = self.describe(&name).await?;
         Ok(described
             .current
-            .map(|(_, version, updated_at)| RemoteMeta {
-                path: path.clone(),
-                version,
-                updated_at,
-            }))
+            .map(|(_, version, updated_at)| RemoteMeta::live(path.clone(), version, updated_at)))
     }
 
     async fn write(
@@ -681,12 +674,29 @@ impl Upstream for AwsSecretsManager {
     }
 }
 
-/// The version id labelled `AWSCURRENT`.
+/// The field a `SecretBinary` is served in, base64 (standard alphabet, padded).
+pub const BINARY_FIELD: &str = "binary";
+
+/// A binary secret's one field: its bytes in base64, in a zeroizing string.
+fn binary_fields(bytes: &[u8]) -> Fields {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    [(BINARY_FIELD.to_owned(), SecretString::from(encoded))]
+        .into_iter()
+        .collect()
+}
+
+/// The version id labelled `AWSCURRENT`. AWS keeps exactly one; should an upstream
+/// label two (moto has been seen to), the newest the agent numbered wins, whatever
+/// the map's order, so a listing does not flip between them. (`sync` refuses a
+/// version that goes backwards either way.)
 fn current_of(stages: &HashMap<String, Vec<String>>) -> Option<String> {
     stages
         .iter()
-        .find(|(_, labels)| labels.iter().any(|l| l == Stage::Current.label()))
-        .map(|(id, _)| id.clone())
+        .filter(|(_, labels)| labels.iter().any(|l| l == Stage::Current.label()))
+        .map(|(id, _)| id)
+        .max_by_key(|id| (parse_token(id), *id))
+        .cloned()
 }
 
 /// The number of a version: ours carry it in the id, others get their creation time

@@ -39,6 +39,31 @@ struct State {
     open_until: Option<Instant>,
 }
 
+/// Where a breaker stands, for health and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Requests go through.
+    Closed,
+    /// Requests are skipped for `retry_in` more.
+    Open {
+        /// Until the next request may probe the address.
+        retry_in: Duration,
+    },
+    /// The cool-down is over: the next request probes the address.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half-open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
+}
+
 /// The breaker of one address.
 #[derive(Debug)]
 pub struct Breaker {
@@ -66,6 +91,18 @@ impl Breaker {
         match self.lock().open_until {
             Some(until) => now >= until,
             None => true,
+        }
+    }
+
+    /// Where the breaker stands at `now`.
+    pub fn state(&self, now: Instant) -> BreakerState {
+        let s = self.lock();
+        match s.open_until {
+            Some(until) if now < until => BreakerState::Open {
+                retry_in: until - now,
+            },
+            Some(_) => BreakerState::HalfOpen,
+            None => BreakerState::Closed,
         }
     }
 
@@ -131,6 +168,13 @@ mod tests {
         );
         assert!(b.is_open(t0));
         assert!(b.is_open(t0 + Duration::from_millis(999)));
+        assert_eq!(
+            b.state(t0 + Duration::from_millis(400)),
+            BreakerState::Open {
+                retry_in: Duration::from_millis(600)
+            }
+        );
+        assert_eq!(b.state(t0 + Duration::from_secs(1)), BreakerState::HalfOpen);
         assert!(
             b.allows(t0 + Duration::from_secs(1)),
             "half-open after cool-down"
@@ -155,6 +199,7 @@ mod tests {
         assert!(b.is_open(t2 + Duration::from_millis(2999)), "capped at max");
         assert!(b.allows(t2 + Duration::from_secs(3)));
         assert!(b.record_success(), "closing an open circuit is reported");
+        assert_eq!(b.state(t2), BreakerState::Closed);
         assert!(b.allows(t2));
         assert!(!b.record_success(), "a closed one is not");
         b.record_failure(t2);

@@ -66,6 +66,7 @@ impl Upstream for Local {
             version: s.version,
             fields: s.fields,
             updated_at: s.updated_at,
+            ordered: true,
         }))
     }
 
@@ -74,20 +75,15 @@ impl Upstream for Local {
         let entries = self.store.blocking(move |s| s.list(&prefix)).await?;
         Ok(entries
             .into_iter()
-            .map(|e| RemoteMeta {
-                path: e.path,
-                version: e.current_version,
-                updated_at: e.updated_at,
-            })
+            .map(|e| RemoteMeta::live(e.path, e.current_version, e.updated_at))
             .collect())
     }
 
     async fn metadata(&self, path: &SecretPath) -> Result<Option<RemoteMeta>, Error> {
-        Ok(self.read(path).await?.map(|s| RemoteMeta {
-            path: s.path,
-            version: s.version,
-            updated_at: s.updated_at,
-        }))
+        Ok(self
+            .read(path)
+            .await?
+            .map(|s| RemoteMeta::live(s.path, s.version, s.updated_at)))
     }
 
     async fn write(

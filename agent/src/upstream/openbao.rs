@@ -412,6 +412,16 @@ enum Listed {
     Unknown,
 }
 
+/// A listed secret's entry: its current version, or a tombstone when the listing
+/// named it but its current version is deleted or destroyed (or its metadata went
+/// between the listing and the metadata request: deleted just now).
+fn listed_meta(path: SecretPath, current: Option<(u64, i64)>) -> RemoteMeta {
+    match current {
+        Some((version, updated_at)) => RemoteMeta::live(path, version, updated_at),
+        None => RemoteMeta::tombstone(path),
+    }
+}
+
 const DETAILED_UNKNOWN: u8 = 0;
 const DETAILED_SUPPORTED: u8 = 1;
 const DETAILED_UNSUPPORTED: u8 = 2;
@@ -420,6 +430,10 @@ const DETAILED_UNSUPPORTED: u8 = 2;
 impl Upstream for OpenBao {
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    fn addresses(&self) -> Vec<crate::upstream::AddressState> {
+        self.inner.transport.breakers()
     }
 
     async fn read(&self, path: &SecretPath) -> Result<Option<RemoteSecret>, Error> {
@@ -452,6 +466,7 @@ impl Upstream for OpenBao {
             version: meta.version,
             fields: into_fields(data),
             updated_at: unix_seconds(&meta.created_time),
+            ordered: true,
         }))
     }
 
@@ -470,11 +485,7 @@ impl Upstream for OpenBao {
                 continue;
             }
             if let Listed::Known(meta) = listed {
-                out.extend(meta.map(|(version, updated_at)| RemoteMeta {
-                    path,
-                    version,
-                    updated_at,
-                }));
+                out.push(listed_meta(path, meta));
                 continue;
             }
             let this = self.clone();
@@ -482,11 +493,7 @@ impl Upstream for OpenBao {
             tasks.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
                 let meta = this.fetch_meta(&remote).await?;
-                Ok::<_, Error>(meta.map(|(version, updated_at)| RemoteMeta {
-                    path,
-                    version,
-                    updated_at,
-                }))
+                Ok::<_, Error>(listed_meta(path, meta))
             });
         }
         while let Some(joined) = tasks.join_next().await {
@@ -495,7 +502,7 @@ impl Upstream for OpenBao {
                 what: "list".to_owned(),
                 reason: format!("metadata task failed: {e}"),
             })??;
-            out.extend(meta);
+            out.push(meta);
         }
         Ok(out)
     }
@@ -505,11 +512,7 @@ impl Upstream for OpenBao {
         Ok(self
             .fetch_meta(&remote)
             .await?
-            .map(|(version, updated_at)| RemoteMeta {
-                path: path.clone(),
-                version,
-                updated_at,
-            }))
+            .map(|(version, updated_at)| RemoteMeta::live(path.clone(), version, updated_at)))
     }
 
     async fn write(

@@ -140,6 +140,18 @@ impl Transport {
             .collect()
     }
 
+    /// Every address with its breaker's state, in the configured order.
+    pub(crate) fn breakers(&self) -> Vec<crate::upstream::AddressState> {
+        let now = Instant::now();
+        self.nodes
+            .iter()
+            .map(|n| crate::upstream::AddressState {
+                address: n.base.as_str().trim_end_matches('/').to_owned(),
+                breaker: n.breaker.state(now),
+            })
+            .collect()
+    }
+
     /// Sends `method /v1/{api_path}` with an optional token header and JSON body.
     pub(crate) async fn send(
         &self,
