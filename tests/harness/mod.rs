@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-pub(crate) use agent::{Agent, Identity, Via};
+pub(crate) use agent::{Agent, AgentBuilder, Identity, Via};
 pub(crate) use api::Answer;
 
 /// How often a condition is checked while waiting for it.

@@ -26,6 +26,11 @@ use crate::spawn::{free_port_pair, wait_until};
 /// An agent caching the `moto_server` at `endpoint` (AWS Secrets Manager, deletes
 /// without a recovery window) with 1 s polls, given the SDK's test credentials.
 pub(crate) async fn aws_agent(endpoint: &str) -> anyhow::Result<crate::harness::Agent> {
+    aws_builder(endpoint).start().await
+}
+
+/// The builder of [`aws_agent`], for tests that add to it.
+pub(crate) fn aws_builder(endpoint: &str) -> crate::harness::AgentBuilder {
     let upstream = format!(
         "[upstream]\nkind = \"aws\"\nregion = {:?}\nendpoint_url = {endpoint:?}\n\
          recovery_window_days = 0\n",
@@ -37,8 +42,6 @@ pub(crate) async fn aws_agent(endpoint: &str) -> anyhow::Result<crate::harness::
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .start()
-        .await
 }
 
 /// `[upstream]` for an OpenBao at `address`; `auth` is the inline table, `extra`

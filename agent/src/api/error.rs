@@ -380,8 +380,8 @@ mod tests {
 
     #[test]
     fn json_errors_never_quote_values() {
-        let err = serde_json::from_str::<crate::secret::Fields>(r#"{"password": 987654321}"#)
-            .expect_err("wrong type");
+        let err = serde_json::from_str::<crate::secret::Fields>(r#"["987654321"]"#)
+            .expect_err("not an object");
         let api = json_error(&err);
         assert!(!api.message.contains("987654321"), "{}", api.message);
         assert_eq!(api.code, "bad_json");

@@ -110,13 +110,23 @@ impl Object for FieldsValue {
     }
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let name = key.as_str()?;
-        self.0.get(name).map(|v| Value::from(v.expose()))
+        field_value(&self.0, key.as_str()?)
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         Enumerator::Values(self.0.names().map(Value::from).collect())
     }
+}
+
+/// One field as a template value, with its JSON type: a number is a number, `false`
+/// is falsy, an object has attributes. (Printed, each renders as its JSON text.)
+fn field_value(fields: &Fields, name: &str) -> Option<Value> {
+    let text = fields.get(name)?;
+    if !fields.is_json(name) {
+        return Some(Value::from(text.expose()));
+    }
+    let parsed: serde_json::Value = serde_json::from_str(text.expose()).ok()?;
+    Some(Value::from_serialize(&parsed))
 }
 
 /// Compiled templates and the configured environment.
@@ -352,8 +362,8 @@ fn secret(state: &State, path: String, field: Option<String>) -> Result<Value, m
     };
     match field {
         None => Ok(Value::from_object(FieldsValue(fields))),
-        Some(name) => match fields.get(&name) {
-            Some(v) => Ok(Value::from(v.expose())),
+        Some(name) => match field_value(&fields, &name) {
+            Some(v) => Ok(v),
             None => Err(ours(format!(
                 "secret {path} has no field {name:?} (it has: {})",
                 fields.names().collect::<Vec<_>>().join(", ")
@@ -594,7 +604,29 @@ mod tests {
         f.insert("username", SecretString::from("app"));
         f.insert("password", SecretString::from("p@ss:w\"rd"));
         src.put(SecretPath::parse("apps/db").expect("path"), f);
+        let mut typed = Fields::new();
+        for (name, json) in [
+            ("port", "5432"),
+            ("enabled", "false"),
+            ("nested", r#"{"a":[1,2]}"#),
+        ] {
+            typed
+                .insert_json(name, SecretString::from(json))
+                .expect("json");
+        }
+        src.put(SecretPath::parse("apps/typed").expect("path"), typed);
         Arc::new(src)
+    }
+
+    #[test]
+    fn typed_fields_keep_their_type_in_templates() {
+        let out = render(
+            "{% set t = secret('apps/typed') %}{{ t.port + 1 }} \
+             {% if t.enabled %}on{% else %}off{% endif %} {{ t.nested.a[1] }} \
+             {{ t.nested | tojson }} {{ secret('apps/typed', 'port') }}",
+        )
+        .expect("renders");
+        assert_eq!(out, r#"5433 off 2 {"a":[1,2]} 5432"#);
     }
 
     fn inline(name: &str, text: &str) -> Template {

@@ -169,18 +169,27 @@ pub(super) struct Record {
     pub(super) fields: Fields,
 }
 
-/// Layout version of the record plaintext.
+/// Layout of a record whose fields are all strings (what every earlier version wrote).
 const RECORD_V1: u8 = 1;
+/// Layout with a type byte per field: written when a field holds another JSON value.
+const RECORD_V2: u8 = 2;
+
+/// A field's type byte in [`RECORD_V2`].
+const FIELD_STRING: u8 = 0;
+const FIELD_JSON: u8 = 1;
 
 /// Encodes a record plaintext:
 ///
 /// ```text
-/// u8 layout (1) | u8 kind len | kind | i64 created_at | i64 updated_at
+/// u8 layout (1 or 2) | u8 kind len | kind | i64 created_at | i64 updated_at
 /// | u8 has_expiry | [i64 expires_at] | u32 field count
-/// | per field: u16 name len | name | u32 value len | value        (integers big-endian)
+/// | per field: u16 name len | name | [u8 type: 0 string, 1 JSON (layout 2 only)]
+///              | u32 value len | value                          (integers big-endian)
 /// ```
 ///
-/// `None` if a length does not fit its prefix; `store` validates sizes first.
+/// Layout 1 when every field is a string, so a record of strings reads the same in
+/// every version of the agent; layout 2 otherwise. `None` if a length does not fit
+/// its prefix; `store` validates sizes first.
 pub(super) fn encode_record(
     kind: &str,
     created_at: i64,
@@ -188,15 +197,16 @@ pub(super) fn encode_record(
     expires_at: Option<i64>,
     fields: &Fields,
 ) -> Option<Zeroizing<Vec<u8>>> {
+    let typed = !fields.all_strings();
     let mut len = 1 + 1 + kind.len() + 8 + 8 + 1 + 4;
     if expires_at.is_some() {
         len += 8;
     }
     for (name, value) in fields.iter() {
-        len += 2 + name.len() + 4 + value.len();
+        len += 2 + name.len() + usize::from(typed) + 4 + value.len();
     }
     let mut out = Zeroizing::new(Vec::with_capacity(len));
-    out.push(RECORD_V1);
+    out.push(if typed { RECORD_V2 } else { RECORD_V1 });
     out.push(u8::try_from(kind.len()).ok()?);
     out.extend_from_slice(kind.as_bytes());
     out.extend_from_slice(&created_at.to_be_bytes());
@@ -212,6 +222,13 @@ pub(super) fn encode_record(
     for (name, value) in fields.iter() {
         out.extend_from_slice(&u16::try_from(name.len()).ok()?.to_be_bytes());
         out.extend_from_slice(name.as_bytes());
+        if typed {
+            out.push(if fields.is_json(name) {
+                FIELD_JSON
+            } else {
+                FIELD_STRING
+            });
+        }
         out.extend_from_slice(&u32::try_from(value.len()).ok()?.to_be_bytes());
         out.extend_from_slice(value.expose().as_bytes());
     }
@@ -222,9 +239,11 @@ pub(super) fn encode_record(
 /// Decodes a record plaintext; `None` on any malformed byte, never a panic.
 pub(super) fn decode_record(bytes: &[u8]) -> Option<Record> {
     let mut r = Reader(bytes);
-    if r.u8()? != RECORD_V1 {
-        return None;
-    }
+    let typed = match r.u8()? {
+        RECORD_V1 => false,
+        RECORD_V2 => true,
+        _ => return None,
+    };
     let kind_len = usize::from(r.u8()?);
     let kind = std::str::from_utf8(r.take(kind_len)?).ok()?.to_owned();
     let created_at = r.i64()?;
@@ -239,6 +258,12 @@ pub(super) fn decode_record(bytes: &[u8]) -> Option<Record> {
     for _ in 0..count {
         let name_len = usize::from(r.u16()?);
         let name = std::str::from_utf8(r.take(name_len)?).ok()?.to_owned();
+        let json = match typed.then(|| r.u8()).flatten() {
+            None if typed => return None,
+            None | Some(FIELD_STRING) => false,
+            Some(FIELD_JSON) => true,
+            Some(_) => return None,
+        };
         let value_len = usize::try_from(r.u32()?).ok()?;
         let raw = r.take(value_len)?;
         let mut value = Vec::with_capacity(raw.len());
@@ -250,7 +275,12 @@ pub(super) fn decode_record(bytes: &[u8]) -> Option<Record> {
                 return None;
             }
         };
-        fields.insert(name, SecretString::new(value));
+        let value = SecretString::new(value);
+        if json {
+            fields.insert_json(name, value).ok()?;
+        } else {
+            fields.insert(name, value);
+        }
     }
     if !r.0.is_empty() {
         return None;
@@ -322,6 +352,28 @@ mod tests {
         assert_eq!(rec.fields, fields());
         let no_expiry = encode_record("generic", 1, 2, None, &fields()).expect("encodes");
         assert_eq!(decode_record(&no_expiry).expect("decodes").expires_at, None);
+    }
+
+    #[test]
+    fn typed_fields_use_layout_2_and_strings_stay_on_layout_1() {
+        let strings = encode_record("generic", 1, 2, None, &fields()).expect("encodes");
+        assert_eq!(strings[0], RECORD_V1);
+        let mut typed = fields();
+        typed
+            .insert_json("port", SecretString::from("5432"))
+            .expect("json");
+        typed
+            .insert_json("nested", SecretString::from(r#"{"a":[1,null,true]}"#))
+            .expect("json");
+        let plain = encode_record("generic", 1, 2, None, &typed).expect("encodes");
+        assert_eq!(plain[0], RECORD_V2);
+        assert_eq!(plain.len(), plain.capacity());
+        let rec = decode_record(&plain).expect("decodes");
+        assert_eq!(rec.fields, typed);
+        assert!(rec.fields.is_json("port") && !rec.fields.is_json("password"));
+        for len in 0..plain.len() {
+            assert!(decode_record(&plain[..len]).is_none(), "truncated to {len}");
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!
 //! Mapping:
 //! - an agent path maps to a secret *name* through a [`PathTemplate`];
-//! - a `SecretString` holding a JSON object maps to fields (non-string JSON values are
-//!   kept as JSON text); any other string maps to one field, `value`. On write, a
+//! - a `SecretString` holding a JSON object maps to fields, each keeping its JSON
+//!   type; any other string maps to one field, `value`. On write, a
 //!   single field named `value` is stored as a plain string, anything else as a JSON
 //!   object. A `SecretBinary` is served as one field, `binary`, holding its bytes in
 //!   base64; a write through the agent always stores a `SecretString`.
@@ -740,16 +740,13 @@ fn parse_token(version_id: &str) -> Option<u64> {
 
 fn decode_fields(text: &str) -> Fields {
     match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
-        Ok(map) => map
-            .into_iter()
-            .map(|(name, value)| {
-                let value = match value {
-                    serde_json::Value::String(s) => SecretString::new(s),
-                    other => SecretString::new(other.to_string()),
-                };
-                (name, value)
-            })
-            .collect(),
+        Ok(map) => {
+            let mut fields = Fields::new();
+            for (name, value) in map {
+                fields.insert_value(name, value);
+            }
+            fields
+        }
         Err(_) => {
             let mut fields = Fields::new();
             fields.insert(PLAIN_FIELD, SecretString::from(text));
@@ -759,12 +756,12 @@ fn decode_fields(text: &str) -> Fields {
 }
 
 fn encode_fields(fields: &Fields) -> Zeroizing<String> {
-    if fields.len() == 1 {
+    if fields.len() == 1 && !fields.is_json(PLAIN_FIELD) {
         if let Some(value) = fields.get(PLAIN_FIELD) {
             return Zeroizing::new(value.expose().to_owned());
         }
     }
-    // Serializing a map of strings cannot fail.
+    // Serializing fields cannot fail: non-string values were checked as JSON.
     Zeroizing::new(serde_json::to_string(&fields.exposed()).unwrap_or_default())
 }
 
@@ -812,9 +809,20 @@ mod tests {
             Some("just-a-token")
         );
         assert_eq!(encode_fields(&plain).as_str(), "just-a-token");
+        assert!(f.is_json("port"));
         assert_eq!(
             encode_fields(&f).as_str(),
-            r#"{"port":"5432","user":"app"}"#
+            r#"{"port":5432,"user":"app"}"#,
+            "each field keeps its JSON type"
+        );
+        let mut typed_value = Fields::new();
+        typed_value
+            .insert_json(PLAIN_FIELD, SecretString::from("5"))
+            .expect("json");
+        assert_eq!(
+            encode_fields(&typed_value).as_str(),
+            r#"{"value":5}"#,
+            "a typed `value` is not flattened into a plain string"
         );
         let list = decode_fields(r#"["a"]"#);
         assert_eq!(list.get(PLAIN_FIELD).map(|v| v.expose()), Some(r#"["a"]"#));

@@ -784,17 +784,13 @@ fn server_errors(body: &[u8]) -> String {
     text
 }
 
+/// KV allows any JSON value in a field; each keeps its type.
 fn into_fields(data: BTreeMap<String, serde_json::Value>) -> Fields {
-    data.into_iter()
-        .map(|(name, value)| {
-            let value = match value {
-                serde_json::Value::String(s) => SecretString::new(s),
-                // KV allows any JSON value; the agent serves text, so keep the JSON.
-                other => SecretString::new(other.to_string()),
-            };
-            (name, value)
-        })
-        .collect()
+    let mut fields = Fields::new();
+    for (name, value) in data {
+        fields.insert_value(name, value);
+    }
+    fields
 }
 
 /// Seconds since the epoch of an RFC 3339 timestamp; 0 when absent or unreadable.
