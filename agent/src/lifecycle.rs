@@ -244,6 +244,7 @@ impl Engine {
     /// Builds the engine (nothing runs until [`Engine::spawn`]).
     pub fn new(parts: Parts) -> Engine {
         let node = node_id(&parts.spec, &parts.store);
+        let status = status::Table::kept_in(parts.store.dir().with_extension("lifecycle.json"));
         let ledger = ledger::Ledger::new(parts.sync.upstream());
         Engine {
             inner: Arc::new(Inner {
@@ -258,7 +259,7 @@ impl Engine {
                 clock: parts.clock,
                 node,
                 ledger,
-                status: status::Table::default(),
+                status,
                 locks: Mutex::new(HashMap::new()),
                 plan: Mutex::new(Plan::default()),
                 replan: Notify::new(),

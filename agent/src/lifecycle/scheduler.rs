@@ -266,10 +266,27 @@ impl Engine {
             path,
             || Status::new(&policy.plugin, secret.version, now),
             |s| {
+                if s.restored && s.version != secret.version {
+                    // Kept from before a restart, about a version the store no
+                    // longer holds as current: start again.
+                    *s = Status::new(&policy.plugin, secret.version, now);
+                }
+                s.restored = false;
                 if s.version != secret.version {
-                    // A new version: a failure that was not to be retried was about
-                    // the old one.
+                    // A new version: what was found (revoked, invalid, a failure
+                    // that was not to be retried) was about the old one.
                     s.stopped = false;
+                    // (A rotation or refresh in flight sets its own state.)
+                    if matches!(
+                        s.state,
+                        State::Invalid | State::Revoked | State::ReauthRequired | State::Expired
+                    ) {
+                        s.set(
+                            State::Active,
+                            format!("version {} written", secret.version),
+                            now,
+                        );
+                    }
                 }
                 s.version = secret.version;
                 let when = next_due(&policy, &secret, s, now)

@@ -12,7 +12,7 @@ const GOOD: &str = "key-original";
 #[tokio::test]
 async fn a_rejected_credential_is_not_stored_and_validation_sets_the_state() -> anyhow::Result<()> {
     let service = Service::start(GOOD)?;
-    let agent = Agent::builder()
+    let mut agent = Agent::builder()
         .append(&plugin_toml(&service)?)
         .start()
         .await?;
@@ -82,5 +82,23 @@ async fn a_rejected_credential_is_not_stored_and_validation_sets_the_state() -> 
         "{}",
         metrics.body
     );
+
+    // Still revoked after a restart, even one without a clean stop: the state is
+    // kept beside the store as it changes.
+    agent.sigkill().await?;
+    agent.start().await?;
+    let status = super::status(&agent, "svc/key").await?;
+    assert_eq!(status["state"], "revoked", "{status}");
+    assert_eq!(agent.cli(["status"]).run().await?.code, 6);
+
+    // A new version written is a new credential: active again once validated.
+    service.allow("key-second");
+    agent
+        .cli(["put", "svc/key", "key=key-second", "--validate"])
+        .run()
+        .await?
+        .success()?;
+    let status = super::status(&agent, "svc/key").await?;
+    assert_eq!(status["state"], "active", "{status}");
     Ok(())
 }
