@@ -997,6 +997,11 @@ fn save_wrapped_key(meta: &sled::Tree, wrapped: Vec<u8>, kek_id: &str) -> Result
     Ok(())
 }
 
+/// Whether `kind` is a kind the store takes: `[a-z0-9_.-]{1,64}`.
+pub fn valid_kind(kind: &str) -> bool {
+    check_name("kind", kind).is_ok()
+}
+
 /// Kinds and labels: `[a-z0-9_.-]{1,64}`.
 fn check_name(what: &str, name: &str) -> Result<(), Error> {
     let ok = (1..=MAX_NAME_LEN).contains(&name.len())

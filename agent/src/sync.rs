@@ -1064,10 +1064,13 @@ impl Landing {
                     Ok(Some(local)) => Some(local.kind),
                     _ => None,
                 };
+                // What latchkey recorded upstream wins; a secret without it keeps
+                // the kind the store gave it.
+                let kind = remote.kind.clone().or(kind);
                 let write = || store::Write {
                     fields: remote.fields.clone(),
                     kind: kind.clone(),
-                    expires_at: None,
+                    expires_at: remote.expires_at,
                     cas: None,
                 };
                 let stored = match store.put_at(&remote.path, remote.version, write()) {

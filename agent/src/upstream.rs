@@ -33,6 +33,7 @@ pub mod breaker;
 pub mod config;
 pub mod http;
 pub mod local;
+pub mod meta;
 pub mod openbao;
 pub mod template;
 
@@ -56,6 +57,10 @@ pub struct RemoteSecret {
     /// Secrets Manager). `sync` refuses an older ordered version as current; an
     /// unordered one written in the same second as the one held is taken.
     pub ordered: bool,
+    /// The kind latchkey recorded with it upstream ([`meta`]), if any.
+    pub kind: Option<String>,
+    /// The expiry latchkey recorded with it upstream, if any (unix seconds).
+    pub expires_at: Option<i64>,
 }
 
 /// What a poll needs to decide whether to fetch a secret again: no values.

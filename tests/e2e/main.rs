@@ -40,4 +40,5 @@ mod security;
 mod serve;
 mod sync;
 mod upstream_clients;
+mod upstream_meta;
 mod webhook;

@@ -26,7 +26,7 @@ pub(crate) const ROOT_TOKEN: &str = "latchkey-test-root";
 
 /// An ACL policy that may do everything under `secret/` and `transit/`.
 const POLICY_RW: &str = r#"
-            path "secret/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+            path "secret/*" { capabilities = ["create", "read", "update", "patch", "delete", "list"] }
             path "transit/*" { capabilities = ["create", "read", "update"] }
         "#;
 

@@ -327,6 +327,8 @@ impl Upstream for Memory {
                     .copied()
                     .unwrap_or(0),
                 ordered: true,
+                kind: None,
+                expires_at: None,
             }))
     }
     async fn list(&self, prefix: &Prefix) -> Result<Vec<RemoteMeta>, upstream::Error> {

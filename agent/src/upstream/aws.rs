@@ -14,7 +14,9 @@
 //!   base64; a write through the agent always stores a `SecretString`.
 //! - `read` is GetSecretValue of `AWSCURRENT`; `list` is ListSecrets filtered by name
 //!   prefix, with secrets scheduled for deletion listed as tombstones; `metadata` is DescribeSecret; `write` is CreateSecret or PutSecretValue;
-//!   `delete` is DeleteSecret (with the configured recovery window).
+//!   `delete` is DeleteSecret (with the configured recovery window). A write through
+//!   the agent also tags the secret with its kind and expiry, read back with
+//!   DescribeSecret on each fetch ([`super::meta`]).
 //! - Stages: [`AwsSecretsManager::read_stage`] reads `AWSPENDING`/`AWSPREVIOUS`,
 //!   [`AwsSecretsManager::write_pending`] adds a version labelled `AWSPENDING` only, and
 //!   [`AwsSecretsManager::promote`] moves `AWSCURRENT` to it (AWS then labels the old
@@ -115,6 +117,8 @@ struct Described {
     current: Option<(String, u64, i64)>,
     deleted: bool,
     stages: HashMap<String, Vec<String>>,
+    /// The secret's tags.
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 fn check_recovery_window(days: i64) -> Result<(), String> {
@@ -252,12 +256,20 @@ impl AwsSecretsManager {
             let (_, number, created) = self.number_of(&name, version_id).await?;
             (number, if created == 0 { read_created } else { created })
         };
+        // Tags are the secret's, not the version's: one DescribeSecret per fetch.
+        let (kind, expires_at) = super::meta::read(
+            &self.describe(&name).await?.tags,
+            super::meta::AWS_KIND,
+            super::meta::AWS_EXPIRES_AT,
+        );
         Ok(Some(RemoteSecret {
             path: path.clone(),
             version,
             fields,
             updated_at,
             ordered,
+            kind,
+            expires_at,
         }))
     }
 
@@ -343,6 +355,7 @@ impl AwsSecretsManager {
                     current: None,
                     deleted: false,
                     stages: HashMap::new(),
+                    tags: std::collections::BTreeMap::new(),
                 })
             }
             Err(e) => return Err(self.sdk_error(&format!("describe {name}"), e)),
@@ -354,10 +367,16 @@ impl AwsSecretsManager {
             (false, Some(id)) => Some(self.number_of(name, &id).await?),
             _ => None,
         };
+        let tags = out
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+            .collect();
         Ok(Described {
             current,
             deleted,
             stages,
+            tags,
         })
     }
 
@@ -412,6 +431,46 @@ impl AwsSecretsManager {
             expected,
             current: now.current.map(|(_, v, _)| v),
         })
+    }
+
+    /// Tags `path` with latchkey's kind and expiry (the expiry tag removed when the
+    /// write has none).
+    async fn record_tags(
+        &self,
+        path: &SecretPath,
+        write: &crate::store::Write,
+    ) -> Result<(), Error> {
+        use aws_sdk_secretsmanager::types::Tag;
+        let name = self.secret_name(path)?;
+        let kind = write.kind.as_deref().unwrap_or(crate::store::DEFAULT_KIND);
+        let mut tagging = self.client.tag_resource().secret_id(&name).tags(
+            Tag::builder()
+                .key(super::meta::AWS_KIND)
+                .value(kind)
+                .build(),
+        );
+        if let Some(at) = write.expires_at {
+            tagging = tagging.tags(
+                Tag::builder()
+                    .key(super::meta::AWS_EXPIRES_AT)
+                    .value(at.to_string())
+                    .build(),
+            );
+        }
+        tagging
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(&format!("tag {path}"), e))?;
+        if write.expires_at.is_none() {
+            self.client
+                .untag_resource()
+                .secret_id(&name)
+                .tag_keys(super::meta::AWS_EXPIRES_AT)
+                .send()
+                .await
+                .map_err(|e| self.sdk_error(&format!("untag {path}"), e))?;
+        }
+        Ok(())
     }
 
     /// `(version id, number, created seconds)` of one version of `name`.
@@ -573,6 +632,18 @@ impl Upstream for AwsSecretsManager {
         Ok(described
             .current
             .map(|(_, version, updated_at)| RemoteMeta::live(path.clone(), version, updated_at)))
+    }
+
+    /// The value first (with its check-and-set), then latchkey's tags
+    /// ([`super::meta`]); other tags are left alone. Tags that cannot be set (a
+    /// policy without `secretsmanager:TagResource`) are said, not fatal.
+    async fn put(&self, path: &SecretPath, write: &crate::store::Write) -> Result<u64, Error> {
+        let version = self.write(path, &write.fields, write.cas).await?;
+        if let Err(e) = self.record_tags(path, write).await {
+            tracing::warn!(upstream = %self.name, path = %path, error = %e,
+                "cannot record kind and expiry in the secret's tags; other agents will see it as generic");
+        }
+        Ok(version)
     }
 
     async fn write(

@@ -67,6 +67,8 @@ impl Upstream for Local {
             fields: s.fields,
             updated_at: s.updated_at,
             ordered: true,
+            kind: Some(s.kind),
+            expires_at: s.expires_at,
         }))
     }
 

@@ -6,12 +6,14 @@
 //! (list; on HashiCorp Vault, which lacks it, `LIST metadata/{dir}` gives names only
 //! and each version costs one `GET metadata/{path}`, fetched with bounded
 //! concurrency); `GET metadata/{path}` (metadata); `POST data/{path}` with
-//! `options.cas` (write); and `DELETE metadata/{path}` (delete all versions). Agent
+//! `options.cas` (write), then `PATCH metadata/{path}` with latchkey's
+//! `custom_metadata` entries ([`super::meta`]); and `DELETE metadata/{path}` (delete
+//! all versions). Agent
 //! paths map to KV paths through a [`PathTemplate`] (e.g. `tenants/{tenant}/{path}`).
 //!
 //! Version numbers are the KV version numbers (1, 2, 3, …); `updated_at` is the
 //! creation time of the current version. A secret whose current version is deleted
-//! or destroyed reads as absent.
+//! or destroyed reads as absent, and is listed as a tombstone.
 //!
 //! Requests go through `transport` (several addresses, failover, a circuit breaker per
 //! address) and carry the token that `auth` keeps alive; a 403 makes the client log in
@@ -42,6 +44,7 @@ use super::template::PathTemplate;
 use super::{Error, RemoteMeta, RemoteSecret, Upstream};
 use crate::path::{Prefix, SecretPath};
 use crate::secret::{Fields, SecretBytes, SecretString};
+use crate::store;
 
 mod auth;
 mod transport;
@@ -65,6 +68,9 @@ struct Inner {
     auth: Auth,
     /// Whether `detailed-metadata` listing works: `DETAILED_*`.
     detailed: AtomicU8,
+    /// The token was refused `patch` on `metadata/*` once: latchkey's metadata is
+    /// not recorded (said once), and no write pays for a refused request again.
+    meta_denied: std::sync::atomic::AtomicBool,
     /// The `transit` section: `(mount, key)`.
     transit: Option<(String, String)>,
 }
@@ -125,6 +131,7 @@ impl OpenBao {
                 transport,
                 auth: Auth::new(name, method),
                 detailed: AtomicU8::new(DETAILED_UNKNOWN),
+                meta_denied: std::sync::atomic::AtomicBool::new(false),
                 transit: config
                     .transit
                     .as_ref()
@@ -393,6 +400,47 @@ impl OpenBao {
         Ok(names)
     }
 
+    /// Sets latchkey's `custom_metadata` entries of `path` for `write` (a JSON merge
+    /// patch: the expiry entry is removed when the write has none).
+    async fn record_meta(&self, path: &SecretPath, write: &store::Write) -> Result<(), Error> {
+        let inner = &*self.inner;
+        if inner.meta_denied.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let remote = inner.template.remote(path);
+        let kind = write.kind.as_deref().unwrap_or(store::DEFAULT_KIND);
+        let body = serde_json::json!({
+            "custom_metadata": {
+                super::meta::BAO_KIND: kind,
+                super::meta::BAO_EXPIRES_AT: write.expires_at.map(|t| t.to_string()),
+            }
+        });
+        // Sent once, without the log-in-again on 403 of `call`: a 403 here is the
+        // policy (no `patch` capability), not an expired token, which the data write
+        // just before would have met.
+        let credential = inner.auth.credential(&inner.transport).await?;
+        let reply = inner
+            .transport
+            .send(
+                Method::PATCH,
+                &self.kv("metadata", &remote),
+                Some(&credential.header),
+                Some(body.to_string().as_bytes()),
+                Idempotency::Safe,
+            )
+            .await?;
+        match reply.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::FORBIDDEN => {
+                inner.meta_denied.store(true, Ordering::Relaxed);
+                tracing::warn!(upstream = %inner.name,
+                    "the token may not patch metadata/*: kinds and expiries are not recorded in OpenBao, and other agents see secrets written here as generic (grant `patch` on the mount's metadata/* to fix)");
+                Ok(())
+            }
+            _ => Err(self.unexpected(&format!("metadata patch {path}"), &reply)),
+        }
+    }
+
     /// Whether listing uses OpenBao's `detailed-metadata` (one request per folder):
     /// `None` until the first list has found out.
     pub fn uses_detailed_metadata(&self) -> Option<bool> {
@@ -461,12 +509,19 @@ impl Upstream for OpenBao {
         if meta.is_gone() {
             return Ok(None);
         }
+        let (kind, expires_at) = super::meta::read(
+            &meta.custom_metadata.unwrap_or_default(),
+            super::meta::BAO_KIND,
+            super::meta::BAO_EXPIRES_AT,
+        );
         Ok(Some(RemoteSecret {
             path: path.clone(),
             version: meta.version,
             fields: into_fields(data),
             updated_at: unix_seconds(&meta.created_time),
             ordered: true,
+            kind,
+            expires_at,
         }))
     }
 
@@ -513,6 +568,19 @@ impl Upstream for OpenBao {
             .fetch_meta(&remote)
             .await?
             .map(|(version, updated_at)| RemoteMeta::live(path.clone(), version, updated_at)))
+    }
+
+    /// The data first (with its check-and-set), then latchkey's entries of the
+    /// secret's `custom_metadata` ([`super::meta`]) as a merge patch, which leaves
+    /// other tools' entries alone. The version is acknowledged once the data is
+    /// written: metadata that cannot be set is said once, not fatal.
+    async fn put(&self, path: &SecretPath, write: &store::Write) -> Result<u64, Error> {
+        let version = self.write(path, &write.fields, write.cas).await?;
+        if let Err(e) = self.record_meta(path, write).await {
+            tracing::warn!(upstream = %self.inner.name, path = %path, error = %e,
+                "cannot record kind and expiry in the secret's custom_metadata; other agents will see it as generic");
+        }
+        Ok(version)
     }
 
     async fn write(
@@ -821,6 +889,9 @@ struct VersionMeta {
     deletion_time: String,
     #[serde(default)]
     destroyed: bool,
+    /// The secret's `custom_metadata` (in a read's answer only).
+    #[serde(default)]
+    custom_metadata: Option<BTreeMap<String, String>>,
 }
 
 impl VersionMeta {

@@ -187,7 +187,15 @@ impl Transport {
             }
             if let Some(body) = body {
                 request = request
-                    .header(CONTENT_TYPE, "application/json")
+                    // A PATCH body is a JSON merge patch (RFC 7396): what KV v2 takes.
+                    .header(
+                        CONTENT_TYPE,
+                        if method == Method::PATCH {
+                            "application/merge-patch+json"
+                        } else {
+                            "application/json"
+                        },
+                    )
                     .body(body.to_vec());
             }
             let address = node.base.as_str().trim_end_matches('/').to_owned();
