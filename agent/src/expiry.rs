@@ -206,6 +206,7 @@ mod tests {
             kind: "generic".into(),
             updated_at: 0,
             expires_at,
+            deleted: None,
         }
     }
 

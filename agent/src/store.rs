@@ -58,6 +58,7 @@ pub use ledger::STATE_FILE;
 
 use layout::{Layout, PathTag};
 use ledger::{Counters, Ledger, StateFile};
+pub use record::Deletion;
 use record::IndexEntry;
 
 /// Versions kept per secret unless configured otherwise.
@@ -170,6 +171,18 @@ pub struct Entry {
     pub updated_at: i64,
     /// When the current version expires (unix seconds).
     pub expires_at: Option<i64>,
+    /// The upstream deleted the current version ([`Store::mark_deleted`]): it is not
+    /// served; older versions are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Deletion>,
+}
+
+/// What [`Store::change_entry`] does with an entry.
+enum Change {
+    /// Seal and save it, removing the records of these versions.
+    Save(Vec<u64>),
+    /// Nothing is left of the secret.
+    Remove,
 }
 
 /// What went wrong in the store. Messages name paths and key ids, never values.
@@ -637,6 +650,101 @@ impl Store {
         Ok(true)
     }
 
+    /// Records that the upstream deleted the secret's current version `version`
+    /// (`destroyed`: for good), keeping older versions readable by number. A
+    /// destroyed version's record is removed with it; a secret left with no version
+    /// is removed whole. Returns whether anything changed (`false` for a secret the
+    /// store lacks, or a mark already there).
+    pub fn mark_deleted(
+        &self,
+        path: &SecretPath,
+        version: u64,
+        destroyed: bool,
+    ) -> Result<bool, Error> {
+        let mark = Deletion { version, destroyed };
+        let changed = self.change_entry(path, |entry| {
+            if entry.deleted == Some(mark) {
+                return Ok(None);
+            }
+            entry.deleted = Some(mark);
+            let mut dropped = Vec::new();
+            if destroyed && entry.meta(version).is_some() {
+                entry.versions.retain(|m| m.version != version);
+                entry.labels.retain(|_, v| *v != version);
+                dropped.push(version);
+                match entry.versions.last().map(|m| m.version) {
+                    Some(newest) => {
+                        entry
+                            .labels
+                            .insert(record::LABEL_CURRENT.to_owned(), newest);
+                    }
+                    None => return Ok(Some(Change::Remove)),
+                }
+            }
+            Ok(Some(Change::Save(dropped)))
+        })?;
+        if changed == Some(true) {
+            // Nothing was left: the secret goes.
+            self.delete(path)?;
+        }
+        Ok(changed.is_some())
+    }
+
+    /// Clears the mark of [`Store::mark_deleted`] (the upstream undeleted the
+    /// version). Returns whether there was one.
+    pub fn clear_deleted(&self, path: &SecretPath) -> Result<bool, Error> {
+        Ok(self
+            .change_entry(path, |entry| {
+                Ok(entry.deleted.take().map(|_| Change::Save(Vec::new())))
+            })?
+            .is_some())
+    }
+
+    /// The upstream's deletion of this secret's current version, if it is marked.
+    pub fn deletion(&self, path: &SecretPath) -> Result<Option<Deletion>, Error> {
+        let inner = &*self.inner;
+        let tag = inner.layout.tag(path);
+        let Some(raw) = inner.read(&inner.index, tag.key(), path, None)? else {
+            return Ok(None);
+        };
+        Ok(inner.open_index(path, &tag, &raw)?.deleted)
+    }
+
+    /// Changes one index entry in a transaction: `f` answers `None` (nothing to do),
+    /// or what to do. Returns `None` when nothing changed, `Some(true)` when the
+    /// secret is left without versions (the caller deletes it), `Some(false)` else.
+    fn change_entry(
+        &self,
+        path: &SecretPath,
+        f: impl Fn(&mut IndexEntry) -> Result<Option<Change>, Error>,
+    ) -> Result<Option<bool>, Error> {
+        let inner = &*self.inner;
+        let tag = inner.layout.tag(path);
+        let outcome =
+            (&inner.meta, &inner.index, &inner.records).transaction(|(meta, index, records)| {
+                let Some(raw) = index.get(tag.key())? else {
+                    return Ok(None);
+                };
+                let mut entry = inner.open_index(path, &tag, &raw).map_err(abort)?;
+                match f(&mut entry).map_err(abort)? {
+                    None => Ok(None),
+                    Some(Change::Remove) => Ok(Some(None)),
+                    Some(Change::Save(dropped)) => {
+                        inner.save_index(index, records, &tag, &entry, &dropped)?;
+                        Ok(Some(Some(Counters::bump(meta, &inner.key, 0)?)))
+                    }
+                }
+            })?;
+        match outcome {
+            None => Ok(None),
+            Some(None) => Ok(Some(true)),
+            Some(Some(counters)) => {
+                inner.committed(counters, path, Op::Deletion);
+                Ok(Some(false))
+            }
+        }
+    }
+
     /// Lists the secrets under `prefix`, in path order, from the index alone: no record
     /// is read or opened. Keys are tags, so every index entry is opened to learn its
     /// path. An entry that fails its integrity check is left out and logged, so one
@@ -663,6 +771,7 @@ impl Store {
                     kind: meta.kind.clone(),
                     updated_at: meta.updated_at,
                     expires_at: meta.expires_at,
+                    deleted: entry.deleted,
                     path,
                 });
             }

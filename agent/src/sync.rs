@@ -530,6 +530,22 @@ impl Syncer {
         }
     }
 
+    /// Fetches one listed secret within the budget, as a task of its own.
+    fn fetch_task(
+        &self,
+        path: SecretPath,
+    ) -> impl std::future::Future<Output = (SecretPath, Result<Option<RemoteSecret>, upstream::Error>)>
+           + Send
+           + 'static {
+        let budget = self.budget.clone();
+        let upstream = self.upstream.clone();
+        async move {
+            let _permit = budget.acquire_owned().await;
+            let read = upstream.read(&path).await;
+            (path, read)
+        }
+    }
+
     /// Keeps what a complete poll held: logs, audits and publishes each newly held
     /// secret once (`deletion-held`), and says when a hold ends.
     fn replace_held(&self, now: BTreeMap<SecretPath, Option<Prefix>>) {
@@ -585,10 +601,10 @@ impl Syncer {
             };
             report.listed += remote.len();
             let scan = prefix.clone();
-            let local: HashMap<SecretPath, u64> = self
-                .store
-                .blocking(move |store| store.list(&scan))
-                .await?
+            let listed = self.store.blocking(move |store| store.list(&scan)).await?;
+            let marks: HashMap<SecretPath, Option<store::Deletion>> =
+                listed.iter().map(|e| (e.path.clone(), e.deleted)).collect();
+            let local: HashMap<SecretPath, u64> = listed
                 .into_iter()
                 .map(|e| (e.path, e.current_version))
                 .collect();
@@ -597,24 +613,43 @@ impl Syncer {
             let mut batch = Vec::new();
             for meta in remote {
                 seen.insert(meta.path.clone());
-                if meta.deleted {
-                    if local.contains_key(&meta.path) {
-                        batch.push(Landing::Gone {
-                            path: meta.path,
-                            upstream: Some(true),
-                        });
+                let Some(mark) = marks.get(&meta.path) else {
+                    if meta.deleted {
+                        continue;
                     }
+                    // Not cached yet: fetched below.
+                    fetches.spawn(self.fetch_task(meta.path));
                     continue;
+                };
+                match (meta.deleted, meta.version) {
+                    // The whole secret is gone (an AWS scheduled deletion).
+                    (true, 0) => batch.push(Landing::Gone {
+                        path: meta.path,
+                        upstream: Some(true),
+                    }),
+                    // Its current version is deleted or destroyed; older ones stay.
+                    (true, version) => {
+                        let now = store::Deletion {
+                            version,
+                            destroyed: meta.destroyed,
+                        };
+                        if *mark != Some(now) {
+                            batch.push(Landing::CurrentDeleted {
+                                path: meta.path,
+                                deletion: now,
+                            });
+                        }
+                    }
+                    // Undeleted upstream: the version the store holds is current again.
+                    (false, version) if local.get(&meta.path) == Some(&version) => {
+                        if mark.is_some() {
+                            batch.push(Landing::Undeleted { path: meta.path });
+                        }
+                    }
+                    (false, _) => {
+                        fetches.spawn(self.fetch_task(meta.path));
+                    }
                 }
-                if local.get(&meta.path) == Some(&meta.version) {
-                    continue;
-                }
-                let budget = self.budget.clone();
-                let upstream = self.upstream.clone();
-                fetches.spawn(async move {
-                    let _permit = budget.acquire_owned().await;
-                    (meta.path.clone(), upstream.read(&meta.path).await)
-                });
             }
             while let Some(joined) = fetches.join_next().await {
                 let Ok((path, result)) = joined else { continue };
@@ -1019,6 +1054,13 @@ enum Landing {
         path: SecretPath,
         upstream: Option<bool>,
     },
+    /// The upstream deleted (or destroyed) the current version; older ones stay.
+    CurrentDeleted {
+        path: SecretPath,
+        deletion: store::Deletion,
+    },
+    /// The upstream undeleted the current version the store holds.
+    Undeleted { path: SecretPath },
 }
 
 /// One landing's outcome.
@@ -1112,6 +1154,29 @@ impl Landing {
                     path,
                     changed: true,
                     committed: Committed::Written(stored),
+                    backwards: None,
+                })
+            }
+            Landing::CurrentDeleted { path, deletion } => {
+                let changed = store.mark_deleted(&path, deletion.version, deletion.destroyed)?;
+                Ok(Landed {
+                    path,
+                    changed,
+                    committed: Committed::Deleted {
+                        existed: Some(changed),
+                    },
+                    backwards: None,
+                })
+            }
+            Landing::Undeleted { path } => {
+                let changed = store.clear_deleted(&path)?;
+                let current = store.get(&path, Selector::Current)?.ok_or_else(|| {
+                    store::Error::Invalid(format!("{path} has no current version to undelete"))
+                })?;
+                Ok(Landed {
+                    path,
+                    changed,
+                    committed: Committed::Written(current),
                     backwards: None,
                 })
             }

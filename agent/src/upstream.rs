@@ -78,6 +78,8 @@ pub struct RemoteMeta {
     /// deletion, but counts it as deleted one by one, so the mass-deletion guard
     /// (which holds back secrets that merely vanished from a listing) lets it through.
     pub deleted: bool,
+    /// With `deleted` and a `version`: that version was destroyed, not only deleted.
+    pub destroyed: bool,
 }
 
 impl RemoteMeta {
@@ -88,16 +90,30 @@ impl RemoteMeta {
             version,
             updated_at,
             deleted: false,
+            destroyed: false,
         }
     }
 
-    /// A secret the upstream lists as deleted.
+    /// A secret the upstream lists as deleted, whole.
     pub fn tombstone(path: SecretPath) -> Self {
         RemoteMeta {
             path,
             version: 0,
             updated_at: 0,
             deleted: true,
+            destroyed: false,
+        }
+    }
+
+    /// A secret whose current version `version` the upstream deleted (`destroyed`:
+    /// for good) while it keeps older versions: KV v2's soft delete and destroy.
+    pub fn deleted_version(path: SecretPath, version: u64, destroyed: bool) -> Self {
+        RemoteMeta {
+            path,
+            version,
+            updated_at: 0,
+            deleted: true,
+            destroyed,
         }
     }
 }

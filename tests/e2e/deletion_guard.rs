@@ -142,11 +142,12 @@ async fn a_mount_replaced_under_the_agent_is_held_while_single_deletions_go() ->
     let admin = agent.admin()?;
     wait_read(&admin, "apps/d", 200, "v", "d").await?;
 
-    // One deleted with its metadata, one soft-deleted: each goes at once.
+    // One deleted with its metadata (it goes at once), one soft-deleted (at once
+    // too: its current version answers 410).
     bao.ok("DELETE", "secret/metadata/apps/a", None).await?;
     bao.ok("DELETE", "secret/data/apps/b", None).await?;
     wait_read(&admin, "apps/a", 404, "", "").await?;
-    wait_read(&admin, "apps/b", 404, "", "").await?;
+    wait_read(&admin, "apps/b", 410, "", "").await?;
     assert_eq!(admin.health().await?.json()["status"], "ok");
 
     // The mount the agent reads is moved away and an empty one takes its name.
@@ -163,7 +164,8 @@ async fn a_mount_replaced_under_the_agent_is_held_while_single_deletions_go() ->
     )
     .await?;
 
-    let health = wait_held(&admin, 2).await?;
+    // b, c and d vanish from the new mount's listing: all of them, held.
+    let health = wait_held(&admin, 3).await?;
     assert_eq!(health["status"], "degraded", "{health}");
     for name in ["c", "d"] {
         let served = admin.read(&format!("apps/{name}")).await?;
@@ -175,7 +177,7 @@ async fn a_mount_replaced_under_the_agent_is_held_while_single_deletions_go() ->
     let report: Value = serde_json::from_str(out.stdout.trim()).context("report")?;
     assert_eq!(
         (report["deleted"].as_u64(), report["held"].as_u64()),
-        (Some(0), Some(2)),
+        (Some(0), Some(3)),
         "{report}"
     );
 

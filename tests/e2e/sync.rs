@@ -140,10 +140,15 @@ async fn openbao_secrets_changes_and_deletes_are_served() -> anyhow::Result<()> 
         Duration::from_secs(1) + POLL_SLACK,
     )
     .await?;
-    wait_served(&app, "apps/web/api", "token", None, POLL_SLACK).await?;
+    // A soft delete keeps the secret, its current version answers 410 (see
+    // kv_soft_delete_undelete_and_destroy_follow_openbao).
+    eventually("the soft delete", POLL_SLACK, || async {
+        (read(&app, "apps/web/api", "token").await.ok()?.status == 410).then_some(())
+    })
+    .await?;
     assert_eq!(
         agent.admin()?.list("apps/web/").await?.paths(),
-        vec!["apps/web/new"]
+        vec!["apps/web/api", "apps/web/new"]
     );
     let bound = pace::scaled(Duration::from_secs(1) + POLL_SLACK);
     assert!(
@@ -1028,5 +1033,68 @@ async fn a_secret_fetched_on_a_miss_outside_the_prefixes_follows_the_upstream() 
         Duration::from_secs(1) + POLL_SLACK * 2,
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_soft_delete_undelete_and_destroy_follow_openbao() -> anyhow::Result<()> {
+    let (bao, agent) = bao_and_agent().await?;
+    let admin = agent.admin()?;
+    bao.put_kv("apps/db", json!({"pw": "one"})).await?;
+    wait_served(&admin, "apps/db", "pw", Some("one"), POLL_SLACK).await?;
+    bao.put_kv("apps/db", json!({"pw": "two"})).await?;
+    wait_served(&admin, "apps/db", "pw", Some("two"), POLL_SLACK).await?;
+    let status_of = |query: &'static str| {
+        let admin = &admin;
+        async move {
+            let answer = admin.get(&format!("/v1/secrets/apps/db{query}")).await?;
+            anyhow::Ok((answer.status, answer.code(), answer.field("pw")))
+        }
+    };
+
+    // Soft delete of the latest version: 410 `deleted`, the older one stays readable.
+    bao.ok("DELETE", "secret/data/apps/db", None).await?;
+    eventually("410 after the soft delete", POLL_SLACK, || async {
+        (status_of("").await.ok()?.0 == 410).then_some(())
+    })
+    .await?;
+    assert_eq!(status_of("").await?.1.as_deref(), Some("deleted"));
+    assert_eq!(status_of("?version=2").await?.0, 410);
+    assert_eq!(
+        status_of("?version=1").await?,
+        (200, None, Some("one".to_owned()))
+    );
+    let listed = admin.list("apps/").await?.json();
+    assert_eq!(listed["secrets"][0]["deleted_version"], 2, "{listed}");
+
+    // Undeleted upstream: current again.
+    bao.ok(
+        "POST",
+        "secret/undelete/apps/db",
+        Some(json!({"versions": [2]})),
+    )
+    .await?;
+    wait_served(&admin, "apps/db", "pw", Some("two"), POLL_SLACK).await?;
+
+    // Destroyed: gone for good, said so; the older version is still there.
+    bao.ok(
+        "PUT",
+        "secret/destroy/apps/db",
+        Some(json!({"versions": [2]})),
+    )
+    .await?;
+    let gone = eventually("410 after the destroy", POLL_SLACK, || async {
+        let (status, _, _) = status_of("").await.ok()?;
+        let body = admin.read("apps/db").await.ok()?.body;
+        (status == 410 && body.contains("destroyed")).then_some(body)
+    })
+    .await?;
+    assert!(!gone.contains("two"), "{gone}");
+    assert_eq!(status_of("?version=2").await?.0, 410);
+    assert_eq!(status_of("?version=1").await?.2.as_deref(), Some("one"));
+
+    // A new version written upstream is current again.
+    bao.put_kv("apps/db", json!({"pw": "three"})).await?;
+    wait_served(&admin, "apps/db", "pw", Some("three"), POLL_SLACK).await?;
     Ok(())
 }

@@ -49,6 +49,8 @@ codes! {
     Forbidden => "forbidden",
     /// No such secret or state.
     NotFound => "not_found",
+    /// The version asked for was deleted (or destroyed) upstream; older ones stay.
+    Deleted => "deleted",
     /// No such endpoint.
     NoRoute => "no_route",
     /// The route exists, the method does not.

@@ -95,11 +95,20 @@ pub(super) async fn read(
     state.metrics.cache(false);
     let seen = state.cache.generation();
     let mut secret = lookup(state, path, selector.clone()).await?;
+    if secret.is_none() {
+        // Deleted upstream with older versions kept: 410, never a fetch or a stand-in.
+        gone_if_deleted(state, path, &selector).await?;
+    }
     // A miss: ask the upstream once (shared with concurrent misses).
     if secret.is_none() && is_current && state.sync.fetch(path).await.map_err(sync_error)? {
-        secret = lookup(state, path, selector).await?;
+        secret = lookup(state, path, selector.clone()).await?;
     }
     let Some(secret) = secret else {
+        if let Selector::Label(label) = &selector {
+            return Err(ApiError::not_found(format_args!(
+                "secret {path} with label {label:?} (this agent knows labels current, previous and pending, and those an upstream or a rotation set)"
+            )));
+        }
         if let Some(fields) = is_current.then(|| state.fallback.get(path)).flatten() {
             let stand_in = Secret {
                 path: path.clone(),
@@ -136,6 +145,44 @@ pub(super) async fn read(
         );
     }
     Ok((secret_response(body, tail), Some(secret.version)))
+}
+
+/// 410 `deleted` when the upstream deleted the version `selector` names (the current
+/// one, or that number) while older versions stay readable by number.
+async fn gone_if_deleted(
+    state: &State,
+    path: &SecretPath,
+    selector: &Selector,
+) -> Result<(), ApiError> {
+    let probe = path.clone();
+    let Some(deletion) = state
+        .store
+        .blocking(move |store| store.deletion(&probe))
+        .await?
+    else {
+        return Ok(());
+    };
+    let names_it = match selector {
+        Selector::Current => true,
+        Selector::Version(v) => *v == deletion.version,
+        Selector::Label(_) => false,
+    };
+    if !names_it {
+        return Ok(());
+    }
+    let how = if deletion.destroyed {
+        "destroyed"
+    } else {
+        "deleted"
+    };
+    Err(ApiError::new(
+        StatusCode::GONE,
+        Code::Deleted,
+        format!(
+            "version {} of secret {path} was {how} upstream; older versions are readable with ?version=N",
+            deletion.version
+        ),
+    ))
 }
 
 /// One secret from the store, on the blocking pool.
@@ -382,6 +429,9 @@ struct ListEntry<'a> {
     kind: &'a str,
     updated_at: String,
     expires_at: Option<String>,
+    /// The upstream deleted the current version (its number); older ones stay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_version: Option<u64>,
 }
 
 /// `GET /v1/secrets[?prefix=P]`: what the caller may list under the prefix.
@@ -409,6 +459,7 @@ pub(super) async fn list(
             kind: &e.kind,
             updated_at: rfc3339(e.updated_at),
             expires_at: e.expires_at.map(rfc3339),
+            deleted_version: e.deleted.map(|d| d.version),
         })
         .collect();
     state

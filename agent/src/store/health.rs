@@ -85,6 +85,8 @@ pub enum Op {
     },
     /// The lifecycle journal entry was written or removed.
     Journal,
+    /// The upstream's deletion of the current version was recorded or cleared.
+    Deletion,
 }
 
 impl std::fmt::Display for Problem {
@@ -112,6 +114,7 @@ impl std::fmt::Display for Problem {
                             Op::Delete => write!(f, "delete of {}", m.path)?,
                             Op::Label { label } => write!(f, "label {label} of {}", m.path)?,
                             Op::Journal => write!(f, "journal of {}", m.path)?,
+                            Op::Deletion => write!(f, "upstream deletion mark of {}", m.path)?,
                         }
                     }
                 }

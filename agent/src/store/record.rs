@@ -40,6 +40,20 @@ pub(super) struct IndexEntry {
     pub(super) next_version: u64,
     /// When the secret's first version was written (unix seconds).
     pub(super) created_at: i64,
+    /// The upstream deleted the secret's current version (a KV v2 soft delete or
+    /// destroy) while older versions remain: the current version is not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) deleted: Option<Deletion>,
+}
+
+/// A current version the upstream deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deletion {
+    /// The upstream's version number that was current and is deleted.
+    pub version: u64,
+    /// Destroyed (its data gone for good), not only deleted (which can be undone).
+    pub destroyed: bool,
 }
 
 /// What the index knows about one version without opening its record.
@@ -62,6 +76,7 @@ impl IndexEntry {
             labels: BTreeMap::new(),
             next_version: 1,
             created_at,
+            deleted: None,
         }
     }
 
@@ -102,13 +117,18 @@ impl IndexEntry {
             .map(|i| &self.versions[i])
     }
 
-    /// Which kept version a selector names, if any.
+    /// Which kept version a selector names, if any. While the current version is
+    /// deleted upstream ([`IndexEntry::deleted`]), `current` names none, and neither
+    /// does anything naming the deleted version.
     pub(super) fn resolve(&self, sel: &Selector) -> Option<u64> {
-        match sel {
+        let deleted = self.deleted.map(|d| d.version);
+        let version = match sel {
+            Selector::Current if deleted.is_some() => return None,
             Selector::Current => self.labels.get(LABEL_CURRENT).copied(),
             Selector::Version(v) => self.meta(*v).map(|m| m.version),
             Selector::Label(label) => self.labels.get(label.as_str()).copied(),
-        }
+        };
+        version.filter(|v| Some(*v) != deleted)
     }
 
     /// The labels pointing at `version`, in name order.
@@ -130,6 +150,7 @@ impl IndexEntry {
     ) -> u64 {
         let version = self.next_version;
         self.next_version += 1;
+        self.deleted = None;
         if let Some(old) = self.labels.insert(LABEL_CURRENT.to_owned(), version) {
             self.labels.insert(LABEL_PREVIOUS.to_owned(), old);
         }

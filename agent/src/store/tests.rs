@@ -1166,3 +1166,98 @@ async fn a_store_held_open_elsewhere_is_reported_in_use() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_deletion_hides_the_current_version_and_keeps_older_ones() {
+    let fx = Fixture::new();
+    let store = fx.open().await;
+    let path = p("apps/db");
+    store.put(&path, write("one")).expect("v1");
+    store.put(&path, write("two")).expect("v2");
+
+    assert!(store.mark_deleted(&path, 2, false).expect("mark"));
+    assert!(
+        !store.mark_deleted(&path, 2, false).expect("again"),
+        "no change"
+    );
+    assert!(store.get(&path, Selector::Current).expect("get").is_none());
+    assert!(store
+        .get(&path, Selector::Version(2))
+        .expect("get")
+        .is_none());
+    let older = store
+        .get(&path, Selector::Version(1))
+        .expect("get")
+        .expect("v1");
+    assert_eq!(password(&older), "one");
+    assert_eq!(
+        store.deletion(&path).expect("deletion"),
+        Some(Deletion {
+            version: 2,
+            destroyed: false
+        })
+    );
+    assert_eq!(
+        store.list(&Prefix::all()).expect("list")[0]
+            .deleted
+            .map(|d| d.version),
+        Some(2)
+    );
+
+    // Undeleted: current again.
+    assert!(store.clear_deleted(&path).expect("clear"));
+    assert_eq!(
+        password(
+            &store
+                .get(&path, Selector::Current)
+                .expect("get")
+                .expect("v2")
+        ),
+        "two"
+    );
+
+    // Destroyed: its record goes, the older version stays, and it survives a reopen.
+    assert!(store.mark_deleted(&path, 2, true).expect("destroy"));
+    assert!(store
+        .get(&path, Selector::Version(2))
+        .expect("get")
+        .is_none());
+    drop(store);
+    let store = fx.open().await;
+    assert!(store.get(&path, Selector::Current).expect("get").is_none());
+    assert_eq!(
+        password(
+            &store
+                .get(&path, Selector::Version(1))
+                .expect("get")
+                .expect("v1")
+        ),
+        "one"
+    );
+    // A new version clears the mark.
+    let v3 = store.put_at(&path, 3, write("three")).expect("v3");
+    assert_eq!(v3.version, 3);
+    assert_eq!(store.deletion(&path).expect("deletion"), None);
+    assert_eq!(
+        password(
+            &store
+                .get(&path, Selector::Current)
+                .expect("get")
+                .expect("v3")
+        ),
+        "three"
+    );
+
+    // Destroying the only version left removes the secret.
+    let only = p("apps/only");
+    store.put(&only, write("x")).expect("only");
+    assert!(store.mark_deleted(&only, 1, true).expect("destroy only"));
+    assert!(store.deletion(&only).expect("deletion").is_none());
+    assert_eq!(
+        store
+            .list(&Prefix::parse("apps/only").expect("prefix"))
+            .expect("list")
+            .len(),
+        0
+    );
+}

@@ -245,6 +245,11 @@ impl OpenBao {
     }
 
     async fn fetch_meta(&self, remote: &str) -> Result<Option<(u64, i64)>, Error> {
+        Ok(self.fetch_state(remote).await?.live())
+    }
+
+    /// What `GET metadata/{remote}` says of the current version.
+    async fn fetch_state(&self, remote: &str) -> Result<Current, Error> {
         let reply = self
             .call(
                 Method::GET,
@@ -254,7 +259,7 @@ impl OpenBao {
             )
             .await?;
         match reply.status {
-            StatusCode::NOT_FOUND => return Ok(None),
+            StatusCode::NOT_FOUND => return Ok(Current::Absent),
             StatusCode::OK => {}
             _ => return Err(self.unexpected(&format!("metadata {remote}"), &reply)),
         }
@@ -262,7 +267,7 @@ impl OpenBao {
             .map_err(|_| self.invalid_response(&format!("metadata {remote}")))?;
         parsed
             .data
-            .current()
+            .state()
             .map_err(|()| self.invalid_response(&format!("metadata {remote}")))
     }
 
@@ -306,7 +311,7 @@ impl OpenBao {
                             let meta = key_info
                                 .remove(&key)
                                 .ok_or(())
-                                .and_then(|m| m.current())
+                                .and_then(|m| m.state())
                                 .map_err(|()| self.invalid_response(&format!("list {dir}")))?;
                             Ok((key, Listed::Known(meta)))
                         })
@@ -454,19 +459,43 @@ impl OpenBao {
 
 /// What a folder listing said about one secret.
 enum Listed {
-    /// Its current version and time (`None`: deleted), from `detailed-metadata`.
-    Known(Option<(u64, i64)>),
+    /// Its current version, from `detailed-metadata`.
+    Known(Current),
     /// Not told; costs a metadata request.
     Unknown,
 }
 
 /// A listed secret's entry: its current version, or a tombstone when the listing
-/// named it but its current version is deleted or destroyed (or its metadata went
-/// between the listing and the metadata request: deleted just now).
-fn listed_meta(path: SecretPath, current: Option<(u64, i64)>) -> RemoteMeta {
+/// named it but its current version is deleted or destroyed (with that version's
+/// number), or its metadata went between the listing and the metadata request
+/// (deleted just now: number 0, the whole secret).
+fn listed_meta(path: SecretPath, current: Current) -> RemoteMeta {
     match current {
-        Some((version, updated_at)) => RemoteMeta::live(path, version, updated_at),
-        None => RemoteMeta::tombstone(path),
+        Current::Live(version, updated_at) => RemoteMeta::live(path, version, updated_at),
+        Current::Deleted { version, destroyed } => {
+            RemoteMeta::deleted_version(path, version, destroyed)
+        }
+        Current::Absent => RemoteMeta::tombstone(path),
+    }
+}
+
+/// The current version of a KV v2 secret, as its metadata tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Current {
+    /// Readable: its number and creation time.
+    Live(u64, i64),
+    /// Soft-deleted (`destroyed`: destroyed) while the metadata stays.
+    Deleted { version: u64, destroyed: bool },
+    /// No version (or no metadata at all).
+    Absent,
+}
+
+impl Current {
+    fn live(self) -> Option<(u64, i64)> {
+        match self {
+            Current::Live(v, t) => Some((v, t)),
+            _ => None,
+        }
     }
 }
 
@@ -547,7 +576,7 @@ impl Upstream for OpenBao {
             let semaphore = semaphore.clone();
             tasks.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
-                let meta = this.fetch_meta(&remote).await?;
+                let meta = this.fetch_state(&remote).await?;
                 Ok::<_, Error>(listed_meta(path, meta))
             });
         }
@@ -911,21 +940,24 @@ struct MetadataData {
 impl MetadataData {
     /// The current version and its creation time; `None` if there is none or it is
     /// deleted or destroyed; `Err` if the answer contradicts itself.
-    fn current(&self) -> Result<Option<(u64, i64)>, ()> {
+    fn state(&self) -> Result<Current, ()> {
         if self.current_version == 0 {
-            return Ok(None);
+            return Ok(Current::Absent);
         }
         let current = self
             .versions
             .get(&self.current_version.to_string())
             .ok_or(())?;
         if current.is_gone() {
-            return Ok(None);
+            return Ok(Current::Deleted {
+                version: self.current_version,
+                destroyed: current.destroyed,
+            });
         }
-        Ok(Some((
+        Ok(Current::Live(
             self.current_version,
             unix_seconds(&current.created_time),
-        )))
+        ))
     }
 }
 
