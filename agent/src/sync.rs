@@ -872,6 +872,21 @@ impl Syncer {
         result.map_err(Error::Shared)
     }
 
+    /// Reads the version of `path` that carries `label` upstream (a staging label of
+    /// AWS Secrets Manager), within the budget; not stored. `None` for the local
+    /// upstream and for backends without labels of their own.
+    pub async fn read_label(
+        &self,
+        path: &SecretPath,
+        label: &str,
+    ) -> Result<Option<RemoteSecret>, Error> {
+        if self.upstream.is_local() {
+            return Ok(None);
+        }
+        let _permit = self.budget.acquire().await;
+        Ok(self.upstream.read_label(path, label).await?)
+    }
+
     /// Writes or deletes one secret for the agent (the API, the CLI through it, the
     /// lifecycle engine): the only way a change the agent makes reaches the store.
     ///

@@ -159,6 +159,18 @@ pub trait Upstream: Send + Sync {
     /// means the secret does not exist (or its current version is deleted).
     async fn read(&self, path: &SecretPath) -> Result<Option<RemoteSecret>, Error>;
 
+    /// The version of one secret that carries `label` upstream, for a labelled read
+    /// the store cannot answer (the agent pulls current versions only). `Ok(None)`:
+    /// no version carries it, or the backend has no labels of its own (the default).
+    async fn read_label(
+        &self,
+        path: &SecretPath,
+        label: &str,
+    ) -> Result<Option<RemoteSecret>, Error> {
+        let _ = (path, label);
+        Ok(None)
+    }
+
     /// Lists every secret under `prefix` with its current version, without values.
     ///
     /// Called by `sync` at start and on every poll, once per configured prefix; the

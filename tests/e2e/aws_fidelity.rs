@@ -167,3 +167,65 @@ async fn secrets_scheduled_for_deletion_go_one_by_one_past_the_guard() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_staging_labels_are_readable_as_labels() -> anyhow::Result<()> {
+    let moto = Moto::start().await?;
+    moto.ok(
+        "CreateSecret",
+        json!({"Name": "apps/db", "SecretString": "{\"pw\":\"one\"}"}),
+    )
+    .await?;
+    moto.ok(
+        "PutSecretValue",
+        json!({"SecretId": "apps/db", "SecretString": "{\"pw\":\"two\"}"}),
+    )
+    .await?;
+    // A rotation Lambda's pending version, and a team's own stage.
+    moto.ok(
+        "PutSecretValue",
+        json!({"SecretId": "apps/db", "SecretString": "{\"pw\":\"next\"}",
+               "VersionStages": ["AWSPENDING"]}),
+    )
+    .await?;
+    moto.ok(
+        "PutSecretValue",
+        json!({"SecretId": "apps/db", "SecretString": "{\"pw\":\"blue\"}",
+               "VersionStages": ["BLUE"]}),
+    )
+    .await?;
+    let agent = aws_agent(&moto.endpoint).await?;
+    let admin = agent.admin()?;
+    wait_field(&admin, "apps/db", "pw", "two").await?;
+    for (label, want) in [
+        ("current", "two"),
+        ("previous", "one"),
+        ("pending", "next"),
+        ("BLUE", "blue"),
+    ] {
+        let read = admin
+            .get(&format!("/v1/secrets/apps/db?label={label}"))
+            .await?;
+        assert_eq!(read.status, 200, "{label}: {}", read.body);
+        assert_eq!(
+            read.field("pw").as_deref(),
+            Some(want),
+            "{label}: {}",
+            read.body
+        );
+        assert_eq!(read.json()["labels"][0], label, "{}", read.body);
+    }
+    let unknown = admin.get("/v1/secrets/apps/db?label=GREEN").await?;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert!(
+        unknown.body.contains("label \\\"GREEN\\\""),
+        "{}",
+        unknown.body
+    );
+    // What apps get is still the current version.
+    assert_eq!(
+        admin.read("apps/db").await?.field("pw").as_deref(),
+        Some("two")
+    );
+    Ok(())
+}

@@ -54,10 +54,12 @@ fn selector(query: Option<&str>) -> Result<Selector, ApiError> {
                 ApiError::bad_request(format!("version {value:?} is not a whole number"))
             })?),
             "label" => {
+                // Store labels are lowercase; an upstream's may not be (AWS stages).
                 if value.is_empty()
+                    || value.len() > 256
                     || !value
                         .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_')
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
                 {
                     return Err(ApiError::bad_request(format!(
                         "label {value:?} is not valid"
@@ -105,8 +107,31 @@ pub(super) async fn read(
     }
     let Some(secret) = secret else {
         if let Selector::Label(label) = &selector {
+            // The store has the versions it pulled; the upstream may label others
+            // (AWSPENDING from a rotation Lambda, a custom stage).
+            if let Some(remote) = state
+                .sync
+                .read_label(path, label)
+                .await
+                .map_err(sync_error)?
+            {
+                let view = Secret {
+                    path: path.clone(),
+                    version: remote.version,
+                    labels: vec![label.clone()],
+                    kind: remote
+                        .kind
+                        .unwrap_or_else(|| crate::store::DEFAULT_KIND.to_owned()),
+                    fields: remote.fields,
+                    created_at: remote.updated_at,
+                    updated_at: remote.updated_at,
+                    expires_at: remote.expires_at,
+                };
+                let body = render(&view)?;
+                return Ok((secret_response(body, tail), Some(view.version)));
+            }
             return Err(ApiError::not_found(format_args!(
-                "secret {path} with label {label:?} (this agent knows labels current, previous and pending, and those an upstream or a rotation set)"
+                "secret {path} with label {label:?} (no version carries it here or upstream; labels: current, previous, pending, a rotation's, and an upstream's own such as AWS staging labels)"
             )));
         }
         if let Some(fields) = is_current.then(|| state.fallback.get(path)).flatten() {

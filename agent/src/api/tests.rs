@@ -216,7 +216,7 @@ async fn secrets_round_trip_and_their_errors_carry_stable_codes() {
         ),
         (
             Method::GET,
-            "/v1/secrets/web/db?label=BAD",
+            "/v1/secrets/web/db?label=BAD%20LABEL",
             None,
             StatusCode::BAD_REQUEST,
             "bad_request",

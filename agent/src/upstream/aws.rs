@@ -217,12 +217,22 @@ impl AwsSecretsManager {
         path: &SecretPath,
         stage: Stage,
     ) -> Result<Option<RemoteSecret>, Error> {
+        self.read_staging_label(path, stage.label()).await
+    }
+
+    /// The version of `path` carrying the staging label `label` (AWS's own or a
+    /// custom one), `None` when no version carries it.
+    async fn read_staging_label(
+        &self,
+        path: &SecretPath,
+        label: &str,
+    ) -> Result<Option<RemoteSecret>, Error> {
         let name = self.secret_name(path)?;
         let out = match self
             .client
             .get_secret_value()
             .secret_id(&name)
-            .version_stage(stage.label())
+            .version_stage(label)
             .send()
             .await
         {
@@ -563,6 +573,23 @@ impl Upstream for AwsSecretsManager {
 
     async fn read(&self, path: &SecretPath) -> Result<Option<RemoteSecret>, Error> {
         self.read_stage(path, Stage::Current).await
+    }
+
+    /// `current`, `previous` and `pending` are `AWSCURRENT`, `AWSPREVIOUS` and
+    /// `AWSPENDING`; any other label is a staging label by that name (a rotation
+    /// Lambda's or a team's own).
+    async fn read_label(
+        &self,
+        path: &SecretPath,
+        label: &str,
+    ) -> Result<Option<RemoteSecret>, Error> {
+        let stage = match label {
+            "current" => Stage::Current.label(),
+            "previous" => Stage::Previous.label(),
+            "pending" => Stage::Pending.label(),
+            other => other,
+        };
+        self.read_staging_label(path, stage).await
     }
 
     async fn list(&self, prefix: &Prefix) -> Result<Vec<RemoteMeta>, Error> {
