@@ -89,6 +89,9 @@ pub struct State {
     pub body_timeout: Duration,
     /// Watch streams open per identity.
     pub watchers: Arc<watch::Watchers>,
+    /// The folder of the CA whose key the agent may sign with (`POST
+    /// /v1/cert/renew`); `None` without one.
+    pub ca_root: Option<std::path::PathBuf>,
 }
 
 /// One authenticated connection: who, and which rules apply to them.

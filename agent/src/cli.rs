@@ -178,7 +178,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             println!("{}: ok", config.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cert(cmd) => cert::run(cmd),
+        Command::Cert(cmd) => cert::run(cmd).await,
         Command::Get(args) => secrets::get(args).await,
         Command::Put(args) => secrets::put(args).await,
         Command::List(args) => secrets::list(args).await,

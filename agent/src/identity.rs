@@ -18,6 +18,7 @@
 //! issue them) but carry no app or tenant. This module decides nothing: `policy` does.
 
 pub mod ca;
+pub mod renew;
 
 use std::fmt;
 use std::str::FromStr;
@@ -315,6 +316,9 @@ pub struct Peer {
     pub uid: Option<u32>,
     /// The peer process's gid (Unix socket only).
     pub gid: Option<u32>,
+    /// The certificate's lifetime (end minus start of validity), for renewal; 0 when
+    /// not known.
+    pub cert_lifetime_secs: i64,
 }
 
 impl Peer {
@@ -352,7 +356,10 @@ impl Peer {
                 expected: trust_domain.clone(),
             });
         }
-        Ok(Self::from_id(&id, &serial_hex(cert.raw_serial())))
+        let mut peer = Self::from_id(&id, &serial_hex(cert.raw_serial()));
+        peer.cert_lifetime_secs =
+            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        Ok(peer)
     }
 
     /// A peer for an already verified id (no Unix credentials yet).
@@ -368,6 +375,7 @@ impl Peer {
             serial: serial.into(),
             uid: None,
             gid: None,
+            cert_lifetime_secs: 0,
         }
     }
 

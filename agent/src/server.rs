@@ -329,8 +329,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let store = open_with(&config, upstream.as_ref()).await?;
     let tls = Arc::new(ServerTls::load(&config.tls).map_err(Error::Tls)?);
-    if config.tls.crl.is_some() {
-        tls.clone().spawn_crl_watcher(CRL_POLL);
+    // The CRL and the server certificate and key: reloaded when they change.
+    tls.clone().spawn_file_watcher(CRL_POLL);
+    let renewal = crate::identity::renew::ServerRenewal::new(
+        &config.tls.ca,
+        &config.tls.cert,
+        &config.tls.key,
+    );
+    if renewal.is_none() {
+        tracing::info!(ca = %config.tls.ca.display(), "the CA's key is not beside its certificate: the agent does not renew its own or apps' certificates (renew them where they are issued)");
     }
     let (audit, writer) = Audit::open(&config.audit.path, config.audit.reads).await?;
     let providers = crate::providers::Providers::load(
@@ -391,6 +398,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: config.limits.body_timeout,
         watchers: crate::api::watch::Watchers::new(config.limits.max_watchers_per_identity),
+        ca_root: renewal.as_ref().map(|r| r.root().to_owned()),
     });
     let live_policy = crate::policy::LivePolicy::new(config.policy.clone());
     let bound = listener::bind(&config.listen).await?;
@@ -441,6 +449,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             state.clone(),
             stop_rx.clone(),
         ));
+    }
+    if let Some(renewal) = renewal {
+        tokio::spawn(renewal.keep_renewed(tls.clone(), stop_rx.clone()));
     }
     let task = tokio::spawn(listener::serve(bound, ctx, stop_rx.clone(), DRAIN));
     tracing::info!(listen = ?addresses, store = %config.store.path.display(), "latchkey ready");

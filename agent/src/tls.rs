@@ -6,10 +6,12 @@
 //! and not be on our CRL. Revocation takes effect without a
 //! restart: the client-certificate verifier is a thin wrapper around a
 //! [`WebPkiClientVerifier`] held in an [`ArcSwap`], and [`ServerTls::reload_crl`] (or
-//! the polling task from [`ServerTls::spawn_crl_watcher`]) swaps in a verifier built
+//! the polling task from [`ServerTls::spawn_file_watcher`]) swaps in a verifier built
 //! from the new CRL. A reload also empties the session-resumption cache, because a
 //! resumed TLS 1.3 session skips certificate verification and would otherwise let a
-//! revoked client back in.
+//! revoked client back in. The server's own certificate is swappable the same way:
+//! [`ServerTls::reload_cert`] (run by the same watcher when the certificate or key
+//! file changes) puts a renewed certificate in place for new handshakes.
 //!
 //! The client side ([`client_config`]) is what the CLI and tests connect with: TLS 1.3,
 //! trusting only our CA, presenting an app certificate. Over the Unix socket clients
@@ -35,8 +37,10 @@ use rustls::pki_types::{
 };
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{
-    ServerSessionMemoryCache, StoresServerSessions, VerifierBuilderError, WebPkiClientVerifier,
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+    VerifierBuilderError, WebPkiClientVerifier,
 };
+use rustls::sign::CertifiedKey;
 use rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, HandshakeKind, RootCertStore,
     ServerConfig, ServerConnection, SignatureScheme,
@@ -154,6 +158,43 @@ pub struct ServerTls {
     crl: Mutex<Option<Vec<u8>>>,
     /// Counts CRL changes, so live connections can be checked again.
     reloads: tokio::sync::watch::Sender<u64>,
+    /// The server's certificate and key, swapped by [`ServerTls::reload_cert`].
+    server_cert: Arc<SwappableCert>,
+    /// The certificate bytes in place (public), to tell a change; the lock also
+    /// serializes reloads.
+    cert_pem: Mutex<Vec<u8>>,
+}
+
+/// The server certificate handed to every handshake, replaceable while serving.
+#[derive(Debug)]
+struct SwappableCert(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for SwappableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// The server's certificate chain and key from their files, checked to belong together.
+fn certified_key(
+    provider: &CryptoProvider,
+    files: &TlsFiles,
+) -> Result<(CertifiedKey, Vec<u8>), Error> {
+    let cert_bytes = read(&files.cert)?;
+    let chain = certs_from_pem(&cert_bytes, &origin(&files.cert))?;
+    let key = key_from_pem(read_secret(&files.key)?.expose(), &origin(&files.key))?;
+    let mismatch = |source| Error::CertKey {
+        cert: origin(&files.cert),
+        key: origin(&files.key),
+        source,
+    };
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(mismatch)?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(mismatch)?;
+    Ok((certified, cert_bytes))
 }
 
 impl fmt::Debug for ServerTls {
@@ -172,8 +213,8 @@ impl ServerTls {
         let ca_bytes = read(&files.ca)?;
         let (roots, root_ders) = roots_from_pem(&ca_bytes, &origin(&files.ca))?;
         let roots = Arc::new(roots);
-        let chain = certs_from_pem(&read(&files.cert)?, &origin(&files.cert))?;
-        let key = key_from_pem(read_secret(&files.key)?.expose(), &origin(&files.key))?;
+        let (certified, cert_pem) = certified_key(&provider, files)?;
+        let server_cert = Arc::new(SwappableCert(ArcSwap::from_pointee(certified)));
 
         let crl_bytes = match &files.crl {
             Some(path) => Some(read(path)?),
@@ -198,12 +239,7 @@ impl ServerTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(Error::Settings)?
             .with_client_cert_verifier(verifier.clone())
-            .with_single_cert(chain, key)
-            .map_err(|source| Error::CertKey {
-                cert: origin(&files.cert),
-                key: origin(&files.key),
-                source,
-            })?;
+            .with_cert_resolver(server_cert.clone());
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
         config.session_storage = sessions.clone();
 
@@ -217,7 +253,24 @@ impl ServerTls {
             config: Arc::new(config),
             crl: Mutex::new(crl_bytes),
             reloads: tokio::sync::watch::Sender::new(0),
+            server_cert,
+            cert_pem: Mutex::new(cert_pem),
         })
+    }
+
+    /// Re-reads the server certificate and key and, if the certificate changed, puts
+    /// them in place for every handshake from now on (connections already open keep
+    /// theirs). Returns whether anything changed. On any error — a half-written pair,
+    /// a key that does not match — the previous certificate stays in place.
+    pub fn reload_cert(&self) -> Result<bool, Error> {
+        let mut current = self.cert_pem.lock().unwrap_or_else(PoisonError::into_inner);
+        let (certified, bytes) = certified_key(&self.provider, &self.files)?;
+        if *current == bytes {
+            return Ok(false);
+        }
+        self.server_cert.0.store(Arc::new(certified));
+        *current = bytes;
+        Ok(true)
     }
 
     /// Changes each time a reload put a new CRL in place: whoever holds connections
@@ -288,22 +341,23 @@ impl ServerTls {
         Ok(true)
     }
 
-    /// Polls the CRL file's modification time, length and inode every `every` (at least
-    /// 50 ms) and calls [`reload_crl`](Self::reload_crl) when they change. Logs reloads
-    /// at `info` and failures at `error` (keeping the previous CRL); a failure is
-    /// logged once per change of the file. The task ends at the first tick after the
-    /// last other reference to this `ServerTls` is dropped, or when aborted.
-    pub fn spawn_crl_watcher(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// Polls the CRL file's, the server certificate's and its key's modification time,
+    /// length and inode every `every` (at least 50 ms) and calls
+    /// [`reload_crl`](Self::reload_crl) or [`reload_cert`](Self::reload_cert) when they
+    /// change. Logs reloads at `info` and failures at `error`/`warn` (keeping what is in
+    /// place); a failure is logged once per change of the file. The task ends at the
+    /// first tick after the last other reference to this `ServerTls` is dropped, or
+    /// when aborted.
+    pub fn spawn_file_watcher(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let path = self.files.crl.clone();
+        let cert_files = [self.files.cert.clone(), self.files.key.clone()];
         let weak = Arc::downgrade(&self);
         drop(self);
         tokio::spawn(async move {
-            let Some(path) = path else {
-                return;
-            };
             // `None` until the first check, so a CRL written between `load` and this
             // task starting is still picked up (`reload_crl` is a no-op if unchanged).
             let mut last = None;
+            let mut last_cert = None;
             let mut ticker = tokio::time::interval(every.max(MIN_POLL));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -311,6 +365,19 @@ impl ServerTls {
                 if weak.strong_count() == 0 {
                     return;
                 }
+                let cert_stamp = Some(cert_files.iter().map(|f| file_stamp(f)).collect::<Vec<_>>());
+                if cert_stamp != last_cert {
+                    let first = last_cert.is_none();
+                    last_cert = cert_stamp;
+                    if !first {
+                        if let Some(tls) = weak.upgrade() {
+                            reload_cert_logged(tls).await;
+                        }
+                    }
+                }
+                let Some(path) = path.clone() else {
+                    continue;
+                };
                 let stamp = Some(file_stamp(&path));
                 if stamp == last {
                     continue;
@@ -335,6 +402,21 @@ impl ServerTls {
                 }
             }
         })
+    }
+}
+
+/// Runs [`ServerTls::reload_cert`] on the blocking pool and says what came of it.
+async fn reload_cert_logged(tls: Arc<ServerTls>) {
+    let file = tls.files.cert.clone();
+    match tokio::task::spawn_blocking(move || tls.reload_cert()).await {
+        Ok(Ok(true)) => tracing::info!(path = %file.display(), "server certificate reloaded"),
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => tracing::warn!(
+            path = %file.display(),
+            error = %error_chain(&error),
+            "server certificate reload failed; keeping the previous certificate (a pair being written is retried on its next change)"
+        ),
+        Err(error) => tracing::error!(%error, "server certificate reload task failed"),
     }
 }
 

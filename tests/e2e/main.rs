@@ -18,6 +18,7 @@ mod upstream_agent;
 
 mod audit_reads;
 mod aws_fidelity;
+mod certs;
 mod cli;
 mod clients;
 mod concurrency;

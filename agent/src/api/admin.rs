@@ -6,6 +6,7 @@
 //! | GET | `/v1/whoami`, `/v1/health` | any authenticated peer |
 //! | GET | `/metrics` | admin |
 //! | POST | `/v1/store/acknowledge`, `/v1/sync` | admin |
+//! | POST | `/v1/cert/renew` | any authenticated peer, for its own identity |
 //! | POST | `/v1/validate/{path}` | admin of that path |
 
 use http::{header, HeaderValue, Response, StatusCode};
@@ -244,6 +245,80 @@ pub(super) async fn validate(
             "error": checked.undecided(),
         }),
     ))
+}
+
+/// `POST /v1/cert/renew`: a new certificate and key for the caller's own identity,
+/// with the lifetime of the certificate it connected with (which must still be
+/// valid: the handshake checked it, and the CRL). Audited. 409 `no_ca` when the
+/// agent has no CA key to sign with.
+pub(super) async fn renew_cert(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {
+    let Some(root) = state.ca_root.clone() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            Code::NoCa,
+            "this agent has no CA key to sign with; renew the certificate where it was issued",
+        ));
+    };
+    let id = crate::identity::SpiffeId::parse(&conn.peer.id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            Code::BadIdentity,
+            "the presented identity cannot be renewed",
+        )
+    })?;
+    let lifetime =
+        std::time::Duration::from_secs(u64::try_from(conn.peer.cert_lifetime_secs).unwrap_or(0));
+    let mut audited = record(conn, "cert-renew", None);
+    let issued = tokio::task::spawn_blocking(move || {
+        crate::identity::renew::renew_client(&root, &id, lifetime)
+    })
+    .await;
+    let issued = match issued {
+        Ok(Ok(issued)) => issued,
+        Ok(Err(e)) => {
+            let err = ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::Internal,
+                format!("cannot issue a certificate: {e}"),
+            );
+            failed(&mut audited, &err);
+            state.audit.record(audited).await;
+            return Err(err);
+        }
+        Err(_) => {
+            let err = ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::Internal,
+                "the signing task failed",
+            );
+            failed(&mut audited, &err);
+            state.audit.record(audited).await;
+            return Err(err);
+        }
+    };
+    audited.detail =
+        Some(format!("new serial {} (was {})", issued.serial, conn.peer.serial).into());
+    state.audit.record(audited).await;
+    #[derive(serde::Serialize)]
+    struct Renewed<'a> {
+        id: &'a str,
+        serial: &'a str,
+        not_after: i64,
+        cert_pem: &'a str,
+        key_pem: &'a str,
+    }
+    // The key goes out in an exactly sized, zeroizing buffer, like a secret's value.
+    let body = super::exact::to_secret_bytes(&Renewed {
+        id: &conn.peer.id,
+        serial: &issued.serial,
+        not_after: issued.not_after,
+        cert_pem: &issued.cert_pem,
+        key_pem: issued.key_pem.expose(),
+    })
+    .map_err(|_| ApiError::internal())?;
+    Ok(super::reply::with_json_headers(Response::new(Body::full(
+        bytes::Bytes::from_owner(body),
+    ))))
 }
 
 /// `POST /v1/sync[?accept_deletions=true]`: polls the upstream now and answers with

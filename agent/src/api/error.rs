@@ -61,6 +61,8 @@ codes! {
     Conflict => "conflict",
     /// The agent has no upstream to sync with.
     NoUpstream => "no_upstream",
+    /// The agent has no CA key to sign a certificate with.
+    NoCa => "no_ca",
     /// The body is larger than the limit.
     BodyTooLarge => "body_too_large",
     /// The body is not JSON.

@@ -80,6 +80,7 @@ impl Fixture {
             max_body_bytes: 1024,
             body_timeout: Duration::from_secs(5),
             watchers: watch::Watchers::new(2),
+            ca_root: None,
         });
         let policy = LivePolicy::new(Policy::new(vec![
             Rule::for_test(ADMIN, &["**"], &["read", "write", "list", "admin"]),

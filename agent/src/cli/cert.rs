@@ -36,6 +36,12 @@ pub enum CertCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Renew an app certificate that is still valid: the running agent issues a new
+    /// one for the same identity and lifetime, written over `--cert` and `--key`.
+    Renew {
+        #[command(flatten)]
+        client: super::connect::ClientArgs,
+    },
     /// Revoke a client certificate by serial or by its file.
     Revoke {
         /// Serial number (hex), as printed by `issue`.
@@ -51,12 +57,57 @@ pub enum CertCommand {
 }
 
 /// Runs a `cert` subcommand.
-pub(super) fn run(cmd: CertCommand) -> Result<ExitCode, Failure> {
-    Ok(run_inner(cmd)?)
+pub(super) async fn run(cmd: CertCommand) -> Result<ExitCode, Failure> {
+    match cmd {
+        CertCommand::Renew { client } => renew(client).await,
+        other => Ok(run_offline(other)?),
+    }
 }
 
-fn run_inner(cmd: CertCommand) -> anyhow::Result<ExitCode> {
+/// `latchkey cert renew`: asks the agent over mTLS, presenting the pair to renew, and
+/// replaces both files atomically (key `0600`) once the new pair is in hand.
+async fn renew(args: super::connect::ClientArgs) -> Result<ExitCode, Failure> {
+    let (Some(cert_path), Some(key_path)) = (args.cert.clone(), args.key.clone()) else {
+        return Err(anyhow::anyhow!(
+            "give --cert and --key: the pair to renew (rewritten in place)"
+        )
+        .into());
+    };
+    let client = args.client()?;
+    let reply = client
+        .request(http::Method::POST, "/v1/cert/renew", None)
+        .await?;
+    super::secrets::check(&reply)?;
+    #[derive(serde::Deserialize)]
+    struct Renewed {
+        id: String,
+        serial: String,
+        not_after: i64,
+        cert_pem: String,
+        key_pem: crate::secret::SecretString,
+    }
+    let renewed: Renewed = serde_json::from_slice(reply.body.expose())
+        .context("the agent's answer is not a renewed certificate")?;
+    let issued = ca::Issued {
+        cert_pem: renewed.cert_pem,
+        key_pem: renewed.key_pem,
+        serial: renewed.serial,
+        not_after: renewed.not_after,
+    };
+    issued
+        .write(&cert_path, &key_path, WriteMode::Replace)
+        .map_err(anyhow::Error::from)?;
+    println!("identity: {}", renewed.id);
+    println!("serial:   {}", issued.serial);
+    println!("expires:  {}", crate::api::rfc3339(issued.not_after));
+    println!("cert:     {}", cert_path.display());
+    println!("key:      {}", key_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_offline(cmd: CertCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        CertCommand::Renew { .. } => bail!("renew runs against the agent"),
         CertCommand::Issue {
             app,
             tenant,

@@ -349,7 +349,7 @@ async fn resumed_session_is_refused_once_its_certificate_is_revoked() {
 async fn crl_watcher_applies_a_revocation_without_restart() {
     let fx = fixture();
     let server = Arc::new(ServerTls::load(&fx.files).expect("load server tls"));
-    let watcher = server.clone().spawn_crl_watcher(Duration::from_millis(50));
+    let watcher = server.clone().spawn_file_watcher(Duration::from_millis(50));
     let (billing, billing_serial) = client_for(&fx.ca, fx.ca.cert_pem(), &app("billing"));
     handshake(server.config(), billing.clone())
         .await

@@ -1,0 +1,150 @@
+//! Certificates renew themselves: an app renews its still-valid certificate with
+//! `latchkey cert renew`, the agent renews its own server certificate once a third of
+//! its lifetime is left, and a server certificate replaced on disk is served to new
+//! handshakes without a restart (read back with `openssl s_client`, not our client).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use latchkey::identity::ca::{Ca, WriteMode};
+use latchkey::identity::renew::Validity;
+
+use crate::harness::{eventually, Agent};
+
+fn validity(path: &std::path::Path) -> anyhow::Result<Validity> {
+    Validity::of_pem(&std::fs::read(path)?).context("a certificate")
+}
+
+fn serial(path: &std::path::Path) -> anyhow::Result<String> {
+    Ok(latchkey::identity::ca::serial_of_pem(
+        &std::fs::read_to_string(path)?,
+    )?)
+}
+
+/// The serial of the certificate the agent presents on a new TCP handshake, as
+/// `openssl s_client` and `openssl x509` read it.
+async fn presented_serial(agent: &Agent) -> anyhow::Result<String> {
+    let addr = agent.tcp_addr().context("a TCP listener")?;
+    let admin = agent.admin_identity();
+    let mut shake = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(agent.ca_path())
+        .arg("-cert")
+        .arg(&admin.cert)
+        .arg("-key")
+        .arg(&admin.key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut out = String::new();
+    if let Some(mut stdout) = shake.stdout.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut out).await?;
+    }
+    let _ = shake.wait().await;
+    let pem_start = out
+        .find("-----BEGIN CERTIFICATE-----")
+        .context("a certificate")?;
+    let pem_end = out.find("-----END CERTIFICATE-----").context("its end")? + 25;
+    Ok(latchkey::identity::ca::serial_of_pem(
+        &out[pem_start..pem_end],
+    )?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_renews_its_certificate_for_the_same_identity() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let web = agent.issue_cert("web", None).await?;
+    let before = validity(&web.cert)?;
+    let old_serial = serial(&web.cert)?;
+    let out = agent
+        .cli(["cert", "renew"])
+        .presenting(&web)
+        .run()
+        .await?
+        .success()?;
+    assert!(
+        out.stdout.contains("spiffe://latchkey.local/app/web"),
+        "{}",
+        out.stdout
+    );
+    let after = validity(&web.cert)?;
+    assert_ne!(serial(&web.cert)?, old_serial, "a new certificate");
+    assert_eq!(after.lifetime(), before.lifetime(), "the same lifetime");
+    assert!(after.not_after >= before.not_after);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&web.key)?.permissions());
+    assert_eq!(mode & 0o777, 0o600, "the new key is private");
+    // The renewed pair works, as the same identity.
+    let who = agent.client_for(&web)?.get("/v1/whoami").await?;
+    assert_eq!(
+        who.json()["id"],
+        "spiffe://latchkey.local/app/web",
+        "{}",
+        who.body
+    );
+    agent
+        .wait_for_audit("the renewal", |r| {
+            r["op"] == "cert-renew" && r["status"] == 200
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_renews_its_server_certificate_and_serves_a_replaced_one() -> anyhow::Result<()> {
+    let mut agent = Agent::builder().tcp().start().await?;
+    let server_pem = agent.dir().join("server/server.pem");
+    let server_key = agent.dir().join("server/server.key");
+    let ca = Ca::load(agent.dir())?;
+    let names = ["localhost".to_owned()];
+    let ips = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+
+    // A server certificate close to its end: renewed at the next start.
+    agent.stop().await?;
+    ca.issue_server(&names, &ips, Duration::from_secs(60))?
+        .write(&server_pem, &server_key, WriteMode::Replace)?;
+    let short = serial(&server_pem)?;
+    agent.start().await?;
+    eventually(
+        "the server certificate renewed",
+        Duration::from_secs(15),
+        || async { (serial(&server_pem).ok()? != short).then_some(()) },
+    )
+    .await?;
+    let renewed = validity(&server_pem)?;
+    assert!(renewed.dns.contains(&"localhost".to_owned()), "{renewed:?}");
+    assert!(!renewed.due(latchkey::clock::unix_now()), "{renewed:?}");
+    let served = eventually(
+        "the renewed certificate served",
+        Duration::from_secs(15),
+        || async {
+            let presented = presented_serial(&agent).await.ok()?;
+            (presented == serial(&server_pem).ok()?).then_some(presented)
+        },
+    )
+    .await?;
+    assert_ne!(served, short);
+
+    // Replaced on disk while running (an operator's own renewal): served within
+    // seconds, no restart.
+    ca.issue_server(&names, &ips, Duration::from_secs(30 * 24 * 3600))?
+        .write(&server_pem, &server_key, WriteMode::Replace)?;
+    let replaced = serial(&server_pem)?;
+    eventually(
+        "the replaced certificate served",
+        Duration::from_secs(15),
+        || async { (presented_serial(&agent).await.ok()? == replaced).then_some(()) },
+    )
+    .await?;
+    assert!(agent.admin()?.health().await?.status == 200);
+    Ok(())
+}
