@@ -92,6 +92,9 @@ pub struct State {
     /// The folder of the CA whose key the agent may sign with (`POST
     /// /v1/cert/renew`); `None` without one.
     pub ca_root: Option<std::path::PathBuf>,
+    /// Where `POST /v1/reload` asks the daemon's loop to reload; `None` when nothing
+    /// reloads (tests, a library embedding).
+    pub reloads: Option<tokio::sync::mpsc::Sender<crate::server::ReloadRequest>>,
 }
 
 /// One authenticated connection: who, and which rules apply to them.

@@ -16,6 +16,7 @@ mod import;
 mod init;
 mod lifecycle;
 mod plugin;
+mod reload;
 mod render;
 mod secrets;
 mod store;
@@ -89,6 +90,8 @@ pub enum Command {
     Rotate(lifecycle::RotateArgs),
     /// Show lifecycle states: active, rotating, expired, invalid, reauth-required, ...
     Status(lifecycle::StatusArgs),
+    /// Re-read the running agent's config (as SIGHUP does) and print what changed.
+    Reload(reload::ReloadArgs),
     /// Poll the upstream now; `--accept-deletions` applies the deletions the guard held.
     Sync(sync::SyncArgs),
     /// Store environment variables as secrets (migration from `.env` files).
@@ -185,6 +188,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Rm(args) => secrets::rm(args).await,
         Command::Import(args) => import::run(args).await,
         Command::Sync(args) => sync::run(args).await,
+        Command::Reload(args) => reload::run(args).await,
         Command::Validate(args) => secrets::validate(args).await,
         Command::Rotate(args) => lifecycle::rotate(args).await,
         Command::Status(args) => lifecycle::status(args).await,

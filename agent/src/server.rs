@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -84,6 +84,26 @@ pub enum Error {
     },
 }
 
+/// What a reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Reloaded {
+    /// The config validated; `changed` says what is in force now (and what waits
+    /// for a restart).
+    Applied {
+        /// In words.
+        changed: String,
+    },
+    /// The config did not validate: nothing changed.
+    Refused {
+        /// Each problem, with its line and key.
+        problems: Vec<String>,
+    },
+}
+
+/// A reload asked for over the API: who asks, and where the answer goes.
+pub type ReloadRequest = (String, tokio::sync::oneshot::Sender<Reloaded>);
+
 /// A started agent: listeners bound, serving in the background.
 pub struct Running {
     stop: watch::Sender<bool>,
@@ -108,6 +128,8 @@ pub struct Running {
     policy: Arc<crate::policy::LivePolicy>,
     /// The config in force, to tell what a reload changes.
     config: std::sync::Mutex<Config>,
+    /// Reloads asked for over the API, until [`run`] takes them.
+    reload_requests: std::sync::Mutex<Option<mpsc::Receiver<ReloadRequest>>>,
 }
 
 impl Running {
@@ -117,10 +139,15 @@ impl Running {
     /// and the audit record. A config that does not validate changes nothing: its
     /// problems are logged and the old config keeps serving. Audited either way.
     pub async fn reload(&self, path: &std::path::Path) {
+        self.reload_as(path, "(operator: SIGHUP)").await;
+    }
+
+    /// [`Running::reload`] on behalf of `who` (audited as them); says what came of it.
+    pub async fn reload_as(&self, path: &std::path::Path, who: &str) -> Reloaded {
         self.notifier
             .send("RELOADING=1\nSTATUS=reloading the config");
-        let mut record =
-            crate::audit::Record::now("(operator: SIGHUP)".into(), None, "reload", None);
+        let mut record = crate::audit::Record::now(who.into(), None, "reload", None);
+        let outcome;
         match Config::load(path) {
             Err(e) => {
                 let problems = match &e {
@@ -136,16 +163,27 @@ impl Running {
                 record.status = 0;
                 record.code = Some("invalid_config");
                 record.detail = Some(format!("{} problem(s), in the log", problems.len()).into());
+                outcome = Reloaded::Refused { problems };
             }
             Ok(new) => {
                 let changed = self.apply(new);
                 tracing::info!(config = %path.display(), changed = %changed, "config reloaded");
-                record.detail = Some(changed.into());
+                record.detail = Some(changed.clone().into());
+                outcome = Reloaded::Applied { changed };
             }
         }
         self.state.audit.record(record).await;
         self.notifier
             .ready(&format!("serving on {}", self.addresses.join(", ")));
+        outcome
+    }
+
+    /// Asks to reload from the API (`POST /v1/reload`), answered by [`run`]'s loop.
+    fn take_reload_requests(&self) -> Option<mpsc::Receiver<ReloadRequest>> {
+        self.reload_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Puts `new` in force where it can be; what changed, in words.
@@ -352,6 +390,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let cache = Arc::new(HotCache::new(config.hot_cache_entries));
     let events = crate::events::Events::new();
     let (stop, stop_rx) = watch::channel(false);
+    let (reload_tx, reload_rx) = mpsc::channel(4);
     // There is always an upstream: without one, the store itself.
     let sync = match upstream {
         Some(u) => Syncer::new(
@@ -399,6 +438,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         body_timeout: config.limits.body_timeout,
         watchers: crate::api::watch::Watchers::new(config.limits.max_watchers_per_identity),
         ca_root: renewal.as_ref().map(|r| r.root().to_owned()),
+        reloads: Some(reload_tx),
     });
     let live_policy = crate::policy::LivePolicy::new(config.policy.clone());
     let bound = listener::bind(&config.listen).await?;
@@ -480,6 +520,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         notifier,
         policy: live_policy,
         config: std::sync::Mutex::new(config),
+        reload_requests: std::sync::Mutex::new(Some(reload_rx)),
     })
 }
 
@@ -518,8 +559,25 @@ async fn notify_ready(
 pub async fn run(config: Config) -> Result<(), Error> {
     let path = config.source.clone();
     let running = start(config).await?;
-    while next_signal().await == Signal::Reload {
-        running.reload(&path).await;
+    let mut requests = running.take_reload_requests();
+    loop {
+        let asked = async {
+            match requests.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            signal = next_signal() => match signal {
+                Signal::Reload => {
+                    running.reload(&path).await;
+                }
+                Signal::Stop => break,
+            },
+            Some((who, answer)) = asked => {
+                let _ = answer.send(running.reload_as(&path, &who).await);
+            }
+        }
     }
     tracing::info!("stopping");
     running.stop().await;

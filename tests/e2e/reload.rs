@@ -110,3 +110,50 @@ async fn sighup_applies_a_new_policy_and_refuses_a_broken_config() -> anyhow::Re
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn latchkey_reload_says_what_changed_or_every_problem() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let web = agent.issue_cert("web", None).await?;
+    let config = agent.config_path();
+    let original = std::fs::read_to_string(&config)?;
+    let granted = format!(
+        "{original}\n[[policy]]\nidentity = \"{}\"\npaths = [\"apps/web/**\"]\noperations = [\"read\"]\n",
+        web.id
+    );
+    std::fs::write(&config, &granted)?;
+    let applied = agent.cli(["reload"]).run().await?.success()?;
+    assert!(
+        applied.stdout.contains("reloaded: policy"),
+        "{}",
+        applied.stdout
+    );
+    let audited = reloads(&agent, "ok")?;
+    assert!(
+        audited
+            .iter()
+            .any(|r| r["peer"].as_str().is_some_and(|i| i.contains("admin"))),
+        "audited as the admin who asked: {audited:?}"
+    );
+
+    // A broken config: exit 64, each problem on stderr with its line, nothing changed.
+    std::fs::write(
+        &config,
+        granted.replacen("[listen]", "[listen]\ntcp = \"soon\"", 1),
+    )?;
+    let refused = agent.cli(["reload"]).run().await?;
+    assert_eq!(refused.code, 64, "{refused:?}");
+    assert!(refused.stderr.contains("listen.tcp"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("reload refused"),
+        "the agent answered: {}",
+        refused.stderr
+    );
+    assert!(agent.is_running());
+
+    // Only an admin may ask.
+    std::fs::write(&config, &granted)?;
+    let denied = agent.cli(["reload"]).presenting(&web).run().await?;
+    assert_eq!(denied.code, 4, "{denied:?}");
+    Ok(())
+}

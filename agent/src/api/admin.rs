@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | GET | `/v1/whoami`, `/v1/health` | any authenticated peer |
 //! | GET | `/metrics` | admin |
-//! | POST | `/v1/store/acknowledge`, `/v1/sync` | admin |
+//! | POST | `/v1/store/acknowledge`, `/v1/sync`, `/v1/reload` | admin |
 //! | POST | `/v1/cert/renew` | any authenticated peer, for its own identity |
 //! | POST | `/v1/validate/{path}` | admin of that path |
 
@@ -244,6 +244,35 @@ pub(super) async fn validate(
             "expires_at": checked.expires_at,
             "error": checked.undecided(),
         }),
+    ))
+}
+
+/// `POST /v1/reload`: the same reload as SIGHUP, answered with its outcome: 200
+/// `{"outcome":"applied","changed":…}` or 422 `invalid_config` with every problem
+/// (nothing changed). Audited as the caller by the reload itself.
+pub(super) async fn reload(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {
+    admin_only(state, conn, "reload", "the config", "reload").await?;
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            Code::Invalid,
+            "this agent does not reload (it is not running as a daemon)",
+        )
+    };
+    let requests = state.reloads.as_ref().ok_or_else(unavailable)?;
+    let (answer, outcome) = tokio::sync::oneshot::channel();
+    requests
+        .send((conn.peer.id.to_string(), answer))
+        .await
+        .map_err(|_| unavailable())?;
+    let outcome = outcome.await.map_err(|_| unavailable())?;
+    let status = match outcome {
+        crate::server::Reloaded::Applied { .. } => StatusCode::OK,
+        crate::server::Reloaded::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    Ok(json_response(
+        status,
+        &serde_json::to_value(&outcome).unwrap_or_default(),
     ))
 }
 

@@ -67,10 +67,11 @@ where
         (&Method::POST, "/v1/store/acknowledge") => admin::acknowledge(state, conn).await,
         (&Method::POST, "/v1/sync") => admin::sync_now(state, conn, query).await,
         (&Method::POST, "/v1/cert/renew") => admin::renew_cert(state, conn).await,
+        (&Method::POST, "/v1/reload") => admin::reload(state, conn).await,
         (_, "/metrics" | "/v1/health" | "/v1/whoami" | "/v1/watch") => {
             Err(ApiError::method_not_allowed("GET"))
         }
-        (_, "/v1/sync" | "/v1/store/acknowledge" | "/v1/cert/renew") => {
+        (_, "/v1/sync" | "/v1/store/acknowledge" | "/v1/cert/renew" | "/v1/reload") => {
             Err(ApiError::method_not_allowed("POST"))
         }
         _ => Err(ApiError::no_route(path)),

@@ -81,6 +81,7 @@ impl Fixture {
             body_timeout: Duration::from_secs(5),
             watchers: watch::Watchers::new(2),
             ca_root: None,
+            reloads: None,
         });
         let policy = LivePolicy::new(Policy::new(vec![
             Rule::for_test(ADMIN, &["**"], &["read", "write", "list", "admin"]),

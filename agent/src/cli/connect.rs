@@ -66,12 +66,20 @@ fn read(path: &Path) -> anyhow::Result<String> {
 }
 
 fn endpoint_from_config(path: &Path) -> anyhow::Result<Endpoint> {
-    let config = crate::config::Config::load(path).with_context(|| {
-        format!(
-            "no --addr given and {} cannot be used to find the agent",
-            path.display()
-        )
-    })?;
+    let config = match crate::config::Config::load(path) {
+        Ok(config) => config,
+        // A config being edited may not validate while the agent still runs on the
+        // one it loaded (`latchkey reload` is how the operator finds out): its
+        // `[listen]` table is enough to reach the agent.
+        Err(invalid) => {
+            return listen_only(path).ok_or(invalid).with_context(|| {
+                format!(
+                    "no --addr given and {} cannot be used to find the agent",
+                    path.display()
+                )
+            })
+        }
+    };
     if let Some(socket) = config.listen.socket {
         return Ok(Endpoint::Unix(socket));
     }
@@ -80,4 +88,17 @@ fn endpoint_from_config(path: &Path) -> anyhow::Result<Endpoint> {
         .tcp
         .map(Endpoint::Tcp)
         .ok_or_else(|| anyhow!("{} names no listener", path.display()))
+}
+
+/// The listener named by the `[listen]` table of a config that does not validate as
+/// a whole: the socket (anchored at the config's folder) or the TCP address.
+fn listen_only(path: &Path) -> Option<Endpoint> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let listen = table.get("listen")?.as_table()?;
+    if let Some(socket) = listen.get("socket").and_then(|s| s.as_str()) {
+        let base = path.parent().unwrap_or(Path::new("."));
+        return Some(Endpoint::Unix(base.join(socket)));
+    }
+    listen.get("tcp")?.as_str()?.parse().ok().map(Endpoint::Tcp)
 }
