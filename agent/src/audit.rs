@@ -136,6 +136,18 @@ pub struct Audit {
     reads: Reads,
     denials: Arc<coalesce::Coalescer>,
     tally: Arc<reads::ReadTally>,
+    /// Set by [`Audit::reopen`]; the writer opens the file again before its next write.
+    reopen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Opens the audit file to append, creating it `0600`, never through a link.
+fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// The writer thread; [`Writer::finish`] waits until every record is on disk.
@@ -159,13 +171,9 @@ impl Audit {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(err)?;
+        let file = open_file(path).map_err(err)?;
         let (tx, rx) = mpsc::channel(QUEUE);
+        let reopen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let owned = path.to_owned();
         let denials = Arc::new(coalesce::Coalescer::default());
         let window = match reads {
@@ -173,19 +181,27 @@ impl Audit {
             Reads::Off | Reads::Each => coalesce::WINDOW,
         };
         let tally = Arc::new(reads::ReadTally::new(window));
-        let held = (denials.clone(), tally.clone());
+        let held = (denials.clone(), tally.clone(), reopen.clone());
         let thread = std::thread::Builder::new()
             .name("latchkey-audit".into())
-            .spawn(move || write_loop(file, rx, owned, &held.0, &held.1))
+            .spawn(move || write_loop(file, rx, owned, &held.0, &held.1, &held.2))
             .map_err(err)?;
         let audit = Audit {
             tx,
             reads,
             denials,
             tally,
+            reopen,
         };
         tokio::spawn(flush_held(audit.downgrade()));
         Ok((audit, Writer(thread)))
+    }
+
+    /// Opens the audit file again (by its path) before the next record: after
+    /// logrotate moved it away (`SIGUSR1`, or `postrotate kill -USR1`), new records go
+    /// to the new file and none is lost.
+    pub fn reopen(&self) {
+        self.reopen.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Records what a client can cause in a loop (a denial, a failed read), coalescing
@@ -279,6 +295,7 @@ fn write_loop(
     path: PathBuf,
     held: &coalesce::Coalescer,
     tally: &reads::ReadTally,
+    reopen: &std::sync::atomic::AtomicBool,
 ) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
     let mut line = Vec::with_capacity(256);
@@ -293,6 +310,17 @@ fn write_loop(
         }
     };
     while let Some(first) = rx.blocking_recv() {
+        if reopen.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = out.flush();
+            match open_file(&path) {
+                Ok(file) => {
+                    out = std::io::BufWriter::with_capacity(64 * 1024, file);
+                    tracing::info!(path = %path.display(), "audit file reopened");
+                }
+                Err(e) => tracing::error!(path = %path.display(), error = %e,
+                    "cannot reopen the audit file; writing on to the one open"),
+            }
+        }
         write(&mut out, &first);
         while let Ok(record) = rx.try_recv() {
             write(&mut out, &record);
@@ -316,6 +344,7 @@ struct WeakAudit {
     reads: Reads,
     denials: Arc<coalesce::Coalescer>,
     tally: Arc<reads::ReadTally>,
+    reopen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Audit {
@@ -325,6 +354,7 @@ impl Audit {
             reads: self.reads,
             denials: self.denials.clone(),
             tally: self.tally.clone(),
+            reopen: self.reopen.clone(),
         }
     }
 }
@@ -349,6 +379,7 @@ async fn flush_held(weak: WeakAudit) {
             reads: weak.reads,
             denials: weak.denials.clone(),
             tally: weak.tally.clone(),
+            reopen: weak.reopen.clone(),
         };
         for record in due {
             audit.record(record).await;

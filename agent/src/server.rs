@@ -572,6 +572,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 Signal::Reload => {
                     running.reload(&path).await;
                 }
+                Signal::Reopen => {
+                    tracing::info!("SIGUSR1: reopening the audit file");
+                    running.state.audit.reopen();
+                }
                 Signal::Stop => break,
             },
             Some((who, answer)) = asked => {
@@ -592,21 +596,24 @@ pub enum Signal {
     Stop,
     /// SIGHUP.
     Reload,
+    /// SIGUSR1: open the audit file again (after logrotate moved it).
+    Reopen,
 }
 
-/// Waits for SIGTERM, SIGINT or SIGHUP.
+/// Waits for SIGTERM, SIGINT, SIGHUP or SIGUSR1.
 pub async fn next_signal() -> Signal {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGHUP; reload by restarting");
-            wait_for_signal().await;
-            return Signal::Stop;
-        }
+    let (Ok(mut hup), Ok(mut usr1)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) else {
+        tracing::error!("cannot watch SIGHUP and SIGUSR1; reload by restarting");
+        wait_for_signal().await;
+        return Signal::Stop;
     };
     tokio::select! {
         _ = hup.recv() => Signal::Reload,
+        _ = usr1.recv() => Signal::Reopen,
         () = wait_for_signal() => Signal::Stop,
     }
 }

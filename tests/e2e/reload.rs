@@ -157,3 +157,46 @@ async fn latchkey_reload_says_what_changed_or_every_problem() -> anyhow::Result<
     assert_eq!(denied.code, 4, "{denied:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn sigusr1_reopens_the_audit_file_after_logrotate_moved_it() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let admin = agent.admin()?;
+    admin.write("apps/a", json!({"v": "1"})).await?;
+    let audit = agent.dir().join("audit.log");
+    eventually(
+        "the first write audited",
+        Duration::from_secs(10),
+        || async {
+            std::fs::read_to_string(&audit)
+                .ok()?
+                .contains("apps/a")
+                .then_some(())
+        },
+    )
+    .await?;
+    let rotated = agent.dir().join("audit.log.1");
+    std::fs::rename(&audit, &rotated)?;
+    let pid = agent.pid().ok_or_else(|| anyhow::anyhow!("not running"))?;
+    let sent = std::process::Command::new("kill")
+        .args(["-USR1", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(sent.success());
+    eventually("the reopen logged", Duration::from_secs(10), || async {
+        (!agent.log_lines_with("reopening the audit file").is_empty()).then_some(())
+    })
+    .await?;
+    admin.write("apps/b", json!({"v": "2"})).await?;
+    let fresh = eventually("the new file", Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&audit).ok()?;
+        text.contains("apps/b").then_some(text)
+    })
+    .await?;
+    assert!(!fresh.contains("apps/a"), "{fresh}");
+    let old = std::fs::read_to_string(&rotated)?;
+    assert!(old.contains("apps/a") && !old.contains("apps/b"), "{old}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&audit)?.permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(agent.is_running());
+    Ok(())
+}
