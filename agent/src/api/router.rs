@@ -98,7 +98,7 @@ where
     tracing::Span::current().record("path", path.as_str());
     authorize(state, conn, op, &path).await?;
     let result = match *req.method() {
-        Method::GET => secrets::read(state, &path, req.uri().query()).await,
+        Method::GET => secrets::read(state, conn, &path, req.uri().query()).await,
         Method::PUT => secrets::write(state, &path, req).await,
         _ => secrets::delete(state, &path).await,
     };

@@ -80,6 +80,7 @@ fn selector(query: Option<&str>) -> Result<Selector, ApiError> {
 /// `GET /v1/secrets/{path}`.
 pub(super) async fn read(
     state: &State,
+    conn: &Conn,
     path: &SecretPath,
     query: Option<&str>,
 ) -> Result<Answer, ApiError> {
@@ -107,6 +108,11 @@ pub(super) async fn read(
     }
     let Some(secret) = secret else {
         if let Selector::Label(label) = &selector {
+            if label == "pending" {
+                if let Some(answer) = pending(state, conn, path, &tail).await? {
+                    return Ok(answer);
+                }
+            }
             // The store has the versions it pulled; the upstream may label others
             // (AWSPENDING from a rotation Lambda, a custom stage).
             if let Some(remote) = state
@@ -170,6 +176,54 @@ pub(super) async fn read(
         );
     }
     Ok((secret_response(body, tail), Some(secret.version)))
+}
+
+/// `?label=pending` during a rotation: the credential being tested or promoted, so
+/// a consumer can warm up with it before the switch. Only for identities that may
+/// administer the path (a rotator role): apps get a credential once it is current.
+/// `None` when no rotation has one in flight.
+async fn pending(
+    state: &State,
+    conn: &Conn,
+    path: &SecretPath,
+    tail: &Bytes,
+) -> Result<Option<Answer>, ApiError> {
+    let Some(engine) = &state.engine else {
+        return Ok(None);
+    };
+    let Some((_, cred)) = engine.pending(path).await.map_err(engine_error)? else {
+        return Ok(None);
+    };
+    if conn
+        .policy()
+        .check(&conn.peer, crate::policy::Operation::Admin, path)
+        != Decision::Allow
+    {
+        let err = ApiError::forbidden("read the pending credential of", path.as_str());
+        super::trail::deny(
+            state,
+            conn,
+            crate::policy::Operation::Admin,
+            path.as_str(),
+            &err,
+        )
+        .await;
+        return Err(err);
+    }
+    let now = crate::clock::unix_now();
+    let view = Secret {
+        path: path.clone(),
+        // Not a version yet: it gets one when promoted.
+        version: 0,
+        labels: vec!["pending".to_owned()],
+        kind: cred.kind,
+        fields: cred.fields,
+        created_at: now,
+        updated_at: now,
+        expires_at: cred.expires_at,
+    };
+    let body = render(&view)?;
+    Ok(Some((secret_response(body, tail.clone()), Some(0))))
 }
 
 /// 410 `deleted` when the upstream deleted the version `selector` names (the current

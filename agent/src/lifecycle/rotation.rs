@@ -74,6 +74,21 @@ impl Engine {
         )
     }
 
+    /// The pending credential of a rotation in flight for `path` — published (step
+    /// 2) and being tested or promoted — with the version it will replace; `None`
+    /// when no rotation has one. Read from the coordination record, so a rotation
+    /// run by another agent of the fleet counts too.
+    pub async fn pending(&self, path: &SecretPath) -> Result<Option<(u64, Credential)>, Error> {
+        let key = self.ledger_key(path)?;
+        let Some((_, entry)) = self.inner.ledger.read(&key).await? else {
+            return Ok(None);
+        };
+        Ok(match (entry.step, entry.pending) {
+            (Step::Published, Some(pending)) => Some((entry.base_version, pending)),
+            _ => None,
+        })
+    }
+
     fn lease_until(&self) -> i64 {
         self.now() + secs(self.inner.spec.lease)
     }

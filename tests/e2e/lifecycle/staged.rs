@@ -514,3 +514,66 @@ async fn operator_rotations_count_against_the_scheduler_concurrency() -> anyhow:
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_pending_credential_is_readable_by_a_rotator_while_it_is_tested() -> anyhow::Result<()>
+{
+    let service = Service::start(ORIGINAL)?;
+    let agent = Agent::builder()
+        .append(&plugin_toml(&service)?)
+        .allow(
+            "spiffe://latchkey.local/app/consumer",
+            &["svc/**"],
+            &["read"],
+        )
+        .start()
+        .await?;
+    let admin = agent.admin()?;
+    assert_eq!(
+        admin
+            .write("svc/key", json!({ "key": ORIGINAL }))
+            .await?
+            .status,
+        200
+    );
+    let consumer = agent.issue_cert("consumer", None).await?;
+    let app = agent.client_for(&consumer)?;
+    // No rotation: nothing is pending.
+    assert_eq!(
+        admin.get("/v1/secrets/svc/key?label=pending").await?.status,
+        404
+    );
+
+    // Held in step 3 (the pending key is being tested).
+    let (reached, release) = service.stall_check_of_new_key();
+    let cli = rotate_in_background(&agent, "svc/key")?;
+    let deadline = crate::harness::pace::scaled(Duration::from_secs(30));
+    tokio::task::spawn_blocking(move || reached.recv_timeout(deadline))
+        .await?
+        .context("the rotation never reached step 3")?;
+    let pending = admin.get("/v1/secrets/svc/key?label=pending").await?;
+    assert_eq!(pending.status, 200, "{}", pending.body);
+    let key = pending.field("key").context("the pending key")?;
+    assert_ne!(key, ORIGINAL);
+    assert!(
+        service.created().contains(&key),
+        "the key being tested: {key}"
+    );
+    assert_eq!(pending.json()["labels"][0], "pending", "{}", pending.body);
+    // An app that may only read gets the current key, and not the pending one.
+    assert_eq!(
+        app.read("svc/key").await?.field("key").as_deref(),
+        Some(ORIGINAL)
+    );
+    assert_eq!(
+        app.get("/v1/secrets/svc/key?label=pending").await?.status,
+        403
+    );
+    let _ = release.send(());
+    let _ = cli.await;
+    crate::spawn::wait_until("the promotion", Duration::from_secs(20), || async {
+        current_key(&agent).await.is_ok_and(|k| k == key)
+    })
+    .await?;
+    Ok(())
+}
