@@ -96,6 +96,40 @@ async fn an_app_renews_its_certificate_for_the_same_identity() -> anyhow::Result
             r["op"] == "cert-renew" && r["status"] == 200
         })
         .await?;
+
+    // Over the API without a signing request, the agent makes the key too.
+    let api = agent.client_for(&web)?;
+    let made = api
+        .request(http::Method::POST, "/v1/cert/renew", None)
+        .await?;
+    assert_eq!(made.status, 200, "{}", made.body);
+    assert!(made.json()["key_pem"]
+        .as_str()
+        .is_some_and(|k| k.contains("PRIVATE KEY")));
+    // A signing request that does not verify is refused.
+    let forged = serde_json::json!({
+        "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+    });
+    let forged = api
+        .request(
+            http::Method::POST,
+            "/v1/cert/renew",
+            Some(serde_json::to_vec(&forged)?),
+        )
+        .await?;
+    assert_eq!(forged.status, 400, "{}", forged.body);
+
+    // A revoked certificate cannot renew itself: the handshake refuses it. (The
+    // pair on disk is the renewed one, so revoke that one.)
+    let current = web.cert.display().to_string();
+    agent
+        .cli(["cert", "revoke", "--cert", current.as_str()])
+        .run()
+        .await?
+        .success()?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = agent.cli(["cert", "renew"]).presenting(&web).run().await?;
+    assert_ne!(refused.code, 0, "{refused:?}");
     Ok(())
 }
 

@@ -276,11 +276,33 @@ pub(super) async fn reload(state: &State, conn: &Conn) -> Result<Response<Body>,
     ))
 }
 
-/// `POST /v1/cert/renew`: a new certificate and key for the caller's own identity,
-/// with the lifetime of the certificate it connected with (which must still be
-/// valid: the handshake checked it, and the CRL). Audited. 409 `no_ca` when the
-/// agent has no CA key to sign with.
-pub(super) async fn renew_cert(state: &State, conn: &Conn) -> Result<Response<Body>, ApiError> {
+/// `POST /v1/cert/renew`: a new certificate for the caller's own identity, with the
+/// lifetime of the certificate it connected with (which must still be valid: the
+/// handshake checked it, and the CRL). With a body `{"csr": PEM}` it certifies the
+/// request's key, which never leaves the app; without one it also answers a new
+/// key. Audited. 409 `no_ca` when the agent has no CA key to sign with.
+pub(super) async fn renew_cert<B>(
+    state: &State,
+    conn: &Conn,
+    req: http::Request<B>,
+) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RenewBody {
+        csr: Option<String>,
+    }
+    let body = super::request_body::read(state, req).await?;
+    let csr = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice::<RenewBody>(body.expose())
+            .map_err(|e| super::error::json_error(&e))?
+            .csr
+    };
     let Some(root) = state.ca_root.clone() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -299,11 +321,17 @@ pub(super) async fn renew_cert(state: &State, conn: &Conn) -> Result<Response<Bo
         std::time::Duration::from_secs(u64::try_from(conn.peer.cert_lifetime_secs).unwrap_or(0));
     let mut audited = record(conn, "cert-renew", None);
     let issued = tokio::task::spawn_blocking(move || {
-        crate::identity::renew::renew_client(&root, &id, lifetime)
+        crate::identity::renew::renew_client(&root, &id, lifetime, csr.as_deref())
     })
     .await;
     let issued = match issued {
         Ok(Ok(issued)) => issued,
+        Ok(Err(e @ crate::identity::ca::Error::InvalidRequest { .. })) => {
+            let err = ApiError::new(StatusCode::BAD_REQUEST, Code::BadRequest, e.to_string());
+            failed(&mut audited, &err);
+            state.audit.record(audited).await;
+            return Err(err);
+        }
         Ok(Err(e)) => {
             let err = ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -334,6 +362,7 @@ pub(super) async fn renew_cert(state: &State, conn: &Conn) -> Result<Response<Bo
         serial: &'a str,
         not_after: i64,
         cert_pem: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
         key_pem: &'a str,
     }
     // The key goes out in an exactly sized, zeroizing buffer, like a secret's value.

@@ -40,6 +40,9 @@ where
             return secret_route(state, conn, raw, req).await;
         }
     }
+    if path == "/v1/cert/renew" && req.method() == Method::POST {
+        return admin::renew_cert(state, conn, req).await;
+    }
     if let Some(raw) = path.strip_prefix("/v1/validate/") {
         return match *req.method() {
             Method::POST => admin::validate(state, conn, raw).await,
@@ -66,7 +69,6 @@ where
         (&Method::GET, "/metrics") => admin::metrics(state, conn).await,
         (&Method::POST, "/v1/store/acknowledge") => admin::acknowledge(state, conn).await,
         (&Method::POST, "/v1/sync") => admin::sync_now(state, conn, query).await,
-        (&Method::POST, "/v1/cert/renew") => admin::renew_cert(state, conn).await,
         (&Method::POST, "/v1/reload") => admin::reload(state, conn).await,
         (_, "/metrics" | "/v1/health" | "/v1/whoami" | "/v1/watch") => {
             Err(ApiError::method_not_allowed("GET"))

@@ -36,8 +36,9 @@ pub enum CertCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Renew an app certificate that is still valid: the running agent issues a new
-    /// one for the same identity and lifetime, written over `--cert` and `--key`.
+    /// Renew an app certificate that is still valid: a new key is made here, and the
+    /// running agent certifies it for the same identity and lifetime; both are
+    /// written over `--cert` and `--key`.
     Renew {
         #[command(flatten)]
         client: super::connect::ClientArgs,
@@ -74,8 +75,22 @@ async fn renew(args: super::connect::ClientArgs) -> Result<ExitCode, Failure> {
         .into());
     };
     let client = args.client()?;
+    // The new key is made here and never leaves this process: the agent certifies
+    // a signing request for it.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .context("cannot generate a key")?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .context("cannot make a certificate signing request")?;
+    let body = serde_json::to_vec(&serde_json::json!({ "csr": csr }))
+        .context("cannot encode the request")?;
     let reply = client
-        .request(http::Method::POST, "/v1/cert/renew", None)
+        .request(
+            http::Method::POST,
+            "/v1/cert/renew",
+            Some(crate::secret::SecretBytes::new(body)),
+        )
         .await?;
     super::secrets::check(&reply)?;
     #[derive(serde::Deserialize)]
@@ -84,13 +99,12 @@ async fn renew(args: super::connect::ClientArgs) -> Result<ExitCode, Failure> {
         serial: String,
         not_after: i64,
         cert_pem: String,
-        key_pem: crate::secret::SecretString,
     }
     let renewed: Renewed = serde_json::from_slice(reply.body.expose())
         .context("the agent's answer is not a renewed certificate")?;
     let issued = ca::Issued {
         cert_pem: renewed.cert_pem,
-        key_pem: renewed.key_pem,
+        key_pem: crate::secret::SecretString::new(key.serialize_pem()),
         serial: renewed.serial,
         not_after: renewed.not_after,
     };

@@ -488,6 +488,54 @@ impl Ca {
         )
     }
 
+    /// Issues a client certificate whose URI SAN is `id` for the public key of a
+    /// certificate signing request (PEM), whose signature must verify; nothing else
+    /// of the request is taken. The private key never reaches the CA: the answer's
+    /// `key_pem` is empty.
+    pub fn issue_client_for_csr(
+        &self,
+        id: &SpiffeId,
+        ttl: Duration,
+        csr_pem: &str,
+    ) -> Result<Issued, Error> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| {
+            Error::InvalidRequest {
+                reason: "the certificate signing request does not parse or its signature does not verify".to_owned(),
+            }
+        })?;
+        if id.trust_domain() != &self.trust_domain {
+            return Err(Error::ForeignTrustDomain {
+                id: id.clone(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        let text = id.to_string();
+        let mut dn = DistinguishedName::new();
+        if text.len() <= 64 {
+            dn.push(DnType::CommonName, text.as_str());
+        }
+        let uri = text.try_into().map_err(gen_err("encode the spiffe id"))?;
+        let (params, serial, not_after) = self.params(
+            dn,
+            vec![SanType::URI(uri)],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ttl,
+        )?;
+        let request = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        };
+        let cert = request
+            .signed_by(&self.issuer()?)
+            .map_err(gen_err("sign the certificate"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: SecretString::default(),
+            serial: serial_hex(serial.as_ref()),
+            not_after: not_after.unix_timestamp(),
+        })
+    }
+
     fn issue(
         &self,
         dn: DistinguishedName,
@@ -495,6 +543,29 @@ impl Ca {
         eku: ExtendedKeyUsagePurpose,
         ttl: Duration,
     ) -> Result<Issued, Error> {
+        let (params, serial, not_after) = self.params(dn, sans, eku, ttl)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(gen_err("generate a key"))?;
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(gen_err("sign the certificate"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: SecretString::new(key.serialize_pem()),
+            serial: serial_hex(serial.as_ref()),
+            not_after: not_after.unix_timestamp(),
+        })
+    }
+
+    /// The parameters of a leaf certificate: names, usage, a fresh serial, validity
+    /// from now (less the clock-skew allowance) for `ttl`, never past the CA's.
+    fn params(
+        &self,
+        dn: DistinguishedName,
+        sans: Vec<SanType>,
+        eku: ExtendedKeyUsagePurpose,
+        ttl: Duration,
+    ) -> Result<(CertificateParams, SerialNumber, OffsetDateTime), Error> {
         let ttl = time::Duration::try_from(ttl)
             .ok()
             .filter(|ttl| ttl.is_positive())
@@ -517,8 +588,6 @@ impl Ca {
             });
         }
 
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(gen_err("generate a key"))?;
         let serial = random_serial();
         let mut params = CertificateParams::default();
         params.distinguished_name = dn;
@@ -530,15 +599,7 @@ impl Ca {
         params.not_after = not_after;
         params.serial_number = Some(serial.clone());
         params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(&key, &self.issuer()?)
-            .map_err(gen_err("sign the certificate"))?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: SecretString::new(key.serialize_pem()),
-            serial: serial_hex(serial.as_ref()),
-            not_after: not_after.unix_timestamp(),
-        })
+        Ok((params, serial, not_after))
     }
 
     /// The signer, built from the PEM key for each use so the only long-lived copy of the

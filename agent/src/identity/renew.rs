@@ -142,19 +142,24 @@ impl ServerRenewal {
     }
 }
 
-/// A new certificate and key for `id`, with `lifetime` (that of the certificate it
-/// replaces, less the clock-skew allowance the issuer adds again), from the CA under
-/// `root`. Blocking (files, signing).
+/// A new certificate for `id`, with `lifetime` (that of the certificate it replaces,
+/// less the clock-skew allowance the issuer adds again), from the CA under `root`:
+/// for the key of `csr_pem` when given, else with a new key. Blocking (files,
+/// signing).
 pub fn renew_client(
     root: &Path,
     id: &SpiffeId,
     lifetime: Duration,
+    csr_pem: Option<&str>,
 ) -> Result<Issued, super::ca::Error> {
     let ca = Ca::load(root)?;
     let lifetime = lifetime
         .saturating_sub(Duration::from_secs(300))
         .max(Duration::from_secs(60));
-    ca.issue_client(id, lifetime)
+    match csr_pem {
+        Some(csr) => ca.issue_client_for_csr(id, lifetime, csr),
+        None => ca.issue_client(id, lifetime),
+    }
 }
 
 impl ServerRenewal {
