@@ -467,6 +467,12 @@ impl Ca {
 
     /// Issues a client certificate (clientAuth) whose URI SAN is `id`.
     pub fn issue_client(&self, id: &SpiffeId, ttl: Duration) -> Result<Issued, Error> {
+        let (dn, sans) = self.client_names(id)?;
+        self.issue(dn, sans, ExtendedKeyUsagePurpose::ClientAuth, ttl)
+    }
+
+    /// The subject and SANs of a client certificate for `id`, in this CA's domain.
+    fn client_names(&self, id: &SpiffeId) -> Result<(DistinguishedName, Vec<SanType>), Error> {
         if id.trust_domain() != &self.trust_domain {
             return Err(Error::ForeignTrustDomain {
                 id: id.clone(),
@@ -480,12 +486,7 @@ impl Ca {
             dn.push(DnType::CommonName, text.as_str());
         }
         let uri = text.try_into().map_err(gen_err("encode the spiffe id"))?;
-        self.issue(
-            dn,
-            vec![SanType::URI(uri)],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ttl,
-        )
+        Ok((dn, vec![SanType::URI(uri)]))
     }
 
     /// Issues a client certificate whose URI SAN is `id` for the public key of a
@@ -503,24 +504,9 @@ impl Ca {
                 reason: "the certificate signing request does not parse or its signature does not verify".to_owned(),
             }
         })?;
-        if id.trust_domain() != &self.trust_domain {
-            return Err(Error::ForeignTrustDomain {
-                id: id.clone(),
-                trust_domain: self.trust_domain.clone(),
-            });
-        }
-        let text = id.to_string();
-        let mut dn = DistinguishedName::new();
-        if text.len() <= 64 {
-            dn.push(DnType::CommonName, text.as_str());
-        }
-        let uri = text.try_into().map_err(gen_err("encode the spiffe id"))?;
-        let (params, serial, not_after) = self.params(
-            dn,
-            vec![SanType::URI(uri)],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ttl,
-        )?;
+        let (dn, sans) = self.client_names(id)?;
+        let (params, serial, not_after) =
+            self.params(dn, sans, ExtendedKeyUsagePurpose::ClientAuth, ttl)?;
         let request = rcgen::CertificateSigningRequestParams {
             params,
             public_key: csr.public_key,
