@@ -157,11 +157,16 @@ async fn a_mount_replaced_under_the_agent_is_held_while_single_deletions_go() ->
         Some(json!({"from": "secret", "to": "moved"})),
     )
     .await?;
-    bao.ok(
-        "POST",
-        "sys/mounts/secret",
-        Some(json!({"type": "kv", "options": {"version": "2"}})),
-    )
+    // The move runs in the background: enable the new mount once the path is free.
+    eventually("the new mount at secret/", WITHIN, || async {
+        bao.ok(
+            "POST",
+            "sys/mounts/secret",
+            Some(json!({"type": "kv", "options": {"version": "2"}})),
+        )
+        .await
+        .ok()
+    })
     .await?;
 
     // b, c and d vanish from the new mount's listing: all of them, held.
@@ -183,11 +188,15 @@ async fn a_mount_replaced_under_the_agent_is_held_while_single_deletions_go() ->
 
     // Moved back: the agent follows again and the hold ends by itself.
     bao.ok("DELETE", "sys/mounts/secret", None).await?;
-    bao.ok(
-        "POST",
-        "sys/remount",
-        Some(json!({"from": "moved", "to": "secret"})),
-    )
+    eventually("the move back to secret/", WITHIN, || async {
+        bao.ok(
+            "POST",
+            "sys/remount",
+            Some(json!({"from": "moved", "to": "secret"})),
+        )
+        .await
+        .ok()
+    })
     .await?;
     let healed = eventually("the hold to end", WITHIN, || async {
         let body = admin.health().await.ok()?.json();
