@@ -16,6 +16,8 @@
 //!
 //! Other paths in our trust domain are accepted as identities (an external CA may
 //! issue them) but carry no app or tenant. This module decides nothing: `policy` does.
+//! [`ca`] issues and revokes certificates; [`renew`] keeps the agent's and apps'
+//! certificates from expiring.
 
 pub mod ca;
 pub mod renew;
