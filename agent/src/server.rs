@@ -559,6 +559,13 @@ async fn notify_ready(
 pub async fn run(config: Config) -> Result<(), Error> {
     let path = config.source.clone();
     let running = start(config).await?;
+    serve(running, &path).await;
+    Ok(())
+}
+
+/// Serves a started agent until SIGTERM or SIGINT, then stops it cleanly: SIGHUP and
+/// `POST /v1/reload` reload the config at `path`, SIGUSR1 reopens the audit file.
+pub async fn serve(running: Running, path: &std::path::Path) {
     let mut requests = running.take_reload_requests();
     loop {
         let asked = async {
@@ -570,7 +577,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         tokio::select! {
             signal = next_signal() => match signal {
                 Signal::Reload => {
-                    running.reload(&path).await;
+                    running.reload(path).await;
                 }
                 Signal::Reopen => {
                     tracing::info!("SIGUSR1: reopening the audit file");
@@ -579,14 +586,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 Signal::Stop => break,
             },
             Some((who, answer)) = asked => {
-                let _ = answer.send(running.reload_as(&path, &who).await);
+                let _ = answer.send(running.reload_as(path, &who).await);
             }
         }
     }
     tracing::info!("stopping");
     running.stop().await;
     tracing::info!("stopped");
-    Ok(())
 }
 
 /// What a signal asks of the daemon.

@@ -200,3 +200,46 @@ async fn sigusr1_reopens_the_audit_file_after_logrotate_moved_it() -> anyhow::Re
     assert!(agent.is_running());
     Ok(())
 }
+
+#[tokio::test]
+async fn the_dev_agent_reloads_too() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = tempfile::tempdir()?;
+    let home = dir.path().join("dev");
+    let bin = crate::harness::binary()?;
+    let mut dev = tokio::process::Command::new(&bin)
+        .args(["dev", "--dir"])
+        .arg(&home)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = dev.stdout.take().ok_or_else(|| anyhow::anyhow!("stdout"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    crate::harness::within("the dev agent to start", Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("dev agent is running") {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the dev agent ended before it ran")
+    })
+    .await??;
+    let reload = tokio::process::Command::new(&bin)
+        .args(["reload", "--dir"])
+        .arg(&home)
+        .output();
+    let out = crate::harness::within("latchkey reload", Duration::from_secs(30), reload).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("reloaded:"), "{stdout}");
+    dev.kill().await?;
+    Ok(())
+}

@@ -265,7 +265,11 @@ pub(super) async fn reload(state: &State, conn: &Conn) -> Result<Response<Body>,
         .send((conn.peer.id.to_string(), answer))
         .await
         .map_err(|_| unavailable())?;
-    let outcome = outcome.await.map_err(|_| unavailable())?;
+    // Answered by the daemon's loop between two signals; never waited on forever.
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), outcome)
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|_| unavailable())?;
     let status = match outcome {
         crate::server::Reloaded::Applied { .. } => StatusCode::OK,
         crate::server::Reloaded::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,

@@ -41,7 +41,8 @@ pub(super) async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     }
     let dir = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
-    let config = crate::config::Config::load(&dir.join("latchkey.toml"))?;
+    let config_path = dir.join("latchkey.toml");
+    let config = crate::config::Config::load(&config_path)?;
     let socket = config.listen.socket.clone();
     let tcp = config.listen.tcp;
     let running = crate::server::start(config).await?;
@@ -91,8 +92,7 @@ pub(super) async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     println!("Issue a certificate for an app:");
     println!("  {exe} cert issue --app web --dir {d}");
     println!();
-    crate::server::wait_for_signal().await;
-    running.stop().await;
+    crate::server::serve(running, &config_path).await;
     Ok(ExitCode::SUCCESS)
 }
 
