@@ -129,6 +129,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let started = std::time::Instant::now();
     let op = op_name(req.method(), req.uri().path());
     let span = tracing::debug_span!(
         "request",
@@ -141,7 +142,9 @@ where
         .instrument(span)
         .await
         .unwrap_or_else(ApiError::into_response);
-    state.metrics.request(op, res.status().as_u16());
+    state
+        .metrics
+        .request(op, res.status().as_u16(), started.elapsed().as_secs_f64());
     Ok(res)
 }
 

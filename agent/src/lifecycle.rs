@@ -170,6 +170,8 @@ pub struct Parts {
     pub spec: SchedulerSpec,
     /// The time the plan is made by.
     pub clock: Clock,
+    /// Where finished operations are counted for `/metrics`.
+    pub outcomes: crate::metrics::LifecycleOutcomes,
 }
 
 /// The engine. Cheap to clone.
@@ -186,6 +188,7 @@ struct Inner {
     audit: Audit,
     spec: SchedulerSpec,
     clock: Clock,
+    outcomes: crate::metrics::LifecycleOutcomes,
     node: String,
     ledger: ledger::Ledger,
     status: status::Table,
@@ -257,6 +260,7 @@ impl Engine {
                 audit: parts.audit,
                 spec: parts.spec,
                 clock: parts.clock,
+                outcomes: parts.outcomes,
                 node,
                 ledger,
                 status,
@@ -372,13 +376,41 @@ impl Engine {
         cred: &Credential,
         cas: u64,
     ) -> Result<Secret, Error> {
-        let write = store::Write {
+        let write = Self::write_of(cred, cas);
+        Self::written(
+            path,
+            self.inner.sync.commit(path, Change::Write(write)).await?,
+        )
+    }
+
+    /// [`Engine::commit`] of a credential the upstream already holds as its pending
+    /// version `staged` (a rotation staged on AWS): the upstream promotes it.
+    async fn commit_staged(
+        &self,
+        path: &SecretPath,
+        cred: &Credential,
+        cas: u64,
+        staged: u64,
+    ) -> Result<Secret, Error> {
+        let committed = self
+            .inner
+            .sync
+            .commit_staged(path, Self::write_of(cred, cas), staged)
+            .await?;
+        Self::written(path, committed)
+    }
+
+    fn write_of(cred: &Credential, cas: u64) -> store::Write {
+        store::Write {
             fields: cred.fields.clone(),
             kind: Some(cred.kind.clone()),
             expires_at: cred.expires_at,
             cas: Some(cas),
-        };
-        match self.inner.sync.commit(path, Change::Write(write)).await? {
+        }
+    }
+
+    fn written(path: &SecretPath, committed: Committed) -> Result<Secret, Error> {
+        match committed {
             Committed::Written(secret) => Ok(secret),
             Committed::Deleted { .. } => Err(Error::NotFound(path.clone())),
         }
@@ -407,6 +439,9 @@ impl Engine {
                 .events
                 .publish(Event::now(kind, path.clone(), Some(version)));
         }
+        self.inner
+            .outcomes
+            .count(plugin, op, outcome == Outcome::Ok);
         self.audit(op, path, Some(version), outcome, detail);
     }
 

@@ -410,6 +410,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         ),
     };
     let sync_task = sync.spawn(stop_rx.clone());
+    let metrics = crate::metrics::Metrics::new();
     let engine = providers.has_rules().then(|| {
         crate::lifecycle::Engine::new(crate::lifecycle::Parts {
             providers: Arc::clone(&providers) as Arc<dyn Provider>,
@@ -419,6 +420,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             audit: audit.clone(),
             spec: config.scheduler.clone(),
             clock: crate::clock::Clock::system(),
+            outcomes: metrics.lifecycle_outcomes(),
         })
     });
     let state = Arc::new(State {
@@ -432,7 +434,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         fallback: crate::fallback::EnvFallback::load(&config.env_fallback, |var| {
             crate::environment::var_string(var).map(|v| v.to_string())
         }),
-        metrics: crate::metrics::Metrics::new(),
+        metrics,
         providers,
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: config.limits.body_timeout,

@@ -911,6 +911,63 @@ impl Syncer {
                 },
             }
         };
+        self.land_one(path, landing).await
+    }
+
+    /// The version number of the upstream version `id` names (an AWS `VersionId`),
+    /// within the budget; `None` when the upstream has no such ids.
+    pub async fn version_of(&self, path: &SecretPath, id: &str) -> Result<Option<u64>, Error> {
+        let _permit = self.budget.acquire().await;
+        Ok(self.upstream.version_of(path, id).await?)
+    }
+
+    /// Stages `fields` as a pending version of `path` upstream, based on version
+    /// `base` ([`Upstream::stage`]), within the budget; the store is not touched (apps
+    /// keep the current version). `None`: the upstream has no stages (the local
+    /// store, OpenBao).
+    pub async fn stage(
+        &self,
+        path: &SecretPath,
+        fields: &crate::secret::Fields,
+        base: u64,
+    ) -> Result<Option<u64>, Error> {
+        let _permit = self.budget.acquire().await;
+        Ok(self.upstream.stage(path, fields, base).await?)
+    }
+
+    /// Drops the pending mark of a version [`Syncer::stage`] made (a rotation rolled
+    /// back).
+    pub async fn unstage(&self, path: &SecretPath, staged: u64) -> Result<(), Error> {
+        let _permit = self.budget.acquire().await;
+        Ok(self.upstream.unstage(path, staged).await?)
+    }
+
+    /// [`Syncer::commit`] for a write whose value the upstream already holds as the
+    /// pending version `staged`: the upstream promotes it (check-and-set on the
+    /// write's `cas`), then the store takes `write` as version `staged`, and the
+    /// rest of the commit follows as for any write.
+    pub async fn commit_staged(
+        &self,
+        path: &SecretPath,
+        write: store::Write,
+        staged: u64,
+    ) -> Result<Committed, Error> {
+        {
+            let _permit = self.budget.acquire().await;
+            let base = write.cas.unwrap_or(0);
+            self.upstream.promote(path, staged, base).await?;
+            self.upstream.record_meta(path, &write).await;
+        }
+        let landing = Landing::Written {
+            path: path.clone(),
+            version: staged,
+            write,
+        };
+        self.land_one(path, landing).await
+    }
+
+    /// The store's half of a commit, for one change the upstream holds.
+    async fn land_one(&self, path: &SecretPath, landing: Landing) -> Result<Committed, Error> {
         let landed = self.land(vec![landing]).await?;
         self.note_stray(path);
         landed

@@ -214,6 +214,64 @@ pub trait Upstream: Send + Sync {
         self.write(path, &write.fields, write.cas).await
     }
 
+    /// The number this backend gives the version it identifies as `id` (AWS's
+    /// `VersionId`), so a check-and-set can name a version the way the upstream's own
+    /// clients see it. `Ok(None)`: the backend has no version ids besides its numbers
+    /// (the default). A version the secret does not have gets a number no current
+    /// version has, so a check-and-set on it is a conflict.
+    async fn version_of(&self, path: &SecretPath, id: &str) -> Result<Option<u64>, Error> {
+        let _ = (path, id);
+        Ok(None)
+    }
+
+    /// Adds `fields` as a *pending* version of `path`, one that readers of the current
+    /// version do not get yet, provided the current version is still `base`
+    /// ([`Error::Conflict`] otherwise). Returns the pending version's number, or
+    /// `Ok(None)` when the backend has no stages of its own (the default: a rotation
+    /// then keeps its pending credential in its coordination record only).
+    ///
+    /// Called by a rotation's step 2 (publish), so the upstream's own rotation tools
+    /// see latchkey's rotation as one of theirs: on AWS Secrets Manager this is a
+    /// version labelled `AWSPENDING`, what a rotation function's `createSecret` makes.
+    /// A pending version someone else staged that is still in flight (another
+    /// rotation) is [`Error::Busy`].
+    async fn stage(
+        &self,
+        path: &SecretPath,
+        fields: &Fields,
+        base: u64,
+    ) -> Result<Option<u64>, Error> {
+        let _ = (path, fields, base);
+        Ok(None)
+    }
+
+    /// Makes the version [`Upstream::stage`] returned the current one, provided the
+    /// current version is still `base` ([`Error::Conflict`] otherwise); `base` becomes
+    /// the previous version and the pending mark goes. Done already is success.
+    /// Called by a rotation's step 4 (AWS: `finishSecret`'s label move).
+    async fn promote(&self, path: &SecretPath, staged: u64, base: u64) -> Result<(), Error> {
+        let _ = (path, staged, base);
+        Err(Error::Invalid {
+            upstream: self.name().to_owned(),
+            what: format!("promotion of {path}"),
+            reason: "this upstream has no stages".to_owned(),
+        })
+    }
+
+    /// Records latchkey's metadata of `write` (kind, expiry; [`meta`]) for a version
+    /// that reached the upstream without [`Upstream::put`]: a promoted pending
+    /// version. Best effort: a failure is logged, never fatal. Nothing by default.
+    async fn record_meta(&self, path: &SecretPath, write: &store::Write) {
+        let _ = (path, write);
+    }
+
+    /// Drops the pending mark of a version [`Upstream::stage`] made (a rotation rolled
+    /// back). A version that lost it already is success.
+    async fn unstage(&self, path: &SecretPath, staged: u64) -> Result<(), Error> {
+        let _ = (path, staged);
+        Ok(())
+    }
+
     /// Deletes a secret and all its versions. Deleting a missing secret succeeds.
     /// Returns whether the secret existed, when the backend can tell (`None`: it
     /// cannot; [`local`] can).
@@ -289,6 +347,17 @@ pub enum Error {
         /// The cause, if any (an I/O error reading a file).
         #[source]
         source: Option<BoxError>,
+    },
+    /// Someone else is changing the secret in a way that must finish first: a
+    /// rotation outside latchkey has a pending version in flight. Try again later.
+    #[error("upstream {upstream}: {path} is busy: {detail}")]
+    Busy {
+        /// The upstream's name.
+        upstream: String,
+        /// The secret.
+        path: SecretPath,
+        /// What is in flight (no values).
+        detail: String,
     },
     /// The agent's own store failed, as the [`local`] upstream. Carries the store's
     /// error whole, so callers answer exactly as they would for the store.

@@ -229,3 +229,69 @@ async fn aws_staging_labels_are_readable_as_labels() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_set_takes_the_version_id_aws_clients_see() -> anyhow::Result<()> {
+    let moto = Moto::start().await?;
+    moto.ok(
+        "CreateSecret",
+        json!({"Name": "apps/db", "SecretString": "{\"pw\":\"one\"}"}),
+    )
+    .await?;
+    let agent = aws_agent(&moto.endpoint).await?;
+    let admin = agent.admin()?;
+    wait_field(&admin, "apps/db", "pw", "one").await?;
+    // A team's client writes a version and learns its id, as boto3's
+    // put_secret_value returns it.
+    let put = moto
+        .ok(
+            "PutSecretValue",
+            json!({"SecretId": "apps/db", "SecretString": "{\"pw\":\"two\"}"}),
+        )
+        .await?;
+    let id = put["VersionId"]
+        .as_str()
+        .context("a version id")?
+        .to_owned();
+    let stale = admin
+        .put(
+            "apps/db",
+            json!({"fields": {"pw": "lost"}, "cas": "0b1c2d3e-not-a-version"}),
+        )
+        .await?;
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    let written = admin
+        .put("apps/db", json!({"fields": {"pw": "three"}, "cas": id}))
+        .await?;
+    assert_eq!(written.status, 200, "{}", written.body);
+    // The id of a version that is no longer current is a conflict, in the query too.
+    let again = admin
+        .put(
+            &format!("apps/db?cas={id}"),
+            json!({"fields": {"pw": "four"}}),
+        )
+        .await?;
+    assert_eq!(again.status, 409, "{}", again.body);
+    // The CLI takes it as well.
+    let current = moto
+        .ok("DescribeSecret", json!({"SecretId": "apps/db"}))
+        .await?;
+    let current_id = current["VersionIdsToStages"]
+        .as_object()
+        .and_then(|m| {
+            m.iter()
+                .find(|(_, l)| {
+                    l.as_array()
+                        .is_some_and(|l| l.iter().any(|x| x == "AWSCURRENT"))
+                })
+                .map(|(id, _)| id.clone())
+        })
+        .context("a current version")?;
+    let out = agent
+        .cli(["put", "apps/db", "pw=five", "--cas", &current_id])
+        .run()
+        .await?;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    wait_field(&admin, "apps/db", "pw", "five").await?;
+    Ok(())
+}

@@ -669,10 +669,17 @@ async fn aws_write_cas_stages_and_delete() -> anyhow::Result<()> {
         .await?;
     assert_eq!(seen["SecretString"], "tok");
 
-    // Staged rotation: pending is invisible to readers of AWSCURRENT until promoted.
+    // Staged rotation: pending is invisible to readers of AWSCURRENT until promoted,
+    // and staging or promoting on a version that is no longer current is a conflict.
+    let err = client
+        .stage(&p, &fields(&[("password", "three")]), v2 - 1)
+        .await
+        .expect_err("stale base");
+    assert!(err.is_conflict(), "{err}");
     let v3 = client
-        .write_pending(&p, &fields(&[("password", "three")]))
-        .await?;
+        .stage(&p, &fields(&[("password", "three")]), v2)
+        .await?
+        .context("AWS has stages")?;
     let current = client.read(&p).await?.context("exists")?;
     assert_eq!(field(&current.fields, "password"), Some("two"));
     let pending = client
@@ -683,7 +690,14 @@ async fn aws_write_cas_stages_and_delete() -> anyhow::Result<()> {
         (pending.version, field(&pending.fields, "password")),
         (v3, Some("three"))
     );
-    client.promote(&p, v3).await?;
+    let err = client
+        .promote(&p, v3, v2 + 1)
+        .await
+        .expect_err("stale base");
+    assert!(err.is_conflict(), "{err}");
+    client.promote(&p, v3, v2).await?;
+    // Promoting again is success (an answer lost in a crash).
+    client.promote(&p, v3, v2).await?;
     let current = client.read(&p).await?.context("exists")?;
     assert_eq!(
         (current.version, field(&current.fields, "password")),

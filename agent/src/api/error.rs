@@ -295,7 +295,7 @@ pub fn sync_error(e: crate::sync::Error) -> ApiError {
             Err(shared) => shared_sync_error(&shared),
         },
         crate::sync::Error::Upstream(e) => match &e {
-            U::Conflict { .. } => {
+            U::Conflict { .. } | U::Busy { .. } => {
                 ApiError::new(StatusCode::CONFLICT, Code::Conflict, e.to_string())
             }
             U::Unavailable { .. } => {

@@ -5,7 +5,7 @@
 //! | method | path | operation |
 //! | --- | --- | --- |
 //! | GET | `/v1/secrets/{path}[?version=N \| ?label=L]` | read |
-//! | PUT | `/v1/secrets/{path}[?cas=N][&validate=true]` body `{"fields":{..},"kind":..,"expires_at":..,"cas":N}` | write |
+//! | PUT | `/v1/secrets/{path}[?cas=V][&validate=true]` body `{"fields":{..},"kind":..,"expires_at":..,"cas":V}` (V: a version number, or an upstream version id such as AWS's `VersionId`) | write |
 //! | DELETE | `/v1/secrets/{path}` | write |
 //! | GET | `/v1/secrets[?prefix=P]` | list |
 
@@ -365,21 +365,55 @@ struct PutBody {
     #[serde(default)]
     expires_at: Option<String>,
     #[serde(default)]
-    cas: Option<u64>,
+    cas: Option<Cas>,
+}
+
+/// The version a check-and-set write is based on: the agent's version number, or
+/// the upstream's own id of it (AWS's `VersionId`, as boto3 reports it).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Cas {
+    Number(u64),
+    VersionId(String),
+}
+
+impl Cas {
+    fn parse(text: &str) -> Result<Cas, ApiError> {
+        match text.parse::<u64>() {
+            Ok(n) => Ok(Cas::Number(n)),
+            Err(_) if !text.is_empty() && !text.starts_with(['-', '+']) => {
+                Ok(Cas::VersionId(text.to_owned()))
+            }
+            Err(_) => Err(ApiError::bad_request(format!(
+                "cas {text:?} is neither a version number nor an upstream version id"
+            ))),
+        }
+    }
+
+    /// The version number, asking the upstream for the number of a version id.
+    async fn number(self, state: &State, path: &SecretPath) -> Result<u64, ApiError> {
+        let id = match self {
+            Cas::Number(n) => return Ok(n),
+            Cas::VersionId(id) => id,
+        };
+        match state.sync.version_of(path, &id).await.map_err(sync_error)? {
+            Some(n) => Ok(n),
+            None => Err(ApiError::bad_request(format!(
+                "cas {id:?} is not a whole number, and upstream {} has no version ids",
+                state.sync.upstream_name()
+            ))),
+        }
+    }
 }
 
 /// `?cas=N` and `?validate=true` of a write.
-fn write_params(query: Option<&str>) -> Result<(Option<u64>, bool), ApiError> {
+fn write_params(query: Option<&str>) -> Result<(Option<Cas>, bool), ApiError> {
     let mut cas = None;
     let mut validate = false;
     for (key, value) in query_pairs(query) {
         let value = value?;
         match key {
-            "cas" => {
-                cas = Some(value.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request(format!("cas {value:?} is not a whole number"))
-                })?)
-            }
+            "cas" => cas = Some(Cas::parse(&value)?),
             "validate" => {
                 validate = match value.as_str() {
                     "true" | "1" | "" => true,
@@ -427,11 +461,15 @@ where
         Some(text) => Some(parse_time("expires_at", text)?),
         None => None,
     };
+    let cas = match put.cas.or(cas) {
+        Some(cas) => Some(cas.number(state, path).await?),
+        None => None,
+    };
     let write = store::Write {
         fields: put.fields,
         kind: put.kind,
         expires_at,
-        cas: put.cas.or(cas),
+        cas,
     };
     // Validation before storage: a credential the provider rejects is not stored.
     match &state.engine {

@@ -53,9 +53,11 @@ pub struct PutArgs {
     /// Expiry, RFC 3339.
     #[arg(long)]
     pub expires_at: Option<String>,
-    /// Write only if the current version is this (0: only if it does not exist).
+    /// Write only if the current version is this (0: only if it does not exist): the
+    /// version number the agent shows, or the upstream's own version id (AWS's
+    /// `VersionId`).
     #[arg(long)]
-    pub cas: Option<u64>,
+    pub cas: Option<String>,
     /// Have the secret's provider plugin validate the credential first; a rejected
     /// credential is not stored and the reason is printed.
     #[arg(long)]
@@ -218,8 +220,12 @@ pub(super) async fn put(args: PutArgs) -> Result<ExitCode, Failure> {
     if let Some(exp) = &args.expires_at {
         body.insert("expires_at".into(), exp.clone().into());
     }
-    if let Some(cas) = args.cas {
-        body.insert("cas".into(), cas.into());
+    if let Some(cas) = &args.cas {
+        let cas = match cas.parse::<u64>() {
+            Ok(n) => n.into(),
+            Err(_) => cas.clone().into(),
+        };
+        body.insert("cas".into(), cas);
     }
     let bytes = SecretBytes::new(serde_json::to_vec(&body).context("cannot encode the request")?);
     drop(body);

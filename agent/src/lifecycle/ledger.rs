@@ -106,6 +106,9 @@ pub struct Entry {
     pub seed: Option<Seed>,
     /// The pending credential (steps 2–4).
     pub pending: Option<Credential>,
+    /// The number of the pending version step 2 staged upstream, where the upstream
+    /// has stages of its own (AWS's `AWSPENDING`); step 4 promotes that version.
+    pub staged: Option<u64>,
     /// The previous credential (grace and retiring).
     pub previous: Option<Credential>,
 }
@@ -126,6 +129,7 @@ impl Entry {
             stopped: false,
             seed: Some(Seed::from_bytes(rand::random())),
             pending: None,
+            staged: None,
             previous: None,
         }
     }
@@ -158,6 +162,9 @@ impl Entry {
         }
         if self.stopped {
             put("stopped", "true".to_owned());
+        }
+        if let Some(v) = self.staged {
+            put("staged", v.to_string());
         }
         if let Some(seed) = &self.seed {
             put("seed", hex::encode(seed.expose()));
@@ -213,6 +220,7 @@ impl Entry {
                 Some(Seed::from_bytes(*bytes))
             }),
             pending: cred("pending"),
+            staged: text("staged").and_then(|v| v.parse().ok()),
             previous: cred("previous"),
         })
     }
@@ -327,6 +335,7 @@ mod tests {
         let mut e = Entry::claim("node-a", 100, 7, None);
         e.step = Step::Published;
         e.pending = Some(cred("s3cret.with.dots"));
+        e.staged = Some(1_763_850_000_123_000);
         e.previous = Some(cred("old"));
         e.rotated_at = Some(50);
         e.detail = "step 3: rejected".into();

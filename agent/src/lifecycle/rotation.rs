@@ -275,6 +275,22 @@ impl Engine {
                     .await;
             }
         };
+        // Where the upstream has stages of its own, the pending credential is also
+        // its pending version (AWS: `AWSPENDING`), for its rotation tools to see.
+        entry.staged = match self
+            .inner
+            .sync
+            .stage(path, &pending.fields, secret.version)
+            .await
+        {
+            Ok(staged) => staged,
+            Err(e) => {
+                let failed = Failed::retried(format!("step 2 (publish) failed: {e}"));
+                return self
+                    .roll_back(path, policy, secret, entry, version, Some(pending), failed)
+                    .await;
+            }
+        };
         self.inner.store.journal_put(path, &entry.to_blob()).await?;
         self.stop_between_steps(path, "test")?;
 
@@ -308,7 +324,14 @@ impl Engine {
 
         // Step 4: promote.
         self.set_state(path, policy, secret, State::Rotating, "step 4: promoting");
-        let promoted = match self.commit(path, &pending, secret.version).await {
+        let committed = match entry.staged {
+            Some(staged) => {
+                self.commit_staged(path, &pending, secret.version, staged)
+                    .await
+            }
+            None => self.commit(path, &pending, secret.version).await,
+        };
+        let promoted = match committed {
             Ok(s) => s,
             Err(e) => match self.promoted_already(path, &pending).await {
                 Some(s) => s,
@@ -340,6 +363,7 @@ impl Engine {
         entry.step = Step::Grace;
         entry.previous = Some(previous);
         entry.pending = None;
+        entry.staged = None;
         entry.rotated_at = Some(now);
         entry.retire_at = Some(now + grace);
         entry.attempts = 0;
@@ -440,6 +464,12 @@ impl Engine {
             }
             self.retire_quietly(path, p, "rolled-back pending credential")
                 .await;
+        }
+        if let Some(staged) = entry.staged.take() {
+            if let Err(e) = self.inner.sync.unstage(path, staged).await {
+                tracing::warn!(path = %path, version = staged, error = %e,
+                    "cannot drop the pending label of a rolled-back rotation upstream");
+            }
         }
         entry.attempts += 1;
         let retried = next.retries();

@@ -231,6 +231,7 @@ impl Bed {
             audit,
             spec: SchedulerSpec::default(),
             clock: clock.clone(),
+            outcomes: crate::metrics::LifecycleOutcomes::default(),
         });
         Bed {
             engine,

@@ -17,10 +17,16 @@
 //!   `delete` is DeleteSecret (with the configured recovery window). A write through
 //!   the agent also tags the secret with its kind and expiry, read back with
 //!   DescribeSecret on each fetch ([`super::meta`]).
-//! - Stages: [`AwsSecretsManager::read_stage`] reads `AWSPENDING`/`AWSPREVIOUS`,
-//!   [`AwsSecretsManager::write_pending`] adds a version labelled `AWSPENDING` only, and
-//!   [`AwsSecretsManager::promote`] moves `AWSCURRENT` to it (AWS then labels the old
-//!   current `AWSPREVIOUS`).
+//! - Stages: [`AwsSecretsManager::read_stage`] reads `AWSPENDING`/`AWSPREVIOUS`, and
+//!   labels map to stages (`current`, `previous`, `pending`, any other by name). A
+//!   rotation follows AWS's own protocol, so rotation functions and latchkey coexist:
+//!   step 1 creates the credential at the service, step 2 stages it as a version
+//!   labelled only `AWSPENDING` (`createSecret`; [`Upstream::stage`]), step 3 tests
+//!   it (`testSecret`), step 4 moves `AWSCURRENT` to it from the rotated version,
+//!   conditionally, and drops `AWSPENDING` (`finishSecret`; [`Upstream::promote`]);
+//!   AWS labels the old current `AWSPREVIOUS`. A rollback drops the pending label. A
+//!   foreign `AWSPENDING` (a rotation function's rotation in flight) keeps latchkey
+//!   from rotating until it finishes.
 //!
 //! ## Version numbers
 //!
@@ -283,78 +289,6 @@ impl AwsSecretsManager {
         }))
     }
 
-    /// Adds a version labelled only `AWSPENDING` (apps keep getting `AWSCURRENT`).
-    /// The secret must exist. Returns the new version's number.
-    pub async fn write_pending(&self, path: &SecretPath, fields: &Fields) -> Result<u64, Error> {
-        let name = self.secret_name(path)?;
-        let described = self.describe(&name).await?;
-        let Some((_, current, _)) = described.current else {
-            return Err(Error::NotFound {
-                upstream: self.name.clone(),
-                what: format!("secret {path}"),
-            });
-        };
-        let next = next_version(current);
-        let secret = encode_fields(fields);
-        self.client
-            .put_secret_value()
-            .secret_id(&name)
-            .secret_string(secret.as_str())
-            .client_request_token(version_token(next))
-            .version_stages(Stage::Pending.label())
-            .send()
-            .await
-            .map_err(|e| self.sdk_error(&format!("write pending {path}"), e))?;
-        Ok(next)
-    }
-
-    /// Moves `AWSCURRENT` to the version numbered `version` (AWS labels the old
-    /// current `AWSPREVIOUS`) and drops its `AWSPENDING` label.
-    pub async fn promote(&self, path: &SecretPath, version: u64) -> Result<(), Error> {
-        let name = self.secret_name(path)?;
-        let described = self.describe(&name).await?;
-        let target = described
-            .stages
-            .keys()
-            .find(|id| parse_token(id) == Some(version))
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                upstream: self.name.clone(),
-                what: format!("version {version} of {path}"),
-            })?;
-        let mut promote = self
-            .client
-            .update_secret_version_stage()
-            .secret_id(&name)
-            .version_stage(Stage::Current.label())
-            .move_to_version_id(&target);
-        if let Some((current_id, _, _)) = &described.current {
-            if current_id == &target {
-                return Ok(());
-            }
-            promote = promote.remove_from_version_id(current_id);
-        }
-        promote
-            .send()
-            .await
-            .map_err(|e| self.sdk_error(&format!("promote {path}"), e))?;
-        let pending = described
-            .stages
-            .get(&target)
-            .is_some_and(|s| s.iter().any(|l| l == Stage::Pending.label()));
-        if pending {
-            self.client
-                .update_secret_version_stage()
-                .secret_id(&name)
-                .version_stage(Stage::Pending.label())
-                .remove_from_version_id(&target)
-                .send()
-                .await
-                .map_err(|e| self.sdk_error(&format!("promote {path}"), e))?;
-        }
-        Ok(())
-    }
-
     /// DescribeSecret plus, for a current version we did not write, its creation time
     /// (ListSecretVersionIds), so its number is the same one `read` reports.
     async fn describe(&self, name: &str) -> Result<Described, Error> {
@@ -426,12 +360,7 @@ impl AwsSecretsManager {
             return Err(self.sdk_error(&format!("write {path}"), refused));
         }
         if let Err(e) = self
-            .client
-            .update_secret_version_stage()
-            .secret_id(name)
-            .version_stage(CAS_STAGE)
-            .remove_from_version_id(staged)
-            .send()
+            .unlabel(name, staged, CAS_STAGE, &format!("write {path}"))
             .await
         {
             tracing::debug!(path = %path, error = %e, "cannot unlabel the version of a lost write");
@@ -441,6 +370,26 @@ impl AwsSecretsManager {
             expected,
             current: now.current.map(|(_, v, _)| v),
         })
+    }
+
+    /// Removes the staging label `label` from version `id` of `name`; errors name
+    /// `operation`.
+    async fn unlabel(
+        &self,
+        name: &str,
+        id: &str,
+        label: &str,
+        operation: &str,
+    ) -> Result<(), Error> {
+        self.client
+            .update_secret_version_stage()
+            .secret_id(name)
+            .version_stage(label)
+            .remove_from_version_id(id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.sdk_error(operation, e))
     }
 
     /// Tags `path` with latchkey's kind and expiry (the expiry tag removed when the
@@ -504,7 +453,11 @@ impl AwsSecretsManager {
                     created.map_or(0, DateTime::secs),
                 ));
             }
-            next_token = out.next_token().map(str::to_owned);
+            // An empty token is the end too (moto sends `""`).
+            next_token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if next_token.is_none() {
                 // Listed by DescribeSecret but not here: number it from the id alone.
                 return Ok((id.to_owned(), version_number(id, None), 0));
@@ -646,7 +599,10 @@ impl Upstream for AwsSecretsManager {
                 };
                 out.push(RemoteMeta::live(path, version, updated_at));
             }
-            next_token = page.next_token().map(str::to_owned);
+            next_token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if next_token.is_none() {
                 return Ok(out);
             }
@@ -666,11 +622,15 @@ impl Upstream for AwsSecretsManager {
     /// policy without `secretsmanager:TagResource`) are said, not fatal.
     async fn put(&self, path: &SecretPath, write: &crate::store::Write) -> Result<u64, Error> {
         let version = self.write(path, &write.fields, write.cas).await?;
+        self.record_meta(path, write).await;
+        Ok(version)
+    }
+
+    async fn record_meta(&self, path: &SecretPath, write: &crate::store::Write) {
         if let Err(e) = self.record_tags(path, write).await {
             tracing::warn!(upstream = %self.name, path = %path, error = %e,
                 "cannot record kind and expiry in the secret's tags; other agents will see it as generic");
         }
-        Ok(version)
     }
 
     async fn write(
@@ -748,6 +708,128 @@ impl Upstream for AwsSecretsManager {
         Ok(next)
     }
 
+    async fn version_of(&self, path: &SecretPath, id: &str) -> Result<Option<u64>, Error> {
+        if let Some(n) = parse_token(id) {
+            return Ok(Some(n));
+        }
+        let name = self.secret_name(path)?;
+        Ok(Some(self.number_of(&name, id).await?.1))
+    }
+
+    /// A version labelled only `AWSPENDING`, as a rotation function's `createSecret`
+    /// makes it. A pending version we staged before (an interrupted rotation) is
+    /// replaced; one someone else staged on a version other than the current one is
+    /// a rotation in flight outside latchkey: [`Error::Busy`], until it finishes.
+    async fn stage(
+        &self,
+        path: &SecretPath,
+        fields: &Fields,
+        base: u64,
+    ) -> Result<Option<u64>, Error> {
+        let name = self.secret_name(path)?;
+        let described = self.describe(&name).await?;
+        let Some((current_id, current, _)) = &described.current else {
+            return Err(Error::NotFound {
+                upstream: self.name.clone(),
+                what: format!("secret {path}"),
+            });
+        };
+        if *current != base {
+            return Err(Error::Conflict {
+                path: path.clone(),
+                expected: base,
+                current: Some(*current),
+            });
+        }
+        if let Some(foreign) = labelled(&described.stages, Stage::Pending.label())
+            .find(|id| *id != current_id && parse_token(id).is_none())
+        {
+            return Err(Error::Busy {
+                upstream: self.name.clone(),
+                path: path.clone(),
+                detail: format!("version {foreign} is AWSPENDING (a rotation outside latchkey)"),
+            });
+        }
+        let next = next_version(*current);
+        let secret = encode_fields(fields);
+        self.client
+            .put_secret_value()
+            .secret_id(&name)
+            .secret_string(secret.as_str())
+            .client_request_token(version_token(next))
+            .version_stages(Stage::Pending.label())
+            .send()
+            .await
+            .map_err(|e| self.sdk_error(&format!("stage pending {path}"), e))?;
+        Ok(Some(next))
+    }
+
+    /// `finishSecret`: moves `AWSCURRENT` from `base` to the staged version (AWS labels
+    /// the old current `AWSPREVIOUS`), conditional on `AWSCURRENT` still being on
+    /// `base`, then drops `AWSPENDING`.
+    async fn promote(&self, path: &SecretPath, staged: u64, base: u64) -> Result<(), Error> {
+        let name = self.secret_name(path)?;
+        let described = self.describe(&name).await?;
+        let target = described
+            .stages
+            .keys()
+            .find(|id| parse_token(id) == Some(staged))
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                upstream: self.name.clone(),
+                what: format!("pending version {staged} of {path}"),
+            })?;
+        let current = described.current.as_ref();
+        if current.is_none_or(|(id, _, _)| *id != target) {
+            let Some((current_id, number, _)) = current.filter(|(_, n, _)| *n == base) else {
+                return Err(Error::Conflict {
+                    path: path.clone(),
+                    expected: base,
+                    current: current.map(|(_, n, _)| *n),
+                });
+            };
+            self.move_current(path, &name, &target, current_id, *number)
+                .await?;
+        }
+        let pending = described
+            .stages
+            .get(&target)
+            .is_some_and(|labels| labels.iter().any(|l| l == Stage::Pending.label()));
+        if !pending {
+            return Ok(());
+        }
+        self.unlabel(
+            &name,
+            &target,
+            Stage::Pending.label(),
+            &format!("promote {path}"),
+        )
+        .await
+    }
+
+    async fn unstage(&self, path: &SecretPath, staged: u64) -> Result<(), Error> {
+        let name = self.secret_name(path)?;
+        let described = self.describe(&name).await?;
+        let Some(target) = described
+            .stages
+            .iter()
+            .find(|(id, labels)| {
+                parse_token(id) == Some(staged)
+                    && labels.iter().any(|l| l == Stage::Pending.label())
+            })
+            .map(|(id, _)| id.clone())
+        else {
+            return Ok(());
+        };
+        self.unlabel(
+            &name,
+            &target,
+            Stage::Pending.label(),
+            &format!("unstage {path}"),
+        )
+        .await
+    }
+
     async fn delete(&self, path: &SecretPath) -> Result<Option<bool>, Error> {
         let name = self.secret_name(path)?;
         let mut request = self.client.delete_secret().secret_id(&name);
@@ -782,6 +864,17 @@ fn binary_fields(bytes: &[u8]) -> Fields {
     [(BINARY_FIELD.to_owned(), SecretString::from(encoded))]
         .into_iter()
         .collect()
+}
+
+/// The version ids carrying `label`.
+fn labelled<'a>(
+    stages: &'a HashMap<String, Vec<String>>,
+    label: &'a str,
+) -> impl Iterator<Item = &'a String> + 'a {
+    stages
+        .iter()
+        .filter(move |(_, labels)| labels.iter().any(|l| l == label))
+        .map(|(id, _)| id)
 }
 
 /// The version id labelled `AWSCURRENT`. AWS keeps exactly one; should an upstream

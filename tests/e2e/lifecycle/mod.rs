@@ -4,6 +4,7 @@
 //! sharing one OpenBao, and OAuth refresh of an expired token under 50 concurrent
 //! reads.
 
+mod aws;
 mod fleet;
 mod oauth;
 mod postgres;
