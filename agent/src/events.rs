@@ -43,6 +43,11 @@ pub enum Kind {
     /// dropped too many at once; it is kept and served as stale until an operator
     /// accepts the deletions or the upstream lists it again.
     DeletionHeld,
+    /// A certificate (the agent's, its CA's, one it issued) expires soon; the path
+    /// names it (`server`, `ca`, or the holder's identity path).
+    CertificateExpiring,
+    /// A certificate has expired.
+    CertificateExpired,
 }
 
 impl Kind {
@@ -60,11 +65,13 @@ impl Kind {
             Kind::RotationFailed => "rotation-failed",
             Kind::ReauthRequired => "reauth-required",
             Kind::DeletionHeld => "deletion-held",
+            Kind::CertificateExpiring => "certificate-expiring",
+            Kind::CertificateExpired => "certificate-expired",
         }
     }
 
     /// Every kind, for looking one up by name.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Updated,
         Kind::Deleted,
         Kind::Rotated,
@@ -76,6 +83,8 @@ impl Kind {
         Kind::RotationFailed,
         Kind::ReauthRequired,
         Kind::DeletionHeld,
+        Kind::CertificateExpiring,
+        Kind::CertificateExpired,
     ];
 
     /// The kind named `name` (its [`Kind::as_str`]).

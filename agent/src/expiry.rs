@@ -1,5 +1,7 @@
 //! Expiry warnings: `expiring` events 30, 14 and 7 days before a secret's expiry and
-//! an `expired` event when it passes.
+//! an `expired` event when it passes; `certificate-expiring` and
+//! `certificate-expired` the same way for the agent's certificates and those its CA
+//! issued ([`certificates`]), whose time left is also a metric.
 //!
 //! A task reads the store's index (no values) every minute and publishes each warning
 //! once per secret version: a new version (a rotation, a refresh) starts the series
@@ -17,6 +19,13 @@ use crate::events::{Event, Events, Kind};
 use crate::path::Prefix;
 use crate::store::{Entry, Store};
 
+pub mod certificates;
+
+pub use certificates::Certificates;
+
+/// The prefix of a certificate's marks in the state file (no secret path has a `:`).
+const CERT_MARK: &str = "certificate:";
+
 /// Days before expiry at which an `expiring` event is sent.
 pub const WARN_DAYS: [i64; 3] = [30, 14, 7];
 
@@ -27,6 +36,17 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 /// One warning that is due: (path, version, days before expiry; 0 = expired).
 type Mark = (String, u64, i64);
+
+/// The path a certificate's events carry: `server`, `ca`, or the path of a client's
+/// SPIFFE id (`spiffe://td/app/web` → `app/web`).
+fn holder_path(holder: &str) -> String {
+    match holder.strip_prefix("spiffe://") {
+        Some(rest) => rest
+            .split_once('/')
+            .map_or_else(|| rest.to_owned(), |(_, path)| path.to_owned()),
+        None => holder.to_owned(),
+    }
+}
 
 /// The warnings due for `entries` at `now` (unix seconds) that are not in `sent`.
 fn due(entries: &[Entry], now: i64, sent: &HashSet<Mark>) -> Vec<(Mark, Kind)> {
@@ -60,6 +80,7 @@ pub struct Expiry {
     audit: Option<crate::audit::Audit>,
     state_file: PathBuf,
     sent: HashSet<Mark>,
+    certificates: Option<(Certificates, crate::metrics::CertificateExpiry)>,
 }
 
 impl Expiry {
@@ -77,7 +98,18 @@ impl Expiry {
             audit: None,
             state_file,
             sent,
+            certificates: None,
         }
+    }
+
+    /// Also watches `certificates`, setting their time left in `gauge`.
+    pub fn with_certificates(
+        mut self,
+        certificates: Certificates,
+        gauge: crate::metrics::CertificateExpiry,
+    ) -> Self {
+        self.certificates = Some((certificates, gauge));
+        self
     }
 
     /// Also writes each warning to `audit`.
@@ -90,13 +122,83 @@ impl Expiry {
     /// Blocks on the store: for tests and blocking callers.
     pub fn check(&mut self, now: i64) -> usize {
         let listed = self.store.list(&Prefix::all());
-        self.check_listed(listed, now)
+        self.check_listed(listed, now) + self.check_certificates(now)
     }
 
     /// [`Expiry::check`] from async code: the store is read on the blocking pool.
     pub async fn check_async(&mut self, now: i64) -> usize {
         let listed = self.store.blocking(|s| s.list(&Prefix::all())).await;
-        self.check_listed(listed, now)
+        self.check_listed(listed, now) + self.check_certificates(now)
+    }
+
+    /// The certificates' part of a pass: the gauge, and the warnings due.
+    fn check_certificates(&mut self, now: i64) -> usize {
+        let Some((certificates, gauge)) = &self.certificates else {
+            return 0;
+        };
+        let watched = certificates.watched();
+        let mut due = Vec::new();
+        for cert in &watched {
+            gauge.set(&cert.holder, cert.not_after - now);
+            let left = cert.not_after - now;
+            let threshold = if left <= 0 {
+                0
+            } else {
+                match WARN_DAYS
+                    .iter()
+                    .rev()
+                    .find(|d| left <= *d * DAY && cert.warns_at(**d))
+                {
+                    Some(d) => *d,
+                    None => continue,
+                }
+            };
+            let mark = (format!("{CERT_MARK}{}", cert.holder), cert.id, threshold);
+            if !self.sent.contains(&mark) {
+                due.push((mark, cert.holder.clone()));
+            }
+        }
+        for ((_, id, days), holder) in &due {
+            let (kind, detail) = if *days == 0 {
+                tracing::warn!(certificate = %holder, "certificate expired");
+                (
+                    Kind::CertificateExpired,
+                    format!("certificate of {holder} expired"),
+                )
+            } else {
+                tracing::warn!(certificate = %holder, days, "certificate expires soon");
+                (
+                    Kind::CertificateExpiring,
+                    format!("certificate of {holder} expires in {days} days"),
+                )
+            };
+            let name = holder_path(holder);
+            if let Some(audit) = &self.audit {
+                let mut record = crate::audit::Record::now(
+                    "latchkey:expiry".into(),
+                    None,
+                    kind.as_str(),
+                    Some(name.as_str()),
+                );
+                record.detail = Some(detail.into());
+                audit.try_record(record);
+            }
+            match crate::path::SecretPath::parse(&name) {
+                Ok(path) => self.events.publish(Event::now(kind, path, Some(*id))),
+                Err(_) => tracing::debug!(certificate = %holder, "no event path for this holder"),
+            }
+        }
+        if !due.is_empty() {
+            self.sent.extend(due.iter().map(|(m, _)| m.clone()));
+            let live: HashSet<(String, u64)> = watched
+                .iter()
+                .map(|w| (format!("{CERT_MARK}{}", w.holder), w.id))
+                .collect();
+            self.sent
+                .retain(|(p, v, _)| !p.starts_with(CERT_MARK) || live.contains(&(p.clone(), *v)));
+            self.save();
+        }
+        due.len()
     }
 
     fn check_listed(&mut self, listed: Result<Vec<Entry>, crate::store::Error>, now: i64) -> usize {
@@ -140,7 +242,7 @@ impl Expiry {
                 .map(|e| (e.path.to_string(), e.current_version))
                 .collect();
             self.sent
-                .retain(|(p, v, _)| live.contains(&(p.clone(), *v)));
+                .retain(|(p, v, _)| p.starts_with(CERT_MARK) || live.contains(&(p.clone(), *v)));
             self.save();
         }
         due.len()

@@ -67,6 +67,28 @@ impl LifecycleOutcomes {
     }
 }
 
+/// Labels of the certificate expiry gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// Whose: `server`, `ca`, or a client's SPIFFE id.
+    pub certificate: String,
+}
+
+/// Seconds left on each watched certificate, set by the expiry task.
+#[derive(Clone, Debug, Default)]
+pub struct CertificateExpiry(Family<CertificateLabels, Gauge>);
+
+impl CertificateExpiry {
+    /// Sets `holder`'s seconds left (negative once expired).
+    pub fn set(&self, holder: &str, seconds: i64) {
+        self.0
+            .get_or_create(&CertificateLabels {
+                certificate: holder.to_owned(),
+            })
+            .set(seconds);
+    }
+}
+
 /// Labels of the breaker gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AddressLabels {
@@ -98,6 +120,7 @@ pub struct Metrics {
     breakers: Family<AddressLabels, Gauge>,
     credentials: Family<StateLabels, Gauge>,
     outcomes: LifecycleOutcomes,
+    certificates: CertificateExpiry,
 }
 
 impl Default for Metrics {
@@ -125,6 +148,12 @@ impl Metrics {
         let breakers = Family::<AddressLabels, Gauge>::default();
         let credentials = Family::<StateLabels, Gauge>::default();
         let outcomes = LifecycleOutcomes::default();
+        let certificates = CertificateExpiry::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until each watched certificate expires (the server's, the CA's, the newest one the CA issued to each identity); negative once expired",
+            certificates.0.clone(),
+        );
         registry.register(
             "lifecycle_operations",
             "Finished lifecycle operations (rotation, refresh, validation, retirement) by provider plugin and outcome",
@@ -207,7 +236,13 @@ impl Metrics {
             breakers,
             credentials,
             outcomes,
+            certificates,
         }
+    }
+
+    /// The certificate expiry gauge, for the expiry task.
+    pub fn certificate_expiry(&self) -> CertificateExpiry {
+        self.certificates.clone()
     }
 
     /// The lifecycle outcome counter, for the engine.

@@ -480,6 +480,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.store.path.with_extension("expiry.json"),
     )
     .with_audit(state.audit.clone())
+    .with_certificates(
+        crate::expiry::Certificates {
+            server: config.tls.cert.clone(),
+            ca: config.tls.ca.clone(),
+            records: renewal
+                .as_ref()
+                .map(|r| crate::identity::ca::Layout::new(r.root()).ca_dir()),
+        },
+        state.metrics.certificate_expiry(),
+    )
     .spawn(EXPIRY_CHECK, stop_rx.clone());
     if let Some(addr) = config.metrics_listen {
         let scrape = tokio::net::TcpListener::bind(addr)

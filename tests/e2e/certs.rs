@@ -182,3 +182,68 @@ async fn the_agent_renews_its_server_certificate_and_serves_a_replaced_one() -> 
     assert!(agent.admin()?.health().await?.status == 200);
     Ok(())
 }
+
+/// The value of the sample `name{labels}` in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn certificate_expiry_is_a_metric_and_an_expired_certificate_is_announced(
+) -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let admin = agent.admin()?;
+    agent
+        .cli(["cert", "issue", "--app", "brief", "--ttl", "2s"])
+        .run()
+        .await?
+        .success()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A write makes the expiry task look again (it also looks every minute).
+    admin
+        .write("apps/touch", serde_json::json!({ "v": "1" }))
+        .await?;
+    let record = agent
+        .wait_for_audit("the expired certificate", |r| {
+            r["op"] == "certificate-expired" && r["path"] == "app/brief"
+        })
+        .await?;
+    assert!(
+        record["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("spiffe://latchkey.local/app/brief")),
+        "{record}"
+    );
+    let text = admin.get("/metrics").await?.body;
+    let server = sample(
+        &text,
+        "latchkey_certificate_expiry_seconds{certificate=\"server\"}",
+    )
+    .context(text.clone())?;
+    assert!(server > 300.0 * 86400.0, "{text}");
+    let ca = sample(
+        &text,
+        "latchkey_certificate_expiry_seconds{certificate=\"ca\"}",
+    )
+    .context(text.clone())?;
+    assert!(ca > server, "{text}");
+    let brief = sample(
+        &text,
+        "latchkey_certificate_expiry_seconds{certificate=\"spiffe://latchkey.local/app/brief\"}",
+    )
+    .context(text.clone())?;
+    assert!(brief <= 0.0, "{text}");
+    // Announced once: another pass sends nothing new.
+    admin
+        .write("apps/touch", serde_json::json!({ "v": "2" }))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let announced = agent
+        .audit_records()?
+        .into_iter()
+        .filter(|r| r["op"] == "certificate-expired")
+        .count();
+    assert_eq!(announced, 1);
+    Ok(())
+}

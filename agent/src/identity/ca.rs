@@ -5,7 +5,7 @@
 //! `tls`. Everything lives under one init directory, see [`Layout`]:
 //!
 //! ```text
-//! DIR/ca/ca.pem  ca.key (0600)  revoked.json  crl.pem
+//! DIR/ca/ca.pem  ca.key (0600)  revoked.json  crl.pem  issued.json
 //! DIR/server/server.pem  server.key (0600)
 //! DIR/clients/<name>.pem  <name>.key (0600)
 //! ```
@@ -13,7 +13,9 @@
 //! Directories are 0700. Private keys are held as [`SecretString`] and never appear in
 //! `Debug` output or errors. `revoked.json` is the record of truth for revocations;
 //! `crl.pem` is rebuilt from it (with a larger CRL number) on every change and replaced
-//! atomically, so a watcher never sees a half-written CRL.
+//! atomically, so a watcher never sees a half-written CRL. `issued.json` lists the
+//! certificates issued and not long expired (serial, holder, end of validity), so the
+//! daemon can warn before each one expires.
 //!
 //! Not here: deciding what a certificate may do (`policy`), and the CLI (`cli/cert`).
 
@@ -175,6 +177,11 @@ impl Layout {
         self.ca_dir().join("revoked.json")
     }
 
+    /// `DIR/ca/issued.json`.
+    pub fn issued(&self) -> PathBuf {
+        self.ca_dir().join("issued.json")
+    }
+
     /// `DIR/ca/crl.pem`.
     pub fn crl(&self) -> PathBuf {
         self.ca_dir().join("crl.pem")
@@ -302,6 +309,53 @@ pub struct Revoked {
     pub serial: String,
     /// When it was revoked, Unix seconds.
     pub revoked_at: i64,
+}
+
+/// One certificate the CA issued, as recorded in `issued.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedRecord {
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// Whose: the SPIFFE id of a client certificate, `server` for a server one.
+    pub holder: String,
+    /// When it was issued, Unix seconds.
+    #[serde(default)]
+    pub issued_at: i64,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+}
+
+/// How long an expired certificate stays in `issued.json` (so its `expired` warning
+/// can still be sent after a long stop).
+const ISSUED_KEPT_EXPIRED: i64 = 30 * 24 * 3600;
+
+/// The records of `issued.json` (none when it does not exist yet).
+pub fn read_issued(path: &Path) -> Result<Vec<IssuedRecord>, Error> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| Error::Invalid {
+            path: path.to_owned(),
+            reason: "not a list of issued certificates",
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+/// The revoked serials recorded in `revoked.json` at `path` (none when it does not
+/// exist).
+pub fn revoked_serials(path: &Path) -> Result<std::collections::HashSet<String>, Error> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let list: RevokedList =
+                serde_json::from_slice(&bytes).map_err(|source| Error::RevokedList {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            Ok(list.revoked.into_iter().map(|r| r.serial).collect())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -462,13 +516,45 @@ impl Ca {
         sans.extend(ips.iter().copied().map(SanType::IpAddress));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "latchkey agent");
-        self.issue(dn, sans, ExtendedKeyUsagePurpose::ServerAuth, ttl)
+        let issued = self.issue(dn, sans, ExtendedKeyUsagePurpose::ServerAuth, ttl)?;
+        self.record_issued("server", &issued);
+        Ok(issued)
     }
 
     /// Issues a client certificate (clientAuth) whose URI SAN is `id`.
     pub fn issue_client(&self, id: &SpiffeId, ttl: Duration) -> Result<Issued, Error> {
         let (dn, sans) = self.client_names(id)?;
-        self.issue(dn, sans, ExtendedKeyUsagePurpose::ClientAuth, ttl)
+        let issued = self.issue(dn, sans, ExtendedKeyUsagePurpose::ClientAuth, ttl)?;
+        self.record_issued(&id.to_string(), &issued);
+        Ok(issued)
+    }
+
+    /// Adds `issued` to `issued.json` (and forgets certificates long expired). Best
+    /// effort: the certificate is valid whether or not it is recorded, so a failure
+    /// (a read-only CA folder) is logged, not returned.
+    fn record_issued(&self, holder: &str, issued: &Issued) {
+        let recorded = (|| -> Result<(), Error> {
+            let _lock = self.lock()?;
+            let path = self.layout.issued();
+            let mut list = read_issued(&path)?;
+            let now = crate::clock::unix_now();
+            list.retain(|r| r.not_after > now - ISSUED_KEPT_EXPIRED);
+            list.push(IssuedRecord {
+                serial: issued.serial.clone(),
+                holder: holder.to_owned(),
+                issued_at: now,
+                not_after: issued.not_after,
+            });
+            let bytes = serde_json::to_vec_pretty(&list).map_err(|_| Error::Invalid {
+                path: path.clone(),
+                reason: "cannot encode the issued list",
+            })?;
+            write_atomic(&path, &bytes, MODE_KEY)
+        })();
+        if let Err(e) = recorded {
+            tracing::warn!(holder, serial = %issued.serial, error = %e,
+                "cannot record the issued certificate; no expiry warning will be sent for it");
+        }
     }
 
     /// The subject and SANs of a client certificate for `id`, in this CA's domain.
@@ -514,12 +600,14 @@ impl Ca {
         let cert = request
             .signed_by(&self.issuer()?)
             .map_err(gen_err("sign the certificate"))?;
-        Ok(Issued {
+        let issued = Issued {
             cert_pem: cert.pem(),
             key_pem: SecretString::default(),
             serial: serial_hex(serial.as_ref()),
             not_after: not_after.unix_timestamp(),
-        })
+        };
+        self.record_issued(&id.to_string(), &issued);
+        Ok(issued)
     }
 
     fn issue(
