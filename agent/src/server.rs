@@ -101,6 +101,40 @@ pub enum Reloaded {
     },
 }
 
+/// Background tasks that a reload replaces as a set (the renderer, the webhooks),
+/// with the switch that stops them.
+struct Tasks {
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Tasks {
+    /// Starts a set: `spawn` gets the receiver its tasks stop on.
+    fn start(spawn: impl FnOnce(watch::Receiver<bool>) -> Vec<JoinHandle<()>>) -> Tasks {
+        let (stop, rx) = watch::channel(false);
+        Tasks {
+            stop,
+            handles: spawn(rx),
+        }
+    }
+
+    /// Stops the set and waits for each task (up to the background grace).
+    async fn finish(self, name: &str) {
+        let _ = self.stop.send(true);
+        for task in self.handles {
+            join_within(name, task, BACKGROUND_GRACE).await;
+        }
+    }
+
+    /// Puts `new` in place of the set in `slot` and lets the old one finish in the
+    /// background (the new one is running already, so nothing published between
+    /// the two is missed; it may be handled by both).
+    fn replace(slot: &std::sync::Mutex<Tasks>, new: Tasks, name: &'static str) {
+        let old = std::mem::replace(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()), new);
+        tokio::spawn(old.finish(name));
+    }
+}
+
 /// A reload asked for over the API: who asks, and where the answer goes.
 pub type ReloadRequest = (String, tokio::sync::oneshot::Sender<Reloaded>);
 
@@ -114,10 +148,11 @@ pub struct Running {
     engine: Option<(crate::lifecycle::Engine, JoinHandle<()>)>,
     sync: Option<JoinHandle<()>>,
     expiry: JoinHandle<()>,
-    renderer: Option<JoinHandle<()>>,
-    /// Stops the webhooks, last: they deliver what the others published.
-    stop_webhooks: watch::Sender<bool>,
-    webhooks: Vec<JoinHandle<()>>,
+    /// The template renderer, replaced when a reload changes `[[template]]`.
+    renderer: std::sync::Mutex<Tasks>,
+    /// The webhooks, replaced when a reload changes `[[webhook]]`; stopped last:
+    /// they deliver what the others published.
+    webhooks: std::sync::Mutex<Tasks>,
     /// Held for the agent's lifetime: the CRL watcher stops once this is dropped.
     tls: Arc<ServerTls>,
     /// Where it listens (`unix:PATH`, `tcp:ADDR`).
@@ -134,8 +169,8 @@ pub struct Running {
 
 impl Running {
     /// Re-reads the config at `path` and applies what changes while running: the
-    /// policy (open connections follow it from their next request) and the
-    /// revocation list. A section that only a restart applies is named in the log
+    /// policy (open connections follow it from their next request), the
+    /// revocation list, the templates and the webhooks. A section that only a restart applies is named in the log
     /// and the audit record. A config that does not validate changes nothing: its
     /// problems are logged and the old config keeps serving. Audited either way.
     pub async fn reload(&self, path: &std::path::Path) {
@@ -201,6 +236,32 @@ impl Running {
                 tracing::error!(error = %e, "reload: the revocation list could not be read; the previous one stays")
             }
         }
+        if differs(&config.templates, &new.templates) {
+            let templates = new.templates.clone();
+            let (store, events) = (self.store.clone(), self.state.events.clone());
+            Tasks::replace(
+                &self.renderer,
+                Tasks::start(|stop| {
+                    if templates.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![crate::render::spawn(templates, store, &events, stop)]
+                    }
+                }),
+                "renderer",
+            );
+            said.push(format!("templates ({})", new.templates.len()));
+        }
+        if differs(&config.webhooks, &new.webhooks) {
+            let (hooks, events) = (new.webhooks.clone(), self.state.events.clone());
+            let agent: Arc<str> = config.trust_domain.as_str().into();
+            Tasks::replace(
+                &self.webhooks,
+                Tasks::start(|stop| crate::webhook::spawn(hooks, &events, agent, stop)),
+                "webhook",
+            );
+            said.push(format!("webhooks ({})", new.webhooks.len()));
+        }
         let restart: Vec<&str> = [
             ("listen", differs(&config.listen, &new.listen)),
             ("tls", differs(&config.tls, &new.tls)),
@@ -222,8 +283,6 @@ impl Running {
                     &(&new.plugins, &new.lifecycle),
                 ),
             ),
-            ("template", differs(&config.templates, &new.templates)),
-            ("webhook", differs(&config.webhooks, &new.webhooks)),
             ("limits", differs(&config.limits, &new.limits)),
             ("audit", differs(&config.audit, &new.audit)),
         ]
@@ -234,8 +293,11 @@ impl Running {
             tracing::warn!(sections = ?restart, "reload: these sections changed and apply at the next restart");
             said.push(format!("needs a restart: {}", restart.join(", ")));
         }
-        // What is in force: the new policy, the old everything else.
+        // What is in force: the new policy, templates and webhooks, the old
+        // everything else.
         config.policy = new.policy;
+        config.templates = new.templates;
+        config.webhooks = new.webhooks;
         if said.is_empty() {
             "nothing".to_owned()
         } else {
@@ -266,13 +328,10 @@ impl Running {
             join_within("sync", sync, BACKGROUND_GRACE).await;
         }
         join_within("expiry", self.expiry, BACKGROUND_GRACE).await;
-        if let Some(renderer) = self.renderer {
-            let _ = renderer.await;
-        }
-        let _ = self.stop_webhooks.send(true);
-        for hook in self.webhooks {
-            join_within("webhook", hook, BACKGROUND_GRACE).await;
-        }
+        let take =
+            |slot: std::sync::Mutex<Tasks>| slot.into_inner().unwrap_or_else(|e| e.into_inner());
+        take(self.renderer).finish("renderer").await;
+        take(self.webhooks).finish("webhook").await;
         drop(self.state);
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final store flush failed");
@@ -453,21 +512,26 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         policy: live_policy.clone(),
         limits: config.limits.clone(),
     });
-    let renderer = (!config.templates.is_empty()).then(|| {
-        crate::render::spawn(
-            config.templates.clone(),
-            store.clone(),
+    let renderer = Tasks::start(|stop| {
+        if config.templates.is_empty() {
+            Vec::new()
+        } else {
+            vec![crate::render::spawn(
+                config.templates.clone(),
+                store.clone(),
+                &state.events,
+                stop,
+            )]
+        }
+    });
+    let webhooks = Tasks::start(|stop| {
+        crate::webhook::spawn(
+            config.webhooks.clone(),
             &state.events,
-            stop_rx.clone(),
+            config.trust_domain.as_str().into(),
+            stop,
         )
     });
-    let (stop_webhooks, webhooks_rx) = watch::channel(false);
-    let webhooks = crate::webhook::spawn(
-        config.webhooks.clone(),
-        &state.events,
-        config.trust_domain.as_str().into(),
-        webhooks_rx,
-    );
     let engine = engine.map(|engine| {
         let task = engine.spawn();
         tracing::info!(node = engine.node(), "lifecycle engine running");
@@ -524,9 +588,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         engine,
         sync: sync_task,
         expiry,
-        renderer,
-        stop_webhooks,
-        webhooks,
+        renderer: std::sync::Mutex::new(renderer),
+        webhooks: std::sync::Mutex::new(webhooks),
         tls,
         addresses,
         notifier,

@@ -243,3 +243,77 @@ async fn the_dev_agent_reloads_too() -> anyhow::Result<()> {
     dev.kill().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn sighup_starts_new_templates_and_webhooks_without_a_restart() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let agent = Agent::builder().start().await?;
+    let admin = agent.admin()?;
+    admin.write("apps/a", json!({"v": "one"})).await?;
+    let pid = agent.pid();
+    let out = agent.scratch().join("a.txt");
+    let (port, mut hooks) = crate::webhook::receiver(0).await?;
+    let key = agent.scratch().join("hook.key");
+    std::fs::write(&key, crate::webhook::KEY)?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+
+    let config = agent.config_path();
+    let original = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        format!(
+            "{original}\n[[template]]\ncontents = \"a={{{{ secret('apps/a').v }}}}\\n\"\ndestination = {out:?}\n\n\
+             [[webhook]]\nurl = \"http://127.0.0.1:{port}/hook\"\nevents = [\"updated\"]\nsecret_file = {key:?}\n",
+            out = out.display().to_string(),
+            key = key.display().to_string(),
+        ),
+    )?;
+    hup(&agent)?;
+    let applied = eventually("the reload", Duration::from_secs(10), || async {
+        reloads(&agent, "ok").ok()?.pop()
+    })
+    .await?;
+    let detail = applied["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("templates (1)") && detail.contains("webhooks (1)"),
+        "{applied}"
+    );
+    assert!(!detail.contains("needs a restart"), "{applied}");
+    eventually(
+        "the new template rendered",
+        Duration::from_secs(10),
+        || async { (std::fs::read_to_string(&out).ok()? == "a=one\n").then_some(()) },
+    )
+    .await?;
+    // The new webhook hears the next change, and the template follows it.
+    admin.write("apps/a", json!({"v": "two"})).await?;
+    let got = crate::harness::within("the new webhook", Duration::from_secs(10), hooks.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("receiver closed"))?;
+    crate::webhook::verify(&got.signature, &got.body)?;
+    let event: serde_json::Value = serde_json::from_slice(&got.body)?;
+    assert_eq!(event["path"], "apps/a", "{event}");
+    eventually(
+        "the template re-rendered",
+        Duration::from_secs(10),
+        || async { (std::fs::read_to_string(&out).ok()? == "a=two\n").then_some(()) },
+    )
+    .await?;
+
+    // Taken away again: the renderer and the webhook stop.
+    std::fs::write(&config, &original)?;
+    hup(&agent)?;
+    eventually("the second reload", Duration::from_secs(10), || async {
+        (reloads(&agent, "ok").ok()?.len() == 2).then_some(())
+    })
+    .await?;
+    admin.write("apps/a", json!({"v": "three"})).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(std::fs::read_to_string(&out)?, "a=two\n");
+    assert!(
+        hooks.try_recv().is_err(),
+        "no delivery after the webhook went"
+    );
+    assert_eq!(agent.pid(), pid, "no restart");
+    Ok(())
+}
