@@ -247,3 +247,51 @@ async fn certificate_expiry_is_a_metric_and_an_expired_certificate_is_announced(
     assert_eq!(announced, 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn cert_issue_reissues_the_server_and_admin_certificates_in_place() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let agent = Agent::builder().tcp().start().await?;
+    let server_pem = agent.dir().join("server/server.pem");
+    let before = serial(&server_pem)?;
+    let names = validity(&server_pem)?;
+    let out = agent
+        .cli(["cert", "issue", "--server", "--ttl", "90d"])
+        .run()
+        .await?
+        .success()?;
+    assert!(out.stdout.contains("identity: server"), "{}", out.stdout);
+    let after = serial(&server_pem)?;
+    assert_ne!(after, before);
+    let reissued = validity(&server_pem)?;
+    assert_eq!(
+        (reissued.dns, reissued.ips),
+        (names.dns, names.ips),
+        "same names"
+    );
+    let days = (reissued.not_after - latchkey::clock::unix_now()) / 86400;
+    assert!((89..=90).contains(&days), "{days}");
+    let key = std::fs::metadata(agent.dir().join("server/server.key"))?;
+    assert_eq!(key.mode() & 0o777, 0o600);
+    eventually(
+        "the reissued certificate served",
+        Duration::from_secs(15),
+        || async { (presented_serial(&agent).await.ok()? == after).then_some(()) },
+    )
+    .await?;
+
+    // The admin certificate, reissued over its files: the new pair works.
+    let admin_pem = agent.dir().join("clients/admin.pem");
+    let old_admin = serial(&admin_pem)?;
+    agent
+        .cli(["cert", "issue", "--admin", "admin"])
+        .run()
+        .await?
+        .success()?;
+    assert_ne!(serial(&admin_pem)?, old_admin);
+    assert_eq!(agent.admin()?.health().await?.status, 200);
+    // One of --app, --admin, --server.
+    let none = agent.cli(["cert", "issue"]).run().await?;
+    assert_eq!(none.code, 2, "a usage error: {}", none.stderr);
+    Ok(())
+}

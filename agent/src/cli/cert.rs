@@ -1,11 +1,14 @@
-//! `latchkey cert issue | revoke`: client certificates for apps.
+//! `latchkey cert issue | renew | revoke`: certificates for apps, admins and the agent.
 //!
 //! `issue` signs a certificate whose only identity is a SPIFFE-style URI SAN,
-//! `spiffe://<trust-domain>/app/<name>` (or `.../tenant/<tenant>/app/<name>`);
-//! `revoke` adds its serial to the revocation list, which a running agent reloads
-//! within a second, refusing the certificate from then on.
+//! `spiffe://<trust-domain>/app/<name>` (or `.../tenant/<tenant>/app/<name>`, or
+//! `.../admin/<name>` with `--admin`); `issue --server` reissues the agent's server
+//! certificate with the names of the one it replaces (a running agent serves it
+//! within a second). A reissue keeps the owner of the files it replaces (see
+//! `identity::ca`). `revoke` adds its serial to the revocation list, which a running
+//! agent reloads within a second, refusing the certificate from then on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
@@ -21,14 +24,23 @@ pub enum CertCommand {
     /// Issue a client certificate for an app.
     Issue {
         /// App name (letters, digits, `.`, `_`, `-`).
-        #[arg(long)]
-        app: String,
+        #[arg(long, required_unless_present_any = ["admin", "server"], conflicts_with_all = ["admin", "server"])]
+        app: Option<String>,
+        /// Reissue (or add) an admin certificate: `spiffe://TD/admin/NAME`, written
+        /// over `DIR/clients/NAME.pem` and `.key`.
+        #[arg(long, conflicts_with_all = ["server", "tenant"])]
+        admin: Option<String>,
+        /// Reissue the agent's server certificate (`DIR/server/server.pem` and
+        /// `.key`) with the names of the one it replaces.
+        #[arg(long, conflicts_with = "tenant")]
+        server: bool,
         /// Tenant the app belongs to.
         #[arg(long)]
         tenant: Option<String>,
-        /// Lifetime, e.g. `30d`, `12h`.
-        #[arg(long, default_value = "30d")]
-        ttl: String,
+        /// Lifetime, e.g. `30d`, `12h` [default: 30d for apps, 365d for admins and
+        /// the server].
+        #[arg(long)]
+        ttl: Option<String>,
         /// The folder made by `latchkey init`.
         #[arg(long, env = "LATCHKEY_DIR", default_value = ".latchkey")]
         dir: PathBuf,
@@ -124,18 +136,36 @@ fn run_offline(cmd: CertCommand) -> anyhow::Result<ExitCode> {
         CertCommand::Renew { .. } => bail!("renew runs against the agent"),
         CertCommand::Issue {
             app,
+            admin,
+            server,
             tenant,
             ttl,
             dir,
             out,
         } => {
-            let ttl = humantime::parse_duration(&ttl)
+            let default_ttl = if app.is_some() { "30d" } else { "365d" };
+            let ttl = ttl.as_deref().unwrap_or(default_ttl);
+            let ttl = humantime::parse_duration(ttl)
                 .with_context(|| format!("--ttl {ttl:?} is not a duration like 30d or 12h"))?;
             if ttl.is_zero() {
                 bail!("--ttl must be longer than zero");
             }
             let ca = Ca::load(&dir)
                 .with_context(|| format!("cannot load the CA in {}", dir.display()))?;
+            if server {
+                return reissue_server(&ca, ttl);
+            }
+            if let Some(name) = admin {
+                let id = SpiffeId::admin(ca.trust_domain(), &name)?;
+                let out = out.unwrap_or_else(|| dir.join("clients"));
+                let cert_path = out.join(format!("{name}.pem"));
+                let key_path = out.join(format!("{name}.key"));
+                let issued = ca.issue_client(&id, ttl)?;
+                issued.write(&cert_path, &key_path, WriteMode::Replace)?;
+                print_issued(&id.to_string(), &issued, &cert_path, &key_path);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let app = app.context("give --app, --admin or --server")?;
             let id = match &tenant {
                 Some(t) => SpiffeId::tenant_app(ca.trust_domain(), t, &app)?,
                 None => SpiffeId::app(ca.trust_domain(), &app)?,
@@ -151,11 +181,7 @@ fn run_offline(cmd: CertCommand) -> anyhow::Result<ExitCode> {
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
             issued.write(&cert_path, &key_path, WriteMode::CreateNew)?;
-            println!("identity: {id}");
-            println!("serial:   {}", issued.serial);
-            println!("expires:  {}", crate::api::rfc3339(issued.not_after));
-            println!("cert:     {}", cert_path.display());
-            println!("key:      {}", key_path.display());
+            print_issued(&id.to_string(), &issued, &cert_path, &key_path);
             Ok(ExitCode::SUCCESS)
         }
         CertCommand::Revoke { serial, cert, dir } => {
@@ -175,4 +201,38 @@ fn run_offline(cmd: CertCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn print_issued(id: &str, issued: &ca::Issued, cert_path: &Path, key_path: &Path) {
+    println!("identity: {id}");
+    println!("serial:   {}", issued.serial);
+    println!("expires:  {}", crate::api::rfc3339(issued.not_after));
+    println!("cert:     {}", cert_path.display());
+    println!("key:      {}", key_path.display());
+}
+
+/// `cert issue --server`: a new server certificate with the names of the current
+/// one (`localhost`, `127.0.0.1`, `::1` when there is none), over the old pair.
+fn reissue_server(ca: &Ca, ttl: std::time::Duration) -> anyhow::Result<ExitCode> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let layout = ca.layout();
+    let (cert_path, key_path) = (layout.server_cert(), layout.server_key());
+    let (dns, ips) = match std::fs::read(&cert_path)
+        .ok()
+        .and_then(|pem| crate::identity::renew::Validity::of_pem(&pem))
+    {
+        Some(v) if !(v.dns.is_empty() && v.ips.is_empty()) => (v.dns, v.ips),
+        _ => (
+            vec!["localhost".to_owned()],
+            vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
+        ),
+    };
+    let issued = ca.issue_server(&dns, &ips, ttl)?;
+    issued.write(&cert_path, &key_path, WriteMode::Replace)?;
+    print_issued("server", &issued, &cert_path, &key_path);
+    println!("a running agent serves it to new connections within a second");
+    Ok(ExitCode::SUCCESS)
 }

@@ -855,6 +855,17 @@ fn create_private_dir(path: &Path) -> Result<(), Error> {
 
 /// Writes a file that must not exist yet.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    write_new_owned(path, bytes, mode, None)
+}
+
+/// [`write_new`], the new file given to `owner` (uid, gid) through its descriptor
+/// before anything is written to it.
+fn write_new_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), Error> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -866,6 +877,9 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
             },
             _ => io_err("create", path)(e),
         })?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io_err("chown", path))?;
+    }
     // The umask can only narrow `mode`; set it exactly anyway.
     file.set_permissions(fs::Permissions::from_mode(mode))
         .and_then(|()| file.write_all(bytes))
@@ -873,8 +887,15 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
         .map_err(io_err("write", path))
 }
 
-/// Replaces a file atomically: write a temporary file beside it, then rename.
+/// Replaces a file atomically: write a temporary file beside it, then rename. The
+/// new file keeps the owner of the one it replaces (root reissuing or revoking for
+/// an agent that runs as its own user must not leave it a file it cannot read).
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_file())
+        .map(|m| (m.uid(), m.gid()));
     let name = path.file_name().ok_or_else(|| Error::Invalid {
         path: path.to_owned(),
         reason: "not a file path",
@@ -885,7 +906,7 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
     let tmp = path.with_file_name(tmp_name);
     // A leftover from a crashed run of this same pid number: safe to discard.
     let _ = fs::remove_file(&tmp);
-    write_new(&tmp, bytes, mode)?;
+    write_new_owned(&tmp, bytes, mode, owner)?;
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         io_err("replace", path)(e)
@@ -912,6 +933,23 @@ mod tests {
 
     fn td() -> TrustDomain {
         TrustDomain::new("latchkey.local").expect("valid trust domain")
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_owner() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("crl.pem");
+        write_new(&path, b"one", MODE_PUBLIC).expect("write");
+        // Only root can give a file away; as anyone else the owner is ours anyway.
+        let nobody = 65534;
+        if std::os::unix::fs::chown(&path, Some(nobody), Some(nobody)).is_err() {
+            return;
+        }
+        write_atomic(&path, b"two", MODE_PUBLIC).expect("replace");
+        let meta = fs::metadata(&path).expect("metadata");
+        assert_eq!((meta.uid(), meta.gid()), (nobody, nobody));
+        assert_eq!(fs::read(&path).expect("read"), b"two");
     }
 
     fn mode(path: &Path) -> u32 {
