@@ -22,6 +22,8 @@ use crate::harness::{binary, eventually, logs};
 
 /// The unit as shipped.
 const UNIT: &str = include_str!("../../examples/deploy/latchkey.service");
+/// The Kubernetes manifest as shipped.
+const MANIFEST: &str = include_str!("../../examples/deploy/kubernetes-sidecar.yaml");
 /// The folder the unit's paths are in.
 const UNIT_DIR: &str = "/etc/latchkey";
 /// How long the agent may take to answer after it starts.
@@ -118,6 +120,46 @@ fn the_unit_writable_paths_are_what_init_makes() -> anyhow::Result<()> {
     }
     // The unit's config is the one init writes, at the path the unit runs.
     assert!(UNIT.contains(&format!("run --config {UNIT_DIR}/latchkey.toml")));
+    Ok(())
+}
+
+#[test]
+fn the_kubernetes_config_is_valid_and_writes_only_to_its_empty_dirs() -> anyhow::Result<()> {
+    // The ConfigMap's `latchkey.toml: |` block, unindented.
+    let mut lines = MANIFEST
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("latchkey.toml: |"));
+    lines.next().context("the manifest has no latchkey.toml")?;
+    let text: String = lines
+        .take_while(|l| *l != "---")
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let cfg =
+        latchkey::config::Config::from_toml(Path::new("/etc/latchkey-config/latchkey.toml"), &text)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for written in [
+        cfg.store.path.clone(),
+        cfg.store.state_dir.folder(),
+        cfg.audit.path.clone(),
+        cfg.listen.socket.clone().context("a socket")?,
+    ] {
+        assert!(
+            written.starts_with("/var/lib/latchkey") || written.starts_with("/run/latchkey"),
+            "{} is outside the emptyDirs",
+            written.display()
+        );
+    }
+    for dir in [
+        "/var/lib/latchkey",
+        "/run/latchkey",
+        "/etc/latchkey-config",
+        "/etc/latchkey",
+    ] {
+        assert!(
+            MANIFEST.contains(&format!("mountPath: {dir}")),
+            "{dir} is not mounted"
+        );
+    }
     Ok(())
 }
 
