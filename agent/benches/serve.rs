@@ -341,7 +341,7 @@ async fn bench(opts: &Opts, root: &Path, dir: &Path) -> anyhow::Result<Report> {
     } else {
         false
     };
-    let audit_log = dir.join("audit.log");
+    let audit_log = dir.join("audit/audit.log");
     let mut agent_config = default_config.clone();
     let mut kinds: Vec<&'static str> = vec![AGENT, BASELINE];
     if variant {

@@ -18,6 +18,7 @@ use crate::crypto::KekSource;
 use crate::identity::TrustDomain;
 use crate::path::Prefix;
 use crate::policy::{Policy, Rule};
+use crate::state_file::StateDir;
 use crate::store::StoreConfig;
 use crate::sync::SyncConfig;
 use crate::tls::TlsFiles;
@@ -477,10 +478,24 @@ fn validate(
             raw.storage.versions
         ));
     }
+    let store_path = resolve(base, &raw.storage.path);
+    // The one place the state folder is decided; see `state_file::StateDir`.
+    let state_dir = match raw.storage.state_dir.as_deref() {
+        Some(dir) => StateDir::Folder(resolve(base, dir)),
+        None => StateDir::BesideStore(store_path.clone()),
+    };
+    if let StateDir::Folder(dir) = &state_dir {
+        if *dir == store_path {
+            problems.push(
+                "storage.state_dir: must not be the store's own folder (storage.path)".to_owned(),
+            );
+        }
+    }
     let store = StoreConfig {
-        path: resolve(base, &raw.storage.path),
+        path: store_path,
         max_versions: raw.storage.versions.clamp(1, 1000),
         cache_capacity_bytes: raw.storage.page_cache_mib.saturating_mul(1024 * 1024),
+        state_dir,
     };
     let kek = match raw.storage.kek {
         KekSource::File { path } => KekSource::File {
@@ -773,6 +788,25 @@ identity = "spiffe://latchkey.local/admin/*"
 paths = ["**"]
 operations = ["read", "write", "list", "admin"]
 "#;
+
+    #[test]
+    fn state_files_follow_state_dir_or_stay_beside_an_old_config_store() {
+        let cfg = Config::from_toml(Path::new("/etc/lk/latchkey.toml"), MINIMAL).expect("valid");
+        assert_eq!(
+            cfg.store.state_dir,
+            StateDir::BesideStore(PathBuf::from("/etc/lk/data"))
+        );
+        let text = MINIMAL.replace("path = \"data\"", "path = \"data\"\nstate_dir = \"state\"");
+        let cfg = Config::from_toml(Path::new("/etc/lk/latchkey.toml"), &text).expect("valid");
+        assert_eq!(
+            cfg.store.state_dir.file(crate::state_file::NODE_ID),
+            Path::new("/etc/lk/state/node-id")
+        );
+        let text = MINIMAL.replace("path = \"data\"", "path = \"data\"\nstate_dir = \"data\"");
+        let err = Config::from_toml(Path::new("/etc/lk/latchkey.toml"), &text)
+            .expect_err("the store's folder");
+        assert!(err.to_string().contains("storage.state_dir"), "{err}");
+    }
 
     #[test]
     fn minimal_config_resolves_relative_paths() {

@@ -5,7 +5,7 @@
 //!
 //! A task reads the store's index (no values) every minute and publishes each warning
 //! once per secret version: a new version (a rotation, a refresh) starts the series
-//! again. What was already sent is kept in a small file beside the store, so a
+//! again. What was already sent is kept in a small state file (`state_file::EXPIRY`), so a
 //! restart does not repeat warnings. Each warning is written to the audit trail and
 //! published to the event consumers: the SSE watchers and the webhooks.
 

@@ -19,8 +19,10 @@
 //!
 //! Shared vocabulary: [`secret`] (values that zeroize and redact), [`path`]
 //! (validated secret paths), [`clock`] (the one wall clock) and [`backoff`] (the
-//! shared retry schedule). [`state_file`] keeps the small state files beside the
-//! store (written atomically, private, never through a link). [`environment`] takes the secrets the agent is handed in
+//! shared retry schedule). [`state_file`] keeps the small state files in the state
+//! folder (written atomically, private, never through a link); [`preflight`] checks
+//! at start that the agent can write them, its store, audit file and socket folder.
+//! [`environment`] takes the secrets the agent is handed in
 //! its environment out of it before any thread starts. [`server`] assembles the daemon
 //! from a [`config::Config`]; [`client`] speaks its API; [`cli`] is the command line.
 //! [`upstream`] holds the stores the agent syncs with (OpenBao/Vault, AWS Secrets
@@ -47,6 +49,7 @@ pub mod metrics;
 pub mod notify;
 pub mod path;
 pub mod policy;
+pub mod preflight;
 pub mod providers;
 pub mod render;
 pub mod secret;

@@ -213,13 +213,13 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// The node id kept beside the store: made once, reused on every start, so a
+/// The node id kept in the state folder: made once, reused on every start, so a
 /// restarted agent recognises its own claims.
 fn node_id(spec: &SchedulerSpec, store: &Store) -> String {
     if let Some(id) = &spec.node_id {
         return id.clone();
     }
-    let file = store.dir().with_extension("node-id");
+    let file = store.state_file(crate::state_file::NODE_ID);
     if let Ok(Some(raw)) = crate::state_file::read(&file) {
         let text = String::from_utf8_lossy(&raw);
         let text = text.trim();
@@ -247,7 +247,7 @@ impl Engine {
     /// Builds the engine (nothing runs until [`Engine::spawn`]).
     pub fn new(parts: Parts) -> Engine {
         let node = node_id(&parts.spec, &parts.store);
-        let status = status::Table::kept_in(parts.store.dir().with_extension("lifecycle.json"));
+        let status = status::Table::kept_in(parts.store.state_file(crate::state_file::LIFECYCLE));
         let ledger = ledger::Ledger::new(parts.sync.upstream());
         Engine {
             inner: Arc::new(Inner {

@@ -52,6 +52,9 @@ const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The store, state folder, audit file or socket folder is not writable.
+    #[error(transparent)]
+    Unwritable(#[from] crate::preflight::Error),
     /// The key-encryption key could not be loaded.
     #[error("cannot load the key-encryption key")]
     Kek(#[source] crypto::Error),
@@ -420,6 +423,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     for warning in config.warnings() {
         tracing::warn!(config = %config.source.display(), "{warning}");
     }
+    crate::preflight::check(&config)?;
     let upstream = match &config.upstream {
         Some(u) => connect_upstream(u, &config.sync).await?,
         None => None,
@@ -441,7 +445,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         &config.plugins,
         &config.lifecycle,
         &config.sql,
-        config.store.path.with_extension("plugins"),
+        config.store.state_dir.file(crate::state_file::PLUGINS),
         audit.clone(),
     )
     .await?;
@@ -458,7 +462,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             cache.clone(),
             events.clone(),
             config.sync.clone(),
-            config.store.path.with_extension("sync.json"),
+            config.store.state_dir.file(crate::state_file::SYNC),
         ),
         None => Syncer::over_store(
             config.upstream.as_ref().map_or("local", |u| u.name()),
@@ -541,7 +545,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let expiry = crate::expiry::Expiry::new(
         store.clone(),
         state.events.clone(),
-        config.store.path.with_extension("expiry.json"),
+        config.store.state_dir.file(crate::state_file::EXPIRY),
     )
     .with_audit(state.audit.clone())
     .with_certificates(

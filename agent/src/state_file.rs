@@ -1,5 +1,12 @@
-//! The agent's small state files beside its store: the time of the last good sync,
-//! the expiry warnings already sent, the scheduler's node id.
+//! The agent's small state files: the time of the last good sync, the expiry
+//! warnings already sent, the scheduler's node id, the lifecycle table, and the
+//! compiled-plugin cache.
+//!
+//! [`StateDir`] says where they live: in one folder (`storage.state_dir`, which
+//! `latchkey init` sets to `state`), so one writable path covers them all; or, for a
+//! config written before that key, beside the store as they always were
+//! (`data.sync.json`, `data.node-id`, …). The config resolves it once; everything
+//! else asks it for a [`StateDir::file`] by one of the names below.
 //!
 //! Each is read without following a symbolic link and replaced atomically: the new
 //! contents go to a temporary file created `0600` with `O_EXCL` (so a link planted
@@ -10,10 +17,53 @@
 use std::fs;
 use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The mode state files are created with: the agent's alone.
 const MODE: u32 = 0o600;
+
+/// The time of the last good sync (`sync`).
+pub const SYNC: &str = "sync.json";
+/// The expiry warnings already sent (`expiry`).
+pub const EXPIRY: &str = "expiry.json";
+/// The lifecycle scheduler's node id, made once (`lifecycle`).
+pub const NODE_ID: &str = "node-id";
+/// Each looked-after credential's lifecycle state (`lifecycle::status`).
+pub const LIFECYCLE: &str = "lifecycle.json";
+/// The folder of compiled plugins, cached by digest (`providers`).
+pub const PLUGINS: &str = "plugins";
+
+/// Where the state files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateDir {
+    /// `storage.state_dir`: every file inside this folder, under its own name.
+    Folder(PathBuf),
+    /// No `storage.state_dir` (a config written before it): each file beside this
+    /// store folder, named after it (`data` → `data.sync.json`).
+    BesideStore(PathBuf),
+}
+
+impl StateDir {
+    /// The path of the state file (or folder) `name`, one of the constants above.
+    pub fn file(&self, name: &str) -> PathBuf {
+        match self {
+            StateDir::Folder(dir) => dir.join(name),
+            StateDir::BesideStore(store) => store.with_extension(name),
+        }
+    }
+
+    /// The folder the agent creates its state files in, which it must be able to
+    /// write.
+    pub fn folder(&self) -> PathBuf {
+        match self {
+            StateDir::Folder(dir) => dir.clone(),
+            StateDir::BesideStore(store) => match store.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            },
+        }
+    }
+}
 
 /// The contents of `path`, or `None` when it does not exist. A symbolic link is an
 /// error (`ELOOP`), not followed.
@@ -75,6 +125,18 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn state_files_go_in_the_folder_or_beside_the_store() {
+        let folder = StateDir::Folder(PathBuf::from("/x/state"));
+        assert_eq!(folder.file(SYNC), Path::new("/x/state/sync.json"));
+        assert_eq!(folder.file(PLUGINS), Path::new("/x/state/plugins"));
+        assert_eq!(folder.folder(), Path::new("/x/state"));
+        let beside = StateDir::BesideStore(PathBuf::from("/x/data"));
+        assert_eq!(beside.file(SYNC), Path::new("/x/data.sync.json"));
+        assert_eq!(beside.file(NODE_ID), Path::new("/x/data.node-id"));
+        assert_eq!(beside.folder(), Path::new("/x"));
+    }
 
     #[test]
     fn replaces_atomically_with_a_private_mode() {

@@ -41,6 +41,7 @@ use sled::transaction::{
 use crate::crypto::{self, DataKey, KeyWrapper};
 use crate::path::{Prefix, SecretPath};
 use crate::secret::Fields;
+use crate::state_file::StateDir;
 
 mod check;
 mod files;
@@ -100,13 +101,18 @@ pub struct StoreConfig {
     pub max_versions: usize,
     /// sled page cache size in bytes.
     pub cache_capacity_bytes: u64,
+    /// Where the agent's state files live (not the store's own: those are inside
+    /// `path`).
+    pub state_dir: StateDir,
 }
 
 impl StoreConfig {
-    /// A config for `path` with the default limits.
+    /// A config for `path` with the default limits, its state files beside it.
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
         Self {
-            path: path.into(),
+            state_dir: StateDir::BesideStore(path.clone()),
+            path,
             max_versions: DEFAULT_MAX_VERSIONS,
             cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
         }
@@ -353,6 +359,7 @@ pub struct Store {
 
 struct Inner {
     dir: PathBuf,
+    state_dir: StateDir,
     db: sled::Db,
     meta: sled::Tree,
     index: sled::Tree,
@@ -459,6 +466,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: cfg.path.clone(),
+                state_dir: cfg.state_dir.clone(),
                 db,
                 meta,
                 index,
@@ -897,6 +905,11 @@ impl Store {
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The path of the agent's state file `name` (a [`crate::state_file`] constant).
+    pub fn state_file(&self, name: &str) -> PathBuf {
+        self.inner.state_dir.file(name)
     }
 
     /// Whether any problem is known: one atomic load, for every response.

@@ -322,7 +322,7 @@ impl Syncer {
         config: SyncConfig,
     ) -> Arc<Self> {
         let upstream = Arc::new(crate::upstream::local::Local::new(name, store.clone()));
-        let state_file = store.dir().with_extension("sync.json");
+        let state_file = store.state_file(crate::state_file::SYNC);
         Syncer::new(upstream, store, cache, events, config, state_file)
     }
 

@@ -448,16 +448,18 @@ async fn init_makes_private_files_and_the_socket_is_not_for_others() -> anyhow::
             .mode()
             & 0o777)
     };
-    for dir in ["", "keys", "data", "clients", "server"] {
+    for dir in ["", "keys", "data", "state", "audit", "clients", "server"] {
         assert_eq!(mode(dir)?, 0o700, "{dir}/");
     }
+    assert_eq!(mode("run")?, 0o750, "run/");
+
     for file in [
         "latchkey.toml",
         "keys/kek",
         "ca/ca.key",
         "server/server.key",
         "clients/admin.key",
-        "audit.log",
+        "audit/audit.log",
     ] {
         assert_eq!(mode(file)?, 0o600, "{file}");
     }

@@ -25,6 +25,7 @@ mod concurrency;
 mod curl;
 mod deletion_guard;
 mod exec;
+mod install;
 mod integrity;
 mod lifecycle;
 mod malformed;

@@ -163,7 +163,7 @@ async fn sigusr1_reopens_the_audit_file_after_logrotate_moved_it() -> anyhow::Re
     let agent = Agent::builder().start().await?;
     let admin = agent.admin()?;
     admin.write("apps/a", json!({"v": "1"})).await?;
-    let audit = agent.dir().join("audit.log");
+    let audit = agent.audit_path();
     eventually(
         "the first write audited",
         Duration::from_secs(10),
@@ -175,7 +175,7 @@ async fn sigusr1_reopens_the_audit_file_after_logrotate_moved_it() -> anyhow::Re
         },
     )
     .await?;
-    let rotated = agent.dir().join("audit.log.1");
+    let rotated = audit.with_extension("log.1");
     std::fs::rename(&audit, &rotated)?;
     let pid = agent.pid().ok_or_else(|| anyhow::anyhow!("not running"))?;
     let sent = std::process::Command::new("kill")

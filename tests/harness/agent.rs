@@ -628,9 +628,14 @@ impl Agent {
         text
     }
 
+    /// The audit file `latchkey init`'s config names: `DIR/audit/audit.log`.
+    pub(crate) fn audit_path(&self) -> PathBuf {
+        self.dir.join("audit/audit.log")
+    }
+
     /// The raw audit file.
     pub(crate) fn audit_text(&self) -> String {
-        std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default()
+        std::fs::read_to_string(self.audit_path()).unwrap_or_default()
     }
 
     /// The audit records written so far.
@@ -669,7 +674,7 @@ impl Agent {
             || async move { self.audit_records().ok()?.into_iter().find(|r| matches(r)) },
         )
         .await;
-        found.with_context(|| logs::tail(&self.dir.join("audit.log")))
+        found.with_context(|| logs::tail(&self.audit_path()))
     }
 }
 

@@ -169,6 +169,12 @@ pub struct TlsSection {
 pub struct StorageSection {
     /// Folder of the sled database.
     pub path: PathBuf,
+    /// Folder of the agent's state files (last sync, expiry warnings sent, node id,
+    /// lifecycle states, compiled plugins); created `0700` if missing. Without it
+    /// (configs written before this key) they stay beside `path`, as
+    /// `<path>.sync.json` and so on.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     /// Versions kept per secret.
     #[serde(default = "default_versions")]
     pub versions: usize,

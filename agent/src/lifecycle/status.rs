@@ -1,7 +1,7 @@
 //! Each looked-after credential's lifecycle state, as the API (`GET /v1/status`), the
 //! CLI (`latchkey status`) and the metrics show it.
 //!
-//! The table is kept in a state file beside the store (`<store>.lifecycle.json`),
+//! The table is kept in a state file (`state_file::LIFECYCLE`, `lifecycle.json`),
 //! rewritten whenever a credential's state changes, so a credential found revoked,
 //! invalid or needing a new login still says so after a restart — also after a
 //! `SIGKILL`. A kept status is for the version it was about: once the store holds

@@ -77,14 +77,14 @@ async fn r12_files_the_running_agent_creates_beside_the_store_are_private() -> a
         )
         .await?;
     assert!(agent.stop().await?.success());
-    // What the agent wrote beside the store: audit trail, expiry and sync state.
+    // What the agent wrote: store, audit trail, expiry and sync state.
     let mut files = Vec::new();
     walk(agent.dir(), &mut files)?;
     let created: Vec<&PathBuf> = files
         .iter()
         .filter(|f| {
             let name = f.display().to_string();
-            name.contains("/data") || name.ends_with("audit.log")
+            name.contains("/data") || name.contains("/state/") || name.ends_with("audit.log")
         })
         .collect();
     assert!(!created.is_empty());
