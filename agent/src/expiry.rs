@@ -108,6 +108,7 @@ impl Expiry {
         certificates: Certificates,
         gauge: crate::metrics::CertificateExpiry,
     ) -> Self {
+        gauge.watch(certificates.clone());
         self.certificates = Some((certificates, gauge));
         self
     }
@@ -139,7 +140,7 @@ impl Expiry {
         let watched = certificates.watched();
         let mut due = Vec::new();
         for cert in &watched {
-            gauge.set(&cert.holder, cert.not_after - now);
+            gauge.set(&cert.holder, cert.not_after, now);
             let left = cert.not_after - now;
             let threshold = if left <= 0 {
                 0

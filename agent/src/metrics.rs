@@ -74,18 +74,46 @@ pub struct CertificateLabels {
     pub certificate: String,
 }
 
-/// Seconds left on each watched certificate, set by the expiry task.
+/// Seconds left on each watched certificate: set by the expiry task, and read
+/// again from the files when scraped or asked for health (a renewed certificate
+/// shows at once).
 #[derive(Clone, Debug, Default)]
-pub struct CertificateExpiry(Family<CertificateLabels, Gauge>);
+pub struct CertificateExpiry(
+    Family<CertificateLabels, Gauge>,
+    std::sync::Arc<std::sync::Mutex<Option<crate::expiry::Certificates>>>,
+);
 
 impl CertificateExpiry {
-    /// Sets `holder`'s seconds left (negative once expired).
-    pub fn set(&self, holder: &str, seconds: i64) {
+    /// Sets `holder`'s seconds left: its certificate ends at `not_after`, seen at
+    /// `now` (negative once expired).
+    pub fn set(&self, holder: &str, not_after: i64, now: i64) {
         self.0
             .get_or_create(&CertificateLabels {
                 certificate: holder.to_owned(),
             })
-            .set(seconds);
+            .set(not_after - now);
+    }
+
+    /// Watches `certificates` from now on.
+    pub fn watch(&self, certificates: crate::expiry::Certificates) {
+        *self.1.lock().unwrap_or_else(|e| e.into_inner()) = Some(certificates);
+    }
+
+    /// Each watched certificate's holder and end of validity (unix seconds), read
+    /// now; the gauges follow.
+    pub fn ends(&self, now: i64) -> std::collections::BTreeMap<String, i64> {
+        let certificates = self.1.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(certificates) = certificates else {
+            return Default::default();
+        };
+        certificates
+            .watched()
+            .into_iter()
+            .map(|w| {
+                self.set(&w.holder, w.not_after, now);
+                (w.holder, w.not_after)
+            })
+            .collect()
     }
 }
 

@@ -295,3 +295,51 @@ async fn cert_issue_reissues_the_server_and_admin_certificates_in_place() -> any
     assert_eq!(none.code, 2, "a usage error: {}", none.stderr);
     Ok(())
 }
+
+#[tokio::test]
+async fn health_counts_certificates_and_answers_degraded_with_429_like_vault() -> anyhow::Result<()>
+{
+    let agent = Agent::builder().start().await?;
+    let admin = agent.admin()?;
+    let fresh = admin.health().await?;
+    assert_eq!(fresh.status, 200, "{}", fresh.body);
+    let body = fresh.json();
+    assert_eq!(body["certificates"]["status"], "ok", "{body}");
+    // The server's, the CA's and the admin certificate init issued.
+    assert_eq!(body["certificates"]["watched"], 3, "{body}");
+    assert!(
+        body["certificates"]["server_expires_in_seconds"]
+            .as_i64()
+            .is_some_and(|s| s > 300 * 86400),
+        "{body}"
+    );
+
+    // An app certificate that ends within the week: still serving, degraded.
+    agent
+        .cli(["cert", "issue", "--app", "soon", "--ttl", "2d"])
+        .run()
+        .await?
+        .success()?;
+    let degraded = admin.health().await?;
+    assert_eq!(degraded.status, 429, "{}", degraded.body);
+    let body = degraded.json();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(
+        body["certificates"]["expiring"][0]["certificate"], "spiffe://latchkey.local/app/soon",
+        "{body}"
+    );
+    // A load balancer that keeps degraded agents in rotation says so, as with Vault.
+    assert_eq!(admin.get("/v1/health?degradedcode=200").await?.status, 200);
+    assert_eq!(admin.get("/v1/health?degradedcode=nope").await?.status, 400);
+    // Revoked, it is no longer watched.
+    let serial = latchkey::identity::ca::serial_of_pem(&std::fs::read_to_string(
+        agent.dir().join("clients/soon.pem"),
+    )?)?;
+    agent
+        .cli(["cert", "revoke", "--serial", &serial])
+        .run()
+        .await?
+        .success()?;
+    assert_eq!(admin.health().await?.status, 200);
+    Ok(())
+}

@@ -36,15 +36,58 @@ pub(super) fn whoami(conn: &Conn) -> Response<Body> {
 ///
 /// | status | HTTP | when |
 /// | --- | --- | --- |
-/// | `ok` | 200 | the store is sound and the upstream current |
-/// | `degraded` | 200 | still serving, but: the upstream is failing (reads are served stale within the grace period), deletions are held, or an address's circuit breaker is open |
-/// | `failing` | 503 | the upstream has failed past the grace period: reads of cached secrets fail |
+/// | `ok` | 200 | the store is sound, the upstream current, the certificates and credentials in date |
+/// | `degraded` | 429 | still serving, but: the upstream is failing (reads are served stale within the grace period), deletions are held, an address's circuit breaker is open, a certificate expires within 7 days (or an app's has expired), or a credential is expired, invalid, revoked or needs a new login |
+/// | `failing` | 503 | the upstream has failed past the grace period (reads of cached secrets fail), or the server's or the CA's certificate has expired |
 /// | `damaged` | 503 | the store reports problems |
 ///
-/// Every peer sees the statuses and counts; admin peers also see what names paths
-/// or addresses (the store's problem messages, the held paths, the breakers).
-pub(super) fn health(state: &State, conn: &Conn) -> Response<Body> {
-    health_view(state, conn.policy().allows_any(Operation::Admin))
+/// Like Vault's `sys/health`, `?degradedcode=N` and `?failingcode=N` choose other
+/// codes (e.g. `degradedcode=200` for a load balancer that should keep a degraded
+/// agent in rotation). Every peer sees the statuses and counts; admin peers also
+/// see what names paths or addresses (the store's problem messages, the held
+/// paths, the breakers).
+pub(super) fn health(
+    state: &State,
+    conn: &Conn,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    health_view(state, conn.policy().allows_any(Operation::Admin), query)
+}
+
+/// The HTTP codes health answers with, from the query.
+struct HealthCodes {
+    degraded: StatusCode,
+    failing: StatusCode,
+}
+
+impl HealthCodes {
+    fn parse(query: Option<&str>) -> Result<HealthCodes, ApiError> {
+        let mut codes = HealthCodes {
+            degraded: StatusCode::TOO_MANY_REQUESTS,
+            failing: StatusCode::SERVICE_UNAVAILABLE,
+        };
+        for (key, value) in crate::api::query::query_pairs(query) {
+            let value = value?;
+            let slot = match key {
+                "degradedcode" => &mut codes.degraded,
+                "failingcode" => &mut codes.failing,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown query parameter {other:?} (expected degradedcode or failingcode)"
+                    )))
+                }
+            };
+            *slot = value
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (200..600).contains(c))
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("{key} {value:?} is not an HTTP status code"))
+                })?;
+        }
+        Ok(codes)
+    }
 }
 
 /// One component's status, ordered from best to worst.
@@ -68,23 +111,111 @@ impl Status {
 }
 
 /// The health answer; what names paths and addresses only when `admin`.
-pub(super) fn health_view(state: &State, admin: bool) -> Response<Body> {
+pub(super) fn health_view(
+    state: &State,
+    admin: bool,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let codes = HealthCodes::parse(query)?;
     let (store_status, store) = store_health(state, admin);
     let (upstream_status, upstream) = upstream_health(state, admin);
-    let status = store_status.max(upstream_status);
-    let code = if status >= Status::Failing {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
+    let (cert_status, certificates) = certificate_health(state);
+    let (lifecycle_status, lifecycle) = lifecycle_health(state);
+    let status = store_status
+        .max(upstream_status)
+        .max(cert_status)
+        .max(lifecycle_status);
+    let code = match status {
+        Status::Ok => StatusCode::OK,
+        Status::Degraded => codes.degraded,
+        Status::Failing | Status::Damaged => codes.failing,
     };
-    json_response(
-        code,
-        &serde_json::json!({
+    let mut body = serde_json::json!({
+        "status": status.as_str(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "store": store,
+        "upstream": upstream,
+        "certificates": certificates,
+    });
+    if let Some(lifecycle) = lifecycle {
+        body["lifecycle"] = lifecycle;
+    }
+    Ok(json_response(code, &body))
+}
+
+/// Days left below which a certificate makes the agent `degraded`.
+const CERT_WARN_DAYS: i64 = 7;
+
+/// The watched certificates: `failing` once the server's or the CA's has expired
+/// (no new connection can succeed), `degraded` when one ends within a week or an
+/// app's has expired. Holders and dates are not secret.
+fn certificate_health(state: &State) -> (Status, serde_json::Value) {
+    let now = crate::clock::unix_now();
+    let mut status = Status::Ok;
+    let mut expiring = Vec::new();
+    let ends = state.metrics.certificate_expiry().ends(now);
+    for (holder, not_after) in &ends {
+        let left = not_after - now;
+        let this = if left <= 0 && (holder == "server" || holder == "ca") {
+            Status::Failing
+        } else if left <= CERT_WARN_DAYS * 24 * 3600 {
+            Status::Degraded
+        } else {
+            Status::Ok
+        };
+        if this > Status::Ok {
+            expiring.push(serde_json::json!({
+                "certificate": holder,
+                "expires_in_seconds": left,
+            }));
+        }
+        status = status.max(this);
+    }
+    let mut shown = serde_json::json!({
+        "status": status.as_str(),
+        "watched": ends.len(),
+        "expiring": expiring,
+    });
+    if let Some(server) = ends.get("server") {
+        shown["server_expires_in_seconds"] = (server - now).into();
+    }
+    (status, shown)
+}
+
+/// Credentials under lifecycle rules: `degraded` while any is expired, invalid,
+/// revoked or waiting for a new login. `None` without rules.
+fn lifecycle_health(state: &State) -> (Status, Option<serde_json::Value>) {
+    use crate::lifecycle::State as Life;
+    let Some(engine) = &state.engine else {
+        return (Status::Ok, None);
+    };
+    let counts = engine.state_counts();
+    let attention: usize = [
+        Life::Expired,
+        Life::Invalid,
+        Life::Revoked,
+        Life::ReauthRequired,
+    ]
+    .iter()
+    .map(|s| counts.get(s).copied().unwrap_or(0))
+    .sum();
+    let status = if attention > 0 {
+        Status::Degraded
+    } else {
+        Status::Ok
+    };
+    let by_state: serde_json::Map<String, serde_json::Value> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(s, n)| (s.as_str().to_owned(), (*n).into()))
+        .collect();
+    (
+        status,
+        Some(serde_json::json!({
             "status": status.as_str(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "store": store,
-            "upstream": upstream,
-        }),
+            "credentials": by_state,
+            "need_attention": attention,
+        })),
     )
 }
 
@@ -189,6 +320,10 @@ pub(super) fn metrics_text(state: &State) -> Response<Body> {
         state.metrics.lifecycle(&engine.state_counts());
     }
     state.metrics.store_problems(state.store.problems().len());
+    state
+        .metrics
+        .certificate_expiry()
+        .ends(crate::clock::unix_now());
     state
         .metrics
         .upstream(state.sync.held().len(), &state.sync.addresses());

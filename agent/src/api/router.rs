@@ -63,7 +63,7 @@ where
         };
     }
     match (req.method(), path) {
-        (&Method::GET, "/v1/health") => Ok(admin::health(state, conn)),
+        (&Method::GET, "/v1/health") => admin::health(state, conn, query),
         (&Method::GET, "/v1/whoami") => Ok(admin::whoami(conn)),
         (&Method::GET, "/v1/watch") => watch::watch(state, conn, query).await,
         (&Method::GET, "/metrics") => admin::metrics(state, conn).await,

@@ -26,7 +26,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => admin::metrics_text(state),
-        (&Method::GET, "/health") => admin::health_view(state, false),
+        (&Method::GET, "/health") => admin::health_view(state, false, req.uri().query())
+            .unwrap_or_else(ApiError::into_response),
         (_, "/metrics" | "/health") => ApiError::method_not_allowed("GET").into_response(),
         (_, path) => ApiError::no_route(path).into_response(),
     }
