@@ -133,7 +133,8 @@ impl Reply {
 /// One keep-alive connection to the agent.
 pub struct Client {
     endpoint: Endpoint,
-    connector: TlsConnector,
+    /// Replaced by [`Client::set_tls`] (a renewed client certificate).
+    connector: std::sync::RwLock<TlsConnector>,
     sender: Mutex<Option<SendRequest<Full<Bytes>>>>,
 }
 
@@ -142,9 +143,17 @@ impl Client {
     pub fn new(endpoint: Endpoint, tls: Arc<rustls::ClientConfig>) -> Self {
         Client {
             endpoint,
-            connector: TlsConnector::from(tls),
+            connector: std::sync::RwLock::new(TlsConnector::from(tls)),
             sender: Mutex::new(None),
         }
+    }
+
+    /// Uses `tls` (a renewed certificate) from the next connection on; the kept-alive
+    /// connection is dropped, so the next request makes one. Open streams keep
+    /// theirs.
+    pub async fn set_tls(&self, tls: Arc<rustls::ClientConfig>) {
+        *self.connector.write().unwrap_or_else(|e| e.into_inner()) = TlsConnector::from(tls);
+        self.sender.lock().await.take();
     }
 
     /// Where it connects.
@@ -184,8 +193,12 @@ impl Client {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let tls = self
+        let connector = self
             .connector
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let tls = connector
             .connect(name, stream)
             .await
             .map_err(|source| Error::Tls {

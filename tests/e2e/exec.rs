@@ -317,3 +317,69 @@ async fn exec_exits_like_get_when_a_secret_is_missing_or_denied() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn exec_renews_its_certificate_and_keeps_working_past_the_old_ones_end() -> anyhow::Result<()>
+{
+    let agent = Agent::builder()
+        .allow(
+            "spiffe://latchkey.local/app/runner",
+            &["apps/**"],
+            &["read"],
+        )
+        .start()
+        .await?;
+    let admin = agent.admin()?;
+    admin.write("apps/db", json!({"password": "pw-1"})).await?;
+    // Nine seconds: renewed once a third is left, after about six.
+    agent
+        .cli(["cert", "issue", "--app", "runner", "--ttl", "9s"])
+        .run()
+        .await?
+        .success()?;
+    let cert = agent.dir().join("clients/runner.pem");
+    let key = agent.dir().join("clients/runner.key");
+    let serial_of = |p: &Path| -> Option<String> {
+        latchkey::identity::ca::serial_of_pem(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let first = serial_of(&cert).context("a certificate")?;
+    let starts = agent.scratch().join("starts");
+    let script = format!(
+        "echo \"$PW\" >> {starts}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        starts = starts.display()
+    );
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let mut exec = spawn_exec(
+        &agent,
+        &[
+            "--cert",
+            &cert_s,
+            "--key",
+            &key_s,
+            "--env",
+            "PW=apps/db#password",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    )?;
+    let log = ExecLog::follow(&mut exec)?;
+    wait_lines(&starts, 1, "the first start").await?;
+    let renewed = eventually("the certificate renewed", WAIT, || async {
+        serial_of(&cert).filter(|s| *s != first)
+    })
+    .await?;
+    // Past the first certificate's end, a change still reaches the child: exec
+    // fetched it with the renewed certificate.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    admin.write("apps/db", json!({"password": "pw-2"})).await?;
+    let lines = wait_lines(&starts, 2, "the restart with the new value").await?;
+    assert_eq!(lines, ["pw-1", "pw-2"]);
+    assert_ne!(renewed, first);
+    term(&exec)?;
+    within("exec to exit", WAIT, exec.wait()).await??;
+    let stderr = log.finish().await?;
+    assert!(stderr.contains("client certificate renewed"), "{stderr}");
+    Ok(())
+}

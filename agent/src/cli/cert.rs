@@ -87,8 +87,20 @@ async fn renew(args: super::connect::ClientArgs) -> Result<ExitCode, Failure> {
         .into());
     };
     let client = args.client()?;
-    // The new key is made here and never leaves this process: the agent certifies
-    // a signing request for it.
+    let (id, issued) = renew_pair(&client, &cert_path, &key_path).await?;
+    print_issued(&id, &issued, &cert_path, &key_path);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Renews the pair `client` presents: a new key made here (it never leaves this
+/// process), a signing request for it certified by the agent for the same identity
+/// and lifetime, both written over `cert_path` and `key_path` atomically. Returns the
+/// identity and the new pair.
+pub(super) async fn renew_pair(
+    client: &crate::client::Client,
+    cert_path: &Path,
+    key_path: &Path,
+) -> anyhow::Result<(String, ca::Issued)> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .context("cannot generate a key")?;
     let csr = rcgen::CertificateParams::default()
@@ -104,7 +116,7 @@ async fn renew(args: super::connect::ClientArgs) -> Result<ExitCode, Failure> {
             Some(crate::secret::SecretBytes::new(body)),
         )
         .await?;
-    super::secrets::check(&reply)?;
+    super::secrets::check(&reply).map_err(|f| f.error)?;
     #[derive(serde::Deserialize)]
     struct Renewed {
         id: String,
@@ -121,14 +133,9 @@ async fn renew(args: super::connect::ClientArgs) -> Result<ExitCode, Failure> {
         not_after: renewed.not_after,
     };
     issued
-        .write(&cert_path, &key_path, WriteMode::Replace)
+        .write(cert_path, key_path, WriteMode::Replace)
         .map_err(anyhow::Error::from)?;
-    println!("identity: {}", renewed.id);
-    println!("serial:   {}", issued.serial);
-    println!("expires:  {}", crate::api::rfc3339(issued.not_after));
-    println!("cert:     {}", cert_path.display());
-    println!("key:      {}", key_path.display());
-    Ok(ExitCode::SUCCESS)
+    Ok((renewed.id, issued))
 }
 
 fn run_offline(cmd: CertCommand) -> anyhow::Result<ExitCode> {

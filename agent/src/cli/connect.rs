@@ -3,7 +3,8 @@
 //! Defaults come from the init folder (`--dir`, `LATCHKEY_DIR`, default `.latchkey`):
 //! the admin certificate in `clients/`, the CA in `ca/`, and the socket (or TCP
 //! address) named by its `latchkey.toml`. Each can be overridden by a flag or a
-//! `LATCHKEY_*` variable.
+//! `LATCHKEY_*` variable. Long-running commands (`exec`, `render` without `--once`)
+//! keep their certificate renewed ([`ClientArgs::keep_renewed`]).
 
 use std::path::{Path, PathBuf};
 
@@ -33,31 +34,96 @@ pub struct ClientArgs {
     pub cacert: Option<PathBuf>,
 }
 
+/// The longest wait between two looks at a long-running command's certificate, and
+/// the first retry after a failed renewal (doubling up to it).
+const RENEW_CHECK_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+const RENEW_RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl ClientArgs {
+    /// The certificate, key and CA files, flags or defaults.
+    fn files(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let or = |flag: &Option<PathBuf>, default: &str| {
+            flag.clone().unwrap_or_else(|| self.dir.join(default))
+        };
+        (
+            or(&self.cert, "clients/admin.pem"),
+            or(&self.key, "clients/admin.key"),
+            or(&self.cacert, "ca/ca.pem"),
+        )
+    }
+
+    /// The TLS settings for the files as they are now.
+    fn tls(&self) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+        let (cert, key, ca) = self.files();
+        let ca_pem = read(&ca)?;
+        let cert_pem = read(&cert)?;
+        let key_pem = SecretString::new(read(&key)?);
+        crate::tls::client_config(&ca_pem, &cert_pem, &key_pem)
+            .with_context(|| format!("cannot use certificate {}", cert.display()))
+    }
+
     /// Builds a client from the flags and defaults.
     pub fn client(&self) -> anyhow::Result<Client> {
-        let cert = self
-            .cert
-            .clone()
-            .unwrap_or_else(|| self.dir.join("clients/admin.pem"));
-        let key = self
-            .key
-            .clone()
-            .unwrap_or_else(|| self.dir.join("clients/admin.key"));
-        let ca = self
-            .cacert
-            .clone()
-            .unwrap_or_else(|| self.dir.join("ca/ca.pem"));
         let endpoint = match &self.addr {
             Some(addr) => addr.parse::<Endpoint>()?,
             None => endpoint_from_config(&self.dir.join("latchkey.toml"))?,
         };
-        let ca_pem = read(&ca)?;
-        let cert_pem = read(&cert)?;
-        let key_pem = SecretString::new(read(&key)?);
-        let tls = crate::tls::client_config(&ca_pem, &cert_pem, &key_pem)
-            .with_context(|| format!("cannot use certificate {}", cert.display()))?;
-        Ok(Client::new(endpoint, tls))
+        Ok(Client::new(endpoint, self.tls()?))
+    }
+
+    /// Keeps the certificate `client` presents valid while a long-running command
+    /// runs: once a third of its lifetime is left it is renewed over the API (a new
+    /// key made here, `POST /v1/cert/renew`), written over its files and used for the
+    /// next connection. A failure is logged and retried (30 s, doubling to an hour);
+    /// an agent without its CA key (`409 no_ca`) ends the task after saying so.
+    pub fn keep_renewed(&self, client: std::sync::Arc<Client>) -> tokio::task::JoinHandle<()> {
+        let args = self.clone();
+        tokio::spawn(async move {
+            let (cert, key, _) = args.files();
+            let mut retry = RENEW_RETRY_MIN;
+            loop {
+                let now = crate::clock::unix_now();
+                let validity = std::fs::read(&cert)
+                    .ok()
+                    .and_then(|pem| crate::identity::renew::Validity::of_pem(&pem));
+                let Some(validity) = validity else {
+                    tracing::warn!(cert = %cert.display(), "cannot read the client certificate; it is not renewed");
+                    return;
+                };
+                if !validity.due(now) {
+                    // Due once a third of the lifetime is left.
+                    let due_at =
+                        validity.not_after - (validity.not_after - validity.not_before) / 3;
+                    let wait = u64::try_from(due_at - now).unwrap_or(0).max(1);
+                    tokio::time::sleep(std::time::Duration::from_secs(wait).min(RENEW_CHECK_MAX))
+                        .await;
+                    continue;
+                }
+                match super::cert::renew_pair(&client, &cert, &key).await {
+                    Ok((id, issued)) => match args.tls() {
+                        Ok(tls) => {
+                            client.set_tls(tls).await;
+                            retry = RENEW_RETRY_MIN;
+                            tracing::info!(identity = %id, serial = %issued.serial, cert = %cert.display(), "client certificate renewed");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "renewed, but cannot use the new certificate");
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        let text = format!("{e:#}");
+                        if text.contains("no_ca") {
+                            tracing::warn!(error = %text, "the agent cannot renew certificates; the client certificate is not renewed");
+                            return;
+                        }
+                        tracing::warn!(error = %text, retry_in_s = retry.as_secs(), "client certificate renewal failed; retrying");
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(RENEW_CHECK_MAX);
+                    }
+                }
+            }
+        })
     }
 }
 

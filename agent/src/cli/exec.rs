@@ -87,6 +87,9 @@ fn spec(args: &ExecArgs) -> anyhow::Result<Spec> {
 pub(super) async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
     let spec = spec(&args).map_err(|e| Failure::with_code(super::exit::USAGE, e))?;
     let client = Arc::new(args.client.client()?);
-    let code = crate::exec::run(spec, client).await?;
+    let renewal = args.client.keep_renewed(client.clone());
+    let code = crate::exec::run(spec, client).await;
+    renewal.abort();
+    let code = code?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -121,6 +121,7 @@ pub(super) async fn run(args: RenderArgs) -> Result<ExitCode, Failure> {
         };
     }
 
+    let renewal = args.client.keep_renewed(client.clone());
     let (tx, changes) = mpsc::channel(1024);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let watcher = tokio::spawn(crate::render::sse::follow(
@@ -137,5 +138,6 @@ pub(super) async fn run(args: RenderArgs) -> Result<ExitCode, Failure> {
     let _ = stop_tx.send(true);
     runner.await.context("the renderer stopped unexpectedly")?;
     watcher.abort();
+    renewal.abort();
     Ok(ExitCode::SUCCESS)
 }
