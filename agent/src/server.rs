@@ -319,6 +319,9 @@ impl Running {
     pub async fn stop(self) {
         self.notifier.stopping();
         let _ = self.stop.send(true);
+        // Watch streams never end by themselves: each gets `shutdown` and ends, so
+        // the drain waits only for requests.
+        self.state.watchers.close();
         if let Some((engine, task)) = self.engine {
             let stopped = engine.shutdown(LIFECYCLE_GRACE).await;
             if stopped.cut_off > 0 {

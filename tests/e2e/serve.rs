@@ -267,3 +267,47 @@ async fn secrets_survive_a_restart() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_ends_watch_streams_with_a_shutdown_event_and_exits_promptly() -> anyhow::Result<()>
+{
+    use http_body_util::BodyExt as _;
+    let mut agent = Agent::builder().start().await?;
+    let client = latchkey::client::Client::new(
+        agent.endpoint(Via::Socket)?,
+        agent.tls_for(&agent.admin_identity())?,
+    );
+    let (status, mut body) = client
+        .stream("/v1/watch?prefix=apps/")
+        .await
+        .map_err(|e| anyhow::anyhow!("watch: {e}"))?;
+    assert_eq!(status, 200);
+    let reader = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                text.push_str(&String::from_utf8_lossy(data));
+            }
+        }
+        text
+    });
+    // Let the stream's first line arrive, then stop the agent.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let exit = agent.stop().await?;
+    assert!(exit.success(), "{exit:?}");
+    let text = crate::harness::within(
+        "the stream to end",
+        std::time::Duration::from_secs(5),
+        reader,
+    )
+    .await??;
+    assert!(text.contains("event: shutdown\n"), "{text}");
+    // Without the last event the drain would wait for the stream for its full time.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

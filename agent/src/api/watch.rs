@@ -4,7 +4,9 @@
 //! the path, the version and what happened (`updated`, `deleted`, `rotated`, …),
 //! never a value, and only for paths the caller may read or list. A watcher that
 //! falls behind gets a `lagged` event and should re-read what it uses. A comment
-//! line every 15 seconds keeps idle connections and proxies alive.
+//! line every 15 seconds keeps idle connections and proxies alive. When the agent
+//! stops, every stream gets a last `shutdown` event and ends, so the drain does not
+//! wait for streams that never end by themselves and watchers know to reconnect.
 //!
 //! One identity holds at most `limits.max_watchers_per_identity` streams at once
 //! ([`Watchers`]); past that a watch gets `429 too_many_watchers`, so one app cannot
@@ -30,6 +32,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub struct Watchers {
     max: usize,
     held: Mutex<HashMap<Arc<str>, usize>>,
+    /// Turns true when the agent stops: every stream says `shutdown` and ends.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Watchers {
@@ -38,7 +42,13 @@ impl Watchers {
         Arc::new(Self {
             max,
             held: Mutex::new(HashMap::new()),
+            closing: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Ends every stream, open and to come, with a `shutdown` event.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     fn take(self: &Arc<Self>, identity: &Arc<str>) -> Option<WatchSlot> {
@@ -102,6 +112,7 @@ pub(super) async fn watch(
         return Err(err);
     };
     let mut rx = state.events.subscribe();
+    let mut closing = state.watchers.closing.subscribe();
     let (tx, body) = Body::channel(16);
     let conn = conn.clone();
     tokio::spawn(async move {
@@ -134,6 +145,11 @@ pub(super) async fn watch(
                     Err(RecvError::Closed) => return,
                 },
                 _ = tick.tick() => ": keep-alive\n\n".to_owned(),
+                () = async { drop(closing.wait_for(|c| *c).await) } => {
+                    let last = "event: shutdown\ndata: {\"reason\":\"the agent is stopping\"}\n\n";
+                    let _ = tx.send(Bytes::from(last)).await;
+                    return;
+                }
                 _ = tx.closed() => return,
             };
             if tx.send(Bytes::from(chunk)).await.is_err() {
