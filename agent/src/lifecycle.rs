@@ -439,9 +439,6 @@ impl Engine {
                 .events
                 .publish(Event::now(kind, path.clone(), Some(version)));
         }
-        self.inner
-            .outcomes
-            .count(plugin, op, outcome == Outcome::Ok);
         self.audit(op, path, Some(version), outcome, detail);
     }
 
@@ -453,6 +450,12 @@ impl Engine {
         outcome: Outcome,
         detail: &str,
     ) {
+        // Every finished operation is audited here, so it is counted here too.
+        if let Some(policy) = self.policy(path) {
+            self.inner
+                .outcomes
+                .count(&policy.plugin, op, outcome == Outcome::Ok);
+        }
         let mut record = Record::now(ACTOR.into(), None, op, Some(path.as_str()));
         record.outcome = outcome;
         record.version = version;

@@ -301,6 +301,7 @@ struct Rule {
 pub struct Providers {
     plugins: HashMap<String, host::Plugin>,
     rules: Vec<Rule>,
+    calls: crate::metrics::PluginCalls,
 }
 
 impl std::fmt::Debug for Providers {
@@ -338,6 +339,7 @@ impl Providers {
         Providers {
             plugins: HashMap::new(),
             rules: Vec::new(),
+            calls: crate::metrics::PluginCalls::default(),
         }
     }
 
@@ -420,7 +422,14 @@ impl Providers {
         Ok(Providers {
             plugins: loaded,
             rules: compiled,
+            calls: crate::metrics::PluginCalls::default(),
         })
+    }
+
+    /// Counts every call in `calls` (the agent's `/metrics`).
+    pub fn with_metrics(mut self, calls: crate::metrics::PluginCalls) -> Self {
+        self.calls = calls;
+        self
     }
 
     fn rule_for(&self, path: &SecretPath) -> Option<&Rule> {
@@ -453,12 +462,29 @@ impl Providers {
         host_cred
     }
 
-    /// Unfolds the host's two layers (host fault outside, plugin answer inside).
+    /// Unfolds the host's two layers (host fault outside, plugin answer inside), and
+    /// counts the call, which began at `started`.
     fn unfold<T>(
+        &self,
         rule: &Rule,
         operation: host::Operation,
+        started: std::time::Instant,
         result: host::CallResult<T>,
     ) -> Result<T, Failure> {
+        let outcome = match &result {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "error",
+            Err(host::CallError::Timeout { .. }) => "timeout",
+            Err(host::CallError::MemoryLimit { .. }) => "memory",
+            Err(host::CallError::Trap { .. }) => "trap",
+            Err(_) => "refused",
+        };
+        self.calls.record(
+            &rule.plugin,
+            operation.as_str(),
+            outcome,
+            started.elapsed().as_secs_f64(),
+        );
         match result {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(source)) => Err(Failure::Answered {
@@ -486,10 +512,11 @@ impl Provider for Providers {
 
     async fn validate(&self, path: &SecretPath, cred: &Credential) -> Result<Validation, Failure> {
         let (rule, plugin) = self.plugin_for(path)?;
+        let started = std::time::Instant::now();
         let answer = plugin
             .validate(rule.config.clone(), Self::host_cred(plugin, cred))
             .await;
-        let v = Self::unfold(rule, host::Operation::Validate, answer)?;
+        let v = self.unfold(rule, host::Operation::Validate, started, answer)?;
         Ok(Validation {
             valid: v.valid,
             detail: v.detail,
@@ -509,6 +536,7 @@ impl Provider for Providers {
         seed: Option<&host::Seed>,
     ) -> Result<Credential, Failure> {
         let (rule, plugin) = self.plugin_for(path)?;
+        let started = std::time::Instant::now();
         let answer = plugin
             .create_pending_seeded(
                 rule.config.clone(),
@@ -516,24 +544,26 @@ impl Provider for Providers {
                 seed.cloned(),
             )
             .await;
-        Self::unfold(rule, host::Operation::CreatePending, answer)
+        self.unfold(rule, host::Operation::CreatePending, started, answer)
             .map(|c| Credential::from_host(&c))
     }
 
     async fn retire(&self, path: &SecretPath, cred: &Credential) -> Result<(), Failure> {
         let (rule, plugin) = self.plugin_for(path)?;
+        let started = std::time::Instant::now();
         let answer = plugin
             .retire(rule.config.clone(), Self::host_cred(plugin, cred))
             .await;
-        Self::unfold(rule, host::Operation::Retire, answer)
+        self.unfold(rule, host::Operation::Retire, started, answer)
     }
 
     async fn refresh(&self, path: &SecretPath, cred: &Credential) -> Result<Credential, Failure> {
         let (rule, plugin) = self.plugin_for(path)?;
+        let started = std::time::Instant::now();
         let answer = plugin
             .refresh(rule.config.clone(), Self::host_cred(plugin, cred))
             .await;
-        let fresh = Self::unfold(rule, host::Operation::Refresh, answer)?;
+        let fresh = self.unfold(rule, host::Operation::Refresh, started, answer)?;
         let mut fresh = Credential::from_host(&fresh);
         for (name, value) in cred.fields.iter() {
             if fresh.fields.get(name).is_none() {

@@ -452,7 +452,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         audit.clone(),
     )
     .await?;
-    let providers = Arc::new(providers);
+    let metrics = crate::metrics::Metrics::new();
+    let providers = Arc::new(providers.with_metrics(metrics.plugin_calls()));
     let cache = Arc::new(HotCache::new(config.hot_cache_entries));
     let events = crate::events::Events::new();
     let (stop, stop_rx) = watch::channel(false);
@@ -476,7 +477,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         ),
     };
     let sync_task = sync.spawn(stop_rx.clone());
-    let metrics = crate::metrics::Metrics::new();
     let engine = providers.has_rules().then(|| {
         crate::lifecycle::Engine::new(crate::lifecycle::Parts {
             providers: Arc::clone(&providers) as Arc<dyn Provider>,

@@ -577,3 +577,25 @@ async fn the_pending_credential_is_readable_by_a_rotator_while_it_is_tested() ->
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn plugin_calls_and_lifecycle_outcomes_are_metrics() -> anyhow::Result<()> {
+    let service = Service::start(ORIGINAL)?;
+    let agent = agent_with_key(&plugin_toml(&service)?).await?;
+    let out = agent.cli(["validate", "svc/key"]).run().await?;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let (code, text) = rotate(&agent).await?;
+    assert_eq!(code, 0, "{text}");
+    let scrape = agent.admin()?.get("/metrics").await?.body;
+    for series in [
+        "latchkey_plugin_calls_total{plugin=\"svc\",call=\"validate\",outcome=\"ok\"}",
+        "latchkey_plugin_calls_total{plugin=\"svc\",call=\"create-pending\",outcome=\"ok\"} 1",
+        "latchkey_plugin_call_duration_seconds_count{plugin=\"svc\",call=\"create-pending\"} 1",
+        "latchkey_lifecycle_operations_total{plugin=\"svc\",op=\"validate\",outcome=\"ok\"} 1",
+        "latchkey_lifecycle_operations_total{plugin=\"svc\",op=\"rotate\",outcome=\"ok\"} 1",
+    ] {
+        assert!(scrape.contains(series), "{series} in:\n{scrape}");
+    }
+    assert!(!scrape.contains(ORIGINAL), "no values");
+    Ok(())
+}
