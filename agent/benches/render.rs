@@ -162,7 +162,13 @@ async fn run(opts: Options) {
     // Change -> rewrite latency, through the daemon's renderer task.
     let events = Events::new();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let task = latchkey::render::spawn(templates.clone(), store.clone(), &events, stop);
+    let task = latchkey::render::spawn(
+        templates.clone(),
+        store.clone(),
+        &events,
+        latchkey::metrics::TemplateRenders::default(),
+        stop,
+    );
     // The task renders everything first (all unchanged); wait for it to settle.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut latencies = Vec::with_capacity(opts.changes);

@@ -178,6 +178,57 @@ impl PluginCalls {
     }
 }
 
+/// Labels of the template render counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TemplateLabels {
+    /// The template's name (from the config).
+    pub template: String,
+    /// `changed`, `unchanged`, `failed`, `action-failed`.
+    pub outcome: &'static str,
+}
+
+/// Template renders by outcome, and which templates fail now (for `/v1/health`);
+/// handed to the agent's renderer.
+#[derive(Clone, Debug, Default)]
+pub struct TemplateRenders(
+    Family<TemplateLabels, Counter>,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+);
+
+impl TemplateRenders {
+    /// Counts one render of `template`; `failing` says whether its file is now
+    /// behind (the render or its on_change action failed).
+    pub fn record(&self, template: &str, outcome: &'static str, failing: bool) {
+        self.0
+            .get_or_create(&TemplateLabels {
+                template: template.to_owned(),
+                outcome,
+            })
+            .inc();
+        let mut set = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        if failing {
+            set.insert(template.to_owned());
+        } else {
+            set.remove(template);
+        }
+    }
+
+    /// Forgets which templates failed (a new set of templates replaces the old).
+    pub fn reset(&self) {
+        self.1.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The templates whose last render failed.
+    pub fn failing(&self) -> Vec<String> {
+        self.1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
 /// Labels of the breaker gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AddressLabels {
@@ -211,6 +262,7 @@ pub struct Metrics {
     outcomes: LifecycleOutcomes,
     certificates: CertificateExpiry,
     plugin_calls: PluginCalls,
+    renders: TemplateRenders,
 }
 
 impl Default for Metrics {
@@ -240,6 +292,12 @@ impl Metrics {
         let outcomes = LifecycleOutcomes::default();
         let certificates = CertificateExpiry::default();
         let plugin_calls = PluginCalls::default();
+        let renders = TemplateRenders::default();
+        registry.register(
+            "template_renders",
+            "Renders of the agent's templates by template and outcome (changed, unchanged, failed, action-failed)",
+            renders.0.clone(),
+        );
         registry.register(
             "plugin_calls",
             "Calls into provider plugins by plugin, call and outcome (ok, error, timeout, memory, trap, refused)",
@@ -339,7 +397,13 @@ impl Metrics {
             outcomes,
             certificates,
             plugin_calls,
+            renders,
         }
+    }
+
+    /// The template render counters, for the renderer.
+    pub fn template_renders(&self) -> TemplateRenders {
+        self.renders.clone()
     }
 
     /// The plugin call counters, for the providers.

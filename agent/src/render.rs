@@ -136,6 +136,7 @@ pub fn spawn(
     templates: Vec<Template>,
     store: Store,
     events: &Events,
+    renders: crate::metrics::TemplateRenders,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let mut rx = events.subscribe();
@@ -155,7 +156,10 @@ pub fn spawn(
     });
     let source = Arc::new(source::StoreSource::new(store));
     tokio::spawn(async move {
-        Runner::new(templates, source).run(changes, stop).await;
+        Runner::new(templates, source)
+            .with_metrics(renders)
+            .run(changes, stop)
+            .await;
         forward.abort();
     })
 }

@@ -242,13 +242,17 @@ impl Running {
         if differs(&config.templates, &new.templates) {
             let templates = new.templates.clone();
             let (store, events) = (self.store.clone(), self.state.events.clone());
+            let renders = self.state.metrics.template_renders();
             Tasks::replace(
                 &self.renderer,
                 Tasks::start(|stop| {
+                    renders.reset();
                     if templates.is_empty() {
                         Vec::new()
                     } else {
-                        vec![crate::render::spawn(templates, store, &events, stop)]
+                        vec![crate::render::spawn(
+                            templates, store, &events, renders, stop,
+                        )]
                     }
                 }),
                 "renderer",
@@ -527,6 +531,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 config.templates.clone(),
                 store.clone(),
                 &state.events,
+                state.metrics.template_renders(),
                 stop,
             )]
         }

@@ -128,13 +128,14 @@ async fn latchkey_reload_says_what_changed_or_every_problem() -> anyhow::Result<
         "{}",
         applied.stdout
     );
-    let audited = reloads(&agent, "ok")?;
-    assert!(
-        audited
-            .iter()
-            .any(|r| r["peer"].as_str().is_some_and(|i| i.contains("admin"))),
-        "audited as the admin who asked: {audited:?}"
-    );
+    // The audit writer appends in the background: the answer may come first.
+    agent
+        .wait_for_audit("the reload, audited as the admin who asked", |r| {
+            r["op"] == "reload"
+                && r["outcome"] == "ok"
+                && r["peer"].as_str().is_some_and(|i| i.contains("admin"))
+        })
+        .await?;
 
     // A broken config: exit 64, each problem on stderr with its line, nothing changed.
     std::fs::write(

@@ -515,3 +515,44 @@ async fn render_command_keeps_files_current_as_a_client() -> anyhow::Result<()> 
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failing_template_degrades_health_and_is_counted_until_it_renders() -> anyhow::Result<()>
+{
+    let mut agent = Agent::builder().start().await?;
+    let out = agent.scratch().join("late.txt");
+    add_templates(
+        &mut agent,
+        &format!(
+            "[[template]]\nname = \"late\"\ncontents = \"v={{{{ secret('apps/late').v }}}}\\n\"\ndestination = {}\n",
+            toml_path(&out)
+        ),
+    )
+    .await?;
+    let admin = agent.admin()?;
+    // The secret does not exist yet: the render fails and health says which.
+    let health = eventually("health to name the failing template", WAIT, || async {
+        let h = admin.health().await.ok()?;
+        (h.json()["templates"]["failing"][0] == "late").then_some(h)
+    })
+    .await?;
+    assert_eq!(health.status, 429, "{}", health.body);
+    let metrics = admin.get("/metrics").await?.body;
+    assert!(
+        metrics.contains("latchkey_template_renders_total{template=\"late\",outcome=\"failed\"}"),
+        "{metrics}"
+    );
+    admin.write("apps/late", json!({"v": "here"})).await?;
+    wait_for_content(&out, "late.txt", |t| t == "v=here\n").await?;
+    eventually("health ok again", WAIT, || async {
+        (admin.health().await.ok()?.status == 200).then_some(())
+    })
+    .await?;
+    let metrics = admin.get("/metrics").await?.body;
+    assert!(
+        metrics
+            .contains("latchkey_template_renders_total{template=\"late\",outcome=\"changed\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -37,7 +37,7 @@ pub(super) fn whoami(conn: &Conn) -> Response<Body> {
 /// | status | HTTP | when |
 /// | --- | --- | --- |
 /// | `ok` | 200 | the store is sound, the upstream current, the certificates and credentials in date |
-/// | `degraded` | 429 | still serving, but: the upstream is failing (reads are served stale within the grace period), deletions are held, an address's circuit breaker is open, a certificate expires within 7 days (or an app's has expired), or a credential is expired, invalid, revoked or needs a new login |
+/// | `degraded` | 429 | still serving, but: the upstream is failing (reads are served stale within the grace period), deletions are held, an address's circuit breaker is open, a certificate expires within 7 days (or an app's has expired), a template's last render failed, or a credential is expired, invalid, revoked or needs a new login |
 /// | `failing` | 503 | the upstream has failed past the grace period (reads of cached secrets fail), or the server's or the CA's certificate has expired |
 /// | `damaged` | 503 | the store reports problems |
 ///
@@ -121,10 +121,17 @@ pub(super) fn health_view(
     let (upstream_status, upstream) = upstream_health(state, admin);
     let (cert_status, certificates) = certificate_health(state);
     let (lifecycle_status, lifecycle) = lifecycle_health(state);
+    let failing_templates = state.metrics.template_renders().failing();
+    let template_status = if failing_templates.is_empty() {
+        Status::Ok
+    } else {
+        Status::Degraded
+    };
     let status = store_status
         .max(upstream_status)
         .max(cert_status)
-        .max(lifecycle_status);
+        .max(lifecycle_status)
+        .max(template_status);
     let code = match status {
         Status::Ok => StatusCode::OK,
         Status::Degraded => codes.degraded,
@@ -136,6 +143,10 @@ pub(super) fn health_view(
         "store": store,
         "upstream": upstream,
         "certificates": certificates,
+        "templates": {
+            "status": template_status.as_str(),
+            "failing": failing_templates,
+        },
     });
     if let Some(lifecycle) = lifecycle {
         body["lifecycle"] = lifecycle;

@@ -102,6 +102,7 @@ pub struct Runner {
     engine: Arc<Engine>,
     source: Arc<dyn Source>,
     slots: Vec<Slot>,
+    renders: Option<crate::metrics::TemplateRenders>,
 }
 
 impl Runner {
@@ -119,7 +120,15 @@ impl Runner {
                     busy: Arc::new(AtomicBool::new(false)),
                 })
                 .collect(),
+            renders: None,
         }
+    }
+
+    /// Counts every render in `renders` (the agent's `/metrics` and health).
+    pub fn with_metrics(mut self, renders: crate::metrics::TemplateRenders) -> Runner {
+        renders.reset();
+        self.renders = Some(renders);
+        self
     }
 
     /// Number of templates.
@@ -307,6 +316,17 @@ impl Runner {
                     report.outcome = Outcome::ActionFailed(e);
                 }
                 Err(e) => tracing::error!(error = %e, "on_change action panicked"),
+            }
+        }
+        if let Some(renders) = &self.renders {
+            for report in &reports {
+                let (outcome, failing) = match &report.outcome {
+                    Outcome::Changed => ("changed", false),
+                    Outcome::Unchanged | Outcome::WouldChange => ("unchanged", false),
+                    Outcome::Failed(_) => ("failed", true),
+                    Outcome::ActionFailed(_) => ("action-failed", true),
+                };
+                renders.record(&report.name, outcome, failing);
             }
         }
         reports
