@@ -24,7 +24,8 @@
 //!    error, p50/p99 of reads started within ±500 ms of each planned operation
 //!    against the reads outside every window, and the client's CPU per read; exits
 //!    non-zero if anything failed, the fds grew past `--max-fd-growth` or RSS
-//!    drifted past `--max-drift` MiB/min.
+//!    drifted past `--max-drift` MiB/min (judged on runs of 2 minutes or more: a
+//!    shorter one, like `--quick`'s 30 s, is still in the agent's warm-up growth).
 //!
 //! Warm-up (`--warmup`, 10 s) runs each operation once before anything is counted
 //! in the figures (its failures still count), so pools and caches that fill once
