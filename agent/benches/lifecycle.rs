@@ -48,15 +48,12 @@ use http::Method;
 use latchkey::client::Client;
 use latchkey::secret::SecretBytes;
 use serde_json::{json, Value};
-use sqlx::Connection as _;
 
 use common::agent::{self, admin_client};
+use common::postgres::{self, URL_ENV as PG_URL_ENV};
 use common::process::Proc;
 use common::procfs;
 
-/// The environment variable the agent's `[[sql]]` reads the admin URL from.
-const PG_URL_ENV: &str = "LATCHKEY_BENCH_PG_URL";
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// Background rotations while reads are measured.
 const BACKGROUND_ROTATORS: usize = 4;
 
@@ -86,7 +83,7 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
         read: Duration::from_secs(10),
         read_rounds: 2,
         read_interval: Duration::from_millis(2),
-        pg_url: std::env::var(PG_URL_ENV).unwrap_or_else(|_| DEFAULT_PG_URL.to_owned()),
+        pg_url: postgres::url_from_env(),
         agent_bin: PathBuf::from(env!("CARGO_BIN_EXE_latchkey")),
     };
     let mut it = args.iter();
@@ -141,40 +138,9 @@ fn main() {
     common::runtime::main("lifecycle bench failed", parse_opts, run);
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Builds the `postgres` provider for wasm32-wasip2 into the same target dir the
-/// tests use (`tests/harness/wasm.rs`), so a tested tree builds nothing here, and
-/// installs it as `<dir>/postgres.wasm` beside `postgres.toml`. Returns the wasm
-/// path and its sha256.
-fn install_postgres_plugin(dir: &Path) -> anyhow::Result<(PathBuf, String)> {
-    let built = latchkey_guest_build::Guests::new(workspace_root(), env!("CARGO_TARGET_TMPDIR"))
-        .build("latchkey-plugin-postgres")
-        .map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(dir)?;
-    let wasm = dir.join("postgres.wasm");
-    std::fs::copy(&built, &wasm).with_context(|| format!("copy {}", built.display()))?;
-    std::fs::copy(
-        workspace_root().join("plugins/postgres/plugin.toml"),
-        dir.join("postgres.toml"),
-    )
-    .context("copy the postgres manifest")?;
-    let bytes = std::fs::read(&wasm)?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-    Ok((wasm, hex::encode(digest.as_ref())))
-}
-
 /// The `[[sql]]`, `[[plugin]]` and `[scheduler]` blocks every agent here gets.
 fn provider_toml(opts: &Opts, wasm: &Path, sha256: &str, pool: usize) -> String {
-    format!(
-        "\n[[sql]]\nname = \"postgres\"\nurl_env = \"{PG_URL_ENV}\"\nmax_connections = {pool}\n\n\
-         [[plugin]]\nname = \"postgres\"\nwasm = {wasm:?}\nsha256 = \"{sha256}\"\nsql = [\"postgres\"]\n\n\
-         [scheduler]\nconcurrency = {}\n",
-        opts.scheduler_concurrency,
-        wasm = wasm.display().to_string(),
-    )
+    postgres::provider_toml(wasm, sha256, pool, opts.scheduler_concurrency)
 }
 
 fn spawn_agent(opts: &Opts, config: &Path, log: &Path) -> anyhow::Result<Proc> {
@@ -190,20 +156,7 @@ fn spawn_agent(opts: &Opts, config: &Path, log: &Path) -> anyhow::Result<Proc> {
 
 /// Waits for `/v1/health`; fails if the agent exits first.
 async fn wait_ready(dir: &Path, agent: &mut Proc, log: &Path) -> anyhow::Result<()> {
-    let client = admin_client(dir)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(reply) = client.get("/v1/health").await {
-            if reply.status == 200 {
-                return Ok(());
-            }
-        }
-        agent.check_alive(Some(log))?;
-        if Instant::now() > deadline {
-            bail!("the agent did not answer /v1/health within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    agent::wait_ready(dir, agent, log, Duration::from_secs(120)).await
 }
 
 async fn put(client: &Client, path: &str, body: &Value) -> anyhow::Result<()> {
@@ -240,9 +193,7 @@ struct Roles {
 
 impl Roles {
     async fn connect(&self) -> anyhow::Result<sqlx::PgConnection> {
-        sqlx::PgConnection::connect(&self.url)
-            .await
-            .with_context(|| format!("connect to PostgreSQL at {}", self.url))
+        postgres::connect(&self.url).await
     }
 
     /// Drops leftovers of an earlier run and creates `_a` (LOGIN) and `_b` (NOLOGIN).
@@ -280,12 +231,7 @@ impl Roles {
     }
 
     async fn can_login(&self, name: &str) -> anyhow::Result<bool> {
-        let mut db = self.connect().await?;
-        let row: (bool,) = sqlx::query_as("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
-            .bind(name)
-            .fetch_one(&mut db)
-            .await?;
-        Ok(row.0)
+        postgres::can_login(&self.url, name).await
     }
 }
 
@@ -761,33 +707,18 @@ async fn idle(opts: &Opts, root: &Path, wasm: &Path, sha: &str) -> anyhow::Resul
     Ok(Idle { with_rule, without })
 }
 
-fn machine() -> String {
-    let cpu = common::machine::cpu_model().unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = common::machine::load_average();
-    format!("{cores} cores (nproc), {cpu}; load average at the start {load}")
-}
-
-async fn pg_version(url: &str) -> anyhow::Result<String> {
-    let mut db = sqlx::PgConnection::connect(url).await?;
-    let row: (String,) = sqlx::query_as("SHOW server_version")
-        .fetch_one(&mut db)
-        .await?;
-    Ok(row.0)
-}
-
 async fn run(opts: Opts) -> anyhow::Result<()> {
     if !opts.agent_bin.exists() {
         bail!("{} does not exist", opts.agent_bin.display());
     }
-    let machine = machine();
-    let pg = pg_version(&opts.pg_url)
+    let machine = common::machine::summary();
+    let pg = postgres::version(&opts.pg_url)
         .await
         .with_context(|| format!("PostgreSQL at {} (set --pg-url)", opts.pg_url))?;
     let root = tempfile::Builder::new()
         .prefix("latchkey-lifecycle-bench-")
         .tempdir()?;
-    let (wasm, sha) = install_postgres_plugin(&root.path().join("plugins"))?;
+    let (wasm, sha) = postgres::install_plugin(&root.path().join("plugins"))?;
     let rot = rotations(&opts, root.path(), &wasm, &sha).await?;
     let idle = idle(&opts, root.path(), &wasm, &sha).await?;
     let date = common::machine::date();

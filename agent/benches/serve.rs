@@ -108,14 +108,7 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
             "--no-startup" => o.startup = false,
             "--no-variant" => o.variant = false,
             "--write" => {
-                // `cargo bench` runs this in the package folder; relative paths are
-                // taken from the workspace root, where the command is typed.
-                let path = PathBuf::from(val()?);
-                o.write = Some(if path.is_relative() {
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-                } else {
-                    path
-                });
+                o.write = Some(common::markdown::from_workspace(val()?));
             }
             "--keep" => o.keep = true,
             "--pin" => {

@@ -53,3 +53,31 @@ pub fn admin_client(dir: &Path) -> anyhow::Result<Client> {
         tls,
     ))
 }
+
+/// Waits up to `timeout` for the agent made in `dir` to answer `/v1/health` to its
+/// admin certificate; fails at once if the process exits first (the error holds its
+/// `log`).
+pub async fn wait_ready(
+    dir: &Path,
+    agent: &mut super::process::Proc,
+    log: &Path,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let client = admin_client(dir)?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(reply) = client.get("/v1/health").await {
+            if reply.status == 200 {
+                return Ok(());
+            }
+        }
+        agent.check_alive(Some(log))?;
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the agent did not answer /v1/health within {} s",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -67,3 +67,19 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
         hwm_kib: status_kib(pid, "VmHWM")?,
     })
 }
+
+/// Open file descriptors of a process: the entries of `/proc/PID/fd`.
+pub fn fd_count(pid: u32) -> anyhow::Result<usize> {
+    let path = format!("/proc/{pid}/fd");
+    Ok(std::fs::read_dir(&path)
+        .with_context(|| format!("cannot list {path}"))?
+        .count())
+}
+
+/// Threads of a process: the entries of `/proc/PID/task`.
+pub fn threads(pid: u32) -> anyhow::Result<usize> {
+    let path = format!("/proc/{pid}/task");
+    Ok(std::fs::read_dir(&path)
+        .with_context(|| format!("cannot list {path}"))?
+        .count())
+}

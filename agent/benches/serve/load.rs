@@ -89,7 +89,7 @@ pub struct Target {
 
 type Io = TokioIo<tokio_rustls::client::TlsStream<UnixStream>>;
 
-async fn open(target: &Target) -> anyhow::Result<Io> {
+pub async fn open(target: &Target) -> anyhow::Result<Io> {
     let stream = UnixStream::connect(&target.socket)
         .await
         .with_context(|| format!("cannot connect to {}", target.socket.display()))?;
@@ -167,6 +167,28 @@ pub async fn wait_healthy(
     }
 }
 
+/// `GET uri` on a keep-alive connection; returns the status and the body's length
+/// (the body is read and dropped frame by frame, never collected).
+pub async fn get(
+    sender: &mut SendRequest<Full<Bytes>>,
+    uri: &http::Uri,
+) -> anyhow::Result<(StatusCode, usize)> {
+    sender.ready().await?;
+    let req = Request::get(uri.clone())
+        .header(header::HOST, "localhost")
+        .body(Full::new(Bytes::new()))?;
+    let res = sender.send_request(req).await?;
+    let status = res.status();
+    let mut body = res.into_body();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            len += data.len();
+        }
+    }
+    Ok((status, len))
+}
+
 /// What one connection measured.
 pub struct ConnResult {
     pub hist: Histogram<u64>,
@@ -196,19 +218,8 @@ pub async fn conn_loop(
                 return anyhow::Ok(());
             }
             let start = Instant::now();
-            sender.ready().await?;
-            let req = Request::get(uri.clone())
-                .header(header::HOST, "localhost")
-                .body(Full::new(Bytes::new()))?;
-            let res = sender.send_request(req).await?;
-            let ok = res.status() == StatusCode::OK;
-            let mut body = res.into_body();
-            let mut len = 0;
-            while let Some(frame) = body.frame().await {
-                if let Some(data) = frame?.data_ref() {
-                    len += data.len();
-                }
-            }
+            let (status, len) = get(&mut sender, &uri).await?;
+            let ok = status == StatusCode::OK;
             let took = start.elapsed();
             if p == MEASURE {
                 out.requests += 1;
