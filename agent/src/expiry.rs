@@ -48,6 +48,20 @@ fn holder_path(holder: &str) -> String {
     }
 }
 
+/// The warning due with `left` seconds to go: 0 once expired, else the tightest of
+/// [`WARN_DAYS`] reached (7 before 14 before 30) among those `applies` allows;
+/// `None` when none is.
+fn threshold(left: i64, applies: impl Fn(i64) -> bool) -> Option<i64> {
+    if left <= 0 {
+        return Some(0);
+    }
+    WARN_DAYS
+        .iter()
+        .rev()
+        .copied()
+        .find(|d| left <= d * DAY && applies(*d))
+}
+
 /// The warnings due for `entries` at `now` (unix seconds) that are not in `sent`.
 fn due(entries: &[Entry], now: i64, sent: &HashSet<Mark>) -> Vec<(Mark, Kind)> {
     let mut out = Vec::new();
@@ -55,15 +69,13 @@ fn due(entries: &[Entry], now: i64, sent: &HashSet<Mark>) -> Vec<(Mark, Kind)> {
         let Some(expires_at) = entry.expires_at else {
             continue;
         };
-        let left = expires_at - now;
-        let (threshold, kind) = if left <= 0 {
-            (0, Kind::Expired)
+        let Some(threshold) = threshold(expires_at - now, |_| true) else {
+            continue;
+        };
+        let kind = if threshold == 0 {
+            Kind::Expired
         } else {
-            // The tightest threshold reached: 7 before 14 before 30.
-            match WARN_DAYS.iter().rev().find(|d| left <= *d * DAY) {
-                Some(d) => (*d, Kind::Expiring),
-                None => continue,
-            }
+            Kind::Expiring
         };
         let mark = (entry.path.to_string(), entry.current_version, threshold);
         if !sent.contains(&mark) {
@@ -141,18 +153,8 @@ impl Expiry {
         let mut due = Vec::new();
         for cert in &watched {
             gauge.set(&cert.holder, cert.not_after, now);
-            let left = cert.not_after - now;
-            let threshold = if left <= 0 {
-                0
-            } else {
-                match WARN_DAYS
-                    .iter()
-                    .rev()
-                    .find(|d| left <= *d * DAY && cert.warns_at(**d))
-                {
-                    Some(d) => *d,
-                    None => continue,
-                }
+            let Some(threshold) = threshold(cert.not_after - now, |d| cert.warns_at(d)) else {
+                continue;
             };
             let mark = (format!("{CERT_MARK}{}", cert.holder), cert.id, threshold);
             if !self.sent.contains(&mark) {

@@ -352,11 +352,7 @@ impl AwsSecretsManager {
         };
         // Refused: make sure it is because another write won, not a bad request.
         let now = self.describe(name).await?;
-        if now
-            .stages
-            .get(checked)
-            .is_some_and(|labels| labels.iter().any(|l| l == Stage::Current.label()))
-        {
+        if carries(&now.stages, checked, Stage::Current.label()) {
             return Err(self.sdk_error(&format!("write {path}"), refused));
         }
         if let Err(e) = self
@@ -791,11 +787,7 @@ impl Upstream for AwsSecretsManager {
             self.move_current(path, &name, &target, current_id, *number)
                 .await?;
         }
-        let pending = described
-            .stages
-            .get(&target)
-            .is_some_and(|labels| labels.iter().any(|l| l == Stage::Pending.label()));
-        if !pending {
+        if !carries(&described.stages, &target, Stage::Pending.label()) {
             return Ok(());
         }
         self.unlabel(
@@ -810,14 +802,9 @@ impl Upstream for AwsSecretsManager {
     async fn unstage(&self, path: &SecretPath, staged: u64) -> Result<(), Error> {
         let name = self.secret_name(path)?;
         let described = self.describe(&name).await?;
-        let Some(target) = described
-            .stages
-            .iter()
-            .find(|(id, labels)| {
-                parse_token(id) == Some(staged)
-                    && labels.iter().any(|l| l == Stage::Pending.label())
-            })
-            .map(|(id, _)| id.clone())
+        let Some(target) = labelled(&described.stages, Stage::Pending.label())
+            .find(|id| parse_token(id) == Some(staged))
+            .cloned()
         else {
             return Ok(());
         };
@@ -877,15 +864,19 @@ fn labelled<'a>(
         .map(|(id, _)| id)
 }
 
+/// Whether version `id` carries `label`.
+fn carries(stages: &HashMap<String, Vec<String>>, id: &str, label: &str) -> bool {
+    stages
+        .get(id)
+        .is_some_and(|labels| labels.iter().any(|l| l == label))
+}
+
 /// The version id labelled `AWSCURRENT`. AWS keeps exactly one; should an upstream
 /// label two (moto has been seen to), the newest the agent numbered wins, whatever
 /// the map's order, so a listing does not flip between them. (`sync` refuses a
 /// version that goes backwards either way.)
 fn current_of(stages: &HashMap<String, Vec<String>>) -> Option<String> {
-    stages
-        .iter()
-        .filter(|(_, labels)| labels.iter().any(|l| l == Stage::Current.label()))
-        .map(|(id, _)| id)
+    labelled(stages, Stage::Current.label())
         .max_by_key(|id| (parse_token(id), *id))
         .cloned()
 }
