@@ -79,10 +79,11 @@ pub struct State {
     pub fallback: crate::fallback::EnvFallback,
     /// Counters and gauges for `/metrics`.
     pub metrics: crate::metrics::Metrics,
-    /// Provider plugins and the secrets they look after.
-    pub providers: Arc<crate::providers::Providers>,
-    /// The lifecycle engine, when any `[[lifecycle]]` rule exists.
-    pub engine: Option<crate::lifecycle::Engine>,
+    /// Provider plugins and the secrets they look after (replaced by a reload).
+    pub providers: Arc<crate::providers::Live>,
+    /// The lifecycle engine, once any `[[lifecycle]]` rule exists (at start or from
+    /// the reload that brought the first one).
+    pub engine: std::sync::OnceLock<crate::lifecycle::Engine>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Deadline for receiving a body.

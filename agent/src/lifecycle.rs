@@ -248,7 +248,7 @@ impl Engine {
     pub fn new(parts: Parts) -> Engine {
         let node = node_id(&parts.spec, &parts.store);
         let status = status::Table::kept_in(parts.store.state_file(crate::state_file::LIFECYCLE));
-        let ledger = ledger::Ledger::new(parts.sync.upstream());
+        let ledger = ledger::Ledger::new(parts.sync.clone());
         Engine {
             inner: Arc::new(Inner {
                 permits: Semaphore::new(parts.spec.concurrency.max(1)),

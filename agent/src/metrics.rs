@@ -178,6 +178,25 @@ impl PluginCalls {
     }
 }
 
+/// Labels of the sync poll counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PollLabels {
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// Polls of the upstream by outcome, handed to the sync loop.
+#[derive(Clone, Debug, Default)]
+pub struct SyncPolls(Family<PollLabels, Counter>);
+
+impl SyncPolls {
+    /// Counts one finished poll.
+    pub fn count(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.0.get_or_create(&PollLabels { outcome }).inc();
+    }
+}
+
 /// Labels of the template render counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TemplateLabels {
@@ -263,6 +282,8 @@ pub struct Metrics {
     certificates: CertificateExpiry,
     plugin_calls: PluginCalls,
     renders: TemplateRenders,
+    sync_polls: SyncPolls,
+    secrets_stale: Gauge,
 }
 
 impl Default for Metrics {
@@ -293,6 +314,18 @@ impl Metrics {
         let certificates = CertificateExpiry::default();
         let plugin_calls = PluginCalls::default();
         let renders = TemplateRenders::default();
+        let sync_polls = SyncPolls::default();
+        let secrets_stale = Gauge::default();
+        registry.register(
+            "sync_polls",
+            "Polls of the upstream by the sync loop, by outcome (ok, failed)",
+            sync_polls.0.clone(),
+        );
+        registry.register(
+            "secrets_stale",
+            "Secrets answered as stale now: every cached secret while the upstream fails, else those the deletion guard holds; upstream_last_sync_age_seconds says how old they are",
+            secrets_stale.clone(),
+        );
         registry.register(
             "template_renders",
             "Renders of the agent's templates by template and outcome (changed, unchanged, failed, action-failed)",
@@ -398,7 +431,14 @@ impl Metrics {
             certificates,
             plugin_calls,
             renders,
+            sync_polls,
+            secrets_stale,
         }
+    }
+
+    /// The sync poll counter, for the sync loop.
+    pub fn sync_polls(&self) -> SyncPolls {
+        self.sync_polls.clone()
     }
 
     /// The template render counters, for the renderer.
@@ -493,6 +533,11 @@ impl Metrics {
             Some(Freshness::Expired { age_seconds }) => (2, Some(age_seconds)),
         };
         self.upstream_stale.set(stale);
+        self.secrets_stale.set(if stale > 0 {
+            i64::try_from(secrets).unwrap_or(i64::MAX)
+        } else {
+            self.held_deletions.get()
+        });
         self.upstream_age
             .set(age.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX)));
         let mut out = String::new();
@@ -557,6 +602,7 @@ mod tests {
         );
         assert!(text.contains("latchkey_store_problems 0"), "{text}");
         assert!(text.contains("latchkey_upstream_stale 1"), "{text}");
+        assert!(text.contains("latchkey_secrets_stale 3"), "{text}");
         assert!(
             text.contains("latchkey_upstream_held_deletions 2"),
             "{text}"

@@ -30,6 +30,9 @@ use crate::path::SecretPath;
 use crate::secret::Fields;
 use crate::store::Secret;
 
+mod live;
+pub use live::Live;
+
 /// `[[plugin]]` as validated by the config: paths anchored at the config's folder
 /// (the manifest's default chosen), the digest in lowercase, grants and limits
 /// parsed. Loading it can still fail on what only the files can say (a digest
@@ -302,6 +305,12 @@ pub struct Providers {
     plugins: HashMap<String, host::Plugin>,
     rules: Vec<Rule>,
     calls: crate::metrics::PluginCalls,
+    /// The host the plugins run in, and what it was built from (a reload with the
+    /// same `[[sql]]` connections and memory cap reuses it).
+    host: Option<(host::PluginHost, String)>,
+    /// Each plugin's section as loaded (a reload reuses a plugin whose section is
+    /// unchanged: same file, digest, grants and limits).
+    loaded_from: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for Providers {
@@ -340,6 +349,8 @@ impl Providers {
             plugins: HashMap::new(),
             rules: Vec::new(),
             calls: crate::metrics::PluginCalls::default(),
+            host: None,
+            loaded_from: HashMap::new(),
         }
     }
 
@@ -351,28 +362,85 @@ impl Providers {
         cache_dir: PathBuf,
         audit: Audit,
     ) -> Result<Self, Error> {
+        Self::build(None, plugins, rules, sql, cache_dir, audit).await
+    }
+
+    /// Loads the sections of a reloaded config: a plugin whose section is unchanged
+    /// is reused as it is (a new digest or grant loads it anew), the host too when
+    /// the `[[sql]]` connections and memory cap are the same. Counts calls where
+    /// `self` does. `self` stays usable until the result replaces it.
+    pub async fn reload(
+        &self,
+        plugins: &[PluginConfig],
+        rules: &[RuleConfig],
+        sql: &[SqlConfig],
+        cache_dir: PathBuf,
+        audit: Audit,
+    ) -> Result<Self, Error> {
+        Ok(
+            Self::build(Some(self), plugins, rules, sql, cache_dir, audit)
+                .await?
+                .with_metrics(self.calls.clone()),
+        )
+    }
+
+    /// The names of the plugins loaded, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.plugins.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    async fn build(
+        previous: Option<&Self>,
+        plugins: &[PluginConfig],
+        rules: &[RuleConfig],
+        sql: &[SqlConfig],
+        cache_dir: PathBuf,
+        audit: Audit,
+    ) -> Result<Self, Error> {
         if plugins.is_empty() && rules.is_empty() {
             return Ok(Self::none());
         }
-        let sql = sql
-            .iter()
-            .map(sql_connection)
-            .collect::<Result<Vec<_>, _>>()?;
         let max_memory = plugins
             .iter()
             .map(|p| p.memory_bytes)
             .max()
             .unwrap_or(128 << 20);
-        let plugin_host = host::PluginHost::new(host::HostConfig {
-            cache_dir: Some(cache_dir),
-            sql,
-            max_instance_memory: max_memory.max(16 << 20),
-            audit: Arc::new(AuditBridge(audit)),
-            ..host::HostConfig::default()
-        })
-        .map_err(Error::Host)?;
+        // The sections, not the connections (those hold the password, and a URL
+        // from the environment is read once, at start).
+        let host_key = format!("{sql:?} {max_memory}");
+        let reused_host = previous
+            .and_then(|p| p.host.as_ref())
+            .filter(|(_, key)| *key == host_key)
+            .map(|(h, _)| h.clone());
+        let plugin_host = match &reused_host {
+            Some(h) => h.clone(),
+            None => host::PluginHost::new(host::HostConfig {
+                cache_dir: Some(cache_dir),
+                sql: sql
+                    .iter()
+                    .map(sql_connection)
+                    .collect::<Result<Vec<_>, _>>()?,
+                max_instance_memory: max_memory.max(16 << 20),
+                audit: Arc::new(AuditBridge(audit)),
+                ..host::HostConfig::default()
+            })
+            .map_err(Error::Host)?,
+        };
         let mut loaded = HashMap::new();
+        let mut loaded_from = HashMap::new();
         for spec in plugins {
+            let section = format!("{spec:?}");
+            let same = previous
+                .filter(|_| reused_host.is_some())
+                .filter(|p| p.loaded_from.get(&spec.name) == Some(&section))
+                .and_then(|p| p.plugins.get(&spec.name));
+            if let Some(plugin) = same {
+                loaded.insert(spec.name.clone(), plugin.clone());
+                loaded_from.insert(spec.name.clone(), section);
+                continue;
+            }
             let manifest =
                 host::Manifest::from_file(&spec.manifest).map_err(|source| Error::Manifest {
                     name: spec.name.clone(),
@@ -402,6 +470,7 @@ impl Providers {
                 })?;
             tracing::info!(plugin = %spec.name, "plugin ready");
             loaded.insert(spec.name.clone(), plugin);
+            loaded_from.insert(spec.name.clone(), section);
         }
         let mut compiled = Vec::new();
         for (i, compiled_rule) in rules.iter().enumerate() {
@@ -423,6 +492,8 @@ impl Providers {
             plugins: loaded,
             rules: compiled,
             calls: crate::metrics::PluginCalls::default(),
+            host: Some((plugin_host, host_key)),
+            loaded_from,
         })
     }
 

@@ -104,6 +104,24 @@ pub enum Reloaded {
     },
 }
 
+/// Logs and audits a refused reload; the answer to give.
+fn refused(
+    path: &std::path::Path,
+    record: &mut crate::audit::Record,
+    problems: Vec<String>,
+) -> Reloaded {
+    tracing::error!(
+        config = %path.display(),
+        problems = %problems.join("; ").replace('\n', " "),
+        "reload refused; the config in force keeps serving"
+    );
+    record.outcome = crate::audit::Outcome::Failed;
+    record.status = 0;
+    record.code = Some("invalid_config");
+    record.detail = Some(format!("{} problem(s), in the log", problems.len()).into());
+    Reloaded::Refused { problems }
+}
+
 /// Background tasks that a reload replaces as a set (the renderer, the webhooks),
 /// with the switch that stops them.
 struct Tasks {
@@ -148,7 +166,8 @@ pub struct Running {
     store: Store,
     writer: crate::audit::Writer,
     state: Arc<State>,
-    engine: Option<(crate::lifecycle::Engine, JoinHandle<()>)>,
+    /// The lifecycle engine's loop (the engine itself is `state.engine`).
+    engine_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     sync: Option<JoinHandle<()>>,
     expiry: JoinHandle<()>,
     /// The template renderer, replaced when a reload changes `[[template]]`.
@@ -172,9 +191,12 @@ pub struct Running {
 
 impl Running {
     /// Re-reads the config at `path` and applies what changes while running: the
-    /// policy (open connections follow it from their next request), the
-    /// revocation list, the templates and the webhooks. A section that only a restart applies is named in the log
-    /// and the audit record. A config that does not validate changes nothing: its
+    /// policy (open connections follow it from their next request), the TLS files
+    /// (CA, server certificate and key, revocation list; at new paths too), the
+    /// plugins and lifecycle rules (calls in flight finish on the old plugin), the
+    /// sync prefixes and intervals and the upstream's settings (a client of the same
+    /// kind), the templates and the webhooks. A section that only a restart applies
+    /// is named in the log and the audit record. A config that does not validate changes nothing: its
     /// problems are logged and the old config keeps serving. Audited either way.
     pub async fn reload(&self, path: &std::path::Path) {
         self.reload_as(path, "(operator: SIGHUP)").await;
@@ -192,23 +214,16 @@ impl Running {
                     crate::config::Error::Invalid { problems, .. } => problems.clone(),
                     other => vec![other.to_string()],
                 };
-                tracing::error!(
-                    config = %path.display(),
-                    problems = %problems.join("; ").replace('\n', " "),
-                    "reload refused; the config in force keeps serving"
-                );
-                record.outcome = crate::audit::Outcome::Failed;
-                record.status = 0;
-                record.code = Some("invalid_config");
-                record.detail = Some(format!("{} problem(s), in the log", problems.len()).into());
-                outcome = Reloaded::Refused { problems };
+                outcome = refused(path, &mut record, problems);
             }
-            Ok(new) => {
-                let changed = self.apply(new);
-                tracing::info!(config = %path.display(), changed = %changed, "config reloaded");
-                record.detail = Some(changed.clone().into());
-                outcome = Reloaded::Applied { changed };
-            }
+            Ok(new) => match self.apply(new).await {
+                Ok(changed) => {
+                    tracing::info!(config = %path.display(), changed = %changed, "config reloaded");
+                    record.detail = Some(changed.clone().into());
+                    outcome = Reloaded::Applied { changed };
+                }
+                Err(problems) => outcome = refused(path, &mut record, problems),
+            },
         }
         self.state.audit.record(record).await;
         self.notifier
@@ -224,22 +239,96 @@ impl Running {
             .take()
     }
 
-    /// Puts `new` in force where it can be; what changed, in words.
-    fn apply(&self, new: Config) -> String {
-        let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        let mut said = Vec::new();
-        if differs(&config.policy, &new.policy) {
+    /// Puts `new` in force where it can be; what changed, in words. What can fail —
+    /// loading changed plugins, building a changed upstream client, reading the TLS
+    /// files — is done first, and a failure of any of them changes nothing: the
+    /// problems come back and the config in force keeps serving.
+    async fn apply(&self, new: Config) -> Result<String, Vec<String>> {
+        let old = self
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut problems = Vec::new();
+        let providers = if differs(
+            &(&old.plugins, &old.lifecycle, &old.sql),
+            &(&new.plugins, &new.lifecycle, &new.sql),
+        ) {
+            let loaded = self
+                .state
+                .providers
+                .current()
+                .reload(
+                    &new.plugins,
+                    &new.lifecycle,
+                    &new.sql,
+                    new.store.state_dir.file(crate::state_file::PLUGINS),
+                    self.state.audit.clone(),
+                )
+                .await;
+            match loaded {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    problems.push(format!("plugins: {}", crate::telemetry::chain(&e)));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let same_kind =
+            old.upstream.as_ref().map(|u| u.name()) == new.upstream.as_ref().map(|u| u.name());
+        let upstream = match &new.upstream {
+            Some(u) if same_kind && differs(&old.upstream, &new.upstream) => {
+                match connect_upstream(u, &new.sync).await {
+                    Ok(built) => built.map(|b| b.client),
+                    Err(e) => {
+                        problems.push(format!("upstream: {}", crate::telemetry::chain(&e)));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        // Last of what can fail, and all or nothing by itself.
+        let tls = match self.tls.reload_files(&new.tls) {
+            Ok(changed) => changed,
+            Err(e) => return Err(vec![format!("tls: {}", crate::telemetry::chain(&e))]),
+        };
+        let mut said: Vec<String> = tls.iter().map(|t| (*t).to_owned()).collect();
+        if differs(&old.policy, &new.policy) {
             self.policy.replace(new.policy.clone());
             said.push(format!("policy ({} rules)", new.policy.len()));
         }
-        match self.tls.reload_crl() {
-            Ok(true) => said.push("revocation list".to_owned()),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "reload: the revocation list could not be read; the previous one stays")
+        if let Some(providers) = providers {
+            let names = providers.names().join(", ");
+            self.state.providers.replace(providers);
+            said.push(format!(
+                "plugins ({names}) and lifecycle rules ({})",
+                new.lifecycle.len()
+            ));
+            match self.state.engine.get() {
+                Some(engine) => engine.rules_changed().await,
+                None if self.state.providers.has_rules() => {
+                    self.start_engine(&new.scheduler);
+                }
+                None => {}
             }
         }
-        if differs(&config.templates, &new.templates) {
+        if differs(&old.sync, &new.sync) || upstream.is_some() {
+            self.state
+                .sync
+                .reconfigure(new.sync.clone(), upstream.clone());
+            said.push(if upstream.is_some() {
+                "upstream and sync".to_owned()
+            } else {
+                format!("sync ({} prefixes)", new.sync.prefixes.len())
+            });
+        }
+        if differs(&old.templates, &new.templates) {
             let templates = new.templates.clone();
             let (store, events) = (self.store.clone(), self.state.events.clone());
             let renders = self.state.metrics.template_renders();
@@ -259,9 +348,9 @@ impl Running {
             );
             said.push(format!("templates ({})", new.templates.len()));
         }
-        if differs(&config.webhooks, &new.webhooks) {
+        if differs(&old.webhooks, &new.webhooks) {
             let (hooks, events) = (new.webhooks.clone(), self.state.events.clone());
-            let agent: Arc<str> = config.trust_domain.as_str().into();
+            let agent: Arc<str> = old.trust_domain.as_str().into();
             Tasks::replace(
                 &self.webhooks,
                 Tasks::start(|stop| crate::webhook::spawn(hooks, &events, agent, stop)),
@@ -270,28 +359,31 @@ impl Running {
             said.push(format!("webhooks ({})", new.webhooks.len()));
         }
         let restart: Vec<&str> = [
-            ("listen", differs(&config.listen, &new.listen)),
-            ("tls", differs(&config.tls, &new.tls)),
+            ("listen", differs(&old.listen, &new.listen)),
             (
                 "storage",
-                differs(&(&config.store, &config.kek), &(&new.store, &new.kek)),
-            ),
-            (
-                "upstream",
                 differs(
-                    &(&config.upstream, &config.sync),
-                    &(&new.upstream, &new.sync),
+                    &(&old.store, &old.kek, old.hot_cache_entries),
+                    &(&new.store, &new.kek, new.hot_cache_entries),
                 ),
             ),
+            ("upstream kind", !same_kind),
             (
-                "plugin",
-                differs(
-                    &(&config.plugins, &config.lifecycle),
-                    &(&new.plugins, &new.lifecycle),
-                ),
+                "sync concurrency",
+                old.sync.concurrency != new.sync.concurrency,
             ),
-            ("limits", differs(&config.limits, &new.limits)),
-            ("audit", differs(&config.audit, &new.audit)),
+            ("scheduler", differs(&old.scheduler, &new.scheduler)),
+            ("limits", differs(&old.limits, &new.limits)),
+            ("audit", differs(&old.audit, &new.audit)),
+            ("metrics", old.metrics_listen != new.metrics_listen),
+            (
+                "env_fallback",
+                differs(&old.env_fallback, &new.env_fallback),
+            ),
+            (
+                "trust_domain",
+                differs(&old.trust_domain, &new.trust_domain),
+            ),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -300,15 +392,35 @@ impl Running {
             tracing::warn!(sections = ?restart, "reload: these sections changed and apply at the next restart");
             said.push(format!("needs a restart: {}", restart.join(", ")));
         }
-        // What is in force: the new policy, templates and webhooks, the old
-        // everything else.
+        // What is in force: the new sections that apply live, the old everything else.
+        let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
         config.policy = new.policy;
         config.templates = new.templates;
         config.webhooks = new.webhooks;
-        if said.is_empty() {
+        config.tls = new.tls;
+        config.plugins = new.plugins;
+        config.lifecycle = new.lifecycle;
+        config.sql = new.sql;
+        let concurrency = config.sync.concurrency;
+        config.sync = new.sync;
+        config.sync.concurrency = concurrency;
+        if same_kind {
+            config.upstream = new.upstream;
+        }
+        Ok(if said.is_empty() {
             "nothing".to_owned()
         } else {
             said.join("; ")
+        })
+    }
+
+    /// Starts the lifecycle engine when a reload brought the first `[[lifecycle]]`
+    /// rule (the agent started without one).
+    fn start_engine(&self, spec: &crate::lifecycle::SchedulerSpec) {
+        let engine = new_engine(&self.state, spec);
+        if self.state.engine.set(engine.clone()).is_ok() {
+            tracing::info!(node = engine.node(), "lifecycle engine running");
+            *self.engine_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(engine.spawn());
         }
     }
 
@@ -326,7 +438,11 @@ impl Running {
         // Watch streams never end by themselves: each gets `shutdown` and ends, so
         // the drain waits only for requests.
         self.state.watchers.close();
-        if let Some((engine, task)) = self.engine {
+        let engine_task = self
+            .engine_task
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        if let (Some(engine), Some(task)) = (self.state.engine.get(), engine_task) {
             let stopped = engine.shutdown(LIFECYCLE_GRACE).await;
             if stopped.cut_off > 0 {
                 tracing::warn!(operations = stopped.cut_off, "lifecycle operations cut off by the stop; the next start finishes or rolls them back");
@@ -457,7 +573,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     )
     .await?;
     let metrics = crate::metrics::Metrics::new();
-    let providers = Arc::new(providers.with_metrics(metrics.plugin_calls()));
+    let providers = Arc::new(crate::providers::Live::new(
+        providers.with_metrics(metrics.plugin_calls()),
+    ));
     let cache = Arc::new(HotCache::new(config.hot_cache_entries));
     let events = crate::events::Events::new();
     let (stop, stop_rx) = watch::channel(false);
@@ -480,21 +598,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             config.sync.clone(),
         ),
     };
+    sync.count_polls_in(metrics.sync_polls());
     let sync_task = sync.spawn(stop_rx.clone());
-    let engine = providers.has_rules().then(|| {
-        crate::lifecycle::Engine::new(crate::lifecycle::Parts {
-            providers: Arc::clone(&providers) as Arc<dyn Provider>,
-            store: store.clone(),
-            events: events.clone(),
-            sync: sync.clone(),
-            audit: audit.clone(),
-            spec: config.scheduler.clone(),
-            clock: crate::clock::Clock::system(),
-            outcomes: metrics.lifecycle_outcomes(),
-        })
-    });
     let state = Arc::new(State {
-        engine: engine.clone(),
+        engine: std::sync::OnceLock::new(),
         store: store.clone(),
         cache,
         audit,
@@ -544,10 +651,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             stop,
         )
     });
-    let engine = engine.map(|engine| {
-        let task = engine.spawn();
+    let engine_task = state.providers.has_rules().then(|| {
+        let engine = new_engine(&state, &config.scheduler);
+        let _ = state.engine.set(engine.clone());
         tracing::info!(node = engine.node(), "lifecycle engine running");
-        (engine, task)
+        engine.spawn()
     });
     // After the webhooks subscribed, so warnings due at start reach them.
     let expiry = crate::expiry::Expiry::new(
@@ -597,7 +705,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         store,
         writer,
         state,
-        engine,
+        engine_task: std::sync::Mutex::new(engine_task),
         sync: sync_task,
         expiry,
         renderer: std::sync::Mutex::new(renderer),
@@ -608,6 +716,20 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         policy: live_policy,
         config: std::sync::Mutex::new(config),
         reload_requests: std::sync::Mutex::new(Some(reload_rx)),
+    })
+}
+
+/// The lifecycle engine over what `state` holds (nothing runs until it is spawned).
+fn new_engine(state: &State, spec: &crate::lifecycle::SchedulerSpec) -> crate::lifecycle::Engine {
+    crate::lifecycle::Engine::new(crate::lifecycle::Parts {
+        providers: Arc::clone(&state.providers) as Arc<dyn Provider>,
+        store: state.store.clone(),
+        events: state.events.clone(),
+        sync: state.sync.clone(),
+        audit: state.audit.clone(),
+        spec: spec.clone(),
+        clock: crate::clock::Clock::system(),
+        outcomes: state.metrics.lifecycle_outcomes(),
     })
 }
 

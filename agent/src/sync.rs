@@ -242,11 +242,17 @@ type MissCell = Arc<OnceCell<Result<bool, Arc<Error>>>>;
 
 /// The sync engine; shared by the API (reads, writes) and its own poll task.
 pub struct Syncer {
-    upstream: Arc<dyn Upstream>,
+    /// The upstream client; a reload may replace it with one of the same kind.
+    upstream: std::sync::RwLock<Arc<dyn Upstream>>,
+    /// Its name and whether it is the store itself (the same for every client a
+    /// reload puts in place; read on every request without the lock).
+    name: String,
+    local: bool,
     store: Store,
     cache: Arc<HotCache>,
     events: Events,
-    config: SyncConfig,
+    /// Replaced by a reload ([`Syncer::reconfigure`]).
+    config: arc_swap::ArcSwap<SyncConfig>,
     budget: Arc<Semaphore>,
     health: Mutex<Health>,
     misses: Mutex<HashMap<SecretPath, MissCell>>,
@@ -266,13 +272,15 @@ pub struct Syncer {
     refusals: Mutex<HashMap<SecretPath, u64>>,
     wake: Notify,
     state_file: PathBuf,
+    /// Where the sync loop counts its polls (`/metrics`), once the agent says.
+    polls: std::sync::OnceLock<crate::metrics::SyncPolls>,
 }
 
 impl std::fmt::Debug for Syncer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Syncer")
-            .field("upstream", &self.upstream.name())
-            .field("config", &self.config)
+            .field("upstream", &self.name)
+            .field("config", &**self.config.load())
             .finish()
     }
 }
@@ -294,11 +302,13 @@ impl Syncer {
             .unwrap_or_default();
         Arc::new(Syncer {
             budget: Arc::new(Semaphore::new(config.concurrency.max(1))),
-            upstream,
+            name: upstream.name().to_owned(),
+            local: upstream.is_local(),
+            upstream: std::sync::RwLock::new(upstream),
             store,
             cache,
             events,
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
             health: Mutex::new(health),
             misses: Mutex::new(HashMap::new()),
             strays: Mutex::new(None),
@@ -309,6 +319,7 @@ impl Syncer {
             refusals: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             state_file,
+            polls: std::sync::OnceLock::new(),
         })
     }
 
@@ -329,23 +340,37 @@ impl Syncer {
     /// The upstream itself, for the lifecycle engine's coordination records and
     /// re-reads (calls made through it bypass the sync's concurrency budget).
     pub fn upstream(&self) -> Arc<dyn Upstream> {
-        Arc::clone(&self.upstream)
+        Arc::clone(&self.upstream.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts a reloaded `[sync]` in force, and `upstream` (the client built from a
+    /// reloaded `[upstream]` of the same kind) when given; calls in flight finish on
+    /// the old client. The next poll starts at once and lists the new prefixes; the
+    /// paths outside them are looked for again. The concurrency budget stays as at
+    /// start.
+    pub fn reconfigure(&self, config: SyncConfig, upstream: Option<Arc<dyn Upstream>>) {
+        self.config.store(Arc::new(config));
+        if let Some(upstream) = upstream {
+            *self.upstream.write().unwrap_or_else(|e| e.into_inner()) = upstream;
+        }
+        *self.strays.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.wake.notify_one();
     }
 
     /// The upstream's addresses and their circuit breakers.
     pub fn addresses(&self) -> Vec<upstream::AddressState> {
-        self.upstream.addresses()
+        self.upstream().addresses()
     }
 
     /// The upstream's name.
     pub fn upstream_name(&self) -> &str {
-        self.upstream.name()
+        &self.name
     }
 
     /// Whether the upstream is the agent's own store (no `[upstream]`, or `kind =
     /// "local"`): nothing to poll, nothing ever stale.
     pub fn is_local(&self) -> bool {
-        self.upstream.is_local()
+        self.local
     }
 
     /// Whether the first poll since start has ended, well or badly (always, for the
@@ -375,7 +400,8 @@ impl Syncer {
             .map(|t| now.saturating_sub(t).max(0) as u64);
         let age_seconds = age_ms.map(|ms| ms / 1000);
         let unconfirmed = !health.confirmed
-            && age_ms.is_some_and(|ms| Duration::from_millis(ms) > self.config.poll_interval);
+            && age_ms
+                .is_some_and(|ms| Duration::from_millis(ms) > self.config.load().poll_interval);
         if health.failing_since_ms.is_none() && !unconfirmed {
             if self.holding.load(Ordering::Relaxed) {
                 // The upstream answers, but its listing disagrees with the cache
@@ -385,11 +411,16 @@ impl Syncer {
             return Freshness::Fresh { age_seconds };
         }
         match age_seconds {
-            Some(age) if Duration::from_secs(age) > self.config.grace => {
+            Some(age) if Duration::from_secs(age) > self.config.load().grace => {
                 Freshness::Expired { age_seconds: age }
             }
             _ => Freshness::Stale { age_seconds },
         }
+    }
+
+    /// Counts the sync loop's polls in `polls` from now on.
+    pub fn count_polls_in(&self, polls: crate::metrics::SyncPolls) {
+        let _ = self.polls.set(polls);
     }
 
     /// Asks the poll task to sync now.
@@ -410,17 +441,21 @@ impl Syncer {
         let this = self.clone();
         Some(tokio::spawn(async move {
             loop {
-                let wait = match this.poll().await {
+                let polled = this.poll().await;
+                if let Some(polls) = this.polls.get() {
+                    polls.count(polled.is_ok());
+                }
+                let wait = match polled {
                     Ok(report) => {
                         tracing::debug!(
-                            upstream = this.upstream.name(),
+                            upstream = this.name.as_str(),
                             listed = report.listed,
                             fetched = report.fetched,
                             deleted = report.deleted,
                             elapsed_ms = report.elapsed_ms,
                             "sync done"
                         );
-                        this.config.poll_interval
+                        this.config.load().poll_interval
                     }
                     Err(e) => this.backoff(&e),
                 };
@@ -441,19 +476,20 @@ impl Syncer {
             .failures;
         let cap = self
             .config
+            .load()
             .max_backoff
-            .min(self.config.poll_interval)
+            .min(self.config.load().poll_interval)
             .max(Duration::from_millis(100));
         // `failures` counts this one: the first retry waits 500 ms.
         let mut wait = Backoff::new(POLL_RETRY_BASE, cap).delay(failures.saturating_add(1));
         // With every address's circuit open, a poll before the first cool-down ends
         // would fail without trying, and one long after it would leave a recovered
         // upstream unused: retry the moment the first address may be probed.
-        if let Some(probe) = first_probe(&self.upstream.addresses()) {
+        if let Some(probe) = first_probe(&self.upstream().addresses()) {
             wait = probe + Duration::from_millis(10);
         }
         tracing::warn!(
-            upstream = self.upstream.name(),
+            upstream = self.name.as_str(),
             error = %error,
             failures,
             retry_in_ms = wait.as_millis() as u64,
@@ -465,7 +501,7 @@ impl Syncer {
     fn record_success(&self) {
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         if health.failing_since_ms.is_some() {
-            tracing::info!(upstream = self.upstream.name(), "upstream reachable again");
+            tracing::info!(upstream = self.name.as_str(), "upstream reachable again");
         }
         health.last_success_ms = Some(crate::clock::now_ms());
         health.failing_since_ms = None;
@@ -486,7 +522,7 @@ impl Syncer {
         if health.failing_since_ms.is_none() {
             health.failing_since_ms = Some(crate::clock::now_ms());
             if !transient {
-                tracing::error!(upstream = self.upstream.name(), error = %error, "sync refused by the upstream");
+                tracing::error!(upstream = self.name.as_str(), error = %error, "sync refused by the upstream");
             }
         }
     }
@@ -538,7 +574,7 @@ impl Syncer {
            + Send
            + 'static {
         let budget = self.budget.clone();
-        let upstream = self.upstream.clone();
+        let upstream = self.upstream();
         async move {
             let _permit = budget.acquire_owned().await;
             let read = upstream.read(&path).await;
@@ -562,7 +598,7 @@ impl Syncer {
         drop(held);
         if ended {
             tracing::info!(
-                upstream = self.upstream.name(),
+                upstream = self.name.as_str(),
                 "no deletions held any more: the upstream lists every cached secret again, or they were accepted"
             );
         }
@@ -578,7 +614,7 @@ impl Syncer {
         }
         for (group, count) in by_prefix {
             tracing::warn!(
-                upstream = self.upstream.name(),
+                upstream = self.name.as_str(),
                 prefix = %group,
                 newly_held = count,
                 held = total,
@@ -594,10 +630,11 @@ impl Syncer {
         held: &mut BTreeMap<SecretPath, Option<Prefix>>,
     ) -> Result<(), Error> {
         let mut first_error = None;
-        for prefix in &self.config.prefixes {
+        let config = self.config.load_full();
+        for prefix in &config.prefixes {
             let remote = {
                 let _permit = self.budget.acquire().await;
-                self.upstream.list(prefix).await?
+                self.upstream().list(prefix).await?
             };
             report.listed += remote.len();
             let scan = prefix.clone();
@@ -682,7 +719,13 @@ impl Syncer {
                 .filter(|p| !seen.contains(*p))
                 .cloned()
                 .collect();
-            if !accept && suspicious(local.len(), vanished.len(), self.config.max_deleted_share) {
+            if !accept
+                && suspicious(
+                    local.len(),
+                    vanished.len(),
+                    self.config.load().max_deleted_share,
+                )
+            {
                 held.extend(vanished.into_iter().map(|p| (p, Some(prefix.clone()))));
             } else {
                 batch.extend(vanished.into_iter().map(|path| Landing::Gone {
@@ -706,7 +749,7 @@ impl Syncer {
     }
 
     fn covered(&self, path: &SecretPath) -> bool {
-        self.config.prefixes.iter().any(|p| p.matches(path))
+        self.config.load().prefixes.iter().any(|p| p.matches(path))
     }
 
     /// Remembers a cached path outside the prefixes, so polls keep it current.
@@ -729,7 +772,13 @@ impl Syncer {
         accept: bool,
         held: &mut BTreeMap<SecretPath, Option<Prefix>>,
     ) -> Result<(), Error> {
-        if self.config.prefixes.iter().any(|p| p.as_str().is_empty()) {
+        if self
+            .config
+            .load()
+            .prefixes
+            .iter()
+            .any(|p| p.as_str().is_empty())
+        {
             return Ok(());
         }
         let known = self
@@ -770,7 +819,7 @@ impl Syncer {
                 continue;
             };
             let budget = self.budget.clone();
-            let upstream = self.upstream.clone();
+            let upstream = self.upstream();
             checks.spawn(async move {
                 let _permit = budget.acquire_owned().await;
                 let changed = match upstream.metadata(&path).await {
@@ -804,8 +853,12 @@ impl Syncer {
         // upstream says it of all of them alike. Held when a prefix was held in this
         // same poll, or when several vanish at once past the share.
         let prefix_held = !held.is_empty();
-        let group =
-            checked >= 2 && suspicious(checked, vanished.len(), self.config.max_deleted_share);
+        let group = checked >= 2
+            && suspicious(
+                checked,
+                vanished.len(),
+                self.config.load().max_deleted_share,
+            );
         if !accept && !vanished.is_empty() && (prefix_held || group) {
             held.extend(vanished.into_iter().map(|p| (p, None)));
         } else {
@@ -835,7 +888,7 @@ impl Syncer {
     /// request. Returns whether the upstream has the secret (it is then in the store).
     /// With the local upstream a miss in the store is final: `Ok(false)` at once.
     pub async fn fetch(&self, path: &SecretPath) -> Result<bool, Error> {
-        if self.upstream.is_local() {
+        if self.local {
             return Ok(false);
         }
         let cell = {
@@ -847,7 +900,7 @@ impl Syncer {
                 let fetched = async {
                     let remote = {
                         let _permit = self.budget.acquire().await;
-                        self.upstream.read(path).await?
+                        self.upstream().read(path).await?
                     };
                     match remote {
                         Some(remote) => {
@@ -880,11 +933,11 @@ impl Syncer {
         path: &SecretPath,
         label: &str,
     ) -> Result<Option<RemoteSecret>, Error> {
-        if self.upstream.is_local() {
+        if self.local {
             return Ok(None);
         }
         let _permit = self.budget.acquire().await;
-        Ok(self.upstream.read_label(path, label).await?)
+        Ok(self.upstream().read_label(path, label).await?)
     }
 
     /// Writes or deletes one secret for the agent (the API, the CLI through it, the
@@ -898,7 +951,7 @@ impl Syncer {
             let _permit = self.budget.acquire().await;
             match change {
                 Change::Write(write) => {
-                    let version = self.upstream.put(path, &write).await?;
+                    let version = self.upstream().put(path, &write).await?;
                     Landing::Written {
                         path: path.clone(),
                         version,
@@ -907,7 +960,7 @@ impl Syncer {
                 }
                 Change::Delete => Landing::Gone {
                     path: path.clone(),
-                    upstream: self.upstream.delete(path).await?,
+                    upstream: self.upstream().delete(path).await?,
                 },
             }
         };
@@ -918,7 +971,7 @@ impl Syncer {
     /// within the budget; `None` when the upstream has no such ids.
     pub async fn version_of(&self, path: &SecretPath, id: &str) -> Result<Option<u64>, Error> {
         let _permit = self.budget.acquire().await;
-        Ok(self.upstream.version_of(path, id).await?)
+        Ok(self.upstream().version_of(path, id).await?)
     }
 
     /// Stages `fields` as a pending version of `path` upstream, based on version
@@ -932,14 +985,14 @@ impl Syncer {
         base: u64,
     ) -> Result<Option<u64>, Error> {
         let _permit = self.budget.acquire().await;
-        Ok(self.upstream.stage(path, fields, base).await?)
+        Ok(self.upstream().stage(path, fields, base).await?)
     }
 
     /// Drops the pending mark of a version [`Syncer::stage`] made (a rotation rolled
     /// back).
     pub async fn unstage(&self, path: &SecretPath, staged: u64) -> Result<(), Error> {
         let _permit = self.budget.acquire().await;
-        Ok(self.upstream.unstage(path, staged).await?)
+        Ok(self.upstream().unstage(path, staged).await?)
     }
 
     /// [`Syncer::commit`] for a write whose value the upstream already holds as the
@@ -955,8 +1008,8 @@ impl Syncer {
         {
             let _permit = self.budget.acquire().await;
             let base = write.cas.unwrap_or(0);
-            self.upstream.promote(path, staged, base).await?;
-            self.upstream.record_meta(path, &write).await;
+            self.upstream().promote(path, staged, base).await?;
+            self.upstream().record_meta(path, &write).await;
         }
         let landing = Landing::Written {
             path: path.clone(),
@@ -989,13 +1042,13 @@ impl Syncer {
         };
         if times == 1 {
             tracing::warn!(
-                upstream = self.upstream.name(),
+                upstream = self.name.as_str(),
                 path = %path,
                 error = %error,
                 "cannot fetch a listed secret; keeping the cached copy (said once until it answers again)"
             );
         } else {
-            tracing::debug!(upstream = self.upstream.name(), path = %path, times, error = %error, "still cannot fetch a listed secret");
+            tracing::debug!(upstream = self.name.as_str(), path = %path, times, error = %error, "still cannot fetch a listed secret");
         }
     }
 
@@ -1003,7 +1056,7 @@ impl Syncer {
     fn answered(&self, path: &SecretPath) {
         let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(times) = refusals.remove(path) {
-            tracing::info!(upstream = self.upstream.name(), path = %path, refused = times, "a secret the upstream refused answers again");
+            tracing::info!(upstream = self.name.as_str(), path = %path, refused = times, "a secret the upstream refused answers again");
         }
     }
 
@@ -1018,7 +1071,7 @@ impl Syncer {
             .insert((path.clone(), pulled));
         if first {
             tracing::warn!(
-                upstream = self.upstream.name(),
+                upstream = self.name.as_str(),
                 path = %path,
                 pulled,
                 held,

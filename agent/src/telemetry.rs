@@ -29,3 +29,7 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
     // A subscriber already set (tests) is fine.
     let _ = result;
 }
+
+/// An error and its causes on one line, for logs and refusals (no values: the
+/// agent's errors carry none). The plugin host's, so both say it the same way.
+pub use latchkey_plugin_host::error_chain as chain;

@@ -147,22 +147,58 @@ impl TlsFiles {
 
 /// The server-side TLS state: the rustls config and the swappable client verifier.
 pub struct ServerTls {
-    files: TlsFiles,
     provider: Arc<CryptoProvider>,
-    roots: Arc<RootCertStore>,
-    root_ders: Vec<CertificateDer<'static>>,
+    /// The files in force and the CA read from them; replaced by
+    /// [`ServerTls::reload_files`].
+    trust: ArcSwap<Trust>,
     verifier: Arc<ReloadingVerifier>,
     sessions: Arc<SessionCache>,
     config: Arc<ServerConfig>,
     /// The CRL bytes the current verifier was built from; the lock also serializes reloads.
     crl: Mutex<Option<Vec<u8>>>,
-    /// Counts CRL changes, so live connections can be checked again.
+    /// Counts changes of what clients are verified against (CRL, CA), so live
+    /// connections can be checked again.
     reloads: tokio::sync::watch::Sender<u64>,
     /// The server's certificate and key, swapped by [`ServerTls::reload_cert`].
     server_cert: Arc<SwappableCert>,
     /// The certificate bytes in place (public), to tell a change; the lock also
     /// serializes reloads.
     cert_pem: Mutex<Vec<u8>>,
+}
+
+/// The files in force and the CA certificates read from them.
+struct Trust {
+    files: TlsFiles,
+    ca_pem: Vec<u8>,
+    roots: Arc<RootCertStore>,
+    root_ders: Vec<CertificateDer<'static>>,
+}
+
+impl Trust {
+    fn read(files: &TlsFiles) -> Result<Self, Error> {
+        let ca_pem = read(&files.ca)?;
+        let (roots, root_ders) = roots_from_pem(&ca_pem, &origin(&files.ca))?;
+        Ok(Trust {
+            files: files.clone(),
+            ca_pem,
+            roots: Arc::new(roots),
+            root_ders,
+        })
+    }
+}
+
+/// The CRL at `files.crl` (none without one), checked against `root_ders`.
+fn read_crl(
+    files: &TlsFiles,
+    root_ders: &[CertificateDer<'static>],
+) -> Result<(Option<Vec<u8>>, Vec<CertificateRevocationListDer<'static>>), Error> {
+    let Some(path) = &files.crl else {
+        return Ok((None, Vec::new()));
+    };
+    let bytes = read(path)?;
+    let crls = crls_from_pem(&bytes, &origin(path))?;
+    check_crl_signatures(&crls, root_ders, &origin(path))?;
+    Ok((Some(bytes), crls))
 }
 
 /// The server certificate handed to every handshake, replaceable while serving.
@@ -200,7 +236,7 @@ fn certified_key(
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
-            .field("files", &self.files)
+            .field("files", &self.trust.load().files)
             .finish_non_exhaustive()
     }
 }
@@ -210,27 +246,13 @@ impl ServerTls {
     /// server config. A configured CRL must exist and be signed by the CA.
     pub fn load(files: &TlsFiles) -> Result<Self, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let ca_bytes = read(&files.ca)?;
-        let (roots, root_ders) = roots_from_pem(&ca_bytes, &origin(&files.ca))?;
-        let roots = Arc::new(roots);
+        let trust = Trust::read(files)?;
         let (certified, cert_pem) = certified_key(&provider, files)?;
         let server_cert = Arc::new(SwappableCert(ArcSwap::from_pointee(certified)));
-
-        let crl_bytes = match &files.crl {
-            Some(path) => Some(read(path)?),
-            None => None,
-        };
-        let crls = match (&files.crl, &crl_bytes) {
-            (Some(path), Some(bytes)) => {
-                let crls = crls_from_pem(bytes, &origin(path))?;
-                check_crl_signatures(&crls, &root_ders, &origin(path))?;
-                crls
-            }
-            _ => Vec::new(),
-        };
-        let inner = build_verifier(&roots, &provider, crls, files)?;
+        let (crl_bytes, crls) = read_crl(files, &trust.root_ders)?;
+        let inner = build_verifier(&trust.roots, &provider, crls, files)?;
         let verifier = Arc::new(ReloadingVerifier {
-            hints: roots.subjects(),
+            hints: ArcSwap::from_pointee(hints_of(&trust.roots)),
             inner: ArcSwap::from_pointee(inner),
         });
         let sessions = Arc::new(SessionCache::new());
@@ -244,10 +266,8 @@ impl ServerTls {
         config.session_storage = sessions.clone();
 
         Ok(Self {
-            files: files.clone(),
             provider,
-            roots,
-            root_ders,
+            trust: ArcSwap::from_pointee(trust),
             verifier,
             sessions,
             config: Arc::new(config),
@@ -264,7 +284,7 @@ impl ServerTls {
     /// a key that does not match — the previous certificate stays in place.
     pub fn reload_cert(&self) -> Result<bool, Error> {
         let mut current = self.cert_pem.lock().unwrap_or_else(PoisonError::into_inner);
-        let (certified, bytes) = certified_key(&self.provider, &self.files)?;
+        let (certified, bytes) = certified_key(&self.provider, &self.trust.load().files)?;
         if *current == bytes {
             return Ok(false);
         }
@@ -292,9 +312,55 @@ impl ServerTls {
         self.config.clone()
     }
 
-    /// The files this was loaded from.
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
+    /// The files in force.
+    pub fn files(&self) -> TlsFiles {
+        self.trust.load().files.clone()
+    }
+
+    /// Re-reads every file — the CA, the server certificate and key, the CRL — at
+    /// `files` (a reload may name other paths), checks them all together, and only
+    /// then puts what changed in place: the server certificate for new handshakes,
+    /// and a verifier over the new CA and CRL (connections already open are checked
+    /// again against it, and resumable sessions are forgotten). On any error nothing
+    /// changes. Returns what changed, in words.
+    pub fn reload_files(&self, files: &TlsFiles) -> Result<Vec<&'static str>, Error> {
+        let mut crl_in_place = self.crl.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cert_in_place = self.cert_pem.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.trust.load_full();
+        let trust = Trust::read(files)?;
+        let (certified, cert_pem) = certified_key(&self.provider, files)?;
+        let (crl_bytes, crls) = read_crl(files, &trust.root_ders)?;
+        let ca_changed = trust.ca_pem != old.ca_pem;
+        let crl_changed = crl_bytes != *crl_in_place;
+        let verifier = if ca_changed || crl_changed {
+            Some(build_verifier(&trust.roots, &self.provider, crls, files)?)
+        } else {
+            None
+        };
+        let mut changed = Vec::new();
+        if files != &old.files {
+            changed.push("tls files");
+        }
+        if cert_pem != *cert_in_place {
+            self.server_cert.0.store(Arc::new(certified));
+            *cert_in_place = cert_pem;
+            changed.push("server certificate");
+        }
+        if ca_changed {
+            self.verifier.hints.store(Arc::new(hints_of(&trust.roots)));
+            changed.push("ca");
+        }
+        if crl_changed {
+            changed.push("revocation list");
+        }
+        self.trust.store(Arc::new(trust));
+        if let Some(verifier) = verifier {
+            self.verifier.inner.store(Arc::new(verifier));
+            self.sessions.clear();
+            *crl_in_place = crl_bytes;
+            self.reloads.send_modify(|n| *n += 1);
+        }
+        Ok(changed)
     }
 
     /// Checks a finished handshake's client certificate against the current CRL when
@@ -321,17 +387,18 @@ impl ServerTls {
     /// forgets resumable sessions. Returns whether anything changed. On any error the
     /// previous verifier stays in place. Without a configured CRL, does nothing.
     pub fn reload_crl(&self) -> Result<bool, Error> {
-        let Some(path) = &self.files.crl else {
+        let mut current = self.crl.lock().unwrap_or_else(PoisonError::into_inner);
+        let trust = self.trust.load_full();
+        let Some(path) = &trust.files.crl else {
             return Ok(false);
         };
-        let mut current = self.crl.lock().unwrap_or_else(PoisonError::into_inner);
         let bytes = read(path)?;
         if current.as_deref() == Some(bytes.as_slice()) {
             return Ok(false);
         }
         let crls = crls_from_pem(&bytes, &origin(path))?;
-        check_crl_signatures(&crls, &self.root_ders, &origin(path))?;
-        let inner = build_verifier(&self.roots, &self.provider, crls, &self.files)?;
+        check_crl_signatures(&crls, &trust.root_ders, &origin(path))?;
+        let inner = build_verifier(&trust.roots, &self.provider, crls, &trust.files)?;
         self.verifier.inner.store(Arc::new(inner));
         // Sessions established before the change would resume without a certificate
         // check; make every client do a full handshake against the new CRL.
@@ -349,8 +416,6 @@ impl ServerTls {
     /// first tick after the last other reference to this `ServerTls` is dropped, or
     /// when aborted.
     pub fn spawn_file_watcher(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let path = self.files.crl.clone();
-        let cert_files = [self.files.cert.clone(), self.files.key.clone()];
         let weak = Arc::downgrade(&self);
         drop(self);
         tokio::spawn(async move {
@@ -358,13 +423,28 @@ impl ServerTls {
             // task starting is still picked up (`reload_crl` is a no-op if unchanged).
             let mut last = None;
             let mut last_cert = None;
+            let mut last_ca = None;
             let mut ticker = tokio::time::interval(every.max(MIN_POLL));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                if weak.strong_count() == 0 {
+                let Some(files) = weak.upgrade().map(|tls| tls.files()) else {
                     return;
+                };
+                // A changed CA bundle (a CA rotation's new or dropped CA): everything
+                // is read again together, since the CRL and the server certificate
+                // may have changed with it.
+                let ca_stamp = Some(file_stamp(&files.ca));
+                if ca_stamp != last_ca {
+                    let first = last_ca.is_none();
+                    last_ca = ca_stamp;
+                    if !first {
+                        if let Some(tls) = weak.upgrade() {
+                            reload_files_logged(tls, files.clone()).await;
+                        }
+                    }
                 }
+                let (path, cert_files) = (files.crl, [files.cert, files.key]);
                 let cert_stamp = Some(cert_files.iter().map(|f| file_stamp(f)).collect::<Vec<_>>());
                 if cert_stamp != last_cert {
                     let first = last_cert.is_none();
@@ -405,9 +485,26 @@ impl ServerTls {
     }
 }
 
+/// Runs [`ServerTls::reload_files`] on the blocking pool and says what came of it.
+async fn reload_files_logged(tls: Arc<ServerTls>, files: TlsFiles) {
+    let ca = files.ca.clone();
+    match tokio::task::spawn_blocking(move || tls.reload_files(&files)).await {
+        Ok(Ok(changed)) if changed.is_empty() => {}
+        Ok(Ok(changed)) => {
+            tracing::info!(path = %ca.display(), changed = ?changed, "ca bundle reloaded")
+        }
+        Ok(Err(error)) => tracing::error!(
+            path = %ca.display(),
+            error = %error_chain(&error),
+            "ca bundle reload failed; keeping the previous trust (retried on its next change)"
+        ),
+        Err(error) => tracing::error!(%error, "ca bundle reload task failed"),
+    }
+}
+
 /// Runs [`ServerTls::reload_cert`] on the blocking pool and says what came of it.
 async fn reload_cert_logged(tls: Arc<ServerTls>) {
-    let file = tls.files.cert.clone();
+    let file = tls.files().cert;
     match tokio::task::spawn_blocking(move || tls.reload_cert()).await {
         Ok(Ok(true)) => tracing::info!(path = %file.display(), "server certificate reloaded"),
         Ok(Ok(false)) => {}
@@ -492,8 +589,15 @@ fn build_client_config(
 #[derive(Debug)]
 struct ReloadingVerifier {
     inner: ArcSwap<Arc<dyn ClientCertVerifier>>,
-    /// The roots never change on reload, so the hints can be kept here and borrowed.
-    hints: Vec<DistinguishedName>,
+    /// The CA names suggested to clients; replaced when the CA file changes.
+    hints: ArcSwap<&'static [DistinguishedName]>,
+}
+
+/// The subjects of `roots`, as [`ClientCertVerifier::root_hint_subjects`] hands them
+/// out: borrowed for as long as the verifier lives. Made once at start and once per
+/// change of the CA file, so what this keeps is bounded by the CA changes made.
+fn hints_of(roots: &RootCertStore) -> &'static [DistinguishedName] {
+    Box::leak(roots.subjects().into_boxed_slice())
 }
 
 impl ClientCertVerifier for ReloadingVerifier {
@@ -506,7 +610,7 @@ impl ClientCertVerifier for ReloadingVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.hints
+        **self.hints.load()
     }
 
     /// Verifies `end_entity` alone, as issued directly by one of the roots: the
@@ -708,16 +812,7 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+use crate::telemetry::chain as error_chain;
 
 #[cfg(test)]
 mod tests;

@@ -474,3 +474,46 @@ async fn init_makes_private_files_and_the_socket_is_not_for_others() -> anyhow::
     assert_eq!(key_mode, 0o600, "{}", web.key.display());
     Ok(())
 }
+
+#[tokio::test]
+async fn status_shows_each_health_component_in_colour_only_on_a_terminal() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let plain = agent.cli(["status"]).run().await?.success()?;
+    for component in ["store", "upstream", "certificates", "templates"] {
+        assert!(
+            plain
+                .stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(component) && l.contains("ok")),
+            "{component}: {}",
+            plain.stdout
+        );
+    }
+    assert!(plain.stdout.starts_with("latchkey "), "{}", plain.stdout);
+    assert!(!plain.stdout.contains('\u{1b}'), "no colour into a pipe");
+    let json = agent.cli(["status", "--json"]).run().await?.success()?;
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout)?;
+    assert_eq!(parsed["health"]["status"], "ok", "{parsed}");
+    assert_eq!(parsed["lifecycle"]["credentials"], json!([]), "{parsed}");
+
+    // On a terminal (a pseudo-terminal from util-linux `script`): green for ok,
+    // and none when NO_COLOR asks.
+    let bin = crate::harness::binary()?;
+    let on_tty = |no_color: bool| {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-qec", &format!("{} status", bin.display()), "/dev/null"])
+            .env("LATCHKEY_DIR", agent.dir())
+            .env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        cmd.output().context("cannot run script(1)")
+    };
+    let coloured = on_tty(false)?;
+    let text = String::from_utf8_lossy(&coloured.stdout);
+    assert!(coloured.status.success(), "{text}");
+    assert!(text.contains("\u{1b}[32mok"), "{text}");
+    let uncoloured = on_tty(true)?;
+    assert!(!String::from_utf8_lossy(&uncoloured.stdout).contains('\u{1b}'));
+    Ok(())
+}

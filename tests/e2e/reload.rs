@@ -318,3 +318,137 @@ async fn sighup_starts_new_templates_and_webhooks_without_a_restart() -> anyhow:
     assert_eq!(agent.pid(), pid, "no restart");
     Ok(())
 }
+
+/// A `[[plugin]]` of the host's test guest and a rule sending `paths` to it.
+fn plugin_section(paths: &str, sha256: &str) -> anyhow::Result<String> {
+    let wasm = crate::harness::wasm::guest()?;
+    let manifest = crate::harness::wasm::guest_manifest();
+    Ok(format!(
+        "\n[[plugin]]\nname = \"basic\"\nwasm = {wasm:?}\nmanifest = {manifest:?}\nsha256 = \"{sha256}\"\n\n[[lifecycle]]\npaths = [\"{paths}\"]\nplugin = \"basic\"\nconfig = {{ mode = \"key\" }}\n",
+        wasm = wasm.display().to_string(),
+        manifest = manifest.display().to_string(),
+    ))
+}
+
+#[tokio::test]
+async fn a_reload_loads_plugins_and_moves_lifecycle_rules_and_refuses_a_wrong_digest(
+) -> anyhow::Result<()> {
+    let sha256 = crate::harness::wasm::sha256_of(&crate::harness::wasm::guest()?)?;
+    let agent = Agent::builder().start().await?;
+    let admin = agent.admin()?;
+    for path in ["keys/good", "other/good"] {
+        assert_eq!(admin.write(path, json!({"key": "good"})).await?.status, 200);
+    }
+    let validate = |path: &'static str| {
+        let admin = agent.admin();
+        async move {
+            admin?
+                .request(http::Method::POST, &format!("/v1/validate/{path}"), None)
+                .await
+        }
+    };
+    let before = validate("keys/good").await?;
+    assert_eq!(before.status, 422, "no plugin yet: {}", before.body);
+
+    // The first plugin and rule, in a running agent started without any.
+    let config = agent.config_path();
+    let original = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        format!("{original}{}", plugin_section("keys/**", &sha256)?),
+    )?;
+    let applied = agent.cli(["reload"]).run().await?.success()?;
+    assert!(
+        applied.stdout.contains("plugins (basic)"),
+        "{}",
+        applied.stdout
+    );
+    let valid = validate("keys/good").await?;
+    assert_eq!(valid.status, 200, "{}", valid.body);
+    assert_eq!(valid.json()["valid"], true, "{}", valid.body);
+
+    // The rule moves: the old paths have no provider any more, the new ones do.
+    let moved = format!("{original}{}", plugin_section("other/**", &sha256)?);
+    std::fs::write(&config, &moved)?;
+    agent.cli(["reload"]).run().await?.success()?;
+    assert_eq!(validate("keys/good").await?.status, 422);
+    assert_eq!(validate("other/good").await?.json()["valid"], true);
+
+    // A component that does not match its digest: refused, the rules in force stay.
+    std::fs::write(
+        &config,
+        format!("{original}{}", plugin_section("keys/**", &"0".repeat(64))?),
+    )?;
+    let refused = agent.cli(["reload"]).run().await?;
+    assert_eq!(refused.code, 64, "{refused:?}");
+    assert!(refused.stderr.contains("plugins:"), "{}", refused.stderr);
+    assert_eq!(validate("keys/good").await?.status, 422);
+    let still = validate("other/good").await?;
+    assert_eq!(still.json()["valid"], true, "{}", still.body);
+    assert!(agent.is_running());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reload_moves_the_tls_files_and_refuses_a_missing_one() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let dir = agent.dir().to_owned();
+    let alt = dir.join("alt");
+    std::fs::create_dir(&alt)?;
+    // `fs::copy` keeps the key's 0600.
+    std::fs::copy(dir.join("server/server.pem"), alt.join("server.pem"))?;
+    std::fs::copy(dir.join("server/server.key"), alt.join("server.key"))?;
+    // A new certificate where the old one was (put in place by the file watcher),
+    // so the copy is what changes when the config moves to it.
+    agent
+        .cli(["cert", "issue", "--server", "--ttl", "90d"])
+        .run()
+        .await?
+        .success()?;
+    let config = agent.config_path();
+    let original = std::fs::read_to_string(&config)?;
+    anyhow::ensure!(original.contains("cert = \"server/server.pem\""));
+    eventually(
+        "the reissued server certificate in place",
+        Duration::from_secs(10),
+        || async {
+            (!agent
+                .log_lines_with("server certificate reloaded")
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await?;
+
+    let moved = original
+        .replacen(
+            "cert = \"server/server.pem\"",
+            "cert = \"alt/server.pem\"",
+            1,
+        )
+        .replacen("key = \"server/server.key\"", "key = \"alt/server.key\"", 1);
+    std::fs::write(&config, &moved)?;
+    let applied = agent.cli(["reload"]).run().await?.success()?;
+    assert!(
+        applied.stdout.contains("tls files") && applied.stdout.contains("server certificate"),
+        "{}",
+        applied.stdout
+    );
+    // New handshakes get the moved certificate and still verify.
+    assert_eq!(agent.admin()?.health().await?.status, 200);
+
+    // A file that is not there: refused before anything changes.
+    std::fs::write(
+        &config,
+        moved.replacen("key = \"alt/server.key\"", "key = \"alt/missing.key\"", 1),
+    )?;
+    let refused = agent.cli(["reload"]).run().await?;
+    assert_eq!(refused.code, 64, "{refused:?}");
+    assert!(
+        refused.stderr.contains("tls:") && refused.stderr.contains("missing.key"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(agent.admin()?.health().await?.status, 200);
+    Ok(())
+}

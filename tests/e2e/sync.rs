@@ -1098,3 +1098,62 @@ async fn kv_soft_delete_undelete_and_destroy_follow_openbao() -> anyhow::Result<
     wait_served(&admin, "apps/db", "pw", Some("three"), POLL_SLACK).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_pulls_new_prefixes_through_a_rebuilt_upstream_client() -> anyhow::Result<()> {
+    let bao = OpenBao::start().await?;
+    bao.put_kv("apps/web/db", json!({"password": "pw1"}))
+        .await?;
+    bao.put_kv("apps/api/key", json!({"token": "t1"})).await?;
+    let upstream = bao_upstream(&bao.address, &token_auth(ROOT_TOKEN), "");
+    let sync =
+        sync_section("1s", "24h", 4).replacen("prefixes = [\"\"]", "prefixes = [\"apps/web/\"]", 1);
+    let agent = agent_with(&upstream, &sync).await?;
+    let admin = agent.admin()?;
+    wait_served(&admin, "apps/web/db", "password", Some("pw1"), POLL_SLACK).await?;
+    assert!(
+        admin.list("apps/").await?.paths() == vec!["apps/web/db"],
+        "only the configured prefix is pulled"
+    );
+
+    // A second prefix, and other upstream settings (a new client of the same kind).
+    let config = agent.config_path();
+    let text = std::fs::read_to_string(&config)?;
+    let widened = text
+        .replacen(
+            "prefixes = [\"apps/web/\"]",
+            "prefixes = [\"apps/web/\", \"apps/api/\"]",
+            1,
+        )
+        .replacen("request_timeout = \"5s\"", "request_timeout = \"6s\"", 1);
+    std::fs::write(&config, widened)?;
+    let applied = agent.cli(["reload"]).run().await?.success()?;
+    assert!(
+        applied.stdout.contains("upstream and sync"),
+        "{}",
+        applied.stdout
+    );
+    eventually(
+        "the new prefix pulled without a restart",
+        pace::scaled(POLL_SLACK),
+        || async {
+            let mut paths = admin.list("apps/").await.ok()?.paths();
+            paths.sort();
+            (paths == vec!["apps/api/key", "apps/web/db"]).then_some(())
+        },
+    )
+    .await?;
+    // Writes go through the new client.
+    assert_eq!(
+        admin
+            .write("apps/api/written", json!({"token": "t2"}))
+            .await?
+            .status,
+        200
+    );
+    let seen = bao.ok("GET", "secret/data/apps/api/written", None).await?;
+    assert_eq!(seen["data"]["data"]["token"], "t2");
+
+    assert_eq!(admin.read("apps/api/key").await?.status, 200);
+    Ok(())
+}

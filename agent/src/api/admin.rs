@@ -197,7 +197,7 @@ fn certificate_health(state: &State) -> (Status, serde_json::Value) {
 /// revoked or waiting for a new login. `None` without rules.
 fn lifecycle_health(state: &State) -> (Status, Option<serde_json::Value>) {
     use crate::lifecycle::State as Life;
-    let Some(engine) = &state.engine else {
+    let Some(engine) = state.engine.get() else {
         return (Status::Ok, None);
     };
     let counts = engine.state_counts();
@@ -327,7 +327,7 @@ pub(super) async fn metrics(state: &State, conn: &Conn) -> Result<Response<Body>
 
 /// The metrics, as OpenMetrics text.
 pub(super) fn metrics_text(state: &State) -> Response<Body> {
-    if let Some(engine) = &state.engine {
+    if let Some(engine) = state.engine.get() {
         state.metrics.lifecycle(&engine.state_counts());
     }
     state.metrics.store_problems(state.store.problems().len());
@@ -363,7 +363,7 @@ pub(super) async fn validate(
     };
     let engine = state
         .engine
-        .as_ref()
+        .get()
         .ok_or_else(|| ApiError::no_plugin_for(&path))?;
     let mut audited = record(conn, "validate", Some(path.as_str()));
     audited.version = Some(secret.version);

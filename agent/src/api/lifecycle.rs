@@ -21,7 +21,7 @@ use crate::policy::{Decision, Operation};
 fn engine(state: &State) -> Result<&Engine, ApiError> {
     state
         .engine
-        .as_ref()
+        .get()
         .ok_or_else(|| ApiError::no_provider("no [[lifecycle]] rule is configured"))
 }
 

@@ -40,7 +40,7 @@ pub(super) type Answer = (Response<Body>, Option<u64>);
 fn refreshes_on_read(state: &State, path: &SecretPath, expires_at: Option<i64>) -> bool {
     state
         .engine
-        .as_ref()
+        .get()
         .is_some_and(|e| e.refreshes_on_read(path, expires_at))
 }
 
@@ -156,7 +156,7 @@ pub(super) async fn read(
         }
         return Err(ApiError::not_found(format_args!("secret {path}")));
     };
-    let secret = match &state.engine {
+    let secret = match state.engine.get() {
         // An expired OAuth token: refresh it now (concurrent reads share one refresh).
         Some(engine) if is_current && refreshes_on_read(state, path, secret.expires_at) => {
             engine.refresh(path, true).await.map_err(engine_error)?
@@ -188,7 +188,7 @@ async fn pending(
     path: &SecretPath,
     tail: &Bytes,
 ) -> Result<Option<Answer>, ApiError> {
-    let Some(engine) = &state.engine else {
+    let Some(engine) = state.engine.get() else {
         return Ok(None);
     };
     let Some((_, cred)) = engine.pending(path).await.map_err(engine_error)? else {
@@ -472,7 +472,7 @@ where
         cas,
     };
     // Validation before storage: a credential the provider rejects is not stored.
-    match &state.engine {
+    match state.engine.get() {
         Some(engine) => {
             let candidate = crate::providers::Credential {
                 kind: write

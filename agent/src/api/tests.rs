@@ -75,8 +75,10 @@ impl Fixture {
             sync,
             fallback: EnvFallback::load(&[], |_| None),
             metrics: crate::metrics::Metrics::new(),
-            providers: Arc::new(crate::providers::Providers::none()),
-            engine: None,
+            providers: Arc::new(crate::providers::Live::new(
+                crate::providers::Providers::none(),
+            )),
+            engine: std::sync::OnceLock::new(),
             max_body_bytes: 1024,
             body_timeout: Duration::from_secs(5),
             watchers: watch::Watchers::new(2),

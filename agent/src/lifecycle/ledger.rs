@@ -23,7 +23,7 @@ use crate::path::SecretPath;
 use crate::providers::Credential;
 use crate::secret::{Fields, SecretString};
 use crate::store;
-use crate::upstream::{self, Upstream};
+use crate::upstream;
 
 /// How far a rotation got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,25 +263,26 @@ pub enum Error {
 /// and, with a remote upstream, are not copied into the store.
 #[derive(Clone)]
 pub struct Ledger {
-    upstream: Arc<dyn Upstream>,
+    sync: Arc<crate::sync::Syncer>,
 }
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ledger({})", self.upstream.name())
+        write!(f, "Ledger({})", self.sync.upstream_name())
     }
 }
 
 impl Ledger {
-    /// The records kept in `upstream`.
-    pub fn new(upstream: Arc<dyn Upstream>) -> Self {
-        Ledger { upstream }
+    /// The records kept in the upstream of `sync` (the client in force at each call).
+    pub fn new(sync: Arc<crate::sync::Syncer>) -> Self {
+        Ledger { sync }
     }
 
     /// The record and its version (for the next check-and-set), if any.
     pub async fn read(&self, key: &SecretPath) -> Result<Option<(u64, Entry)>, Error> {
         let found = self
-            .upstream
+            .sync
+            .upstream()
             .read(key)
             .await?
             .map(|r| (r.version, r.fields));
@@ -302,7 +303,7 @@ impl Ledger {
             expires_at: None,
             cas: Some(cas),
         };
-        match self.upstream.put(key, &write).await {
+        match self.sync.upstream().put(key, &write).await {
             Ok(v) => Ok(v),
             Err(e) if e.is_conflict() => Err(Error::Lost(key.clone())),
             Err(e) => Err(e.into()),

@@ -221,6 +221,20 @@ impl Engine {
         }
     }
 
+    /// After a reload changed the `[[lifecycle]]` rules: forgets the secrets no rule
+    /// looks after any more (their status and plan) and plans every secret again
+    /// under the rules in force.
+    pub async fn rules_changed(&self) {
+        let dropped = self.inner.status.retain(|path| self.policy(path).is_some());
+        let mut plan = lock(&self.inner.plan);
+        for path in &dropped {
+            plan.set(path, None);
+        }
+        drop(plan);
+        self.plan_all().await;
+        self.inner.replan.notify_one();
+    }
+
     /// Plans every looked-after secret in the store.
     async fn plan_all(&self) {
         if !self.inner.provider.has_rules() {

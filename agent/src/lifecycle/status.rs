@@ -245,6 +245,20 @@ impl Table {
         }
     }
 
+    /// Drops every status whose path `keep` refuses (saved once); the paths dropped.
+    pub fn retain(&self, keep: impl Fn(&SecretPath) -> bool) -> Vec<SecretPath> {
+        let dropped: Vec<SecretPath> = {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let dropped = entries.keys().filter(|p| !keep(p)).cloned().collect();
+            entries.retain(|p, _| keep(p));
+            dropped
+        };
+        if !dropped.is_empty() {
+            self.save();
+        }
+        dropped
+    }
+
     /// Every status under `prefix`, in path order.
     pub fn list(&self, prefix: &Prefix) -> Vec<(SecretPath, Status)> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());

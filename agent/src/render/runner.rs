@@ -421,17 +421,7 @@ fn backoff(attempts: u32) -> Duration {
     RETRY_MIN.saturating_mul(factor).min(RETRY_MAX)
 }
 
-/// An error and its causes on one line (no values: our errors carry none).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
+pub use crate::telemetry::chain;
 
 #[cfg(test)]
 mod tests {

@@ -327,7 +327,13 @@ async fn resumed_session_is_refused_once_its_certificate_is_revoked() {
 
     fx.ca.revoke(&billing_serial).expect("revoke");
     let crls = crls_from_pem(&read(&fx.ca.layout().crl()).expect("crl"), "crl").expect("crls");
-    let inner = build_verifier(&server.roots, &server.provider, crls, &fx.files).expect("verifier");
+    let inner = build_verifier(
+        &server.trust.load().roots,
+        &server.provider,
+        crls,
+        &fx.files,
+    )
+    .expect("verifier");
     server.verifier.inner.store(Arc::new(inner));
 
     // Without `admit` the resumed session still gets in: this is the hole.
