@@ -7,6 +7,7 @@
 // The command line is where output to the terminal belongs.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod ca;
 mod cert;
 mod connect;
 mod dev;
@@ -76,6 +77,9 @@ pub enum Command {
     /// Client certificates for apps.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// The agent's CA: rotate it with an overlap, or see where a rotation stands.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Print a secret (JSON), or one field of it.
     Get(secrets::GetArgs),
     /// Store a new version of a secret.
@@ -182,6 +186,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cert(cmd) => cert::run(cmd).await,
+        Command::Ca(cmd) => Ok(ca::run(cmd)?),
         Command::Get(args) => secrets::get(args).await,
         Command::Put(args) => secrets::put(args).await,
         Command::List(args) => secrets::list(args).await,

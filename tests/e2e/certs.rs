@@ -343,3 +343,129 @@ async fn health_counts_certificates_and_answers_degraded_with_429_like_vault() -
     assert_eq!(admin.health().await?.status, 200);
     Ok(())
 }
+
+/// The issuer of the certificate at `path`, as `openssl x509` prints it.
+fn issuer_of(path: &std::path::Path) -> anyhow::Result<String> {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-issuer", "-in"])
+        .arg(path)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "openssl x509 {}", path.display());
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_rotates_with_an_overlap_and_no_client_sees_a_failed_handshake() -> anyhow::Result<()>
+{
+    let agent = Agent::builder().tcp().start().await?;
+    let web = agent.issue_cert("web", None).await?;
+    let old_ca = issuer_of(&web.cert)?;
+    assert_eq!(agent.client_for(&web)?.get("/v1/whoami").await?.status, 200);
+
+    // 1. Stage: both CAs are trusted (the agent picks the bundle up by itself).
+    let staged = agent
+        .cli(["ca", "rotate", "--stage"])
+        .run()
+        .await?
+        .success()?;
+    assert!(staged.stdout.contains("--activate"), "{}", staged.stdout);
+    let bundle = std::fs::read_to_string(agent.ca_path())?;
+    assert_eq!(latchkey::identity::ca::pem_blocks(&bundle).len(), 2);
+    eventually(
+        "the agent trusts the bundle",
+        Duration::from_secs(10),
+        || async { (!agent.log_lines_with("ca bundle reloaded").is_empty()).then_some(()) },
+    )
+    .await?;
+
+    // Reads go on through every later step, over fresh handshakes each time
+    // (clients trusting the bundle), and none may fail.
+    let reader = {
+        let (tls, endpoint) = (
+            agent.tls_for(&agent.admin_identity())?,
+            agent.endpoint(crate::harness::Via::Tcp)?,
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut served = 0u32;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let api = crate::harness::api::Api::new(latchkey::client::Client::new(
+                    endpoint.clone(),
+                    tls.clone(),
+                ));
+                let answer = api.get("/v1/whoami").await?;
+                anyhow::ensure!(answer.status == 200, "a read failed: {}", answer.body);
+                served += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, anyhow::Error>(served)
+        });
+        (stop, task)
+    };
+
+    // 2. Activate: the new CA issues, the server certificate is reissued by it and
+    // served within a second; the old CA's app certificate still works.
+    let activated = agent
+        .cli(["ca", "rotate", "--activate"])
+        .run()
+        .await?
+        .success()?;
+    assert!(
+        activated.stdout.contains("--finish"),
+        "{}",
+        activated.stdout
+    );
+    let new_server = serial(&agent.dir().join("server/server.pem"))?;
+    eventually(
+        "the new server certificate served",
+        Duration::from_secs(10),
+        || async { (presented_serial(&agent).await.ok()? == new_server).then_some(()) },
+    )
+    .await?;
+    assert_ne!(issuer_of(&agent.dir().join("server/server.pem"))?, old_ca);
+    assert_eq!(agent.client_for(&web)?.get("/v1/whoami").await?.status, 200);
+
+    // 3. Finish is refused while certificates of the old CA are in use...
+    let early = agent.cli(["ca", "rotate", "--finish"]).run().await?;
+    assert_ne!(early.code, 0, "{early:?}");
+    assert!(early.stderr.contains("still valid"), "{}", early.stderr);
+    let status = agent.cli(["ca", "status"]).run().await?.success()?;
+    assert!(status.stdout.contains("still trusted"), "{}", status.stdout);
+    // ...and allowed once they are renewed into the new one.
+    agent
+        .cli(["cert", "renew"])
+        .presenting(&web)
+        .run()
+        .await?
+        .success()?;
+    agent
+        .cli(["cert", "issue", "--admin", "admin"])
+        .run()
+        .await?
+        .success()?;
+    assert_ne!(issuer_of(&web.cert)?, old_ca, "web renewed into the new CA");
+    let (stop, task) = reader;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served = task.await??;
+    assert!(served > 0);
+
+    agent
+        .cli(["ca", "rotate", "--finish"])
+        .run()
+        .await?
+        .success()?;
+    let bundle = std::fs::read_to_string(agent.ca_path())?;
+    assert_eq!(latchkey::identity::ca::pem_blocks(&bundle).len(), 1);
+    eventually(
+        "the renewed pairs work with the one CA",
+        Duration::from_secs(10),
+        || async {
+            let web = agent.client_for(&web).ok()?.get("/v1/whoami").await.ok()?;
+            let admin = agent.admin().ok()?.get("/v1/whoami").await.ok()?;
+            (web.status == 200 && admin.status == 200).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -220,7 +220,7 @@ fn print_issued(id: &str, issued: &ca::Issued, cert_path: &Path, key_path: &Path
 
 /// `cert issue --server`: a new server certificate with the names of the current
 /// one (`localhost`, `127.0.0.1`, `::1` when there is none), over the old pair.
-fn reissue_server(ca: &Ca, ttl: std::time::Duration) -> anyhow::Result<ExitCode> {
+pub(super) fn reissue_server(ca: &Ca, ttl: std::time::Duration) -> anyhow::Result<ExitCode> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let layout = ca.layout();
     let (cert_path, key_path) = (layout.server_cert(), layout.server_key());

@@ -54,6 +54,9 @@ const MODE_DIR: u32 = 0o700;
 const MODE_KEY: u32 = 0o600;
 const MODE_PUBLIC: u32 = 0o644;
 
+mod rotate;
+pub use rotate::RotationState;
+
 /// Errors from creating, loading and using the CA. Messages name files, never keys.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -100,6 +103,9 @@ pub enum Error {
         #[source]
         source: rcgen::Error,
     },
+    /// A CA rotation step cannot be taken now.
+    #[error("ca rotation: {0}")]
+    Rotation(String),
     /// A certificate in PEM (given as text) could not be read.
     #[error("not a pem x.509 certificate")]
     BadCertificatePem,
@@ -233,7 +239,11 @@ fn checked_name(name: &str) -> Result<&str, Error> {
 pub struct Ca {
     layout: Layout,
     trust_domain: TrustDomain,
+    /// The issuing CA's certificate.
     cert_pem: String,
+    /// Every trusted CA certificate (`ca.pem`): the issuing one and, during a
+    /// rotation, the one before or after it.
+    bundle_pem: String,
     key_pem: SecretString,
     not_after: i64,
 }
@@ -323,6 +333,10 @@ pub struct IssuedRecord {
     pub issued_at: i64,
     /// End of validity, Unix seconds.
     pub not_after: i64,
+    /// The serial of the CA that issued it (absent in records from before CA
+    /// rotation existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 /// How long an expired certificate stays in `issued.json` (so its `expired` warning
@@ -393,6 +407,37 @@ impl Ca {
             create_private_dir(&sub)?;
         }
 
+        let made = MadeCa::new(trust_domain, format!("latchkey CA {trust_domain}"))?;
+        let ca = Self {
+            trust_domain: trust_domain.clone(),
+            cert_pem: made.cert_pem.clone(),
+            bundle_pem: made.cert_pem.clone(),
+            key_pem: made.key_pem,
+            not_after: made.not_after,
+            layout,
+        };
+        write_new(
+            &ca.layout.ca_key(),
+            ca.key_pem.expose().as_bytes(),
+            MODE_KEY,
+        )?;
+        write_new(&ca.layout.ca_cert(), ca.cert_pem.as_bytes(), MODE_PUBLIC)?;
+        ca.write_crl()?;
+        Ok(ca)
+    }
+}
+
+/// A new CA certificate and key (self-signed, ten years, path length 0).
+pub(crate) struct MadeCa {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: SecretString,
+    pub(crate) not_after: i64,
+}
+
+impl MadeCa {
+    /// A CA for `trust_domain` named `common_name` (CAs trusted side by side during a
+    /// rotation need different names: CRLs are matched to certificates by issuer).
+    pub(crate) fn new(trust_domain: &TrustDomain, common_name: String) -> Result<Self, Error> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(gen_err("generate the ca key"))?;
         let now = now_utc();
@@ -400,7 +445,7 @@ impl Ca {
         params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
-            .push(DnType::CommonName, format!("latchkey CA {trust_domain}"));
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -419,58 +464,69 @@ impl Ca {
         let cert = params
             .self_signed(&key)
             .map_err(gen_err("sign the ca certificate"))?;
-
-        let ca = Self {
-            trust_domain: trust_domain.clone(),
+        Ok(MadeCa {
             cert_pem: cert.pem(),
             key_pem: SecretString::new(key.serialize_pem()),
             not_after: params.not_after.unix_timestamp(),
-            layout,
-        };
-        write_new(
-            &ca.layout.ca_key(),
-            ca.key_pem.expose().as_bytes(),
-            MODE_KEY,
-        )?;
-        write_new(&ca.layout.ca_cert(), ca.cert_pem.as_bytes(), MODE_PUBLIC)?;
-        ca.write_crl()?;
-        Ok(ca)
+        })
     }
+}
 
-    /// Loads the CA under `dir`, checking that the key matches the certificate.
+/// The PEM certificate blocks of `text`, each with its BEGIN and END lines.
+pub fn pem_blocks(text: &str) -> Vec<&str> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(end) = rest[start..].find(END) else {
+            break;
+        };
+        let stop = start + end + END.len();
+        blocks.push(&rest[start..stop]);
+        rest = &rest[stop..];
+    }
+    blocks
+}
+
+impl Ca {
+    /// Loads the CA under `dir`: `ca.pem` is the bundle of trusted CA certificates
+    /// (more than one during a rotation, see `rotate`), and the one `ca.key` belongs
+    /// to is the CA that issues. Fails when none does.
     pub fn load(dir: &Path) -> Result<Self, Error> {
         let layout = Layout::new(dir);
         let cert_path = layout.ca_cert();
         let key_path = layout.ca_key();
-        let cert_pem = fs::read_to_string(&cert_path).map_err(io_err("read", &cert_path))?;
+        let bundle_pem = fs::read_to_string(&cert_path).map_err(io_err("read", &cert_path))?;
         let key_pem =
             SecretString::new(fs::read_to_string(&key_path).map_err(io_err("read", &key_path))?);
         warn_if_readable_by_others(&key_path);
-
-        let invalid = |path: &Path, reason| Error::Invalid {
-            path: path.to_owned(),
-            reason,
-        };
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|_| invalid(&cert_path, "no pem certificate"))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|_| invalid(&cert_path, "not a valid x.509 certificate"))?;
-        if !cert.is_ca() {
-            return Err(invalid(&cert_path, "not a ca certificate"));
+        let key = KeyPair::from_pem(key_pem.expose()).map_err(|_| Error::Invalid {
+            path: key_path.clone(),
+            reason: "not a pem private key",
+        })?;
+        let blocks = pem_blocks(&bundle_pem);
+        if blocks.is_empty() {
+            return Err(Error::Invalid {
+                path: cert_path,
+                reason: "no pem certificate",
+            });
         }
-        let trust_domain = ca_trust_domain(&cert)
-            .ok_or_else(|| invalid(&cert_path, "no spiffe://<trust-domain> uri san"))?;
-        let key = KeyPair::from_pem(key_pem.expose())
-            .map_err(|_| invalid(&key_path, "not a pem private key"))?;
-        if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
-            return Err(invalid(&key_path, "key does not match the ca certificate"));
+        for block in blocks {
+            let (trust_domain, not_after, matches) = ca_cert_facts(block, &cert_path, &key)?;
+            if matches {
+                return Ok(Self {
+                    not_after,
+                    trust_domain,
+                    cert_pem: format!("{block}\n"),
+                    bundle_pem: bundle_pem.clone(),
+                    layout,
+                    key_pem,
+                });
+            }
         }
-        Ok(Self {
-            not_after: cert.validity().not_after.timestamp(),
-            layout,
-            trust_domain,
-            cert_pem,
-            key_pem,
+        Err(Error::Invalid {
+            path: key_path,
+            reason: "key does not match the ca certificate",
         })
     }
 
@@ -544,6 +600,7 @@ impl Ca {
                 holder: holder.to_owned(),
                 issued_at: now,
                 not_after: issued.not_after,
+                issuer: serial_of_pem(&self.cert_pem).ok(),
             });
             let bytes = serde_json::to_vec_pretty(&list).map_err(|_| Error::Invalid {
                 path: path.clone(),
@@ -689,6 +746,11 @@ impl Ca {
         })
     }
 
+    /// The trust bundle (`ca.pem`): the issuing CA and any other trusted beside it.
+    pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
+    }
+
     /// Revokes the certificate with this serial (hex, colons allowed) and rewrites the
     /// CRL. Revoking an already revoked serial changes nothing.
     pub fn revoke(&self, serial: &str) -> Result<(), Error> {
@@ -779,7 +841,15 @@ impl Ca {
         let crl = params
             .signed_by(&self.issuer()?)
             .map_err(gen_err("sign the crl"))?;
-        let pem = crl.pem().map_err(gen_err("encode the crl"))?;
+        let mut pem = crl.pem().map_err(gen_err("encode the crl"))?;
+        // During a rotation's overlap the previous CA's certificates are still
+        // trusted, so their revocations need a CRL signed by that CA too.
+        if let Some(previous) = self.previous_issuer()? {
+            let crl = params
+                .signed_by(&previous)
+                .map_err(gen_err("sign the previous ca's crl"))?;
+            pem.push_str(&crl.pem().map_err(gen_err("encode the crl"))?);
+        }
         let json = serde_json::to_vec_pretty(&list).map_err(|source| Error::RevokedList {
             path: revoked_path.clone(),
             source,
@@ -788,6 +858,29 @@ impl Ca {
         write_atomic(&revoked_path, &json, MODE_KEY)?;
         write_atomic(&self.layout.crl(), pem.as_bytes(), MODE_PUBLIC)
     }
+}
+
+/// A CA certificate's trust domain, end of validity, and whether `key` is its key.
+fn ca_cert_facts(
+    block: &str,
+    path: &Path,
+    key: &KeyPair,
+) -> Result<(TrustDomain, i64, bool), Error> {
+    let invalid = |reason| Error::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let der = CertificateDer::from_pem_slice(block.as_bytes())
+        .map_err(|_| invalid("no pem certificate"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|_| invalid("not a valid x.509 certificate"))?;
+    if !cert.is_ca() {
+        return Err(invalid("not a ca certificate"));
+    }
+    let trust_domain =
+        ca_trust_domain(&cert).ok_or_else(|| invalid("no spiffe://<trust-domain> uri san"))?;
+    let matches = key.public_key_raw() == cert.public_key().subject_public_key.data.as_ref();
+    Ok((trust_domain, cert.validity().not_after.timestamp(), matches))
 }
 
 /// The trust domain of a CA certificate, from its `spiffe://<td>` URI SAN.
