@@ -140,8 +140,9 @@ pub struct Audit {
     reopen: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Opens the audit file to append, creating it `0600`, never through a link.
-fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+/// Opens the audit file (or the log file) to append, creating it `0600`, never
+/// through a link.
+pub(crate) fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -40,6 +40,10 @@ pub struct Cli {
     /// Log filter, e.g. `info`, `debug`, `latchkey=trace` (RUST_LOG syntax).
     #[arg(long, global = true, env = "LATCHKEY_LOG")]
     pub log_level: Option<String>,
+    /// Append the log to this file (created 0600, never through a symbolic link)
+    /// instead of stderr; SIGUSR1 and every reload open it again, for logrotate.
+    #[arg(long, global = true, env = "LATCHKEY_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

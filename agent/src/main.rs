@@ -21,7 +21,17 @@ fn main() -> ExitCode {
     // fallback values leave the environment (children and `/proc/<pid>/environ`
     // no longer show them); the agent keeps them in memory.
     latchkey::environment::take_at_start(&cli.command.secret_env_names());
-    latchkey::telemetry::init(cli.log_format, cli.log_level.as_deref());
+    if let Err(e) = latchkey::telemetry::init(
+        cli.log_format,
+        cli.log_level.as_deref(),
+        cli.log_file.as_deref(),
+    ) {
+        let file = cli.log_file.as_deref().unwrap_or(std::path::Path::new("-"));
+        report(
+            &anyhow::Error::new(e).context(format!("cannot open the log file {}", file.display())),
+        );
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

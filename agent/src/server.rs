@@ -206,6 +206,9 @@ impl Running {
     pub async fn reload_as(&self, path: &std::path::Path, who: &str) -> Reloaded {
         self.notifier
             .send("RELOADING=1\nSTATUS=reloading the config");
+        // As SIGUSR1 does: a reload after logrotate needs no second signal.
+        crate::telemetry::reopen();
+        self.state.audit.reopen();
         let mut record = crate::audit::Record::now(who.into(), None, "reload", None);
         let outcome;
         match Config::load(path) {
@@ -789,8 +792,9 @@ pub async fn serve(running: Running, path: &std::path::Path) {
                     running.reload(path).await;
                 }
                 Signal::Reopen => {
-                    tracing::info!("SIGUSR1: reopening the audit file");
+                    tracing::info!("SIGUSR1: reopening the audit file and the log file");
                     running.state.audit.reopen();
+                    crate::telemetry::reopen();
                 }
                 Signal::Stop => break,
             },

@@ -203,6 +203,80 @@ async fn sigusr1_reopens_the_audit_file_after_logrotate_moved_it() -> anyhow::Re
 }
 
 #[tokio::test]
+async fn sigusr1_and_a_reload_reopen_the_log_file_after_logrotate() -> anyhow::Result<()> {
+    let logs = tempfile::tempdir()?;
+    let log = logs.path().join("latchkey.log");
+    let log_text = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let agent = Agent::builder()
+        .env("LATCHKEY_LOG_FILE", &log.display().to_string())
+        .start()
+        .await?;
+    eventually("the log in its file", Duration::from_secs(10), || async {
+        log_text(&log).contains("latchkey ready").then_some(())
+    })
+    .await?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&log)?.permissions());
+    assert_eq!(mode & 0o777, 0o600, "created private");
+
+    // logrotate moves the file, then signals.
+    let first = log.with_extension("log.1");
+    std::fs::rename(&log, &first)?;
+    let pid = agent.pid().ok_or_else(|| anyhow::anyhow!("not running"))?;
+    let sent = std::process::Command::new("kill")
+        .args(["-USR1", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(sent.success());
+    eventually(
+        "a new file by the same path",
+        Duration::from_secs(10),
+        || async { log_text(&log).contains("log file reopened").then_some(()) },
+    )
+    .await?;
+    assert!(!log_text(&first).contains("log file reopened"));
+
+    // A reload reopens it too (and the audit file), no second signal needed.
+    let second = log.with_extension("log.2");
+    std::fs::rename(&log, &second)?;
+    agent.cli(["reload"]).run().await?.success()?;
+    eventually(
+        "the reload logged in a new file",
+        Duration::from_secs(10),
+        || async { log_text(&log).contains("config reloaded").then_some(()) },
+    )
+    .await?;
+    assert!(!log_text(&second).contains("config reloaded"));
+    assert!(agent.is_running());
+
+    // A link where the log file should be is refused before anything starts.
+    let elsewhere = logs.path().join("elsewhere.log");
+    std::fs::write(&elsewhere, "")?;
+    let linked = logs.path().join("linked.log");
+    std::os::unix::fs::symlink(&elsewhere, &linked)?;
+    let config = agent.config_path();
+    let refused = agent
+        .cli([
+            std::ffi::OsStr::new("run"),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ])
+        .env("LATCHKEY_LOG_FILE", &linked)
+        .run()
+        .await?;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stderr.contains("cannot open the log file"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&elsewhere)?,
+        "",
+        "nothing written through the link"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_dev_agent_reloads_too() -> anyhow::Result<()> {
     use tokio::io::AsyncBufReadExt as _;
     let dir = tempfile::tempdir()?;
