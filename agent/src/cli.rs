@@ -17,6 +17,7 @@ mod import;
 mod init;
 mod lifecycle;
 mod plugin;
+mod progress;
 mod reload;
 mod render;
 mod secrets;

@@ -107,3 +107,39 @@ var = "LK_FALLBACK_NOT_SET"
     assert_eq!(agent.client_for(&web)?.read("ai/openai").await?.status, 403);
     Ok(())
 }
+
+#[tokio::test]
+async fn import_shows_its_progress_on_a_terminal_only() -> anyhow::Result<()> {
+    let agent = Agent::builder().start().await?;
+    let bin = crate::harness::binary()?;
+    // On a pseudo-terminal (util-linux `script`): the progress line, rewritten in
+    // place and cleared at the end.
+    let mut cmd = std::process::Command::new("script");
+    cmd.args([
+        "-qec",
+        &format!("{} import --from-env LKPROG_", bin.display()),
+        "/dev/null",
+    ])
+    .env("LATCHKEY_DIR", agent.dir());
+    for i in 0..5 {
+        cmd.env(format!("LKPROG_KEY_{i}"), format!("value-{i}"));
+    }
+    let tty = cmd.output()?;
+    let text = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{text}");
+    assert!(text.contains("importing 5/5 (100%)"), "{text}");
+    assert!(text.contains("\r\u{1b}[K"), "redrawn in place: {text:?}");
+    assert!(text.contains("5 imported"), "{text}");
+    assert!(!text.contains("value-"), "values are never printed");
+
+    // Into a pipe: only the command's own lines.
+    let piped = agent
+        .cli(["import", "--from-env", "LKPIPE_"])
+        .env("LKPIPE_ONE", "x")
+        .run()
+        .await?
+        .success()?;
+    assert!(!piped.stderr.contains("importing"), "{}", piped.stderr);
+    assert!(!piped.stdout.contains('\u{1b}'), "{}", piped.stdout);
+    Ok(())
+}

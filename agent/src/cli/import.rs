@@ -110,6 +110,7 @@ pub(super) async fn run(args: ImportArgs) -> Result<ExitCode, Failure> {
     }
     let client = args.client.client()?;
     let (mut imported, mut kept) = (0, 0);
+    let mut progress = super::progress::Progress::new("importing", plan.len());
     for (name, path, value) in plan {
         let mut fields = Fields::new();
         fields.insert(args.field.clone(), value);
@@ -122,6 +123,7 @@ pub(super) async fn run(args: ImportArgs) -> Result<ExitCode, Failure> {
         let reply = client
             .request(Method::PUT, &format!("/v1/secrets/{path}"), Some(bytes))
             .await?;
+        progress.clear();
         match reply.status {
             200 => {
                 println!("imported {name} -> {path}");
@@ -138,7 +140,9 @@ pub(super) async fn run(args: ImportArgs) -> Result<ExitCode, Failure> {
                 ))?;
             }
         }
+        progress.step();
     }
+    drop(progress);
     println!("{imported} imported, {kept} kept, {skipped} skipped");
     if imported > 0 {
         println!(

@@ -226,11 +226,12 @@ impl Engine {
     /// under the rules in force.
     pub async fn rules_changed(&self) {
         let dropped = self.inner.status.retain(|path| self.policy(path).is_some());
-        let mut plan = lock(&self.inner.plan);
-        for path in &dropped {
-            plan.set(path, None);
+        {
+            let mut plan = lock(&self.inner.plan);
+            for path in &dropped {
+                plan.set(path, None);
+            }
         }
-        drop(plan);
         self.plan_all().await;
         self.inner.replan.notify_one();
     }
