@@ -196,8 +196,10 @@ impl Running {
     /// plugins and lifecycle rules (calls in flight finish on the old plugin), the
     /// sync prefixes and intervals and the upstream's settings (a client of the same
     /// kind), the templates and the webhooks. A section that only a restart applies
-    /// is named in the log and the audit record. A config that does not validate changes nothing: its
-    /// problems are logged and the old config keeps serving. Audited either way.
+    /// is named in the log and the audit record. A config that does not validate,
+    /// or whose plugins, upstream client or TLS files cannot be loaded, changes
+    /// nothing: its problems are logged and the old config keeps serving. Audited
+    /// either way.
     pub async fn reload(&self, path: &std::path::Path) {
         self.reload_as(path, "(operator: SIGHUP)").await;
     }
