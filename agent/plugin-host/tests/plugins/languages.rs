@@ -38,11 +38,7 @@ fn refreshing(refresh: &str) -> Credential {
 }
 
 async fn load(t: &TestHost, wasm: &Path, lang: &str, svc: &Fixture) -> Plugin {
-    let manifest = crate::support::workspace_root()
-        .join("examples/plugins")
-        .join(lang)
-        .join("plugin.toml");
-    let mut spec = spec(wasm, &manifest);
+    let mut spec = spec(wasm, &root_manifest(lang));
     grant_http(&mut spec, &svc.authority());
     t.host.load(spec).await.unwrap()
 }
@@ -269,4 +265,73 @@ fn sdk_pure_helpers_pass_their_own_tests() {
         "JavaScript SDK tests failed:\n{}",
         String::from_utf8_lossy(&node.stdout)
     );
+}
+
+/// The Python SDK's cost on a validate call: the example provider against the same
+/// `validate` written on the wasi:http bindings by hand (`benches/guests/python-raw`),
+/// both fresh-instance calls against the loopback token service, medians of 200.
+/// Prints the figures for `docs/BENCHMARKS.md`:
+/// `cargo nextest run -p latchkey-plugin-host --run-ignored only -E 'test(/sdk_overhead/)' --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; prints figures"]
+#[allow(clippy::print_stdout)]
+async fn sdk_overhead_on_a_python_validate() {
+    let root = crate::support::workspace_root();
+    let raw_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/guests/python-raw");
+    let started = Instant::now();
+    let sdk_wasm = tokio::task::spawn_blocking(python_guest)
+        .await
+        .unwrap()
+        .unwrap();
+    println!(
+        "python example: built or found in {:.1} s, {:.1} MB",
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(&sdk_wasm).unwrap().len() as f64 / 1e6
+    );
+    let raw_wasm = latchkey_guest_build::Guests::new(root, env!("CARGO_TARGET_TMPDIR"))
+        .build_source(
+            latchkey_guest_build::Lang::Python,
+            &raw_dir,
+            "bench-python-raw",
+        )
+        .unwrap();
+    let svc = token_service::start().unwrap();
+    let t = host();
+    let mut medians = Vec::new();
+    for (wasm, manifest) in [
+        (sdk_wasm, root_manifest("python")),
+        (raw_wasm, raw_dir.join("plugin.toml")),
+    ] {
+        let mut spec = spec(&wasm, &manifest);
+        grant_http(&mut spec, &svc.authority());
+        let plugin = t.host.load(spec).await.unwrap();
+        let cfg = config(&[("base-url", &svc.url())]);
+        let mut times = Vec::new();
+        for i in 0..220 {
+            let start = Instant::now();
+            let answer = plugin
+                .validate(cfg.clone(), token("good"))
+                .await
+                .unwrap()
+                .unwrap();
+            if i >= 20 {
+                times.push(start.elapsed());
+            }
+            assert!(answer.valid, "{answer:?}");
+        }
+        times.sort();
+        medians.push(times[times.len() / 2]);
+    }
+    let (sdk, raw) = (medians[0], medians[1]);
+    println!(
+        "validate median: SDK {sdk:?}, hand-written {raw:?}: {:+.1}%",
+        (sdk.as_secs_f64() / raw.as_secs_f64() - 1.0) * 100.0
+    );
+}
+
+fn root_manifest(lang: &str) -> std::path::PathBuf {
+    crate::support::workspace_root()
+        .join("examples/plugins")
+        .join(lang)
+        .join("plugin.toml")
 }
