@@ -38,6 +38,7 @@ mod providers;
 mod reload;
 mod render;
 mod roundtrip;
+mod sdk;
 mod security;
 mod serve;
 mod sync;

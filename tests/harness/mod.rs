@@ -18,6 +18,7 @@
 //! - [`postgres`]: a private PostgreSQL server with scram password auth (the machine's trusts every login).
 //! - [`wasm`]: the test guest and the first-party providers, built once, and `latchkey plugin call`.
 //! - [`oauth_server`]: the real `oauth2-mock-server`, with exact token-request counts.
+//! - [`token_service`]: the token service the SDK example providers talk to (a [`fixture`]).
 //! - [`pace`]: how much slower than the reference machine this one is; every deadline
 //!   here ([`eventually`] and the agent's, the servers' and the CLI's) is scaled by it.
 //! - [`logs`]: the end of a log for a failure message (never all of it), and the temp
@@ -33,6 +34,8 @@ pub(crate) mod oauth_server;
 pub(crate) mod pace;
 pub(crate) mod postgres;
 pub(crate) mod raw;
+#[path = "../../agent/plugin-host/tests/plugins/token_service.rs"]
+pub(crate) mod token_service;
 pub(crate) mod wasm;
 
 use std::future::Future;

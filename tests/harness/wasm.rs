@@ -1,6 +1,6 @@
-//! WebAssembly components for the tests: the plugin host's test guest and every
-//! first-party provider in `plugins/`, built once per test run for `wasm32-wasip2`,
-//! and a runner for `latchkey plugin call`.
+//! WebAssembly components for the tests: the plugin host's test guest, every
+//! first-party provider in `plugins/` and the Python and JavaScript SDK examples,
+//! built once per test run, and a runner for `latchkey plugin call`.
 //!
 //! Each component is built on first use by `latchkey-guest-build` (the one guest
 //! builder of the tests and benches) into `CARGO_TARGET_TMPDIR/e2e-wasm` (a second
@@ -74,6 +74,16 @@ pub(crate) fn guest_manifest() -> PathBuf {
 /// A first-party provider, installed as `<dir>/<name>.wasm` beside `<name>.toml`.
 pub(crate) fn plugin(name: &str) -> anyhow::Result<PathBuf> {
     let built = build(&format!("latchkey-plugin-{name}"))?;
+    let manifest = workspace_root()
+        .join("plugins")
+        .join(name)
+        .join("plugin.toml");
+    install(&built, &manifest, name)
+}
+
+/// Copies `built` and its `manifest` into `plugins/<name>/` as `<name>.wasm` and
+/// `<name>.toml`, the way an operator installs a plugin.
+fn install(built: &Path, manifest: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let dir = out_dir().join("plugins").join(name);
     std::fs::create_dir_all(&dir)?;
     let wasm = dir.join(format!("{name}.wasm"));
@@ -82,16 +92,32 @@ pub(crate) fn plugin(name: &str) -> anyhow::Result<PathBuf> {
     static INSTALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = INSTALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    std::fs::copy(&built, &tmp)?;
+    std::fs::copy(built, &tmp)?;
     std::fs::rename(&tmp, &wasm)?;
-    let manifest = workspace_root()
-        .join("plugins")
-        .join(name)
-        .join("plugin.toml");
     let tmp = dir.join(format!(".{name}.toml.{}.{n}.tmp", std::process::id()));
-    std::fs::copy(&manifest, &tmp).with_context(|| format!("copy {}", manifest.display()))?;
+    std::fs::copy(manifest, &tmp).with_context(|| format!("copy {}", manifest.display()))?;
     std::fs::rename(&tmp, dir.join(format!("{name}.toml")))?;
     Ok(wasm)
+}
+
+/// An SDK example provider (`examples/plugins/python` or `js`, built with its SDK by
+/// `latchkey-guest-build`, once per run), installed as `<dir>/example-<lang>.wasm`
+/// beside `example-<lang>.toml`.
+pub(crate) fn example(lang: latchkey_guest_build::Lang) -> anyhow::Result<PathBuf> {
+    static BUILT: Mutex<BTreeMap<&'static str, Result<PathBuf, String>>> =
+        Mutex::new(BTreeMap::new());
+    let built = BUILT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(lang.dir())
+        .or_insert_with(|| guests().build_example(lang))
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    let manifest = workspace_root()
+        .join("examples/plugins")
+        .join(lang.dir())
+        .join("plugin.toml");
+    install(&built, &manifest, &format!("example-{}", lang.dir()))
 }
 
 /// Lowercase hex sha256 of a file (what `[[plugin]] sha256` pins).

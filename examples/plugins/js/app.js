@@ -1,55 +1,91 @@
-// Example latchkey provider in JavaScript (componentize-js / StarlingMonkey).
+// A latchkey provider in JavaScript for a token service, written with the latchkey SDK.
 //
-// Checks that an API key has the configured prefix and a plausible length, and
-// reports one permission. Real providers call their service with fetch() (which
-// componentize-js maps to wasi:http, so the host's allow-list applies).
+// The service (any server with this shape; the tests start one on loopback):
+// - GET {base-url}/v1/token/introspect with `authorization: Bearer <access-token>`
+//   answers 200 {"account": "…", "scopes": ["read", …], "expires_at": "<RFC 3339>"}
+//   for a working token, 401 or 403 for a refused one;
+// - POST {base-url}/v1/token/refresh with JSON {"refresh_token": "…"} answers
+//   200 {"access_token": "…", "refresh_token": "…", "expires_in": 3600}.
+//
+// Credential kind `access-token` with fields `access-token` and `refresh-token`.
+// Config: `base-url` (required), `timeout` (seconds per request, default 10).
+//
+// Every contract answer is reachable: valid/invalid from validate; `unavailable` for
+// 408/429/5xx, timeouts and network failures; `rejected` for a refused refresh token;
+// `denied` when the host refuses the destination; `invalid-config` for a missing
+// base-url or credential field; `unsupported` for rotation, which this service does
+// not offer.
 
-import { log } from 'latchkey:provider/log@0.1.0';
+import { clock, config, errors, http, info, log, validate, credential } from '@latchkey/plugin-sdk';
 
-function get(fields, name) {
-  const f = fields.find((f) => f.name === name);
-  return f === undefined ? undefined : f.value;
+const KIND = 'access-token';
+
+function settings(cfg) {
+  const base = validate.baseUrl(cfg);
+  const timeout = Number(config.get(cfg, 'timeout', '10'));
+  if (!(timeout > 0 && timeout <= 300)) {
+    throw errors.invalidConfig('config timeout must be a number of seconds between 0 and 300');
+  }
+  return { base, timeout };
 }
 
 export const provider = {
   info() {
-    return {
-      name: 'example-js',
-      version: '0.1.0',
-      kinds: ['api-key'],
-      operations: ['validate'],
-      httpAuthorities: [],
-      sqlConnections: [],
-    };
+    return info({ name: 'example-js', version: '0.2.0', kinds: [KIND], operations: ['validate', 'refresh'] });
   },
 
-  validate(config, cred) {
-    const prefix = get(config, 'prefix') ?? '';
-    const key = get(cred.fields, 'key');
-    if (key === undefined) {
-      // A thrown value becomes the `err` of the result: a provider-error variant.
-      throw { tag: 'invalid-config', val: 'credential has no field key' };
+  validate(cfg, cred) {
+    validate.requireKind(cred, [KIND]);
+    const { base, timeout } = settings(cfg);
+    const token = config.requireField(cred, 'access-token');
+    const req = http.get(`${base}/v1/token/introspect`).bearer(token).timeout(timeout);
+    const answer = validate.check(req, { secrets: [token] });
+    if (!answer.accepted) return validate.invalid(`token service refused the token: ${answer.reason}`);
+    const body = answer.response.json();
+    if (!body || typeof body !== 'object') {
+      throw errors.unavailable('token service sent an unexpected introspection answer');
     }
-    // Log lengths, never values.
-    log('debug', `checking key of length ${key.length}`);
-    const valid = key.startsWith(prefix) && key.length >= prefix.length + 16;
-    return {
-      valid,
-      detail: valid ? 'key has the expected shape' : 'key has the wrong shape',
-      permissions: [{ name: 'read', granted: valid }],
-      expiresAt: undefined,
-    };
+    const scopes = (Array.isArray(body.scopes) ? body.scopes : []).filter((s) => typeof s === 'string');
+    const expiresAt = typeof body.expires_at === 'string' ? clock.parseRfc3339(body.expires_at) : undefined;
+    log.debug(`token introspected: ${scopes.length} scopes, ${answer.response.body.length} bytes`);
+    const account = typeof body.account === 'string' ? body.account : 'unknown';
+    return validate.valid(`token accepted for account ${validate.redact(account, [token])}`, {
+      permissions: Object.fromEntries(scopes.map((s) => [s, true])),
+      expiresAt,
+    });
   },
 
-  createPending(_config, _current) {
-    throw { tag: 'unsupported', val: 'create-pending' };
+  createPending(_cfg, _current) {
+    throw errors.unsupported('create-pending: the token service issues tokens only by refresh');
   },
 
-  retire(_config, _previous) {
-    throw { tag: 'unsupported', val: 'retire' };
+  retire(_cfg, _previous) {
+    throw errors.unsupported('retire: the token service has no revocation endpoint');
   },
 
-  refresh(_config, _cred) {
-    throw { tag: 'unsupported', val: 'refresh' };
+  refresh(cfg, cred) {
+    validate.requireKind(cred, [KIND]);
+    const { base, timeout } = settings(cfg);
+    const refreshToken = config.requireField(cred, 'refresh-token');
+    const res = http
+      .post(`${base}/v1/token/refresh`)
+      .json({ refresh_token: refreshToken })
+      .timeout(timeout)
+      .send();
+    if (!res.ok) {
+      // 400/401: the refresh token is refused (the host marks the credential
+      // reauth-required); 408/429/5xx: retried with backoff.
+      throw validate.statusError(res, { secrets: [refreshToken] });
+    }
+    const body = res.json();
+    if (!body || typeof body.access_token !== 'string' || body.access_token === '') {
+      throw errors.unavailable('token service answered a refresh without access_token');
+    }
+    const fields = { 'access-token': body.access_token };
+    if (typeof body.refresh_token === 'string') fields['refresh-token'] = body.refresh_token; // else the host keeps the old one
+    const expiresAt =
+      Number.isInteger(body.expires_in) && body.expires_in > 0 ? clock.nowSecs() + BigInt(body.expires_in) : undefined;
+    log.info('token refreshed');
+    return credential(KIND, fields, expiresAt);
   },
 };

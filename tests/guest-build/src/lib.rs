@@ -1,5 +1,6 @@
 //! Builds the WebAssembly guests that tests and benchmarks load — the plugin host's
-//! test guest and the first-party providers in `plugins/` — for `wasm32-wasip2`.
+//! test guest and the first-party providers in `plugins/` for `wasm32-wasip2`, and the
+//! Python and JavaScript example providers ([`examples`]).
 //!
 //! One helper for every suite (the end-to-end tests, the plugin host's tests, the
 //! benches), so a guest is built with one set of settings into one target dir,
@@ -15,6 +16,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+pub mod examples;
+pub use examples::Lang;
 
 /// Where guests are built, and from which workspace.
 #[derive(Debug, Clone)]

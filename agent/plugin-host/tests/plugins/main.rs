@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+// Loopback HTTP fixtures, shared with the end-to-end harness.
+#[path = "../../../../tests/harness/fixture.rs"]
+#[allow(dead_code)] // not every helper is used here
+mod fixture;
 mod languages;
 mod limits;
 mod network;
@@ -15,3 +19,4 @@ mod network;
 mod pace;
 mod sql;
 mod support;
+mod token_service;

@@ -1,24 +1,22 @@
 //! Test support: builds the guest components once per test run, starts loopback
 //! HTTP fixtures, and makes hosts and load specs that read like the scenario.
 //!
-//! Guests are built into `CARGO_TARGET_TMPDIR` (under the shared target dir): the Rust
-//! test guest with `latchkey-guest-build` (as the end-to-end tests do), the Python and
-//! JavaScript examples with the tools `.ci/install-tools.sh` installs (found through
-//! `LATCHKEY_TOOLS_DIR`, else `<workspace>/target/tools`). Outputs are keyed by a hash
-//! of their sources, so a second test run builds nothing; compiled artifacts are
-//! cached the same way the agent caches them.
+//! Guests are built into `CARGO_TARGET_TMPDIR` (under the shared target dir) by
+//! `latchkey-guest-build`, as the end-to-end tests build them: the Rust test guest, and
+//! the Python and JavaScript examples with the SDKs in `plugin-sdk/python` and
+//! `plugin-sdk/js` (keyed by a hash of their sources, so a second test run builds
+//! nothing). Compiled artifacts are cached the same way the agent caches them.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use latchkey_plugin_host::{
-    sha256_file, sha256_hex, Grants, HostConfig, Limits, LoadSpec, Manifest, PluginHost,
-    RecordingAudit, SqlConnectionConfig,
+    sha256_file, Grants, HostConfig, Limits, LoadSpec, Manifest, PluginHost, RecordingAudit,
+    SqlConnectionConfig,
 };
 
 pub(crate) fn workspace_root() -> PathBuf {
@@ -47,112 +45,22 @@ fn build_rust_guest() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
-pub(crate) fn tools_dir() -> Result<PathBuf> {
-    let dir = std::env::var_os("LATCHKEY_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/tools"));
-    if !dir.join("env.sh").is_file() {
-        bail!(
-            "plugin toolchain not found in {} — run .ci/install-tools.sh (or set LATCHKEY_TOOLS_DIR)",
-            dir.display()
-        );
-    }
-    Ok(dir)
-}
-
-/// sha256 over the files of a source tree (names and contents), for output keys.
-fn tree_hash(paths: &[PathBuf]) -> Result<String> {
-    let mut all = Vec::new();
-    for p in paths {
-        all.extend_from_slice(p.to_string_lossy().as_bytes());
-        all.extend(std::fs::read(p).with_context(|| format!("read {}", p.display()))?);
-    }
-    Ok(sha256_hex(&all)[..16].to_owned())
-}
-
-fn wit_files() -> Result<Vec<PathBuf>> {
-    let root = workspace_root().join("wit");
-    let mut files = vec![
-        root.join("types.wit"),
-        root.join("provider.wit"),
-        root.join("host.wit"),
-        root.join("world.wit"),
-    ];
-    files.sort();
-    Ok(files)
-}
-
-/// The Python example provider, built with componentize-py.
+/// The Python example provider (built with its SDK by componentize-py).
 pub(crate) fn python_guest() -> Result<PathBuf> {
-    static WASM: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    WASM.get_or_init(|| build_example("python").map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
+    example(latchkey_guest_build::Lang::Python)
 }
 
-/// The JavaScript example provider, built with componentize-js.
+/// The JavaScript example provider (built with its SDK by componentize-js).
 pub(crate) fn js_guest() -> Result<PathBuf> {
-    static WASM: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    WASM.get_or_init(|| build_example("js").map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
+    example(latchkey_guest_build::Lang::Js)
 }
 
-fn build_example(lang: &str) -> Result<PathBuf> {
-    let tools = tools_dir()?;
-    let src = workspace_root().join("examples/plugins").join(lang);
-    let mut inputs = wit_files()?;
-    let (main, builder) = match lang {
-        "python" => (src.join("app.py"), None),
-        _ => (src.join("app.js"), Some(src.join("build.mjs"))),
-    };
-    inputs.push(main);
-    inputs.extend(builder);
-    let out_dir = scratch().join(format!("{lang}-guest"));
-    std::fs::create_dir_all(&out_dir)?;
-    let out = out_dir.join(format!("provider-{}.wasm", tree_hash(&inputs)?));
-    if out.is_file() {
-        return Ok(out);
-    }
+fn example(lang: latchkey_guest_build::Lang) -> Result<PathBuf> {
     let _guard = BUILD_LOCK.lock();
-    let path = format!(
-        "{}:{}:{}",
-        tools.join("venv/bin").display(),
-        tools.join("node/node_modules/.bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    // Unique per process: two test processes may build the same example at once.
-    let tmp = out.with_extension(format!("{}.partial", std::process::id()));
-    let status = match lang {
-        "python" => Command::new(tools.join("venv/bin/componentize-py"))
-            .current_dir(&src)
-            .env("PATH", &path)
-            .args([
-                "-d",
-                "../../../wit",
-                "-w",
-                "provider-plugin",
-                "componentize",
-                "app",
-                "-o",
-            ])
-            .arg(&tmp)
-            .status()
-            .context("run componentize-py")?,
-        _ => Command::new("node")
-            .current_dir(&src)
-            .env("PATH", &path)
-            .env("LATCHKEY_TOOLS_DIR", &tools)
-            .arg("build.mjs")
-            .arg(&tmp)
-            .status()
-            .context("run node build.mjs")?,
-    };
-    if !status.success() {
-        bail!("building the {lang} example failed");
-    }
-    std::fs::rename(&tmp, &out)?;
-    Ok(out)
+    // The end-to-end harness builds the same examples into the same folder.
+    latchkey_guest_build::Guests::new(workspace_root(), scratch())
+        .build_example(lang)
+        .map_err(anyhow::Error::msg)
 }
 
 /// A host for one test, recording denials.
