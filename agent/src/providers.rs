@@ -327,8 +327,9 @@ impl host::AuditSink for AuditBridge {
         record.outcome = Outcome::Denied;
         record.status = 403;
         record.code = Some("capability_denied");
-        record.detail = Some(event.reason.to_string().into());
-        tracing::warn!(plugin = %event.plugin, target = %event.target, reason = %event.reason, "plugin capability denied");
+        let reason = event.explain();
+        tracing::warn!(plugin = %event.plugin, target = %event.target, reason = %reason, "plugin capability denied");
+        record.detail = Some(reason.into());
         self.0.try_record(record);
     }
 }
@@ -354,6 +355,57 @@ impl Providers {
         if plugins.is_empty() && rules.is_empty() {
             return Ok(Self::none());
         }
+        let loaded =
+            Self::load_plugins(plugins, sql, cache_dir, Arc::new(AuditBridge(audit))).await?;
+        let mut compiled = Vec::new();
+        for (i, compiled_rule) in rules.iter().enumerate() {
+            let rule = &compiled_rule.spec;
+            if !loaded.contains_key(&rule.plugin) {
+                return Err(Error::UnknownPlugin {
+                    rule: i,
+                    plugin: rule.plugin.clone(),
+                });
+            }
+            compiled.push(Rule {
+                matchers: compiled_rule.matchers.clone(),
+                plugin: rule.plugin.clone(),
+                config: rule.config.clone().into_iter().collect(),
+                policy: Arc::new(rule.clone()),
+            });
+        }
+        Ok(Providers {
+            plugins: loaded,
+            rules: compiled,
+            calls: crate::metrics::PluginCalls::default(),
+        })
+    }
+
+    /// Loads every plugin as [`Providers::load`] does (digest, manifest, `info`,
+    /// grants), for `latchkey check`: the first that fails is the error; otherwise
+    /// what each load noticed, by plugin name. Nothing is kept.
+    pub async fn check(
+        plugins: &[PluginConfig],
+        sql: &[SqlConfig],
+        cache_dir: PathBuf,
+    ) -> Result<Vec<(String, Vec<host::Warning>)>, Error> {
+        let loaded =
+            Self::load_plugins(plugins, sql, cache_dir, Arc::new(host::TracingAudit)).await?;
+        Ok(plugins
+            .iter()
+            .filter_map(|p| {
+                let plugin = loaded.get(&p.name)?;
+                Some((p.name.clone(), plugin.warnings().to_vec()))
+            })
+            .collect())
+    }
+
+    /// The plugins of `plugins`, each loaded on one host with `sql` and `audit`.
+    async fn load_plugins(
+        plugins: &[PluginConfig],
+        sql: &[SqlConfig],
+        cache_dir: PathBuf,
+        audit: Arc<dyn host::AuditSink>,
+    ) -> Result<HashMap<String, host::Plugin>, Error> {
         let sql = sql
             .iter()
             .map(sql_connection)
@@ -367,7 +419,7 @@ impl Providers {
             cache_dir: Some(cache_dir),
             sql,
             max_instance_memory: max_memory.max(16 << 20),
-            audit: Arc::new(AuditBridge(audit)),
+            audit,
             ..host::HostConfig::default()
         })
         .map_err(Error::Host)?;
@@ -403,27 +455,7 @@ impl Providers {
             tracing::info!(plugin = %spec.name, "plugin ready");
             loaded.insert(spec.name.clone(), plugin);
         }
-        let mut compiled = Vec::new();
-        for (i, compiled_rule) in rules.iter().enumerate() {
-            let rule = &compiled_rule.spec;
-            if !loaded.contains_key(&rule.plugin) {
-                return Err(Error::UnknownPlugin {
-                    rule: i,
-                    plugin: rule.plugin.clone(),
-                });
-            }
-            compiled.push(Rule {
-                matchers: compiled_rule.matchers.clone(),
-                plugin: rule.plugin.clone(),
-                config: rule.config.clone().into_iter().collect(),
-                policy: Arc::new(rule.clone()),
-            });
-        }
-        Ok(Providers {
-            plugins: loaded,
-            rules: compiled,
-            calls: crate::metrics::PluginCalls::default(),
-        })
+        Ok(loaded)
     }
 
     /// Counts every call in `calls` (the agent's `/metrics`).
@@ -450,12 +482,14 @@ impl Providers {
     }
 
     /// The credential as the plugin gets it. A secret without a kind of its own (one
-    /// synced from an upstream, which does not keep kinds) takes the plugin's first
-    /// kind, so `generic` never reaches a provider that checks kinds.
+    /// synced from an upstream, which does not keep kinds) takes the first kind the
+    /// manifest declares (the host passes no other), else `info`'s, so `generic`
+    /// never reaches a provider that checks kinds.
     fn host_cred(plugin: &host::Plugin, cred: &Credential) -> host::Credential {
         let mut host_cred = cred.to_host();
         if host_cred.kind == crate::store::DEFAULT_KIND {
-            if let Some(kind) = plugin.info().and_then(|i| i.kinds.first()) {
+            let declared = plugin.manifest().kinds.first();
+            if let Some(kind) = declared.or_else(|| plugin.info().and_then(|i| i.kinds.first())) {
                 host_cred.kind = kind.clone();
             }
         }

@@ -37,10 +37,6 @@ pub struct RotateArgs {
     pub client: ClientArgs,
 }
 
-fn time(unix: Option<i64>) -> String {
-    unix.map_or_else(|| "-".to_owned(), crate::api::rfc3339)
-}
-
 /// Prints lifecycle states. Exit 0 when every credential shown is active, 6 otherwise.
 pub(super) async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     let client = args.client.client()?;
@@ -77,8 +73,8 @@ pub(super) async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                 s("path"),
                 s("state"),
                 n("version").unwrap_or(0),
-                time(n("rotated_at")),
-                time(n("next_check_at")),
+                s("rotated_at"),
+                s("next_check_at"),
                 s("detail")
             );
         }
@@ -89,7 +85,7 @@ pub(super) async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     Ok(if all_active {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(super::exit::REJECTED)
+        ExitCode::from(super::exit::INVALID)
     })
 }
 
