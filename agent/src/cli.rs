@@ -184,8 +184,25 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
                 .into());
             }
+            // Load every plugin as the agent would (digest, manifest, `info`, grants),
+            // so what would stop the agent from starting stops the check.
+            let plugins = crate::providers::Providers::check(
+                &loaded.plugins,
+                &loaded.sql,
+                plugin::cache_dir(),
+            )
+            .await
+            .map_err(|e| crate::config::Error::Invalid {
+                path: config.clone(),
+                problems: vec![latchkey_plugin_host::error_chain(&e)],
+            })?;
             for warning in loaded.warnings() {
                 eprintln!("warning: {}: {warning}", config.display());
+            }
+            for (name, warnings) in &plugins {
+                for warning in warnings {
+                    eprintln!("warning: {}: plugin {name}: {warning}", config.display());
+                }
             }
             println!("{}: ok", config.display());
             Ok(ExitCode::SUCCESS)

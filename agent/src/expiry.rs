@@ -37,6 +37,39 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// One warning that is due: (path, version, days before expiry; 0 = expired).
 type Mark = (String, u64, i64);
 
+/// The time left before an expiry in words, to the two largest units: `1m 15s` for a
+/// 75-second token, `6d 23h` for a week-old certificate, `0s` once it has passed.
+/// The thresholds only decide *when* a warning is sent; the warning says this.
+pub fn time_left(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    let units = [(DAY, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    let mut parts = Vec::new();
+    let mut rest = seconds;
+    for (size, unit) in units {
+        let n = rest / size;
+        if n > 0 || (parts.is_empty() && size == 1) {
+            parts.push(format!("{n}{unit}"));
+            rest -= n * size;
+        } else if !parts.is_empty() {
+            // A zero unit after the first ends the phrase: `2d`, not `2d 0h`.
+            break;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.join(" ")
+}
+
+/// What an `expiring` warning says: the real time left and the instant.
+fn expires_in(left: i64, expires_at: i64) -> String {
+    format!(
+        "expires in {} (at {})",
+        time_left(left),
+        crate::api::rfc3339(expires_at)
+    )
+}
+
 /// The path a certificate's events carry: `server`, `ca`, or the path of a client's
 /// SPIFFE id (`spiffe://td/app/web` → `app/web`).
 fn holder_path(holder: &str) -> String {
@@ -62,8 +95,9 @@ fn threshold(left: i64, applies: impl Fn(i64) -> bool) -> Option<i64> {
         .find(|d| left <= d * DAY && applies(*d))
 }
 
-/// The warnings due for `entries` at `now` (unix seconds) that are not in `sent`.
-fn due(entries: &[Entry], now: i64, sent: &HashSet<Mark>) -> Vec<(Mark, Kind)> {
+/// The warnings due for `entries` at `now` (unix seconds) that are not in `sent`,
+/// each with the expiry it warns of.
+fn due(entries: &[Entry], now: i64, sent: &HashSet<Mark>) -> Vec<(Mark, Kind, i64)> {
     let mut out = Vec::new();
     for entry in entries {
         let Some(expires_at) = entry.expires_at else {
@@ -79,7 +113,7 @@ fn due(entries: &[Entry], now: i64, sent: &HashSet<Mark>) -> Vec<(Mark, Kind)> {
         };
         let mark = (entry.path.to_string(), entry.current_version, threshold);
         if !sent.contains(&mark) {
-            out.push((mark, kind));
+            out.push((mark, kind, expires_at));
         }
     }
     out
@@ -158,10 +192,10 @@ impl Expiry {
             };
             let mark = (format!("{CERT_MARK}{}", cert.holder), cert.id, threshold);
             if !self.sent.contains(&mark) {
-                due.push((mark, cert.holder.clone()));
+                due.push((mark, cert.holder.clone(), cert.not_after));
             }
         }
-        for ((_, id, days), holder) in &due {
+        for ((_, id, days), holder, not_after) in &due {
             let (kind, detail) = if *days == 0 {
                 tracing::warn!(certificate = %holder, "certificate expired");
                 (
@@ -169,10 +203,15 @@ impl Expiry {
                     format!("certificate of {holder} expired"),
                 )
             } else {
-                tracing::warn!(certificate = %holder, days, "certificate expires soon");
+                let left = time_left(not_after - now);
+                let at = crate::api::rfc3339(*not_after);
+                tracing::warn!(certificate = %holder, left, expires_at = %at, "certificate expires soon");
                 (
                     Kind::CertificateExpiring,
-                    format!("certificate of {holder} expires in {days} days"),
+                    format!(
+                        "certificate of {holder} {}",
+                        expires_in(not_after - now, *not_after)
+                    ),
                 )
             };
             let name = holder_path(holder);
@@ -192,7 +231,7 @@ impl Expiry {
             }
         }
         if !due.is_empty() {
-            self.sent.extend(due.iter().map(|(m, _)| m.clone()));
+            self.sent.extend(due.iter().map(|(m, _, _)| m.clone()));
             let live: HashSet<(String, u64)> = watched
                 .iter()
                 .map(|w| (format!("{CERT_MARK}{}", w.holder), w.id))
@@ -213,14 +252,16 @@ impl Expiry {
             }
         };
         let due = due(&entries, now, &self.sent);
-        for (mark, kind) in &due {
+        for (mark, kind, expires_at) in &due {
             let Ok(path) = crate::path::SecretPath::parse(&mark.0) else {
                 continue;
             };
             if *kind == Kind::Expired {
                 tracing::warn!(path = %path, version = mark.1, "secret expired");
             } else {
-                tracing::info!(path = %path, version = mark.1, days = mark.2, "secret expires soon");
+                let left = time_left(expires_at - now);
+                let at = crate::api::rfc3339(*expires_at);
+                tracing::info!(path = %path, version = mark.1, left, expires_at = %at, "secret expires soon");
             }
             if let Some(audit) = &self.audit {
                 let mut record = crate::audit::Record::now(
@@ -231,14 +272,14 @@ impl Expiry {
                 );
                 record.version = Some(mark.1);
                 if *kind == Kind::Expiring {
-                    record.detail = Some(format!("expires in {} days", mark.2).into());
+                    record.detail = Some(expires_in(expires_at - now, *expires_at).into());
                 }
                 audit.try_record(record);
             }
             self.events.publish(Event::now(*kind, path, Some(mark.1)));
         }
         if !due.is_empty() {
-            self.sent.extend(due.iter().map(|(m, _)| m.clone()));
+            self.sent.extend(due.iter().map(|(m, _, _)| m.clone()));
             // Forget versions that are gone, so the file does not grow forever.
             let live: HashSet<(String, u64)> = entries
                 .iter()
@@ -330,7 +371,7 @@ mod tests {
         let first = due(&entries, now, &sent);
         let got: Vec<(&str, i64, Kind)> = first
             .iter()
-            .map(|((p, _, d), k)| (p.as_str(), *d, *k))
+            .map(|((p, _, d), k, _)| (p.as_str(), *d, *k))
             .collect();
         assert_eq!(
             got,
@@ -341,7 +382,7 @@ mod tests {
                 ("e", 0, Kind::Expired),
             ]
         );
-        sent.extend(first.into_iter().map(|(m, _)| m));
+        sent.extend(first.into_iter().map(|(m, _, _)| m));
         assert!(due(&entries, now, &sent).is_empty(), "each warning once");
         // Later, b crosses 14 days; a new version of d starts over.
         let later = now + 7 * DAY;
@@ -349,9 +390,34 @@ mod tests {
         entries[3] = entry("d", 2, Some(later + 3 * DAY));
         let next: Vec<(String, u64, i64)> = due(&entries, later, &sent)
             .into_iter()
-            .map(|(m, _)| m)
+            .map(|(m, _, _)| m)
             .collect();
         assert!(next.contains(&("b".into(), 1, 14)), "{next:?}");
         assert!(next.contains(&("d".into(), 2, 7)), "{next:?}");
+    }
+
+    #[test]
+    fn time_left_reads_as_the_real_remaining_time() {
+        assert_eq!(time_left(75), "1m 15s");
+        assert_eq!(time_left(59), "59s");
+        assert_eq!(time_left(3600), "1h");
+        assert_eq!(time_left(2 * DAY + 5), "2d");
+        assert_eq!(time_left(7 * DAY - 1), "6d 23h");
+        assert_eq!(time_left(-4), "0s");
+    }
+
+    /// Issue 15, item 8: a 75-second token was announced as `days=7`.
+    #[test]
+    fn a_75_second_token_is_announced_with_75_seconds_left() {
+        let now = 1_000_000_000;
+        let entries = vec![entry("tok", 1, Some(now + 75))];
+        let warned = due(&entries, now, &HashSet::new());
+        let [(mark, Kind::Expiring, expires_at)] = warned.as_slice() else {
+            panic!("one expiring warning: {warned:?}");
+        };
+        let said = expires_in(expires_at - now, *expires_at);
+        assert_eq!(said, "expires in 1m 15s (at 2001-09-09T01:47:55Z)");
+        assert!(!said.contains("day"), "{said}");
+        assert_eq!(mark.2, 7, "sent at the tightest threshold once");
     }
 }

@@ -300,6 +300,14 @@ struct Rule {
     policy: Arc<LifecycleSpec>,
 }
 
+/// Plugins just loaded: by name, the section each was loaded from, and their host
+/// with what it was built from.
+struct Loaded {
+    plugins: HashMap<String, host::Plugin>,
+    from: HashMap<String, String>,
+    host: (host::PluginHost, String),
+}
+
 /// The loaded plugins and the rules that pick one for a path.
 pub struct Providers {
     plugins: HashMap<String, host::Plugin>,
@@ -336,8 +344,9 @@ impl host::AuditSink for AuditBridge {
         record.outcome = Outcome::Denied;
         record.status = 403;
         record.code = Some("capability_denied");
-        record.detail = Some(event.reason.to_string().into());
-        tracing::warn!(plugin = %event.plugin, target = %event.target, reason = %event.reason, "plugin capability denied");
+        let reason = event.explain();
+        tracing::warn!(plugin = %event.plugin, target = %event.target, reason = %reason, "plugin capability denied");
+        record.detail = Some(reason.into());
         self.0.try_record(record);
     }
 }
@@ -402,6 +411,75 @@ impl Providers {
         if plugins.is_empty() && rules.is_empty() {
             return Ok(Self::none());
         }
+        let loaded = Self::load_plugins(
+            previous,
+            plugins,
+            sql,
+            cache_dir,
+            Arc::new(AuditBridge(audit)),
+        )
+        .await?;
+        let (loaded, loaded_from, plugin_host) = (loaded.plugins, loaded.from, loaded.host);
+        let mut compiled = Vec::new();
+        for (i, compiled_rule) in rules.iter().enumerate() {
+            let rule = &compiled_rule.spec;
+            if !loaded.contains_key(&rule.plugin) {
+                return Err(Error::UnknownPlugin {
+                    rule: i,
+                    plugin: rule.plugin.clone(),
+                });
+            }
+            compiled.push(Rule {
+                matchers: compiled_rule.matchers.clone(),
+                plugin: rule.plugin.clone(),
+                config: rule.config.clone().into_iter().collect(),
+                policy: Arc::new(rule.clone()),
+            });
+        }
+        Ok(Providers {
+            plugins: loaded,
+            rules: compiled,
+            calls: crate::metrics::PluginCalls::default(),
+            host: Some(plugin_host),
+            loaded_from,
+        })
+    }
+
+    /// Loads every plugin as [`Providers::load`] does (digest, manifest, `info`,
+    /// grants), for `latchkey check`: the first that fails is the error; otherwise
+    /// what each load noticed, by plugin name. Nothing is kept.
+    pub async fn check(
+        plugins: &[PluginConfig],
+        sql: &[SqlConfig],
+        cache_dir: PathBuf,
+    ) -> Result<Vec<(String, Vec<host::Warning>)>, Error> {
+        let loaded = Self::load_plugins(
+            None,
+            plugins,
+            sql,
+            cache_dir,
+            Arc::new(host::TracingAudit),
+        )
+        .await?;
+        Ok(plugins
+            .iter()
+            .filter_map(|p| {
+                let plugin = loaded.plugins.get(&p.name)?;
+                Some((p.name.clone(), plugin.warnings().to_vec()))
+            })
+            .collect())
+    }
+
+    /// The plugins of `plugins`, each loaded on one host with `sql` and `audit`;
+    /// from `previous` (a reload) the host and each plugin whose section is
+    /// unchanged are reused.
+    async fn load_plugins(
+        previous: Option<&Self>,
+        plugins: &[PluginConfig],
+        sql: &[SqlConfig],
+        cache_dir: PathBuf,
+        audit: Arc<dyn host::AuditSink>,
+    ) -> Result<Loaded, Error> {
         let max_memory = plugins
             .iter()
             .map(|p| p.memory_bytes)
@@ -423,7 +501,7 @@ impl Providers {
                     .map(sql_connection)
                     .collect::<Result<Vec<_>, _>>()?,
                 max_instance_memory: max_memory.max(16 << 20),
-                audit: Arc::new(AuditBridge(audit)),
+                audit,
                 ..host::HostConfig::default()
             })
             .map_err(Error::Host)?,
@@ -472,28 +550,10 @@ impl Providers {
             loaded.insert(spec.name.clone(), plugin);
             loaded_from.insert(spec.name.clone(), section);
         }
-        let mut compiled = Vec::new();
-        for (i, compiled_rule) in rules.iter().enumerate() {
-            let rule = &compiled_rule.spec;
-            if !loaded.contains_key(&rule.plugin) {
-                return Err(Error::UnknownPlugin {
-                    rule: i,
-                    plugin: rule.plugin.clone(),
-                });
-            }
-            compiled.push(Rule {
-                matchers: compiled_rule.matchers.clone(),
-                plugin: rule.plugin.clone(),
-                config: rule.config.clone().into_iter().collect(),
-                policy: Arc::new(rule.clone()),
-            });
-        }
-        Ok(Providers {
+        Ok(Loaded {
             plugins: loaded,
-            rules: compiled,
-            calls: crate::metrics::PluginCalls::default(),
-            host: Some((plugin_host, host_key)),
-            loaded_from,
+            from: loaded_from,
+            host: (plugin_host, host_key),
         })
     }
 
@@ -521,12 +581,14 @@ impl Providers {
     }
 
     /// The credential as the plugin gets it. A secret without a kind of its own (one
-    /// synced from an upstream, which does not keep kinds) takes the plugin's first
-    /// kind, so `generic` never reaches a provider that checks kinds.
+    /// synced from an upstream, which does not keep kinds) takes the first kind the
+    /// manifest declares (the host passes no other), else `info`'s, so `generic`
+    /// never reaches a provider that checks kinds.
     fn host_cred(plugin: &host::Plugin, cred: &Credential) -> host::Credential {
         let mut host_cred = cred.to_host();
         if host_cred.kind == crate::store::DEFAULT_KIND {
-            if let Some(kind) = plugin.info().and_then(|i| i.kinds.first()) {
+            let declared = plugin.manifest().kinds.first();
+            if let Some(kind) = declared.or_else(|| plugin.info().and_then(|i| i.kinds.first())) {
                 host_cred.kind = kind.clone();
             }
         }

@@ -2,10 +2,15 @@
 //!
 //! | failure | becomes | what the host does |
 //! | --- | --- | --- |
-//! | host refused the HTTP authority or SQL connection | `denied` | audit, alert, no retry |
+//! | host refused the HTTP authority or SQL connection | `denied` | audit, report a configuration error, no retry |
 //! | network error, timeout, HTTP 408/429/5xx, database unreachable | `unavailable` | retry with backoff |
-//! | HTTP 401/403, other 4xx, SQL statement refused | `rejected` | mark invalid, roll back, alert |
+//! | HTTP 401/403, other 4xx, SQL statement refused | `rejected` | no retry: `validate` → `revoked`, `create-pending` → `invalid` (rolled back), `refresh` → `reauth-required` |
 //! | malformed response (bad JSON) | `unavailable` | retry (the service may be degraded) |
+//!
+//! In `validate`, a credential the service refuses is an *answer*: return
+//! `valid: false` (state `invalid`), as [`crate::validate::check`] does for 401 and
+//! 403, rather than letting `?` turn the 401 into `rejected` (state `revoked`).
+//! `wit/provider.wit` has the whole table: every answer → state, event, exit code.
 
 use crate::bindings::latchkey::provider::sql::SqlError;
 use crate::http;

@@ -22,6 +22,7 @@ mod certs;
 mod cli;
 mod clients;
 mod concurrency;
+mod contract;
 mod curl;
 mod deletion_guard;
 mod exec;

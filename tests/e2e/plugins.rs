@@ -14,50 +14,41 @@ use crate::harness::wasm::{self, guest, sha256_of};
 use crate::harness::Agent;
 
 fn plugin_config(wasm: &Path, sha256: &str) -> String {
-    let manifest = wasm::guest_manifest();
-    format!(
+    let mut text = wasm::guest_section(wasm, sha256);
+    text.push_str(
         r#"
-[[plugin]]
-name = "basic"
-wasm = {wasm:?}
-manifest = {manifest:?}
-sha256 = "{sha256}"
-memory_mb = 32
-deadline = "1s"
-
 [[lifecycle]]
 paths = ["keys/**"]
 plugin = "basic"
-config = {{ mode = "key" }}
+config = { mode = "key" }
 
 [[lifecycle]]
 paths = ["bad/leak"]
 plugin = "basic"
-config = {{ mode = "leak" }}
+config = { mode = "leak" }
 
 [[lifecycle]]
 paths = ["bad/leak-rejected"]
 plugin = "basic"
-config = {{ mode = "leak", answer = "rejected" }}
+config = { mode = "leak", answer = "rejected" }
 
 [[lifecycle]]
 paths = ["bad/loop"]
 plugin = "basic"
-config = {{ mode = "loop" }}
+config = { mode = "loop" }
 
 [[lifecycle]]
 paths = ["bad/alloc"]
 plugin = "basic"
-config = {{ mode = "alloc" }}
+config = { mode = "alloc" }
 
 [[lifecycle]]
 paths = ["bad/trap"]
 plugin = "basic"
-config = {{ mode = "trap" }}
+config = { mode = "trap" }
 "#,
-        wasm = wasm.display().to_string(),
-        manifest = manifest.display().to_string(),
-    )
+    );
+    text
 }
 
 #[tokio::test]
@@ -254,6 +245,154 @@ async fn values_a_plugin_logs_prints_or_answers_never_leave_the_host() -> anyhow
     assert!(
         !logs.contains(value),
         "a plugin put a value into the agent's log"
+    );
+    Ok(())
+}
+
+/// A copy of the test guest's manifest that says less than its `info`: an older
+/// version, one kind of two, one operation of three, and no `[needs]`.
+fn terse_manifest(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join("terse.toml");
+    std::fs::write(
+        &path,
+        "name = \"basic\"\nversion = \"0.0.9\"\nkinds = [\"api-key\"]\noperations = [\"validate\"]\n",
+    )?;
+    Ok(path)
+}
+
+/// Issue 15, item 4: `latchkey check` did not load plugins, so a wrong sha256 passed;
+/// item 3: a manifest that cuts a grant or disagrees with `info` was accepted silently.
+#[tokio::test]
+async fn latchkey_check_loads_every_plugin_and_says_what_its_manifest_cuts() -> anyhow::Result<()> {
+    let wasm = &guest()?;
+    let mut agent = Agent::builder()
+        .append(&plugin_config(wasm, &sha256_of(wasm)?))
+        .start()
+        .await?;
+    assert!(agent.stop().await?.success());
+    let config = agent.config_path();
+    let path = config.to_string_lossy().into_owned();
+    let check = || agent.cli(["check", "--config", path.as_str()]).run();
+    let ok = check().await?.success()?;
+    assert!(
+        !ok.stderr.contains("is cut") && !ok.stderr.contains("disagree"),
+        "{ok:?}"
+    );
+
+    let text = std::fs::read_to_string(&config)?;
+    let digest = sha256_of(wasm)?;
+    std::fs::write(&config, text.replace(&digest, &"0".repeat(64)))?;
+    let wrong = check().await?;
+    assert_eq!(wrong.code, 64, "{wrong:?}");
+    assert!(
+        wrong.stderr.contains("sha256") || wrong.stderr.contains("digest"),
+        "{wrong:?}"
+    );
+    assert!(
+        wrong.stderr.contains("basic"),
+        "names the plugin: {wrong:?}"
+    );
+
+    // A terse manifest and an HTTP grant it does not list: loads, with warnings.
+    let terse = terse_manifest(agent.dir())?;
+    let manifest = wasm::guest_manifest().display().to_string();
+    std::fs::write(
+        &config,
+        text.replace(
+            &format!("manifest = {manifest:?}"),
+            &format!(
+                "manifest = {:?}\nhttp = [\"https://api.example.com\"]",
+                terse.display().to_string()
+            ),
+        ),
+    )?;
+    let warned = check().await?.success()?;
+    for said in [
+        "plugin basic: http grant https://api.example.com:443 is cut",
+        "disagree on version: the manifest says 0.0.9, info 0.1.0",
+        "disagree on kinds",
+        "disagree on operations",
+    ] {
+        assert!(warned.stderr.contains(said), "{said}: {}", warned.stderr);
+    }
+    Ok(())
+}
+
+/// Issue 15, item 3: "plugin loaded" was logged before the host refused the plugin,
+/// and a credential of a kind the plugin does not declare reached it.
+#[tokio::test]
+async fn a_refused_plugin_is_never_said_loaded_and_undeclared_kinds_never_reach_one(
+) -> anyhow::Result<()> {
+    let wasm = &guest()?;
+    let dir = tempfile::tempdir()?;
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        "name = \"other\"\nversion = \"0.1.0\"\nkinds = [\"api-key\"]\noperations = [\"validate\"]\n",
+    )?;
+    let other = other.display().to_string();
+    let cred = json!({"kind": "api-key", "fields": {"key": "good"}});
+    let call = |op: &str, cred: &serde_json::Value, manifest: &str| {
+        wasm::call(
+            wasm,
+            op,
+            &json!({"mode": "key"}),
+            cred,
+            &["--manifest", manifest],
+        )
+    };
+    let refused = call("info", &cred, &other)?;
+    assert_ne!(refused.code, Some(0), "{refused:?}");
+    assert!(
+        refused.stderr.contains("disagree on name"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !refused.stderr.contains("plugin loaded"),
+        "{}",
+        refused.stderr
+    );
+
+    // The terse manifest declares `api-key` only: `db-password`, which the guest's
+    // own `info` lists, is stopped by the host.
+    let terse = terse_manifest(dir.path())?.display().to_string();
+    let accepted = call("validate", &cred, &terse)?;
+    assert_eq!(accepted.code, Some(0), "{accepted:?}");
+    assert!(
+        accepted.stderr.contains("plugin loaded"),
+        "{}",
+        accepted.stderr
+    );
+    assert!(
+        accepted.stderr.contains("disagree on kinds"),
+        "{}",
+        accepted.stderr
+    );
+    let inspected = std::process::Command::new(crate::harness::binary()?)
+        .args(["plugin", "inspect"])
+        .arg(wasm)
+        .args(["--manifest", &terse])
+        .output()?;
+    assert!(inspected.status.success(), "{inspected:?}");
+    let inspection: serde_json::Value = serde_json::from_slice(&inspected.stdout)?;
+    let warnings = inspection["warnings"].to_string();
+    assert!(warnings.contains("disagree on kinds"), "{inspection}");
+    assert!(warnings.contains("disagree on operations"), "{inspection}");
+    assert_eq!(
+        inspection["manifest"]["kinds"],
+        json!(["api-key"]),
+        "{inspection}"
+    );
+    let db = json!({"kind": "db-password", "fields": {"key": "good"}});
+    let stopped = call("validate", &db, &terse)?;
+    assert_eq!(stopped.code, Some(10), "{stopped:?}");
+    assert!(
+        stopped
+            .stderr
+            .contains("does not declare credential kind db-password"),
+        "{}",
+        stopped.stderr
     );
     Ok(())
 }

@@ -71,6 +71,24 @@ pub(crate) fn guest_manifest() -> PathBuf {
     workspace_root().join("agent/plugin-host/guests/basic/plugin.toml")
 }
 
+/// The `[[plugin]]` section that loads the test guest as `basic` (pinned to
+/// `sha256`, 32 MiB, 1 s per call), for configs that add their own `[[lifecycle]]`.
+pub(crate) fn guest_section(wasm: &Path, sha256: &str) -> String {
+    format!(
+        r#"
+[[plugin]]
+name = "basic"
+wasm = {wasm:?}
+manifest = {manifest:?}
+sha256 = "{sha256}"
+memory_mb = 32
+deadline = "1s"
+"#,
+        wasm = wasm.display().to_string(),
+        manifest = guest_manifest().display().to_string(),
+    )
+}
+
 /// A first-party provider, installed as `<dir>/<name>.wasm` beside `<name>.toml`.
 pub(crate) fn plugin(name: &str) -> anyhow::Result<PathBuf> {
     let built = build(&format!("latchkey-plugin-{name}"))?;
@@ -130,8 +148,11 @@ pub(crate) fn sha256_of(path: &Path) -> anyhow::Result<String> {
 /// The outcome of one `latchkey plugin call`.
 #[derive(Debug)]
 pub(crate) struct Called {
-    /// Whether the CLI exited 0 (it exits 1 when the answer is a provider error).
+    /// Whether the call gave an `ok` answer: the CLI exited 0, or 6 for a validation
+    /// that says `valid: false` (a provider error exits 7–11, a fault 12).
     pub(crate) success: bool,
+    /// The exit code (`None` when killed by a signal).
+    pub(crate) code: Option<i32>,
     /// The JSON it printed (`Value::Null` when it printed none).
     pub(crate) json: Value,
     /// What it wrote to stderr.
@@ -174,8 +195,11 @@ pub(crate) fn call_with_env(
         serde_json::from_str(&stdout)
             .with_context(|| format!("plugin call printed no JSON: {stdout}"))?
     };
+    let code = out.status.code();
     Ok(Called {
-        success: out.status.success(),
+        success: code == Some(0)
+            || (code == Some(6) && json.pointer("/ok/valid") == Some(&Value::Bool(false))),
+        code,
         json,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })

@@ -7,6 +7,7 @@
 //! credential.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 /// Which capability a denied request belonged to.
@@ -56,6 +57,45 @@ pub struct AuditEvent {
     pub target: String,
     /// Why it was refused.
     pub reason: DenyReason,
+    /// For [`DenyReason::AddressProhibited`]: the non-public addresses the granted
+    /// name resolved to (empty otherwise).
+    pub resolved: Vec<IpAddr>,
+}
+
+impl AuditEvent {
+    /// The reason in words, with what would change it: for an address the name
+    /// resolved to, the addresses and the `allow_networks` entries that would let
+    /// the grant reach them (`localhost` is a name like any other: it resolves to
+    /// loopback, which is refused unless allowed).
+    pub fn explain(&self) -> String {
+        if self.reason != DenyReason::AddressProhibited || self.resolved.is_empty() {
+            return self.reason.to_string();
+        }
+        let addresses: Vec<String> = self.resolved.iter().map(IpAddr::to_string).collect();
+        let networks: Vec<String> = self
+            .resolved
+            .iter()
+            .map(|ip| match ip {
+                IpAddr::V4(_) => format!("\"{ip}/32\""),
+                IpAddr::V6(_) => format!("\"{ip}/128\""),
+            })
+            .collect();
+        format!(
+            "{}: {} resolved to {}, which is not a public address; to allow it, set \
+             allow_networks = [{}] in the plugin's [[plugin]] section \
+             (latchkey plugin call: --allow-network), or grant the address itself",
+            self.reason,
+            host_of(&self.target),
+            addresses.join(", "),
+            networks.join(", "),
+        )
+    }
+}
+
+/// The host part of a normalized `scheme://host:port` target.
+fn host_of(target: &str) -> &str {
+    let rest = target.split_once("://").map_or(target, |(_, r)| r);
+    rest.rsplit_once(':').map_or(rest, |(h, _)| h)
 }
 
 /// Receives audit records from the plugin host.
@@ -78,7 +118,7 @@ impl AuditSink for TracingAudit {
             plugin = %event.plugin,
             capability = ?event.capability,
             target = %event.target,
-            reason = %event.reason,
+            reason = %event.explain(),
             "plugin capability denied"
         );
     }
@@ -110,5 +150,45 @@ impl AuditSink for RecordingAudit {
             Ok(mut events) => events.push(event),
             Err(poisoned) => poisoned.into_inner().push(event),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15, item 5: granting `localhost:PORT` is refused because the name
+    /// resolves to loopback; the denial says so and names the setting.
+    #[test]
+    fn a_prohibited_address_names_the_setting_that_would_allow_it() {
+        let event = AuditEvent {
+            plugin: "acme".into(),
+            capability: Capability::Http,
+            target: "http://localhost:8080".into(),
+            reason: DenyReason::AddressProhibited,
+            resolved: vec!["127.0.0.1".parse().expect("ip"), "::1".parse().expect("ip")],
+        };
+        let said = event.explain();
+        assert!(
+            said.starts_with("resolved address prohibited: localhost resolved to 127.0.0.1, ::1"),
+            "{said}"
+        );
+        assert!(
+            said.contains(r#"allow_networks = ["127.0.0.1/32", "::1/128"]"#),
+            "{said}"
+        );
+        assert!(said.contains("--allow-network"), "{said}");
+    }
+
+    #[test]
+    fn other_denials_say_only_their_reason() {
+        let event = AuditEvent {
+            plugin: "acme".into(),
+            capability: Capability::Http,
+            target: "https://other.example:443".into(),
+            reason: DenyReason::AuthorityNotGranted,
+            resolved: Vec::new(),
+        };
+        assert_eq!(event.explain(), "authority not granted");
     }
 }

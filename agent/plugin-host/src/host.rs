@@ -24,6 +24,7 @@ use crate::capability::sql::{SqlConnectionConfig, SqlConnections};
 use crate::manifest::Manifest;
 use crate::plugin::{CallError, Plugin, PluginInner};
 use crate::state::State;
+use crate::warning::Warning;
 
 /// Host-wide settings, from the agent's configuration.
 #[derive(Clone)]
@@ -407,6 +408,7 @@ impl PluginHost {
         };
         let granted = HttpGrant::new(&spec.grants.http, spec.grants.allowed_networks.clone())
             .map_err(grant_err)?;
+        let mut warnings = Vec::new();
         // `*` in the manifest: the provider talks to whatever endpoint its operator
         // configures (an OAuth server, a gateway), so the grant alone decides.
         let http = if spec.manifest.needs.http.iter().any(|h| h == ANY) {
@@ -414,7 +416,16 @@ impl PluginHost {
         } else {
             let needed =
                 HttpGrant::new(&spec.manifest.needs.http, Vec::new()).map_err(grant_err)?;
-            granted.intersect(&needed)
+            let http = granted.intersect(&needed);
+            let kept = http.authorities();
+            warnings.extend(
+                granted
+                    .authorities()
+                    .into_iter()
+                    .filter(|a| !kept.contains(a))
+                    .map(|authority| Warning::HttpGrantCut { authority }),
+            );
+            http
         };
         let any_sql = spec.manifest.needs.sql.iter().any(|c| c == ANY);
         let mut sql = Vec::new();
@@ -427,16 +438,12 @@ impl PluginHost {
             }
             if any_sql || spec.manifest.needs.sql.contains(name) {
                 sql.push(name.clone());
+            } else {
+                warnings.push(Warning::SqlGrantCut {
+                    connection: name.clone(),
+                });
             }
         }
-        tracing::info!(
-            plugin = %plugin,
-            sha256 = %actual,
-            cached = source == Source::Cached,
-            http = ?http.authorities(),
-            sql = ?sql,
-            "plugin loaded"
-        );
 
         let mut loaded = Plugin {
             inner: Arc::new(PluginInner {
@@ -450,6 +457,7 @@ impl PluginHost {
                 sql: sql.into(),
                 limits: spec.limits,
                 source,
+                warnings: Vec::new(),
             }),
         };
         let info = loaded.info_blocking().map_err(|source| LoadError::Info {
@@ -469,8 +477,22 @@ impl PluginHost {
                 what: "operations",
             });
         }
+        warnings.extend(crate::warning::disagreements(&loaded.inner.manifest, &info));
+        // Only now, with every refusal behind it, is the plugin loaded.
+        tracing::info!(
+            plugin = %plugin,
+            sha256 = %loaded.inner.sha256,
+            cached = loaded.inner.source == Source::Cached,
+            http = ?loaded.inner.http.authorities(),
+            sql = ?loaded.inner.sql,
+            "plugin loaded"
+        );
+        for warning in &warnings {
+            tracing::warn!(plugin = %plugin, warning = %warning, "plugin loaded with a warning");
+        }
         if let Some(inner) = Arc::get_mut(&mut loaded.inner) {
             inner.info = Some(info);
+            inner.warnings = warnings;
         }
         Ok(loaded)
     }

@@ -67,6 +67,10 @@ pub struct Inspection {
     /// Why `info` failed, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info_error: Option<String>,
+    /// Where the manifest and `info` disagree, in words: what the agent would refuse
+    /// at load (another name, operations `info` lacks) and what it would warn of.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The manifest fields worth printing.
@@ -78,6 +82,8 @@ pub struct ManifestSummary {
     pub name: String,
     /// Version.
     pub version: String,
+    /// Credential kinds.
+    pub kinds: Vec<String>,
     /// Operations.
     pub operations: Vec<String>,
     /// HTTP authorities it needs.
@@ -167,6 +173,7 @@ pub fn inspect(
                         sql: Arc::from(Vec::new()),
                         limits: Limits::default(),
                         source,
+                        warnings: Vec::new(),
                     }),
                 };
                 plugin.info_blocking()
@@ -176,6 +183,10 @@ pub fn inspect(
             Err(e) => info_error = Some(error_chain(&e)),
         }
     }
+    let warnings = match (&manifest, &info) {
+        (Some((m, _)), Some(i)) => compare(m, i),
+        _ => Vec::new(),
+    };
     Ok(Inspection {
         path: wasm.to_owned(),
         sha256,
@@ -184,6 +195,7 @@ pub fn inspect(
             path,
             name: m.name,
             version: m.version,
+            kinds: m.kinds,
             operations: m.operations.iter().map(|o| o.as_str().to_owned()).collect(),
             http: m.needs.http,
             sql: m.needs.sql,
@@ -193,7 +205,37 @@ pub fn inspect(
         is_provider,
         info,
         info_error,
+        warnings,
     })
+}
+
+/// The manifest against `info`, as the host's load judges them, in words.
+fn compare(manifest: &Manifest, info: &ProviderInfo) -> Vec<String> {
+    let mut out = Vec::new();
+    if manifest.name != info.name {
+        out.push(format!(
+            "the manifest names {} and info {}: the agent refuses to load it",
+            manifest.name, info.name
+        ));
+    }
+    let missing: Vec<&str> = manifest
+        .operations
+        .iter()
+        .filter(|op| !info.operations.contains(op))
+        .map(|op| op.as_str())
+        .collect();
+    if !missing.is_empty() {
+        out.push(format!(
+            "the manifest lists operations info does not implement ({}): the agent refuses to load it",
+            missing.join(", ")
+        ));
+    }
+    out.extend(
+        crate::warning::disagreements(manifest, info)
+            .iter()
+            .map(ToString::to_string),
+    );
+    out
 }
 
 /// An error and its sources on one line, for printing.

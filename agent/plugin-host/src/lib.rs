@@ -19,8 +19,9 @@
 //! results), [`manifest`], [`cache`] (compiled artifacts on disk), [`audit`]
 //! (denied capabilities), [`inspect`] (what `latchkey plugin inspect` prints),
 //! [`secret`] (credential values that zeroize and redact), [`seed`] (replayable
-//! randomness for one call), and `capability/` (one file per capability a plugin may
-//! be granted: http, sql, log).
+//! randomness for one call), [`warning`] (what a load notices and does not refuse),
+//! and `capability/` (one file per capability a plugin may be granted: http, sql,
+//! log).
 //!
 //! Not here: deciding *when* to call a plugin (the agent's scheduler) and what to do
 //! with a [`ProviderError`] (the agent's `lifecycle::next` table; see also
@@ -37,6 +38,7 @@ pub mod plugin;
 pub mod secret;
 pub mod seed;
 mod state;
+pub mod warning;
 
 pub use audit::{AuditEvent, AuditSink, Capability, DenyReason, RecordingAudit, TracingAudit};
 pub use capability::http::{check_grant_entry, GrantError, HttpGrant, IpNet, NetworkProblem};
@@ -54,3 +56,4 @@ pub use plugin::{
 };
 pub use secret::SecretString;
 pub use seed::Seed;
+pub use warning::Warning;

@@ -3,7 +3,10 @@
 //! The manifest says what a plugin is and what it needs; the host's configuration
 //! says what it gets. The effective grant is the intersection (see
 //! [`crate::host::Grants`]). At load time the host checks the manifest against the
-//! plugin's own `info` answer and refuses a plugin whose name or operations disagree.
+//! plugin's own `info` answer and refuses a plugin whose name disagrees or whose
+//! manifest lists operations `info` lacks; other disagreements and cut grants are
+//! [`crate::Warning`]s. `kinds` is enforced on every call. Every key is documented
+//! for authors in `docs/PLUGIN-MANIFEST.md`.
 //!
 //! ```toml
 //! name = "github"
@@ -34,7 +37,8 @@ pub struct Manifest {
     pub name: String,
     /// Provider version (semver, informational).
     pub version: String,
-    /// Credential kinds the provider handles.
+    /// Credential kinds the provider handles; the host passes no other kind to it
+    /// (empty: every kind).
     #[serde(default)]
     pub kinds: Vec<String>,
     /// Operations the provider implements (besides `info`).

@@ -288,6 +288,15 @@ pub enum CallError {
         /// The operation.
         operation: Operation,
     },
+    /// The credential's kind is not one the manifest declares, so the host does not
+    /// pass it to the plugin.
+    #[error("plugin {plugin} does not declare credential kind {kind}")]
+    KindNotDeclared {
+        /// Plugin name.
+        plugin: String,
+        /// The credential's kind (a name, never a value).
+        kind: String,
+    },
     /// An operation name that is not one of the four.
     #[error("unknown operation (expected validate, create-pending, retire or refresh)")]
     UnknownOperation,
@@ -320,6 +329,45 @@ pub(crate) struct PluginInner {
     pub(crate) sql: Arc<[String]>,
     pub(crate) limits: Limits,
     pub(crate) source: crate::cache::Source,
+    pub(crate) warnings: Vec<crate::Warning>,
+}
+
+/// Unix seconds as RFC 3339 (UTC), the one time format of every JSON answer.
+fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// An instant in call arguments: RFC 3339 as answers write it, or unix seconds.
+struct JsonTime(u64);
+
+impl<'de> Deserialize<'de> for JsonTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Unix(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Unix(t) => Ok(JsonTime(t)),
+            Raw::Text(text) => {
+                time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                    .ok()
+                    .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+                    .map(JsonTime)
+                    .ok_or_else(|| {
+                        serde::de::Error::custom("expires_at is not RFC 3339 or unix seconds")
+                    })
+            }
+        }
+    }
 }
 
 /// A loaded plugin. Cheap to clone; calls may run concurrently.
@@ -470,6 +518,11 @@ impl Plugin {
         self.inner.info.as_ref()
     }
 
+    /// What the load noticed and did not refuse (logged once at load).
+    pub fn warnings(&self) -> &[crate::Warning] {
+        &self.inner.warnings
+    }
+
     /// Calls `info` now, on a fresh instance (blocking; used at load time).
     pub fn info_blocking(&self) -> Result<ProviderInfo, CallError> {
         self.run(|store, guest| guest.call_info(store))
@@ -604,7 +657,7 @@ impl Plugin {
             #[serde(default)]
             fields: std::collections::BTreeMap<String, SecretString>,
             #[serde(default)]
-            expires_at: Option<u64>,
+            expires_at: Option<JsonTime>,
         }
         let config: std::collections::BTreeMap<String, String> =
             serde_json::from_str(config).map_err(CallError::BadArguments)?;
@@ -613,7 +666,7 @@ impl Plugin {
         let cred = Credential {
             kind: c.kind,
             fields: c.fields.into_iter().collect(),
-            expires_at: c.expires_at,
+            expires_at: c.expires_at.map(|t| t.0),
         };
         let cred_json = |c: Credential| {
             let fields: serde_json::Map<String, serde_json::Value> = c
@@ -621,12 +674,21 @@ impl Plugin {
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::from(v.expose())))
                 .collect();
-            serde_json::json!({"kind": c.kind, "fields": fields, "expires_at": c.expires_at})
+            serde_json::json!({
+                "kind": c.kind,
+                "fields": fields,
+                "expires_at": c.expires_at.map(rfc3339),
+            })
         };
         let answer = match op {
-            Operation::Validate => self
-                .validate_blocking(&config, &cred)?
-                .map(|v| serde_json::to_value(v).unwrap_or_default()),
+            Operation::Validate => self.validate_blocking(&config, &cred)?.map(|v| {
+                serde_json::json!({
+                    "valid": v.valid,
+                    "detail": v.detail,
+                    "permissions": v.permissions,
+                    "expires_at": v.expires_at.map(rfc3339),
+                })
+            }),
             Operation::CreatePending => {
                 self.create_pending_blocking(&config, &cred)?.map(cred_json)
             }
@@ -648,6 +710,20 @@ impl Plugin {
             Err(CallError::NotDeclared {
                 plugin: self.inner.name.to_string(),
                 operation: op,
+            })
+        }
+    }
+
+    /// A credential of a kind the manifest does not declare never reaches the plugin
+    /// (a manifest without `kinds` takes every kind).
+    fn accepts(&self, cred: &Credential) -> Result<(), CallError> {
+        let kinds = &self.inner.manifest.kinds;
+        if kinds.is_empty() || kinds.contains(&cred.kind) {
+            Ok(())
+        } else {
+            Err(CallError::KindNotDeclared {
+                plugin: self.inner.name.to_string(),
+                kind: cred.kind.clone(),
             })
         }
     }
@@ -681,6 +757,7 @@ impl Plugin {
         ) -> wasmtime::Result<Result<T::Wire, wit::ProviderError>>,
     ) -> CallResult<T> {
         self.declared(op)?;
+        self.accepts(cred)?;
         let wire_config = to_wire_config(config);
         let wire = cred.to_wire();
         self.run_seeded(
@@ -853,5 +930,16 @@ mod tests {
         assert!(ProviderError::Unavailable(String::new()).is_transient());
         assert!(!ProviderError::Rejected(String::new()).is_transient());
         assert!(!ProviderError::Denied(String::new()).is_transient());
+    }
+
+    /// Issue 15, item 7: `plugin call` wrote `expires_at` as unix seconds.
+    #[test]
+    fn call_json_times_are_rfc3339_and_read_either_way() {
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        let t: JsonTime = serde_json::from_str("\"2023-11-14T22:13:20Z\"").expect("rfc3339");
+        assert_eq!(t.0, 1_700_000_000);
+        let t: JsonTime = serde_json::from_str("1700000000").expect("unix");
+        assert_eq!(t.0, 1_700_000_000);
+        assert!(serde_json::from_str::<JsonTime>("\"tomorrow\"").is_err());
     }
 }

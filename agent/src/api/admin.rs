@@ -385,9 +385,14 @@ pub(super) async fn validate(
             "version": secret.version,
             "plugin": checked.plugin,
             "valid": checked.valid,
+            "outcome": checked.outcome,
+            "state": checked.state.as_str(),
             "detail": checked.detail,
-            "permissions": checked.permissions,
-            "expires_at": checked.expires_at,
+            "permissions": super::reply::permissions(&checked.permissions),
+            "expires_at": checked
+                .expires_at
+                .and_then(|t| i64::try_from(t).ok())
+                .map(super::reply::rfc3339),
             "error": checked.undecided(),
         }),
     ))

@@ -78,9 +78,10 @@ pub(super) async fn status(
             let status = engine(state)?
                 .status(&path)
                 .ok_or_else(|| ApiError::not_found(format_args!("lifecycle status of {path}")))?;
-            let mut body = serde_json::to_value(&status).unwrap_or_default();
-            body["path"] = path.as_str().into();
-            Ok(json_response(StatusCode::OK, &body))
+            Ok(json_response(
+                StatusCode::OK,
+                &super::reply::status(&path, &status),
+            ))
         }
         None => {
             let prefix = prefix_param(query)?;
@@ -93,11 +94,7 @@ pub(super) async fn status(
                 .filter(|(path, _)| {
                     policy.check(&conn.peer, Operation::Admin, path) == Decision::Allow
                 })
-                .map(|(path, status)| {
-                    let mut v = serde_json::to_value(&status).unwrap_or_default();
-                    v["path"] = path.as_str().into();
-                    v
-                })
+                .map(|(path, status)| super::reply::status(&path, &status))
                 .collect();
             Ok(json_response(
                 StatusCode::OK,

@@ -41,9 +41,71 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// Permissions as every answer writes them (`POST /v1/validate`, `GET /v1/status`,
+/// `latchkey plugin call`): `[{"name": "read", "granted": true}]`.
+pub(super) fn permissions(list: &[(String, bool)]) -> serde_json::Value {
+    list.iter()
+        .map(|(name, granted)| serde_json::json!({ "name": name, "granted": granted }))
+        .collect()
+}
+
+/// The time fields of a lifecycle status (unix seconds as kept) that answers write
+/// as RFC 3339.
+const STATUS_TIMES: [&str; 7] = [
+    "since",
+    "validated_at",
+    "rotated_at",
+    "refreshed_at",
+    "next_check_at",
+    "retry_at",
+    "retire_at",
+];
+
+/// A lifecycle status as `GET /v1/status` answers it: the state file's shape with
+/// times as RFC 3339 and permissions as objects, as in every other answer.
+pub(super) fn status(
+    path: &crate::path::SecretPath,
+    status: &crate::lifecycle::Status,
+) -> serde_json::Value {
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    if let Some(map) = body.as_object_mut() {
+        for key in STATUS_TIMES {
+            if let Some(unix) = map.get(key).and_then(serde_json::Value::as_i64) {
+                map.insert(key.to_owned(), rfc3339(unix).into());
+            }
+        }
+        if map.contains_key("permissions") {
+            map.insert("permissions".into(), permissions(&status.permissions));
+        }
+        map.insert("path".into(), path.as_str().into());
+    }
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15, item 7: one format everywhere.
+    #[test]
+    fn statuses_write_times_as_rfc3339_and_permissions_as_objects() {
+        let path = crate::path::SecretPath::parse("ex/key").expect("path");
+        let mut s = crate::lifecycle::Status::new("binance", 3, 1_700_000_000);
+        s.validated_at = Some(1_700_000_060);
+        s.permissions = vec![("read".into(), true), ("withdraw".into(), false)];
+        let json = status(&path, &s);
+        assert_eq!(json["since"], "2023-11-14T22:13:20Z");
+        assert_eq!(json["validated_at"], "2023-11-14T22:14:20Z");
+        assert_eq!(
+            json["permissions"],
+            serde_json::json!([
+                {"name": "read", "granted": true},
+                {"name": "withdraw", "granted": false}
+            ])
+        );
+        assert_eq!(json["path"], "ex/key");
+        assert_eq!(json["state"], "active");
+    }
 
     #[test]
     fn times_are_rfc3339_in_utc() {

@@ -9,8 +9,19 @@
 //! | 3 | not found: the secret (or a field of it) does not exist |
 //! | 4 | denied: policy or identity refused it |
 //! | 5 | conflict: a lost check-and-set, a rotation already running |
-//! | 6 | rejected by its provider (`validate`) |
+//! | 6 | invalid: the service refuses the credential (`valid: false`), or it holds a forbidden permission; `status`: a credential is not active |
+//! | 7 | rejected: the provider answered `rejected` (the credential is now `revoked`) |
+//! | 8 | unavailable: the provider could not tell now (`unavailable`); try again later |
+//! | 9 | denied: the host refused the plugin a capability (`denied`): grant it in the config |
+//! | 10 | unsupported: the plugin does not do this operation or kind (`unsupported`, not in its manifest) |
+//! | 11 | invalid-config: the provider configuration is missing or malformed (`invalid-config`) |
+//! | 12 | plugin fault: the call trapped, ran past its deadline or its memory cap |
 //! | 64 | the config does not validate |
+//!
+//! Codes 6–12 are the outcomes of a provider call, the same for `latchkey validate`
+//! (through the agent) and `latchkey plugin call` (on its own); [`of_outcome`] is
+//! the one mapping, and `wit/provider.wit` has the table of what each outcome does
+//! to the credential.
 //!
 //! `latchkey exec` passes its child's own exit code through once the child runs;
 //! these codes are for what happens before.
@@ -25,10 +36,40 @@ pub const NOT_FOUND: u8 = 3;
 pub const DENIED: u8 = 4;
 /// A lost check-and-set, or a rotation already running.
 pub const CONFLICT: u8 = 5;
-/// The provider rejected the credential.
-pub const REJECTED: u8 = 6;
+/// The service refuses the credential (`valid: false`, a forbidden permission), or
+/// (`status`) a credential is not active.
+pub const INVALID: u8 = 6;
+/// The provider answered `rejected`.
+pub const REJECTED: u8 = 7;
+/// The provider could not tell now (`unavailable`).
+pub const UNAVAILABLE: u8 = 8;
+/// The host refused the plugin a capability (`denied`).
+pub const PROVIDER_DENIED: u8 = 9;
+/// The plugin does not do this operation or credential kind.
+pub const UNSUPPORTED: u8 = 10;
+/// The provider configuration is missing or malformed.
+pub const INVALID_CONFIG: u8 = 11;
+/// The plugin call trapped or hit a limit.
+pub const PLUGIN_FAULT: u8 = 12;
 /// The config does not validate.
 pub const CONFIG: u8 = 64;
+
+/// The exit code of a provider call's outcome: `valid` and `ok` (any other operation
+/// that succeeded) are 0; `invalid` and `forbidden`, and each `provider-error` code,
+/// have their own; `fault` is a trap or a hit limit. An unknown word is a failure.
+pub fn of_outcome(outcome: &str) -> u8 {
+    match outcome {
+        "valid" | "ok" => 0,
+        "invalid" | "forbidden" => INVALID,
+        "rejected" => REJECTED,
+        "unavailable" => UNAVAILABLE,
+        "denied" => PROVIDER_DENIED,
+        "unsupported" => UNSUPPORTED,
+        "invalid-config" => INVALID_CONFIG,
+        "fault" => PLUGIN_FAULT,
+        _ => FAILURE,
+    }
+}
 
 /// The exit code of an API error answer's status.
 pub fn of_status(status: u16) -> u8 {
@@ -69,6 +110,40 @@ pub fn of_error(error: &anyhow::Error) -> u8 {
 mod tests {
     use super::*;
     use crate::path::SecretPath;
+
+    /// Issue 15, item 2: `valid: false`, `rejected` and `unavailable` all exited 6.
+    #[test]
+    fn every_provider_outcome_has_its_own_code() {
+        let outcomes = [
+            "valid",
+            "invalid",
+            "rejected",
+            "unavailable",
+            "denied",
+            "unsupported",
+            "invalid-config",
+            "fault",
+        ];
+        assert_eq!(
+            outcomes.map(of_outcome),
+            [
+                0,
+                INVALID,
+                REJECTED,
+                UNAVAILABLE,
+                PROVIDER_DENIED,
+                UNSUPPORTED,
+                INVALID_CONFIG,
+                PLUGIN_FAULT
+            ]
+        );
+        assert_eq!(of_outcome("forbidden"), INVALID);
+        assert_eq!(of_outcome("ok"), 0);
+        assert_eq!(of_outcome("something new"), FAILURE);
+        let mut codes: Vec<u8> = outcomes.map(of_outcome).to_vec();
+        codes.dedup();
+        assert_eq!(codes.len(), outcomes.len(), "one code per outcome");
+    }
 
     #[test]
     fn statuses_map_to_their_codes() {

@@ -42,10 +42,6 @@ pub struct RotateArgs {
     pub client: ClientArgs,
 }
 
-fn time(unix: Option<i64>) -> String {
-    unix.map_or_else(|| "-".to_owned(), crate::api::rfc3339)
-}
-
 /// Prints the health and the lifecycle states. Exit 0 when the agent is healthy and
 /// every credential shown is active, 6 otherwise.
 pub(super) async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
@@ -116,8 +112,8 @@ pub(super) async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                 s("path"),
                 paint.state(&format!("{:<16}", s("state")), s("state")),
                 n("version").unwrap_or(0),
-                time(n("rotated_at")),
-                time(n("next_check_at")),
+                s("rotated_at"),
+                s("next_check_at"),
                 s("detail")
             );
         }
@@ -132,7 +128,7 @@ fn exit_for(ok: bool) -> ExitCode {
     if ok {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(super::exit::REJECTED)
+        ExitCode::from(super::exit::INVALID)
     }
 }
 

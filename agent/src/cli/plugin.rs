@@ -3,7 +3,10 @@
 //!
 //! `call` grants only what its flags grant (`--grant-http [http://]host:port`,
 //! `--allow-network 127.0.0.0/8`), prints the answer as JSON, and prints returned
-//! credentials in clear: that is its purpose, so run it on test credentials.
+//! credentials in clear: that is its purpose, so run it on test credentials. Its exit
+//! code is the answer's outcome (`cli::exit`: 0 valid or done, 6 invalid, 7
+//! rejected, 8 unavailable, 9 denied, 10 unsupported, 11 invalid-config, 12 a trap or
+//! a hit limit).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -61,10 +64,15 @@ pub enum PluginCommand {
     },
 }
 
+/// Where the one-shot commands (`plugin inspect | call`, `check`) keep compiled
+/// plugins: per user, in the temporary folder, apart from the agent's own cache.
+pub(super) fn cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("latchkey-plugin-cache-{}", uid()))
+}
+
 fn plugin_host(sql: Vec<host::SqlConnectionConfig>) -> anyhow::Result<host::PluginHost> {
-    let cache = std::env::temp_dir().join(format!("latchkey-plugin-cache-{}", uid()));
     host::PluginHost::new(host::HostConfig {
-        cache_dir: Some(cache),
+        cache_dir: Some(cache_dir()),
         sql,
         ..host::HostConfig::default()
     })
@@ -152,6 +160,36 @@ fn read_arg(value: &str) -> anyhow::Result<String> {
     Ok(value.to_owned())
 }
 
+/// The outcome word of a `plugin call` answer, for its exit code: `valid` or
+/// `invalid` for a validation, `ok` for any other answer, or the provider error's
+/// code.
+fn outcome(answer: &serde_json::Value) -> &str {
+    if let Some(code) = answer.pointer("/error/code") {
+        return code.as_str().unwrap_or("unknown");
+    }
+    match answer
+        .pointer("/ok/valid")
+        .and_then(serde_json::Value::as_bool)
+    {
+        Some(true) => "valid",
+        Some(false) => "invalid",
+        None => "ok",
+    }
+}
+
+/// The exit code of a call that brought no answer: an operation the plugin does not
+/// declare is `unsupported`, arguments that do not parse are a usage error, and the
+/// rest (a trap, a deadline, the memory cap) is a plugin fault.
+fn fault_code(e: &host::CallError) -> u8 {
+    match e {
+        host::CallError::NotDeclared { .. }
+        | host::CallError::KindNotDeclared { .. }
+        | host::CallError::UnknownOperation => super::exit::UNSUPPORTED,
+        host::CallError::BadArguments(_) => super::exit::USAGE,
+        _ => super::exit::PLUGIN_FAULT,
+    }
+}
+
 /// Runs a `plugin` subcommand.
 pub(super) async fn run(cmd: PluginCommand) -> Result<ExitCode, Failure> {
     match cmd {
@@ -228,31 +266,67 @@ pub(super) async fn run(cmd: PluginCommand) -> Result<ExitCode, Failure> {
             // never meets a closed pipe.
             let config = read_arg(&config)?;
             let cred = read_arg(&cred)?;
-            let answer = match op {
-                None => {
-                    let info = tokio::task::spawn_blocking(move || plugin.info_blocking())
-                        .await
-                        .context("call task failed")?
-                        .map_err(|e| anyhow!("the call failed: {}", host::error_chain(&e)))?;
-                    serde_json::json!({ "ok": info })
-                }
+            let called = match op {
+                None => tokio::task::spawn_blocking(move || plugin.info_blocking())
+                    .await
+                    .context("call task failed")?
+                    .map(|info| serde_json::json!({ "ok": info })),
                 Some(op) => {
                     tokio::task::spawn_blocking(move || plugin.call_json(op, &config, &cred))
                         .await
                         .context("call task failed")?
-                        .map_err(|e| anyhow!("the call failed: {}", host::error_chain(&e)))?
                 }
             };
+            let answer = called.map_err(|e| {
+                Failure::with_code(
+                    fault_code(&e),
+                    anyhow!("the call failed: {}", host::error_chain(&e)),
+                )
+            })?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&answer).unwrap_or_default()
             );
-            let failed = answer.get("error").is_some();
-            Ok(if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(ExitCode::from(super::exit::of_outcome(outcome(&answer))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::exit;
+
+    /// Issue 15: `plugin call` exited 1 for every provider error and 0 for `valid: false`.
+    #[test]
+    fn plugin_call_exits_with_its_answers_outcome() {
+        let code = |v: serde_json::Value| exit::of_outcome(outcome(&v));
+        assert_eq!(code(serde_json::json!({"ok": {"valid": true}})), 0);
+        assert_eq!(
+            code(serde_json::json!({"ok": {"valid": false}})),
+            exit::INVALID
+        );
+        assert_eq!(code(serde_json::json!({"ok": null})), 0, "retire");
+        assert_eq!(code(serde_json::json!({"ok": {"kind": "api-key"}})), 0);
+        for (word, want) in [
+            ("rejected", exit::REJECTED),
+            ("unavailable", exit::UNAVAILABLE),
+            ("denied", exit::PROVIDER_DENIED),
+            ("unsupported", exit::UNSUPPORTED),
+            ("invalid-config", exit::INVALID_CONFIG),
+        ] {
+            let answer = serde_json::json!({"error": {"code": word, "detail": "x"}});
+            assert_eq!(code(answer), want, "{word}");
+        }
+        let undeclared = host::CallError::NotDeclared {
+            plugin: "p".into(),
+            operation: host::Operation::Refresh,
+        };
+        assert_eq!(fault_code(&undeclared), exit::UNSUPPORTED);
+        let timeout = host::CallError::Timeout {
+            plugin: "p".into(),
+            deadline: Duration::from_secs(1),
+        };
+        assert_eq!(fault_code(&timeout), exit::PLUGIN_FAULT);
     }
 }

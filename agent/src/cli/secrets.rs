@@ -296,21 +296,30 @@ pub struct ValidateArgs {
     pub client: ClientArgs,
 }
 
-/// `latchkey validate`: asks the secret's provider plugin now. Exit 0 when valid,
-/// 6 when the service rejected it.
+/// `latchkey validate`: asks the secret's provider plugin now and exits with the
+/// code of its outcome ([`super::exit::of_outcome`]: 0 valid, 6 invalid, 7 rejected,
+/// 8 unavailable, …; 12 when the plugin call itself failed).
 pub(super) async fn validate(args: ValidateArgs) -> Result<ExitCode, Failure> {
     let path = SecretPath::parse(&args.path)?;
     let client = args.client.client()?;
     let reply = client
         .request(Method::POST, &format!("/v1/validate/{path}"), None)
         .await?;
-    check(&reply)?;
+    if let Err(failure) = check(&reply) {
+        let code = reply
+            .json()
+            .ok()
+            .and_then(|j| j.pointer("/error/code")?.as_str().map(str::to_owned));
+        if code.as_deref() == Some("plugin_failed") {
+            return Err(Failure::with_code(super::exit::PLUGIN_FAULT, failure.error));
+        }
+        return Err(failure);
+    }
     println!("{}", String::from_utf8_lossy(reply.body.expose()));
     let json = reply.json().context("the agent's answer is not JSON")?;
-    let valid = json.get("valid").and_then(|v| v.as_bool()).unwrap_or(false);
-    Ok(if valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(super::exit::REJECTED)
-    })
+    let outcome = json
+        .get("outcome")
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown");
+    Ok(ExitCode::from(super::exit::of_outcome(outcome)))
 }

@@ -15,7 +15,7 @@
 //! | `unavailable` | retry | retry | retry | retry | retry | retry |
 //! | `denied`, `unsupported`, `invalid-config` | config error | config error | config error | config error | config error | config error |
 //! | host fault: deadline, memory, trap | retry | retry | retry | retry | retry | retry |
-//! | host: operation not declared, no plugin | config error | config error | config error | config error | config error | config error |
+//! | host: operation or credential kind not declared, no plugin | config error | config error | config error | config error | config error | config error |
 //!
 //! What each [`Next`] means for each caller is said on its variants. Failures that are
 //! not a provider's answer (a lost check-and-set in steps 2 and 4, an upstream that
@@ -113,6 +113,7 @@ pub fn decide(call: Call, answer: Answer<'_>) -> Next {
         },
         Answer::Failed(Failure::Host { source, .. }) => match source {
             CallError::NotDeclared { .. }
+            | CallError::KindNotDeclared { .. }
             | CallError::UnknownOperation
             | CallError::BadArguments(_) => Next::ConfigError,
             // A hit limit, a trap, an exhausted pool: the next call may fare better,

@@ -610,6 +610,72 @@ fn validating() -> LifecycleSpec {
     p
 }
 
+/// Issue 15, item 2: the contract's table (`wit/provider.wit`, `validate`), one row
+/// each: the answer → the outcome word, the state, the event.
+#[tokio::test]
+async fn every_validate_answer_follows_the_contract_table() {
+    let rows: [(Option<Reply>, &str, State, Option<Kind>); 7] = [
+        (None, "valid", State::Active, Some(Kind::Validated)),
+        (
+            Some(Reply::Invalid),
+            "invalid",
+            State::Invalid,
+            Some(Kind::Invalid),
+        ),
+        (
+            Some(Reply::Fail(ProviderError::Rejected("gone".into()))),
+            "rejected",
+            State::Revoked,
+            Some(Kind::Invalid),
+        ),
+        (
+            Some(Reply::Fail(ProviderError::Unavailable("503".into()))),
+            "unavailable",
+            State::Active,
+            None,
+        ),
+        (
+            Some(Reply::Fail(ProviderError::Denied("http".into()))),
+            "denied",
+            State::Active,
+            None,
+        ),
+        (
+            Some(Reply::Fail(ProviderError::Unsupported("kind".into()))),
+            "unsupported",
+            State::Active,
+            None,
+        ),
+        (
+            Some(Reply::Fail(ProviderError::InvalidConfig("url".into()))),
+            "invalid-config",
+            State::Active,
+            None,
+        ),
+    ];
+    for (reply, outcome, state, event) in rows {
+        let mut bed = Bed::new(validating()).await;
+        bed.write(ORIGINAL, None);
+        if let Some(reply) = reply {
+            bed.fake.then(Operation::Validate, reply);
+        }
+        let checked = bed.engine.validate_now(&bed.path).await.expect("answered");
+        assert_eq!(checked.outcome, outcome);
+        assert_eq!(checked.state, state, "{outcome}");
+        assert_eq!(bed.status().state, state, "{outcome}");
+        assert_eq!(
+            bed.events(),
+            event.into_iter().collect::<Vec<_>>(),
+            "{outcome}"
+        );
+        assert_eq!(
+            crate::cli::exit::of_outcome(checked.outcome) == 0,
+            outcome == "valid",
+            "{outcome}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn validation_answers_set_the_state() {
     let mut bed = Bed::new(validating()).await;

@@ -34,6 +34,15 @@ pub struct Checked {
     pub expires_at: Option<u64>,
     /// The provider's error answer, when it gave one instead of a validation.
     pub error: Option<ProviderError>,
+    /// What the answer came to, one word per row of the contract's table
+    /// (`wit/provider.wit`): `valid`, `invalid` (`valid: false`), `forbidden` (valid,
+    /// but holding a permission the policy forbids), `rejected`, or the code of the
+    /// provider error that left the question open (`unavailable`, `denied`,
+    /// `unsupported`, `invalid-config`).
+    pub outcome: &'static str,
+    /// The credential's state after this answer (kept as it was when the provider
+    /// could not tell).
+    pub state: State,
 }
 
 impl Checked {
@@ -123,7 +132,7 @@ impl Engine {
             .await;
         let next = next::decide(Call::Check, answer(&policy, &asked));
         let forbidden = asked.as_ref().ok().and_then(|v| forbidden(&policy, v));
-        let checked = match asked {
+        let mut checked = match asked {
             Ok(v) => Checked {
                 plugin: policy.plugin.clone(),
                 valid: v.valid,
@@ -131,6 +140,12 @@ impl Engine {
                 permissions: v.permissions,
                 expires_at: v.expires_at,
                 error: None,
+                outcome: match (&forbidden, v.valid) {
+                    (Some(_), _) => "forbidden",
+                    (None, true) => "valid",
+                    (None, false) => "invalid",
+                },
+                state: State::Active,
             },
             Err(Failure::Answered { source, .. }) => Checked {
                 plugin: policy.plugin.clone(),
@@ -138,7 +153,9 @@ impl Engine {
                 detail: source.detail().to_owned(),
                 permissions: Vec::new(),
                 expires_at: None,
+                outcome: source.code(),
                 error: Some(source),
+                state: State::Active,
             },
             Err(failure) => return Err(failure.into()),
         };
@@ -171,7 +188,7 @@ impl Engine {
                 )
             }
         };
-        self.inner.status.update(
+        let after = self.inner.status.update(
             path,
             || Status::new(&policy.plugin, secret.version, now),
             |s| {
@@ -189,8 +206,10 @@ impl Engine {
                     Some(other) => s.set(other, &detail, now),
                     None => s.detail = detail.clone(),
                 }
+                s.state
             },
         );
+        checked.state = after;
         if let Some(state) = state {
             let kind = if state == State::Active {
                 Kind::Validated

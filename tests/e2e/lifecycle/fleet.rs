@@ -88,7 +88,7 @@ async fn three_agents_sharing_one_openbao_rotate_once() -> anyhow::Result<()> {
             let served = credential(&answer.json())?;
             let status = status(agent, "db/app").await.ok()?;
             (served == (new_user.clone(), new_password.clone())
-                && status["rotated_at"].is_i64()
+                && status["rotated_at"].is_string()
                 && status["state"] != "rotating")
                 .then_some(())
         })

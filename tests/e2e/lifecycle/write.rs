@@ -60,11 +60,11 @@ async fn a_rejected_credential_is_not_stored_and_validation_sets_the_state() -> 
         metrics.body
     );
 
-    // Revoked at the service: the provider says `rejected`, the state says revoked,
-    // and `latchkey status` exits non-zero.
+    // Revoked at the service: the provider says `rejected` (exit 7), the state says
+    // revoked, and `latchkey status` exits non-zero.
     service.revoke(GOOD);
     let checked = agent.cli(["validate", "svc/key"]).run().await?;
-    assert_eq!(checked.code, 6, "{}{}", checked.stdout, checked.stderr);
+    assert_eq!(checked.code, 7, "{}{}", checked.stdout, checked.stderr);
     let status = super::status(&agent, "svc/key").await?;
     assert_eq!(status["state"], "revoked", "{status}");
     let all = agent.cli(["status"]).run().await?;

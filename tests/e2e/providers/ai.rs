@@ -682,7 +682,7 @@ fn openrouter_reports_label_limit_usage_and_expiry() -> anyhow::Result<()> {
     )?;
     let good = p.validate_key(GOOD)?;
     ensure!(
-        ok(&good)?["expires_at"] == 1_830_297_599u64,
+        ok(&good)?["expires_at"] == latchkey::api::rfc3339(1_830_297_599),
         "{:?}",
         good.json
     );

@@ -313,7 +313,10 @@ fn binance_reports_a_good_keys_permissions_including_withdrawal() -> anyhow::Res
         ],
         &["futures", "margin", "internal-transfer"],
     )?;
-    assert_eq!(answer["expires_at"], BINANCE_TRADING_EXPIRY_MS / 1000);
+    assert_eq!(
+        answer["expires_at"],
+        latchkey::api::rfc3339((BINANCE_TRADING_EXPIRY_MS / 1000) as i64)
+    );
 
     let seen = api.requests();
     assert_eq!(seen.len(), 1);
@@ -487,7 +490,10 @@ fn bybit_reports_a_good_keys_permissions_including_withdrawal() -> anyhow::Resul
         ],
         &["options-trade", "derivatives-trade", "ip-restricted"],
     )?;
-    assert_eq!(answer["expires_at"], BYBIT_EXPIRED_AT_SECS);
+    assert_eq!(
+        answer["expires_at"],
+        latchkey::api::rfc3339(BYBIT_EXPIRED_AT_SECS as i64)
+    );
 
     let seen = api.requests();
     assert_eq!(seen.len(), 1);

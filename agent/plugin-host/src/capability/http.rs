@@ -427,11 +427,23 @@ type SendFuture = Box<
 >;
 
 fn deny(audit: &Arc<dyn AuditSink>, plugin: &str, target: String, reason: DenyReason) -> HttpError {
+    deny_resolved(audit, plugin, target, reason, Vec::new())
+}
+
+/// [`deny`], with the addresses a granted name resolved to that were refused.
+fn deny_resolved(
+    audit: &Arc<dyn AuditSink>,
+    plugin: &str,
+    target: String,
+    reason: DenyReason,
+    resolved: Vec<IpAddr>,
+) -> HttpError {
     audit.record(AuditEvent {
         plugin: plugin.to_owned(),
         capability: Capability::Http,
         target,
         reason,
+        resolved,
     });
     HttpError::HttpRequestDenied
 }
@@ -478,11 +490,18 @@ impl WasiHttpHooks for HttpPolicy {
                     .parse::<IpAddr>()
                     .is_ok();
                 if !literal && !addrs.iter().all(|a| grant.allows_address(a.ip())) {
-                    return Err(deny(
+                    let mut refused: Vec<IpAddr> = addrs
+                        .iter()
+                        .map(|a| a.ip())
+                        .filter(|ip| !grant.allows_address(*ip))
+                        .collect();
+                    refused.dedup();
+                    return Err(deny_resolved(
                         &audit,
                         &plugin,
                         normalized,
                         DenyReason::AddressProhibited,
+                        refused,
                     ));
                 }
                 send_to(addrs, request, options, use_tls, &host, max_body, deadline).await

@@ -133,6 +133,7 @@ impl State {
                 capability: Capability::Sql,
                 target: name.to_owned(),
                 reason: DenyReason::ConnectionNotGranted,
+                resolved: Vec::new(),
             });
             SqlError::Denied(format!("connection {name} is not granted"))
         })

@@ -81,6 +81,14 @@ async fn a_granted_name_resolving_to_loopback_is_refused_unless_its_network_is_a
     let events = t.audit.events();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].reason, DenyReason::AddressProhibited);
+    // Issue 15, item 5: the denial says where localhost went and what allows it.
+    assert!(
+        events[0].resolved.iter().all(|ip| ip.is_loopback()) && !events[0].resolved.is_empty(),
+        "{events:?}"
+    );
+    let said = events[0].explain();
+    assert!(said.contains("localhost resolved to"), "{said}");
+    assert!(said.contains("allow_networks = ["), "{said}");
     assert!(server.hits.lock().unwrap().is_empty());
 
     spec.grants.allowed_networks = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];

@@ -14,6 +14,7 @@
 //! | `log` | logs the `key` field's *name* and prints to stdout/stderr |
 //! | `leak` | logs, prints and answers with every field's *value* (the host must scrub them); `answer = "rejected"` puts them in the error instead |
 //! | `service` | an API-key service at `service` (a test fixture): see below |
+//! | `answer` | answers what `answer` names: `valid`, `invalid` (`valid: false`), `withdraw` (valid, with `withdraw` granted), or a `provider-error` code (`rejected`, `unavailable`, `denied`, `unsupported`, `invalid-config`) — one per row of the contract's table |
 //!
 //! In `service` mode every operation is a call to the fixture, which keeps the set of
 //! live keys and can be told to fail any step: `validate` is `GET /check` with the key
@@ -215,6 +216,28 @@ impl Provider for Basic {
                     granted: true,
                 });
                 Ok(leaked)
+            }
+            "answer" => {
+                let said = "answered as configured".to_owned();
+                match config::require(&cfg, "answer")? {
+                    "valid" => Ok(answer(true, said)),
+                    "invalid" => Ok(answer(false, said)),
+                    "withdraw" => {
+                        let mut v = answer(true, said);
+                        v.permissions.push(Permission {
+                            name: "withdraw".into(),
+                            granted: true,
+                        });
+                        Ok(v)
+                    }
+                    "rejected" => Err(ProviderError::Rejected(said)),
+                    "unavailable" => Err(ProviderError::Unavailable(said)),
+                    "denied" => Err(ProviderError::Denied(said)),
+                    "unsupported" => Err(ProviderError::Unsupported(said)),
+                    other => Err(ProviderError::InvalidConfig(format!(
+                        "unknown answer {other}"
+                    ))),
+                }
             }
             other => Err(ProviderError::InvalidConfig(format!(
                 "unknown mode {other}"
