@@ -5,7 +5,10 @@
 #     prometheus-client (an independent parser of /metrics), hvac and httpx (the
 #     OpenBao client teams use, and an HTTP client nobody here wrote; boto3 comes with moto)
 #   - npm packages oauth2-mock-server, @bytecodealliance/componentize-js and rolldown
-#     (plugin-sdk/js/build.mjs bundles a provider with its SDK before componentize)
+#     (plugin-sdk/js/build.mjs bundles a provider with its SDK before componentize),
+#     and @bytecodealliance/preview2-shim 0.17 at the top level: componentize-js
+#     imports it but lists it only among its devDependencies (^0.17.4), and npm may
+#     otherwise nest jco's 0.26, whose filesystem does not reach the WIT folder, or none
 #   - cargo-nextest, the test runner of .ci/test.sh (unless one is on PATH already)
 # Tests find the tools through target/tools/env.sh, or LATCHKEY_TOOLS_DIR.
 set -euo pipefail
@@ -24,12 +27,13 @@ if [ ! -f "$py_stamp" ]; then
   touch "$py_stamp"
 fi
 
-npm_stamp=$tools/.npm-ok-2
+npm_stamp=$tools/.npm-ok-4
 if [ ! -f "$npm_stamp" ]; then
   mkdir -p "$tools/node"
   (cd "$tools/node" && [ -f package.json ] || echo '{"private":true}' > package.json)
   (cd "$tools/node" && npm install --silent --no-audit --no-fund \
-    oauth2-mock-server@9.3.0 @bytecodealliance/componentize-js@0.23.0 rolldown@1.3.4 >/dev/null 2>&1)
+    oauth2-mock-server@9.3.0 @bytecodealliance/componentize-js@0.23.0 rolldown@1.3.4 \
+    @bytecodealliance/preview2-shim@0.17.9 >/dev/null 2>&1)
   touch "$npm_stamp"
 fi
 

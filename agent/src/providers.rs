@@ -453,14 +453,8 @@ impl Providers {
         sql: &[SqlConfig],
         cache_dir: PathBuf,
     ) -> Result<Vec<(String, Vec<host::Warning>)>, Error> {
-        let loaded = Self::load_plugins(
-            None,
-            plugins,
-            sql,
-            cache_dir,
-            Arc::new(host::TracingAudit),
-        )
-        .await?;
+        let loaded =
+            Self::load_plugins(None, plugins, sql, cache_dir, Arc::new(host::TracingAudit)).await?;
         Ok(plugins
             .iter()
             .filter_map(|p| {

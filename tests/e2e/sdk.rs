@@ -63,7 +63,7 @@ retry_after = "1h"
             let status = crate::lifecycle::status(&agent, "tokens/reports")
                 .await
                 .ok()?;
-            status["validated_at"].is_i64().then_some(status)
+            status["validated_at"].is_string().then_some(status)
         },
     )
     .await?;
@@ -98,7 +98,7 @@ retry_after = "1h"
     );
     let status = crate::lifecycle::status(&agent, "tokens/reports").await?;
     assert_eq!(status["state"], "active", "{status}");
-    assert!(status["refreshed_at"].is_i64(), "{status}");
+    assert!(status["refreshed_at"].is_string(), "{status}");
     agent
         .wait_for_audit("the refresh", |r| {
             r["op"] == "refresh" && r["outcome"] == "ok"

@@ -853,7 +853,15 @@ fn a_missing_key_or_bad_base_url_is_a_config_error() -> anyhow::Result<()> {
         json!({}),
         &json!({"kind": "oauth2", "fields": {"api-key": GOOD}, "expires_at": null}),
     )?;
-    error(&wrong_kind, "unsupported", GOOD)?;
+    // Another kind never reaches the plugin: the host refuses it (exit 10, unsupported).
+    ensure!(
+        wrong_kind.code == Some(10)
+            && wrong_kind
+                .stderr
+                .contains("does not declare credential kind oauth2"),
+        "{wrong_kind:?}"
+    );
+    assert_no_secret(&wrong_kind, &[GOOD])?;
     let bad_url = call(
         &p.wasm,
         "validate",

@@ -163,14 +163,15 @@ fn check_info_and_validate(provider: &Provider, kind: &str, user: &str) -> anyho
         .unwrap_or_default()
         .contains("bad-password"));
     assert!(!provider.validate(&json!({}), &cred(kind, &unique("none"), "x"))?);
+    // Another kind never reaches the plugin: the host refuses it (exit 10, unsupported).
     let other = if kind == PG { MY } else { PG };
-    let code = provider.error(
-        "validate",
-        &json!({}),
-        &cred(other, user, "good-password"),
-        &[],
-    )?;
-    assert_eq!(code, "unsupported");
+    let refused = provider.call("validate", &json!({}), &cred(other, user, "good-password"))?;
+    assert_eq!(refused.code, Some(10), "{refused:?}");
+    assert!(
+        refused.stderr.contains("does not declare credential kind"),
+        "{}",
+        refused.stderr
+    );
     let called = provider.call("refresh", &json!({}), &cred(kind, user, "good-password"))?;
     assert!(!called.success);
     assert!(

@@ -181,11 +181,14 @@ mod tests {
         let (a, b) = (dir.join("a.py"), dir.join("b.py"));
         std::fs::write(&a, "x = 1").expect("scratch files");
         std::fs::write(&b, "x = 1").expect("scratch files");
-        let first = tree_hash(&[a.clone()]).expect("scratch files");
-        assert_eq!(first, tree_hash(&[a.clone()]).expect("scratch files"));
+        let first = tree_hash(std::slice::from_ref(&a)).expect("scratch files");
+        assert_eq!(
+            first,
+            tree_hash(std::slice::from_ref(&a)).expect("scratch files")
+        );
         assert_ne!(
             first,
-            tree_hash(&[b.clone()]).expect("scratch files"),
+            tree_hash(std::slice::from_ref(&b)).expect("scratch files"),
             "the name counts"
         );
         std::fs::write(&a, "x = 2").expect("scratch files");
