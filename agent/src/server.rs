@@ -422,10 +422,8 @@ impl Running {
     /// Starts the lifecycle engine when a reload brought the first `[[lifecycle]]`
     /// rule (the agent started without one).
     fn start_engine(&self, spec: &crate::lifecycle::SchedulerSpec) {
-        let engine = new_engine(&self.state, spec);
-        if self.state.engine.set(engine.clone()).is_ok() {
-            tracing::info!(node = engine.node(), "lifecycle engine running");
-            *self.engine_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(engine.spawn());
+        if let Some(task) = spawn_engine(&self.state, spec) {
+            *self.engine_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
     }
 
@@ -656,12 +654,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             stop,
         )
     });
-    let engine_task = state.providers.has_rules().then(|| {
-        let engine = new_engine(&state, &config.scheduler);
-        let _ = state.engine.set(engine.clone());
-        tracing::info!(node = engine.node(), "lifecycle engine running");
-        engine.spawn()
-    });
+    let engine_task = if state.providers.has_rules() {
+        spawn_engine(&state, &config.scheduler)
+    } else {
+        None
+    };
     // After the webhooks subscribed, so warnings due at start reach them.
     let expiry = crate::expiry::Expiry::new(
         store.clone(),
@@ -724,9 +721,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     })
 }
 
-/// The lifecycle engine over what `state` holds (nothing runs until it is spawned).
-fn new_engine(state: &State, spec: &crate::lifecycle::SchedulerSpec) -> crate::lifecycle::Engine {
-    crate::lifecycle::Engine::new(crate::lifecycle::Parts {
+/// Builds the lifecycle engine over what `state` holds, puts it in `state.engine` and
+/// starts its loop; `None` when an engine is there already (the agent has one engine
+/// for its lifetime, made at start or by the first reload with a rule).
+fn spawn_engine(state: &State, spec: &crate::lifecycle::SchedulerSpec) -> Option<JoinHandle<()>> {
+    let engine = crate::lifecycle::Engine::new(crate::lifecycle::Parts {
         providers: Arc::clone(&state.providers) as Arc<dyn Provider>,
         store: state.store.clone(),
         events: state.events.clone(),
@@ -735,7 +734,10 @@ fn new_engine(state: &State, spec: &crate::lifecycle::SchedulerSpec) -> crate::l
         spec: spec.clone(),
         clock: crate::clock::Clock::system(),
         outcomes: state.metrics.lifecycle_outcomes(),
-    })
+    });
+    state.engine.set(engine.clone()).ok()?;
+    tracing::info!(node = engine.node(), "lifecycle engine running");
+    Some(engine.spawn())
 }
 
 /// Whether two config sections differ, by what they hold (the sections have no

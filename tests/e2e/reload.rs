@@ -393,14 +393,12 @@ async fn sighup_starts_new_templates_and_webhooks_without_a_restart() -> anyhow:
     Ok(())
 }
 
-/// A `[[plugin]]` of the host's test guest and a rule sending `paths` to it.
+/// The host's test guest as `basic`, and a rule sending `paths` to it.
 fn plugin_section(paths: &str, sha256: &str) -> anyhow::Result<String> {
     let wasm = crate::harness::wasm::guest()?;
-    let manifest = crate::harness::wasm::guest_manifest();
     Ok(format!(
-        "\n[[plugin]]\nname = \"basic\"\nwasm = {wasm:?}\nmanifest = {manifest:?}\nsha256 = \"{sha256}\"\n\n[[lifecycle]]\npaths = [\"{paths}\"]\nplugin = \"basic\"\nconfig = {{ mode = \"key\" }}\n",
-        wasm = wasm.display().to_string(),
-        manifest = manifest.display().to_string(),
+        "{}\n[[lifecycle]]\npaths = [\"{paths}\"]\nplugin = \"basic\"\nconfig = {{ mode = \"key\" }}\n",
+        crate::harness::wasm::guest_section(&wasm, sha256)
     ))
 }
 

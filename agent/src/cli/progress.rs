@@ -1,6 +1,7 @@
 //! Progress of a long command on a terminal: one line on stderr, rewritten in place
-//! (`importing 12/40 (30%)`), and nothing at all when stderr is not a terminal, so
-//! scripts and logs see only the command's own output.
+//! (`importing 12/40 (30%)`) or only saying what runs (`polling the upstream…`), and
+//! nothing at all when stderr is not a terminal, so scripts and logs see only the
+//! command's own output.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -31,6 +32,19 @@ impl Progress {
             on,
             drawn: None,
         }
+    }
+
+    /// A line that only says what is going on (`polling the upstream…`), shown at
+    /// once and cleared when dropped.
+    pub(super) fn saying(what: &'static str) -> Self {
+        let mut p = Self::new(what, 0);
+        if p.on {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "{what}");
+            let _ = err.flush();
+            p.drawn = Some(Instant::now());
+        }
+        p
     }
 
     /// The line as it reads now.

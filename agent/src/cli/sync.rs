@@ -31,14 +31,9 @@ pub(super) async fn run(args: SyncArgs) -> Result<ExitCode, Failure> {
         "/v1/sync"
     };
     // A poll of a large upstream takes a while: say so on a terminal.
-    let waiting = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if waiting {
-        eprint!("polling the upstream…");
-    }
+    let waiting = super::progress::Progress::saying("polling the upstream…");
     let reply = client.request(Method::POST, target, None).await;
-    if waiting {
-        eprint!("\r\x1b[K");
-    }
+    drop(waiting);
     let reply = reply?;
     check(&reply)?;
     println!("{}", String::from_utf8_lossy(reply.body.expose()));
